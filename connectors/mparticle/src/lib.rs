@@ -1,0 +1,1 @@
+//! Placeholder until the mParticle connector lands.

@@ -1,0 +1,89 @@
+//! Guest-side bindings and helpers for writing flowhost connectors.
+//!
+//! A connector implements [`Guest`] and exports it with [`export_connector!`]:
+//!
+//! ```ignore
+//! use flowhost_connector_sdk::*;
+//!
+//! struct Hello;
+//!
+//! impl Guest for Hello {
+//!     fn describe() -> ConnectorInfo { /* id, version, properties, allowed hosts, capabilities */ }
+//!     fn check(connection: String) -> Result<(), ConnectorError> { Ok(()) }
+//!     fn invoke(capability: String, connection: String, input: String, context: InvocationContext)
+//!         -> Result<String, ConnectorError> { Ok(input) }
+//! }
+//!
+//! export_connector!(Hello);
+//! ```
+//!
+//! Build it with `cargo build --target wasm32-wasip2`: the result is a component the host loads as is.
+
+// Lets the generated code name this crate the same way from inside and from connectors.
+extern crate self as flowhost_connector_sdk;
+
+pub use wit_bindgen;
+
+/// The bindings generated from `wit/v0.1.0` (package `flowhost:connector@0.1.0`).
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit/v0.1.0",
+        world: "connector",
+        pub_export_macro: true,
+        export_macro_name: "export_connector",
+        default_bindings_module: "flowhost_connector_sdk::bindings",
+        runtime_path: "flowhost_connector_sdk::wit_bindgen::rt",
+    });
+}
+
+pub use bindings::{Guest, export_connector};
+pub use bindings::flowhost::connector::cache;
+pub use bindings::flowhost::connector::http::{self, HttpError, Request, Response};
+pub use bindings::flowhost::connector::log::{self, Level};
+pub use bindings::flowhost::connector::types::{
+    Capability, ConnectionProperty, ConnectorError, ConnectorInfo, Failure, FieldError,
+    InvocationContext, RateLimit,
+};
+
+use serde_json::Value;
+
+/// Parses the connection config handed over by the host.
+pub fn parse_connection(text: &str) -> Result<Value, ConnectorError> {
+    serde_json::from_str(text)
+        .map_err(|e| ConnectorError::InvalidConfig(format!("connection is not valid JSON: {e}")))
+}
+
+/// Parses a capability input handed over by the host.
+pub fn parse_input(text: &str) -> Result<Value, ConnectorError> {
+    serde_json::from_str(text).map_err(|e| invalid_input("", format!("input is not valid JSON: {e}")))
+}
+
+/// An `invalid-input` error for one field.
+pub fn invalid_input(pointer: &str, message: impl Into<String>) -> ConnectorError {
+    ConnectorError::InvalidInput(vec![FieldError { pointer: pointer.to_string(), message: message.into() }])
+}
+
+/// A `permanent` error without an HTTP response.
+pub fn permanent(message: impl Into<String>) -> ConnectorError {
+    ConnectorError::Permanent(Failure { status: None, message: message.into(), body: String::new() })
+}
+
+/// Maps a transport failure to the error kind the host acts on: timeouts and lost connections may succeed
+/// later, everything else will not.
+impl From<HttpError> for ConnectorError {
+    fn from(error: HttpError) -> Self {
+        match error {
+            HttpError::Timeout(m) => ConnectorError::Transient(format!("request timed out: {m}")),
+            HttpError::ConnectFailed(m) => ConnectorError::Transient(format!("could not connect: {m}")),
+            HttpError::Denied(m) => permanent(format!("request refused by the host: {m}")),
+            HttpError::InvalidRequest(m) => permanent(format!("invalid request: {m}")),
+            HttpError::ResponseTooLarge(m) => permanent(format!("response too large: {m}")),
+            HttpError::Other(m) => ConnectorError::Transient(format!("request failed: {m}")),
+        }
+    }
+}
+
+/// Writes one line to the invocation log.
+pub fn log_info(message: &str) {
+    log::log(Level::Info, message);
+}

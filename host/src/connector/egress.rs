@@ -1,0 +1,316 @@
+//! Which URLs a connector may reach: host patterns, the allow-list of one connection, and the
+//! classification of addresses that are refused unless the operator allows private networks.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use url::Url;
+
+/// One allowed origin: `scheme://host[:port]`. No scheme means `https`; no port means the scheme's
+/// default; port `*` means any port; a host `*.example.com` matches any subdomain (not the apex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    scheme: String,
+    host: HostMatch,
+    port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostMatch {
+    Exact(String),
+    Subdomains(String),
+}
+
+impl HostPattern {
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        let pattern = pattern.trim();
+        let (scheme, rest) = match pattern.split_once("://") {
+            Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
+            None => ("https".to_string(), pattern),
+        };
+        if scheme != "http" && scheme != "https" {
+            return Err(format!("scheme {scheme:?} is not http or https"));
+        }
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') || rest.contains('?') || rest.contains('@') {
+            return Err("give an origin only (scheme, host, port), without path or credentials".into());
+        }
+        let (host, port) = split_host_port(rest)?;
+        let port = match port {
+            None => Some(default_port(&scheme)),
+            Some("*") => None,
+            Some(p) => Some(p.parse::<u16>().map_err(|_| format!("port {p:?} is not a number"))?),
+        };
+        let host = host.to_ascii_lowercase();
+        if host.is_empty() {
+            return Err("the host is empty".into());
+        }
+        let host = match host.strip_prefix("*.") {
+            Some(domain) if !domain.is_empty() && !domain.contains('*') => HostMatch::Subdomains(domain.to_string()),
+            _ if host.contains('*') => return Err("`*` is only allowed as the whole first label".into()),
+            _ => HostMatch::Exact(host),
+        };
+        Ok(HostPattern { scheme, host, port })
+    }
+
+    /// The pattern that allows exactly the origin of `url`.
+    pub fn origin_of(url: &str) -> Result<Self, String> {
+        let url = Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        let host = url.host_str().ok_or_else(|| format!("{url} has no host"))?;
+        let port = url.port_or_known_default().unwrap_or(default_port(url.scheme()));
+        HostPattern::parse(&format!("{}://{}:{}", url.scheme(), host, port))
+    }
+
+    pub fn matches(&self, url: &Url) -> bool {
+        let Some(host) = url.host_str() else { return false };
+        let host = host.to_ascii_lowercase();
+        let host_ok = match &self.host {
+            HostMatch::Exact(h) => *h == host,
+            HostMatch::Subdomains(domain) => host.len() > domain.len() + 1 && host.ends_with(&format!(".{domain}")),
+        };
+        let port_ok = self.port.is_none() || self.port == url.port_or_known_default();
+        host_ok && port_ok && url.scheme() == self.scheme
+    }
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = match &self.host {
+            HostMatch::Exact(h) => h.clone(),
+            HostMatch::Subdomains(d) => format!("*.{d}"),
+        };
+        match self.port {
+            Some(p) if p == default_port(&self.scheme) => write!(f, "{}://{host}", self.scheme),
+            Some(p) => write!(f, "{}://{host}:{p}", self.scheme),
+            None => write!(f, "{}://{host}:*", self.scheme),
+        }
+    }
+}
+
+fn default_port(scheme: &str) -> u16 {
+    if scheme == "http" { 80 } else { 443 }
+}
+
+/// Splits `host[:port]`, including bracketed IPv6 literals.
+fn split_host_port(text: &str) -> Result<(&str, Option<&str>), String> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or("unclosed [ in an IPv6 address")?;
+        return match after.strip_prefix(':') {
+            Some(port) => Ok((host, Some(port))),
+            None if after.is_empty() => Ok((host, None)),
+            None => Err(format!("unexpected {after:?} after the address")),
+        };
+    }
+    Ok(match text.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (text, None),
+    })
+}
+
+/// The egress rules of one connection: the connector's declared hosts intersected with the connection's
+/// own allow-list, and whether private and loopback addresses may be reached.
+#[derive(Debug, Clone, Default)]
+pub struct EgressPolicy {
+    pub(crate) connector_hosts: Vec<HostPattern>,
+    /// `None`: the connection adds no restriction beyond the connector's declared hosts.
+    pub(crate) connection_hosts: Option<Vec<HostPattern>>,
+    pub(crate) allow_private: bool,
+}
+
+impl EgressPolicy {
+    /// A policy that refuses everything (used while describing a component).
+    pub fn deny_all() -> Self {
+        EgressPolicy { connector_hosts: Vec::new(), connection_hosts: Some(Vec::new()), allow_private: false }
+    }
+
+    pub fn allow_private(&self) -> bool {
+        self.allow_private
+    }
+
+    /// Checks the URL against both allow-lists; `Err` says why it is refused.
+    pub fn check_url(&self, url: &Url) -> Result<(), String> {
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(format!("scheme {:?} is not allowed", url.scheme()));
+        }
+        let origin = origin_text(url);
+        if !self.connector_hosts.iter().any(|p| p.matches(url)) {
+            return Err(format!("{origin} is not among the hosts the connector declares"));
+        }
+        if let Some(allowed) = &self.connection_hosts
+            && !allowed.iter().any(|p| p.matches(url))
+        {
+            return Err(format!("{origin} is not in the connection's allowed hosts"));
+        }
+        if let Some(host) = url.host() {
+            let literal = match host {
+                url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+                url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+                url::Host::Domain(_) => None,
+            };
+            if let Some(ip) = literal {
+                self.check_address(ip)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks one resolved or literal address.
+    pub fn check_address(&self, ip: IpAddr) -> Result<(), String> {
+        match (self.allow_private, non_public_reason(ip)) {
+            (false, Some(reason)) => Err(format!(
+                "address {ip} is {reason}; private and loopback addresses are refused unless the operator allows them"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `scheme://host:port` of a URL, for messages (never the path or query, which may carry credentials).
+pub fn origin_text(url: &Url) -> String {
+    format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or_default()
+    )
+}
+
+/// Why an address is not on the public internet, or `None` when it is.
+pub fn non_public_reason(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => non_public_v4(v4),
+        IpAddr::V6(v6) => non_public_v6(v6),
+    }
+}
+
+fn non_public_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, c, _] = ip.octets();
+    Some(match (a, b, c) {
+        (0, _, _) => "unspecified (0.0.0.0/8)",
+        (10, _, _) => "private (10.0.0.0/8)",
+        (100, 64..=127, _) => "shared address space (100.64.0.0/10)",
+        (127, _, _) => "loopback (127.0.0.0/8)",
+        (169, 254, _) => "link-local (169.254.0.0/16)",
+        (172, 16..=31, _) => "private (172.16.0.0/12)",
+        (192, 0, 0) => "IETF protocol assignment (192.0.0.0/24)",
+        (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => "documentation",
+        (192, 168, _) => "private (192.168.0.0/16)",
+        (198, 18..=19, _) => "benchmarking (198.18.0.0/15)",
+        (224..=239, _, _) => "multicast (224.0.0.0/4)",
+        (240..=255, _, _) => "reserved (240.0.0.0/4)",
+        _ => return None,
+    })
+}
+
+fn non_public_v6(ip: Ipv6Addr) -> Option<&'static str> {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return non_public_v4(v4).or(Some("an IPv4-mapped address"));
+    }
+    let segments = ip.segments();
+    Some(match segments {
+        [0, 0, 0, 0, 0, 0, 0, 0] => "unspecified (::)",
+        [0, 0, 0, 0, 0, 0, 0, 1] => "loopback (::1)",
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => "NAT64 (64:ff9b::/96)",
+        [0x2001, 0xdb8, ..] => "documentation (2001:db8::/32)",
+        [s, ..] if s & 0xfe00 == 0xfc00 => "unique local (fc00::/7)",
+        [s, ..] if s & 0xffc0 == 0xfe80 => "link-local (fe80::/10)",
+        [s, ..] if s & 0xffc0 == 0xfec0 => "site-local (fec0::/10)",
+        [s, ..] if s & 0xff00 == 0xff00 => "multicast (ff00::/8)",
+        [0, 0, 0, 0, 0, 0, _, _] => "IPv4-compatible (::/96)",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn classifies_addresses_without_connecting() {
+        for private in [
+            "10.0.0.1",
+            "10.255.255.255",
+            "172.16.0.1",
+            "172.31.255.254",
+            "192.168.1.1",
+            "169.254.169.254",
+            "127.0.0.1",
+            "127.255.0.9",
+            "0.0.0.0",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:10.0.0.1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a00:1",
+            "2001:db8::1",
+        ] {
+            assert!(non_public_reason(ip(private)).is_some(), "{private} should be refused");
+        }
+        for public in ["8.8.8.8", "172.15.255.255", "172.32.0.1", "192.169.0.1", "100.63.0.1", "2606:4700::1111"] {
+            assert_eq!(non_public_reason(ip(public)), None, "{public} is public");
+        }
+        assert_eq!(non_public_reason(ip("172.20.1.1")), Some("private (172.16.0.0/12)"));
+        assert_eq!(non_public_reason(ip("fc00::1")), Some("unique local (fc00::/7)"));
+    }
+
+    #[test]
+    fn patterns_match_scheme_host_and_port() {
+        let url = |u: &str| Url::parse(u).unwrap();
+        let api = HostPattern::parse("api.mparticle.com").unwrap();
+        assert!(api.matches(&url("https://api.mparticle.com/v1/accounts")));
+        assert!(!api.matches(&url("http://api.mparticle.com/")), "no scheme means https only");
+        assert!(!api.matches(&url("https://api.mparticle.com:8443/")), "no port means the default port");
+        assert!(!api.matches(&url("https://evil.api.mparticle.com/")));
+
+        let pods = HostPattern::parse("https://*.mparticle.com").unwrap();
+        assert!(pods.matches(&url("https://s2s.us2.mparticle.com/v2/events")));
+        assert!(!pods.matches(&url("https://mparticle.com/")), "a wildcard does not match the apex");
+        assert!(!pods.matches(&url("https://evilmparticle.com/")));
+
+        let local = HostPattern::parse("http://127.0.0.1:*").unwrap();
+        assert!(local.matches(&url("http://127.0.0.1:41234/x")));
+        assert!(!local.matches(&url("https://127.0.0.1:41234/x")));
+
+        let v6 = HostPattern::parse("http://[::1]:8080").unwrap();
+        assert!(v6.matches(&url("http://[::1]:8080/")));
+        assert_eq!(v6.to_string(), "http://[::1]:8080");
+
+        for bad in ["ftp://x.com", "https://a.*.com", "https://x.com/path", "https://user@x.com", "https://x.com:abc", ""] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn policy_intersects_connector_and_connection_lists() {
+        let url = |u: &str| Url::parse(u).unwrap();
+        let policy = EgressPolicy {
+            connector_hosts: vec![HostPattern::parse("https://*.example.com").unwrap()],
+            connection_hosts: Some(vec![HostPattern::parse("https://api.example.com").unwrap()]),
+            allow_private: false,
+        };
+        assert!(policy.check_url(&url("https://api.example.com/x")).is_ok());
+        let err = policy.check_url(&url("https://other.example.com/x")).unwrap_err();
+        assert!(err.contains("connection's allowed hosts"), "{err}");
+        let err = policy.check_url(&url("https://api.other.com/x")).unwrap_err();
+        assert!(err.contains("connector declares"), "{err}");
+
+        let loopback = EgressPolicy {
+            connector_hosts: vec![HostPattern::parse("http://127.0.0.1:*").unwrap()],
+            connection_hosts: None,
+            allow_private: false,
+        };
+        let err = loopback.check_url(&url("http://127.0.0.1:9/")).unwrap_err();
+        assert!(err.contains("loopback"), "{err}");
+        let allowed = EgressPolicy { allow_private: true, ..loopback };
+        assert!(allowed.check_url(&url("http://127.0.0.1:9/")).is_ok());
+    }
+}

@@ -1,0 +1,24 @@
+//! Connectors: WebAssembly components that the host loads, describes, validates input for and invokes in
+//! a sandbox. See `wit/v0.1.0/connector.wit` for the contract.
+
+mod bindings;
+pub mod component_cache;
+pub mod egress;
+mod engine;
+pub mod error;
+pub mod http_client;
+mod kv_cache;
+pub mod manifest;
+mod runtime;
+pub mod sandbox;
+pub mod secrets;
+
+pub use component_cache::LoadSource;
+pub use error::{ConfigError, ErrorKind, FieldError, InvokeError, LoadError};
+pub use http_client::HttpLimits;
+pub use manifest::{CapabilityInfo, ConnectionProperty, Manifest, unwrap_davinci};
+pub use runtime::{
+    Connection, ConnectionOptions, Connector, Invocation, InvocationContext, Runtime, RuntimeConfig,
+};
+pub use sandbox::{LogLevel, LogLine, LogSource, SandboxLimits};
+pub use secrets::{Redactor, SecretStore};

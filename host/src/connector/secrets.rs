@@ -1,0 +1,170 @@
+//! Secrets in connection configs: given by reference (`{"secret": "NAME"}`), resolved from a secrets file
+//! or the environment, held in `secrecy` types, and redacted from everything a connector says.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// If `value` is a secret reference `{"secret": "NAME"}`, the name.
+pub fn secret_reference(value: &Value) -> Option<&str> {
+    match value {
+        Value::Object(map) if map.len() == 1 => map.get("secret")?.as_str(),
+        _ => None,
+    }
+}
+
+/// Where secret values come from: a secrets file first (when given), then the process environment.
+#[derive(Default)]
+pub struct SecretStore {
+    file: HashMap<String, SecretString>,
+    use_environment: bool,
+}
+
+impl std::fmt::Debug for SecretStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.file.keys().collect();
+        names.sort();
+        f.debug_struct("SecretStore").field("names", &names).field("environment", &self.use_environment).finish()
+    }
+}
+
+impl SecretStore {
+    /// Secrets from the environment only.
+    pub fn from_env() -> Self {
+        SecretStore { file: HashMap::new(), use_environment: true }
+    }
+
+    /// Secrets from the given pairs only (tests, embedding platforms with their own vault).
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let file = pairs.into_iter().map(|(k, v)| (k.into(), SecretString::from(v.into()))).collect();
+        SecretStore { file, use_environment: false }
+    }
+
+    /// Secrets from a file of `NAME=value` lines (`#` starts a comment; values may be quoted), then from the
+    /// environment.
+    pub fn from_file_and_env(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the secrets file {}: {e}", path.display()))?;
+        let mut file = HashMap::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((name, value)) = line.split_once('=') else {
+                // Never echo the line: it may be a secret value written without a name.
+                return Err(format!("{}:{}: expected NAME=value", path.display(), number + 1));
+            };
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(value);
+            file.insert(name.trim().to_string(), SecretString::from(value.to_string()));
+        }
+        Ok(SecretStore { file, use_environment: true })
+    }
+
+    pub fn get(&self, name: &str) -> Option<SecretString> {
+        if let Some(value) = self.file.get(name) {
+            return Some(value.clone());
+        }
+        if self.use_environment {
+            return std::env::var(name).ok().map(SecretString::from);
+        }
+        None
+    }
+}
+
+/// Replaces the connection's secret values wherever they appear in text a connector produced.
+#[derive(Default, Clone)]
+pub struct Redactor {
+    secrets: Vec<SecretString>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redactor({} secrets)", self.secrets.len())
+    }
+}
+
+pub const REDACTED: &str = "[REDACTED]";
+
+impl Redactor {
+    pub fn new(secrets: Vec<SecretString>) -> Self {
+        // Very short values would blank out ordinary words; they are not credentials anyway.
+        let mut secrets: Vec<_> = secrets.into_iter().filter(|s| s.expose_secret().len() >= 4).collect();
+        // Longest first, so that a secret containing another is replaced whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.expose_secret().len()));
+        Redactor { secrets }
+    }
+
+    pub fn redact(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for secret in &self.secrets {
+            if text.contains(secret.expose_secret()) {
+                text = text.replace(secret.expose_secret(), REDACTED);
+            }
+        }
+        text
+    }
+
+    /// Redacts every string in a JSON value.
+    pub fn redact_json(&self, value: &Value) -> Value {
+        if self.secrets.is_empty() {
+            return value.clone();
+        }
+        match value {
+            Value::String(s) => Value::String(self.redact(s)),
+            Value::Array(items) => Value::Array(items.iter().map(|v| self.redact_json(v)).collect()),
+            Value::Object(map) => {
+                Value::Object(map.iter().map(|(k, v)| (self.redact(k), self.redact_json(v))).collect())
+            }
+            other => other.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn references_are_single_key_objects() {
+        assert_eq!(secret_reference(&json!({"secret": "X"})), Some("X"));
+        assert_eq!(secret_reference(&json!({"secret": "X", "other": 1})), None);
+        assert_eq!(secret_reference(&json!("X")), None);
+    }
+
+    #[test]
+    fn secrets_file_is_parsed_and_never_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets.env");
+        std::fs::write(&path, "# comment\nA=one\nB = \"two words\"\n").unwrap();
+        let store = SecretStore::from_file_and_env(&path).unwrap();
+        assert_eq!(store.get("A").unwrap().expose_secret(), "one");
+        assert_eq!(store.get("B").unwrap().expose_secret(), "two words");
+        assert!(!format!("{store:?}").contains("one"));
+
+        std::fs::write(&path, "sup3r-s3cret-value\n").unwrap();
+        let err = SecretStore::from_file_and_env(&path).unwrap_err();
+        assert!(err.contains(":1: expected NAME=value") && !err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn redactor_replaces_secret_values() {
+        let redactor = Redactor::new(vec!["hunter2-secret".to_string().into(), "abc".to_string().into()]);
+        assert_eq!(redactor.redact("token hunter2-secret sent"), "token [REDACTED] sent");
+        assert_eq!(redactor.redact("abc stays"), "abc stays");
+        let value = redactor.redact_json(&json!({"a": ["x hunter2-secret"]}));
+        assert_eq!(value, json!({"a": ["x [REDACTED]"]}));
+    }
+}
