@@ -2,8 +2,7 @@
 
 fn main() {
     let root = connector_build::workspace_root(env!("CARGO_MANIFEST_DIR"));
-    let [mparticle] = &connector_build::build(&root, &["mparticle-connector"], &["mparticle_connector"])[..]
-    else {
+    let [mparticle] = &connector_build::build(&root, &["mparticle-connector"], &["mparticle_connector"])[..] else {
         unreachable!("one artifact was asked for")
     };
     println!("cargo:rustc-env=FLOWHOST_MPARTICLE_COMPONENT={}", mparticle.path.display());

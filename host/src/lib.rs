@@ -2,4 +2,5 @@
 //!
 //! The library is what the `flowhost` binary runs; platforms embed it the same way.
 
+pub mod cli;
 pub mod connector;

@@ -36,21 +36,19 @@ pub mod bindings {
     });
 }
 
-pub use bindings::{Guest, export_connector};
 pub use bindings::flowhost::connector::cache;
 pub use bindings::flowhost::connector::http::{self, HttpError, Request, Response};
 pub use bindings::flowhost::connector::log::{self, Level};
 pub use bindings::flowhost::connector::types::{
-    Capability, ConnectionProperty, ConnectorError, ConnectorInfo, Failure, FieldError,
-    InvocationContext, RateLimit,
+    Capability, ConnectionProperty, ConnectorError, ConnectorInfo, Failure, FieldError, InvocationContext, RateLimit,
 };
+pub use bindings::{Guest, export_connector};
 
 use serde_json::Value;
 
 /// Parses the connection config handed over by the host.
 pub fn parse_connection(text: &str) -> Result<Value, ConnectorError> {
-    serde_json::from_str(text)
-        .map_err(|e| ConnectorError::InvalidConfig(format!("connection is not valid JSON: {e}")))
+    serde_json::from_str(text).map_err(|e| ConnectorError::InvalidConfig(format!("connection is not valid JSON: {e}")))
 }
 
 /// Parses a capability input handed over by the host.

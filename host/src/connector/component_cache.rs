@@ -106,7 +106,11 @@ pub fn compile_or_load(
     let started = Instant::now();
     if let Some(component) = disk.and_then(|d| d.load(engine, hash)) {
         let elapsed = started.elapsed();
-        tracing::info!(hash = &hash[..12], ms = elapsed.as_secs_f64() * 1e3, "loaded precompiled component from the cache");
+        tracing::info!(
+            hash = &hash[..12],
+            ms = elapsed.as_secs_f64() * 1e3,
+            "loaded precompiled component from the cache"
+        );
         return Ok((component, LoadSource::DiskCache, elapsed));
     }
     let component = Component::new(engine, bytes)?;

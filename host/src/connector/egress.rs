@@ -284,7 +284,9 @@ mod tests {
         assert!(v6.matches(&url("http://[::1]:8080/")));
         assert_eq!(v6.to_string(), "http://[::1]:8080");
 
-        for bad in ["ftp://x.com", "https://a.*.com", "https://x.com/path", "https://user@x.com", "https://x.com:abc", ""] {
+        for bad in
+            ["ftp://x.com", "https://a.*.com", "https://x.com/path", "https://user@x.com", "https://x.com:abc", ""]
+        {
             assert!(HostPattern::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

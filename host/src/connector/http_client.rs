@@ -91,8 +91,8 @@ impl HttpClients {
     }
 
     pub async fn fetch(&self, policy: &EgressPolicy, request: FetchRequest) -> Result<FetchResponse, FetchError> {
-        let mut url = Url::parse(&request.url)
-            .map_err(|e| FetchError::InvalidRequest(format!("the URL is not valid: {e}")))?;
+        let mut url =
+            Url::parse(&request.url).map_err(|e| FetchError::InvalidRequest(format!("the URL is not valid: {e}")))?;
         policy.check_url(&url).map_err(FetchError::Denied)?;
         let mut method = Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| FetchError::InvalidRequest(format!("{:?} is not an HTTP method", request.method)))?;
@@ -152,9 +152,8 @@ async fn read_response(
     max_bytes: usize,
     url: &Url,
 ) -> Result<FetchResponse, FetchError> {
-    let too_large = || {
-        FetchError::ResponseTooLarge(format!("the response of {} exceeds {max_bytes} bytes", origin_text(url)))
-    };
+    let too_large =
+        || FetchError::ResponseTooLarge(format!("the response of {} exceeds {max_bytes} bytes", origin_text(url)));
     if response.content_length().is_some_and(|len| len > max_bytes as u64) {
         return Err(too_large());
     }

@@ -181,11 +181,8 @@ impl Validators {
             .map(|e| {
                 let pointer = e.instance_path().as_str().to_string();
                 let property = pointer.trim_start_matches('/').split('/').next().unwrap_or_default();
-                let message = if self.secret_properties.contains(property) {
-                    e.masked().to_string()
-                } else {
-                    e.to_string()
-                };
+                let message =
+                    if self.secret_properties.contains(property) { e.masked().to_string() } else { e.to_string() };
                 FieldError { pointer, message }
             })
             .collect();

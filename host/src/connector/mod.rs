@@ -17,8 +17,6 @@ pub use component_cache::LoadSource;
 pub use error::{ConfigError, ErrorKind, FieldError, InvokeError, LoadError};
 pub use http_client::HttpLimits;
 pub use manifest::{CapabilityInfo, ConnectionProperty, Manifest, unwrap_davinci};
-pub use runtime::{
-    Connection, ConnectionOptions, Connector, Invocation, InvocationContext, Runtime, RuntimeConfig,
-};
+pub use runtime::{Connection, ConnectionOptions, Connector, Invocation, InvocationContext, Runtime, RuntimeConfig};
 pub use sandbox::{LogLevel, LogLine, LogSource, SandboxLimits};
 pub use secrets::{Redactor, SecretStore};

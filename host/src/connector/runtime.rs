@@ -138,13 +138,13 @@ impl Runtime {
         let inner = self.inner.clone();
         let owned = bytes.to_vec();
         let key = hash.clone();
-        let (component, source, load_time) = tokio::task::spawn_blocking(move || {
-            compile_or_load(&inner.engine, inner.disk.as_ref(), &key, &owned)
-        })
-        .await
-        .map_err(|e| LoadError::Compile(e.to_string()))?
-        .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| LoadError::Contract(format!("{e:#}")))?;
+        let (component, source, load_time) =
+            tokio::task::spawn_blocking(move || compile_or_load(&inner.engine, inner.disk.as_ref(), &key, &owned))
+                .await
+                .map_err(|e| LoadError::Compile(e.to_string()))?
+                .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let instance_pre =
+            self.inner.linker.instantiate_pre(&component).map_err(|e| LoadError::Contract(format!("{e:#}")))?;
         let pre = bindings::ConnectorPre::new(instance_pre).map_err(|e| LoadError::Contract(format!("{e:#}")))?;
 
         let describe = run_sandboxed(&self.inner, &pre, deny_all_scope(), |instance, store| {
@@ -301,7 +301,9 @@ impl Connector {
             .map(|hosts| {
                 hosts
                     .iter()
-                    .map(|h| HostPattern::parse(h).map_err(|reason| ConfigError::AllowedHost { pattern: h.clone(), reason }))
+                    .map(|h| {
+                        HostPattern::parse(h).map_err(|reason| ConfigError::AllowedHost { pattern: h.clone(), reason })
+                    })
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()?;

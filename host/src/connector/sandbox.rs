@@ -227,16 +227,14 @@ impl http::Host for StoreState {
                 self.push_log(LogLevel::Warn, LogSource::Http, &message);
             }
         }
-        result
-            .map(|r| http::Response { status: r.status, headers: r.headers, body: r.body })
-            .map_err(|e| match e {
-                FetchError::Denied(m) => http::HttpError::Denied(m),
-                FetchError::InvalidRequest(m) => http::HttpError::InvalidRequest(m),
-                FetchError::ConnectFailed(m) => http::HttpError::ConnectFailed(m),
-                FetchError::Timeout(m) => http::HttpError::Timeout(m),
-                FetchError::ResponseTooLarge(m) => http::HttpError::ResponseTooLarge(m),
-                FetchError::Other(m) => http::HttpError::Other(m),
-            })
+        result.map(|r| http::Response { status: r.status, headers: r.headers, body: r.body }).map_err(|e| match e {
+            FetchError::Denied(m) => http::HttpError::Denied(m),
+            FetchError::InvalidRequest(m) => http::HttpError::InvalidRequest(m),
+            FetchError::ConnectFailed(m) => http::HttpError::ConnectFailed(m),
+            FetchError::Timeout(m) => http::HttpError::Timeout(m),
+            FetchError::ResponseTooLarge(m) => http::HttpError::ResponseTooLarge(m),
+            FetchError::Other(m) => http::HttpError::Other(m),
+        })
     }
 }
 

@@ -79,10 +79,9 @@ fn error_named(input: &Value) -> ConnectorError {
         "invalid-config" => ConnectorError::InvalidConfig(message),
         "unauthorized" => ConnectorError::Unauthorized(message),
         "not-found" => ConnectorError::NotFound(message),
-        "rate-limited" => ConnectorError::RateLimited(RateLimit {
-            retry_after_ms: input["retryAfterMs"].as_u64(),
-            message,
-        }),
+        "rate-limited" => {
+            ConnectorError::RateLimited(RateLimit { retry_after_ms: input["retryAfterMs"].as_u64(), message })
+        }
         "transient" => ConnectorError::Transient(message),
         _ => ConnectorError::Permanent(Failure {
             status: input["status"].as_u64().map(|s| s as u16),

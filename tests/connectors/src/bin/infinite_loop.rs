@@ -7,7 +7,12 @@ struct Hostile;
 
 impl Guest for Hostile {
     fn describe() -> ConnectorInfo {
-        manifest("infinite_loop", vec![], &[], vec![capability("run", "Spins forever: the host's epoch deadline must stop it.")])
+        manifest(
+            "infinite-loop",
+            vec![],
+            &[],
+            vec![capability("run", "Spins forever: the host's epoch deadline must stop it.")],
+        )
     }
 
     fn check(_connection: String) -> Result<(), ConnectorError> {

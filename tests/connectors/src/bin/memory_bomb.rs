@@ -7,7 +7,7 @@ struct Hostile;
 
 impl Guest for Hostile {
     fn describe() -> ConnectorInfo {
-        manifest("memory_bomb", vec![], &[], vec![capability("run", "Allocates until the memory limit stops it.")])
+        manifest("memory-bomb", vec![], &[], vec![capability("run", "Allocates until the memory limit stops it.")])
     }
 
     fn check(_connection: String) -> Result<(), ConnectorError> {

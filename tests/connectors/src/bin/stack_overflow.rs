@@ -1,13 +1,14 @@
 //! A hostile connector. Recurses until the stack overflows.
 
 use flowhost_connector_sdk::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use test_connectors::{capability, manifest};
 
 struct Hostile;
 
 impl Guest for Hostile {
     fn describe() -> ConnectorInfo {
-        manifest("stack_overflow", vec![], &[], vec![capability("run", "Recurses until the stack overflows.")])
+        manifest("stack-overflow", vec![], &[], vec![capability("run", "Recurses until the stack overflows.")])
     }
 
     fn check(_connection: String) -> Result<(), ConnectorError> {
@@ -20,14 +21,20 @@ impl Guest for Hostile {
         _input: String,
         _context: InvocationContext,
     ) -> Result<String, ConnectorError> {
-        Ok(recurse(std::hint::black_box(1)).to_string())
+        Ok(recurse(0).to_string())
     }
 }
 
-#[allow(unconditional_recursion)]
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Recursion the compiler cannot turn into a loop, with frames on the wasm call stack (not in linear
+/// memory), so the engine's stack limit is what stops it.
+#[inline(never)]
 fn recurse(depth: u64) -> u64 {
-    let frame = std::hint::black_box([depth; 64]);
-    recurse(depth + 1) + frame[0]
+    if STOP.load(Ordering::Relaxed) {
+        return depth;
+    }
+    recurse(depth + 1).wrapping_mul(3) ^ depth
 }
 
 export_connector!(Hostile);

@@ -1,0 +1,180 @@
+//! `flowhost connector inspect | check | call`.
+
+use super::{GlobalOptions, json_argument};
+use crate::connector::{ConnectionOptions, Connector, Invocation, InvocationContext, InvokeError, LogLine, Manifest};
+use anyhow::Context as _;
+use clap::Subcommand;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Subcommand)]
+pub enum ConnectorCommand {
+    /// Print a connector's manifest: id, version, connection properties, allowed hosts, capabilities.
+    Inspect {
+        component: PathBuf,
+        /// Print the manifest as one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the connector's check of a connection config (e.g. that the credentials are accepted).
+    Check {
+        component: PathBuf,
+        #[command(flatten)]
+        connection: ConnectionArgs,
+    },
+    /// Validate an input and invoke one capability; prints the output JSON.
+    Call {
+        component: PathBuf,
+        capability: String,
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        /// The capability's input: JSON, or @file.
+        #[arg(long)]
+        input: String,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct ConnectionArgs {
+    /// The connection config: JSON, or @file. Secrets by reference: {"clientSecret": {"secret": "NAME"}}.
+    #[arg(long)]
+    config: String,
+    /// A host this connection may reach (repeatable); without any, the connector's declared hosts apply.
+    #[arg(long = "allow-host", value_name = "HOST")]
+    allow_hosts: Vec<String>,
+    /// Allow loopback and private addresses (for local services and the emulator).
+    #[arg(long)]
+    allow_private: bool,
+}
+
+pub async fn run(
+    command: ConnectorCommand,
+    context: &GlobalOptions,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        ConnectorCommand::Inspect { component, json } => {
+            let connector = load(context, &component).await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(connector.manifest())?)?;
+            } else {
+                write!(out, "{}", render_manifest(connector.manifest()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ConnectorCommand::Check { component, connection } => {
+            let connector = load(context, &component).await?;
+            let connection = connect(context, &connector, &connection)?;
+            let outcome = connector.check(&connection).await;
+            print_log(err, &outcome.log)?;
+            Ok(match outcome.result {
+                Ok(()) => {
+                    writeln!(out, "ok: the connection works")?;
+                    ExitCode::SUCCESS
+                }
+                Err(error) => report(err, &error)?,
+            })
+        }
+        ConnectorCommand::Call { component, capability, connection, input } => {
+            let connector = load(context, &component).await?;
+            let connection = connect(context, &connector, &connection)?;
+            let input = json_argument("--input", &input)?;
+            let invocation_id = uuid::Uuid::new_v4().to_string();
+            let invocation = InvocationContext {
+                run_id: invocation_id.clone(),
+                node_id: "cli".into(),
+                idempotency_key: invocation_id,
+                attempt: 1,
+            };
+            let Invocation { result, log, .. } = connector.invoke(&connection, &capability, &input, &invocation).await;
+            print_log(err, &log)?;
+            Ok(match result {
+                Ok(output) => {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&output)?)?;
+                    ExitCode::SUCCESS
+                }
+                Err(error) => report(err, &error)?,
+            })
+        }
+    }
+}
+
+async fn load(context: &GlobalOptions, component: &Path) -> anyhow::Result<Arc<Connector>> {
+    let runtime = context.runtime()?;
+    let connector =
+        runtime.load_file(component).await.with_context(|| format!("cannot load {}", component.display()))?;
+    let (source, elapsed) = connector.load_source();
+    tracing::info!(component = %component.display(), source = ?source, ms = elapsed.as_secs_f64() * 1e3, "connector loaded");
+    Ok(connector)
+}
+
+fn connect(
+    context: &GlobalOptions,
+    connector: &Connector,
+    args: &ConnectionArgs,
+) -> anyhow::Result<crate::connector::Connection> {
+    let config = json_argument("--config", &args.config)?;
+    let options = ConnectionOptions {
+        allowed_hosts: (!args.allow_hosts.is_empty()).then(|| args.allow_hosts.clone()),
+        allow_private: args.allow_private,
+    };
+    Ok(connector.connection("cli", &config, &context.secrets()?, &options)?)
+}
+
+/// Prints the error kind and message on stderr and picks the exit status.
+fn report(err: &mut dyn Write, error: &InvokeError) -> std::io::Result<ExitCode> {
+    writeln!(err, "error: {}: {error}", error.kind())?;
+    if let InvokeError::Permanent { body, .. } = error
+        && !body.is_empty()
+    {
+        writeln!(err, "response body: {body}")?;
+    }
+    Ok(ExitCode::from(1))
+}
+
+fn print_log(err: &mut dyn Write, log: &[LogLine]) -> std::io::Result<()> {
+    for line in log {
+        writeln!(err, "[{:>5} ms] {:?}/{:?}: {}", line.at_ms, line.source, line.level, line.message)?;
+    }
+    Ok(())
+}
+
+fn render_manifest(manifest: &Manifest) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{} {} ({})", manifest.id, manifest.version, manifest.display_name);
+    if !manifest.description.is_empty() {
+        let _ = writeln!(out, "  {}", manifest.description);
+    }
+    let _ = writeln!(out, "\nConnection properties:");
+    let width = manifest.connection_properties.iter().map(|p| p.name.len()).max().unwrap_or(0);
+    for p in &manifest.connection_properties {
+        let mut flags = vec![if p.required { "required" } else { "optional" }];
+        if p.secret {
+            flags.push("secret");
+        }
+        let _ = writeln!(out, "  {:width$}  [{}]  {}: {}", p.name, flags.join(", "), p.title, p.description);
+    }
+    let _ = writeln!(out, "\nAllowed hosts:");
+    for host in &manifest.allowed_hosts {
+        let _ = writeln!(out, "  {host}");
+    }
+    let _ = writeln!(out, "\nCapabilities:");
+    for c in &manifest.capabilities {
+        let _ = writeln!(out, "\n  {} — {}", c.id, c.title);
+        if !c.description.is_empty() {
+            let _ = writeln!(out, "    {}", c.description);
+        }
+        for (label, schema) in [("input schema", &c.input_schema), ("output schema", &c.output_schema)] {
+            let pretty = serde_json::to_string_pretty(schema).unwrap_or_default();
+            let _ = writeln!(out, "    {label}:");
+            for line in pretty.lines() {
+                let _ = writeln!(out, "      {line}");
+            }
+        }
+    }
+    out
+}

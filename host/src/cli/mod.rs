@@ -1,0 +1,129 @@
+//! The `flowhost` command line. One file per command; each only parses arguments and prints what the
+//! library returns.
+
+mod connector;
+
+use crate::connector::{Runtime, RuntimeConfig, SecretStore};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "flowhost", version, about = "Runs JSON flows whose nodes call WebAssembly connectors")]
+struct Cli {
+    /// More logging on stderr (-v: info, -vv: debug). RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Directory of precompiled components [default: $XDG_CACHE_HOME/flowhost or ~/.cache/flowhost].
+    #[arg(long, global = true, env = "FLOWHOST_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Do not read or write precompiled components on disk.
+    #[arg(long, global = true)]
+    no_cache: bool,
+    /// A file of NAME=value lines that secret references resolve from before the environment.
+    #[arg(long, global = true, env = "FLOWHOST_SECRETS_FILE")]
+    secrets_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect, check and call connector components.
+    #[command(subcommand)]
+    Connector(connector::ConnectorCommand),
+}
+
+/// The `flowhost` binary: parses the process arguments and runs the command.
+pub fn main() -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let args: Vec<String> = std::env::args().collect();
+    runtime.block_on(run(args, &mut std::io::stdout(), &mut std::io::stderr()))
+}
+
+/// Runs one command line, writing its output to `out` and its messages to `err`: what the binary does, in a
+/// form tests and embedding platforms can call in-process.
+pub async fn run<I, A>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode
+where
+    I: IntoIterator<Item = A>,
+    A: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version are "errors" that go to stdout and succeed.
+            if error.use_stderr() {
+                let _ = write!(err, "{}", error.render());
+                return ExitCode::from(2);
+            }
+            let _ = write!(out, "{}", error.render());
+            return ExitCode::SUCCESS;
+        }
+    };
+    init_tracing(cli.verbose);
+    let options = GlobalOptions { cache_dir: cli.cache_dir, no_cache: cli.no_cache, secrets_file: cli.secrets_file };
+    let result = match cli.command {
+        Command::Connector(command) => connector::run(command, &options, out, err).await,
+    };
+    result.unwrap_or_else(|error| {
+        let _ = writeln!(err, "error: {error:#}");
+        ExitCode::from(2)
+    })
+}
+
+/// What every command may need from the global options.
+struct GlobalOptions {
+    cache_dir: Option<PathBuf>,
+    no_cache: bool,
+    secrets_file: Option<PathBuf>,
+}
+
+impl GlobalOptions {
+    fn runtime_config(&self) -> RuntimeConfig {
+        let mut config = RuntimeConfig::default();
+        if self.no_cache {
+            config.cache_dir = None;
+        } else if let Some(dir) = &self.cache_dir {
+            config.cache_dir = Some(dir.clone());
+        }
+        config
+    }
+
+    fn runtime(&self) -> anyhow::Result<Runtime> {
+        Runtime::new(self.runtime_config()).map_err(anyhow::Error::msg)
+    }
+
+    fn secrets(&self) -> anyhow::Result<SecretStore> {
+        match &self.secrets_file {
+            Some(path) => SecretStore::from_file_and_env(path).map_err(anyhow::Error::msg),
+            None => Ok(SecretStore::from_env()),
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // A second command in the same process (tests) keeps the first subscriber.
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+/// Reads a JSON argument given inline or as `@path`.
+fn json_argument(what: &str, text: &str) -> anyhow::Result<serde_json::Value> {
+    let (source, content) = match text.strip_prefix('@') {
+        Some(path) => {
+            let content = std::fs::read_to_string(path).with_context(|| format!("cannot read {what} file {path}"))?;
+            (format!("{what} file {path}"), content)
+        }
+        None => (what.to_string(), text.to_string()),
+    };
+    serde_json::from_str(&content).with_context(|| format!("{source} is not valid JSON"))
+}
