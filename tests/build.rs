@@ -2,12 +2,11 @@
 
 use std::fmt::Write;
 
-const COMPONENTS: &[&str] =
-    &["echo", "fetcher", "infinite_loop", "memory_bomb", "stack_overflow", "panic", "mparticle_connector"];
+const COMPONENTS: &[&str] = &["echo", "fetcher", "infinite_loop", "memory_bomb", "stack_overflow", "panic"];
 
 fn main() {
     let root = connector_build::workspace_root(env!("CARGO_MANIFEST_DIR"));
-    let components = connector_build::build(&root, &["test-connectors", "mparticle-connector"], COMPONENTS);
+    let components = connector_build::build(&root, &["test-connectors"], COMPONENTS);
     let mut code = String::new();
     for component in components {
         let constant = component.name.to_uppercase();

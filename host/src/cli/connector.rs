@@ -1,7 +1,9 @@
 //! `flowhost connector inspect | check | call`.
 
 use super::{GlobalOptions, json_argument};
-use crate::connector::{ConnectionOptions, Connector, Invocation, InvocationContext, InvokeError, LogLine, Manifest};
+use crate::connector::{
+    ConnectionOptions, Connector, Invocation, InvocationContext, InvokeError, LoadSource, LogLine, Manifest,
+};
 use anyhow::Context as _;
 use clap::Subcommand;
 use std::io::Write;
@@ -62,6 +64,18 @@ pub async fn run(
                 writeln!(out, "{}", serde_json::to_string_pretty(connector.manifest())?)?;
             } else {
                 write!(out, "{}", render_manifest(connector.manifest()))?;
+                let (source, elapsed) = connector.load_source();
+                let how = match source {
+                    LoadSource::Compiled => "compiled",
+                    LoadSource::DiskCache => "loaded from the compile cache",
+                    LoadSource::Memory => "already loaded",
+                };
+                writeln!(
+                    out,
+                    "\nComponent: sha256 {} ({how} in {:.1} ms)",
+                    connector.hash(),
+                    elapsed.as_secs_f64() * 1e3
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "flowhost", version, about = "Runs JSON flows whose nodes call WebAssembly connectors")]
@@ -25,6 +26,9 @@ struct Cli {
     /// A file of NAME=value lines that secret references resolve from before the environment.
     #[arg(long, global = true, env = "FLOWHOST_SECRETS_FILE")]
     secrets_file: Option<PathBuf>,
+    /// Wall-clock limit of one connector invocation, in seconds [default: 30].
+    #[arg(long, global = true, value_name = "SECONDS")]
+    timeout: Option<f64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,7 +67,16 @@ where
         }
     };
     init_tracing(cli.verbose);
-    let options = GlobalOptions { cache_dir: cli.cache_dir, no_cache: cli.no_cache, secrets_file: cli.secrets_file };
+    let timeout = match cli.timeout.map(Duration::try_from_secs_f64) {
+        Some(Ok(timeout)) if !timeout.is_zero() => Some(timeout),
+        Some(_) => {
+            let _ = writeln!(err, "error: --timeout must be a positive number of seconds");
+            return ExitCode::from(2);
+        }
+        None => None,
+    };
+    let options =
+        GlobalOptions { cache_dir: cli.cache_dir, no_cache: cli.no_cache, secrets_file: cli.secrets_file, timeout };
     let result = match cli.command {
         Command::Connector(command) => connector::run(command, &options, out, err).await,
     };
@@ -78,6 +91,7 @@ struct GlobalOptions {
     cache_dir: Option<PathBuf>,
     no_cache: bool,
     secrets_file: Option<PathBuf>,
+    timeout: Option<Duration>,
 }
 
 impl GlobalOptions {
@@ -87,6 +101,9 @@ impl GlobalOptions {
             config.cache_dir = None;
         } else if let Some(dir) = &self.cache_dir {
             config.cache_dir = Some(dir.clone());
+        }
+        if let Some(timeout) = self.timeout {
+            config.limits.timeout = timeout;
         }
         config
     }

@@ -62,16 +62,15 @@ impl DiskCache {
         self.dir.join(format!("{hash}-{}.cwasm", self.engine_key))
     }
 
-    /// Loads the precompiled artifact for `hash`, if there is a usable one.
+    /// Loads the precompiled artifact for `hash`, if there is a usable one. The file is read into memory
+    /// rather than mapped, so that another process truncating it cannot fault this one.
     pub fn load(&self, engine: &Engine, hash: &str) -> Option<Component> {
         let path = self.path(hash);
-        if !path.exists() {
-            return None;
-        }
-        // SAFETY: the file is in the host-owned cache directory (mode 0700) and was written by
-        // `store` below from `Component::serialize` of the same engine configuration (the engine key is
-        // part of the name); wasmtime checks the header and version before using it.
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        let bytes = std::fs::read(&path).ok()?;
+        // SAFETY: the file is in the host-owned cache directory (mode 0700) and was written by `store`
+        // below from `Component::serialize` with the same engine configuration (the engine key is part of
+        // its name); wasmtime also checks the artifact's header and version before using it.
+        match unsafe { Component::deserialize(engine, &bytes) } {
             Ok(component) => Some(component),
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "ignoring an unusable precompiled component");

@@ -21,6 +21,7 @@ impl Guest for Echo {
                 capability("cacheCounter", "Increments a counter kept in the connection's cache."),
                 capability("fail", "Fails with the error kind named in the input."),
                 capability("print", "Writes its input's text to stdout, stderr and the log."),
+                capability("probeSandbox", "Reports what the sandbox lets it see: environment, files, sockets."),
             ],
         )
     }
@@ -65,6 +66,16 @@ impl Guest for Echo {
                 eprintln!("stderr: {text}");
                 log::log(Level::Warn, &format!("log: {text}"));
                 json!({ "printed": text })
+            }
+            "probeSandbox" => {
+                let connect = input["connect"].as_str().unwrap_or("127.0.0.1:9");
+                json!({
+                    "envVars": std::env::vars().count(),
+                    "args": std::env::args().count(),
+                    "readRoot": std::fs::read_dir("/").map(|_| "allowed".to_string()).unwrap_or_else(|e| e.to_string()),
+                    "readCwd": std::fs::read_dir(".").map(|_| "allowed".to_string()).unwrap_or_else(|e| e.to_string()),
+                    "tcpConnect": std::net::TcpStream::connect(connect).map(|_| "connected".to_string()).unwrap_or_else(|e| e.to_string()),
+                })
             }
             other => return Err(invalid_input("", format!("unknown capability {other}"))),
         };
