@@ -6,7 +6,7 @@ const COMPONENTS: &[&str] = &["echo", "fetcher", "infinite_loop", "memory_bomb",
 
 fn main() {
     let root = connector_build::workspace_root(env!("CARGO_MANIFEST_DIR"));
-    let components = connector_build::build(&root, &["test-connectors"], COMPONENTS);
+    let components = connector_build::build(&root, &["test-connectors", "mparticle-connector"], COMPONENTS);
     let mut code = String::new();
     for component in components {
         let constant = component.name.to_uppercase();

@@ -1,6 +1,14 @@
 //! flowhost: runs JSON flows whose nodes call connectors compiled as WebAssembly components.
 //!
-//! The library is what the `flowhost` binary runs; platforms embed it the same way.
+//! The library is what the `flowhost` binary runs; platforms embed it the same way: a [`Host`] loads
+//! connectors, checks and loads [`Flow`]s, and runs them for events, producing a [`Run`] trace.
 
+pub mod builtin;
 pub mod cli;
 pub mod connector;
+pub mod delivery;
+pub mod flow;
+mod host;
+
+pub use flow::{Flow, LoadedFlow, Run};
+pub use host::{Host, HostConfig, HostError, RunError};

@@ -52,8 +52,9 @@ async fn call_prints_the_output_or_the_error_kind() {
     let secrets = secrets_file(dir.path());
     let base = ["--no-cache", "--secrets-file", secrets.as_str(), "connector", "call", components::ECHO];
 
-    let ok = flowhost(&[&base[..], &["echo", "--config", CONFIG, "--input", r#"{"properties":{"message":"yo"}}"#]].concat())
-        .await;
+    let ok =
+        flowhost(&[&base[..], &["echo", "--config", CONFIG, "--input", r#"{"properties":{"message":"yo"}}"#]].concat())
+            .await;
     assert_eq!(ok.code, ExitCode::SUCCESS, "{}", ok.err);
     let output: serde_json::Value = serde_json::from_str(&ok.out).unwrap();
     assert_eq!(output["message"], "yo");

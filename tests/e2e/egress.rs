@@ -18,7 +18,8 @@ async fn allowed_host_is_fetched_and_logged_without_credentials() {
     let (runtime, _cache) = test_runtime(Duration::from_secs(5));
     let fetcher = load(&runtime, components::FETCHER).await;
     let connection = connect(&fetcher, json!({"baseUrl": server.url("/")}), private_allowed());
-    let invocation = fetcher.invoke(&connection, "get", &json!({"url": server.url("/ok?token=abc")}), &context("f")).await;
+    let invocation =
+        fetcher.invoke(&connection, "get", &json!({"url": server.url("/ok?token=abc")}), &context("f")).await;
     assert_eq!(invocation.result.unwrap(), json!({"status": 200, "body": "hello"}));
     let http: Vec<&str> =
         invocation.log.iter().filter(|l| l.source == LogSource::Http).map(|l| l.message.as_str()).collect();
@@ -35,17 +36,15 @@ async fn host_outside_the_allow_list_is_refused_before_connecting() {
     let (runtime, _cache) = test_runtime(Duration::from_secs(5));
     let fetcher = load(&runtime, components::FETCHER).await;
     let connection = connect(&fetcher, json!({"baseUrl": allowed.url("/")}), private_allowed());
-    let error = fetcher
-        .invoke(&connection, "get", &json!({"url": other.url("/ok")}), &context("f"))
-        .await
-        .result
-        .unwrap_err();
+    let error =
+        fetcher.invoke(&connection, "get", &json!({"url": other.url("/ok")}), &context("f")).await.result.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::EgressDenied, "{error}");
     assert!(error.to_string().contains("not among the hosts the connector declares"), "{error}");
     assert_eq!(other.hits(), 0);
 
     // The connection's own allow-list narrows what the connector declares.
-    let narrowed = ConnectionOptions { allowed_hosts: Some(vec!["https://api.example.com".into()]), allow_private: true };
+    let narrowed =
+        ConnectionOptions { allowed_hosts: Some(vec!["https://api.example.com".into()]), allow_private: true };
     let connection = connect(&fetcher, json!({"baseUrl": allowed.url("/")}), narrowed);
     let error = fetcher
         .invoke(&connection, "get", &json!({"url": allowed.url("/ok")}), &context("f"))
@@ -108,18 +107,13 @@ async fn redirect_to_an_unlisted_port_is_not_followed() {
 #[tokio::test]
 async fn slow_and_oversized_responses_are_cut_off() {
     let server = HttpFixture::start().await;
-    let limits = HttpLimits {
-        request_timeout: Duration::from_millis(300),
-        max_response_bytes: 1024,
-        ..HttpLimits::default()
-    };
+    let limits =
+        HttpLimits { request_timeout: Duration::from_millis(300), max_response_bytes: 1024, ..HttpLimits::default() };
     let (runtime, _cache) = test_runtime_with(Duration::from_secs(5), limits);
     let fetcher = load(&runtime, components::FETCHER).await;
     let connection = connect(&fetcher, json!({"baseUrl": server.url("/")}), private_allowed());
 
-    let slow = fetcher
-        .invoke(&connection, "get", &json!({"url": server.url("/slow?ms=3000")}), &context("f"))
-        .await;
+    let slow = fetcher.invoke(&connection, "get", &json!({"url": server.url("/slow?ms=3000")}), &context("f")).await;
     let error = slow.result.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Transient, "a timeout may succeed later: {error}");
     assert!(slow.duration < Duration::from_secs(2), "{:?}", slow.duration);
@@ -139,9 +133,8 @@ async fn a_hung_host_call_is_stopped_by_the_invocation_deadline() {
     let (runtime, _cache) = test_runtime(Duration::from_millis(800));
     let fetcher = load(&runtime, components::FETCHER).await;
     let connection = connect(&fetcher, json!({"baseUrl": server.url("/")}), private_allowed());
-    let invocation = fetcher
-        .invoke(&connection, "get", &json!({"url": server.url("/slow?ms=5000")}), &context("f"))
-        .await;
+    let invocation =
+        fetcher.invoke(&connection, "get", &json!({"url": server.url("/slow?ms=5000")}), &context("f")).await;
     assert_eq!(invocation.result.unwrap_err().kind(), ErrorKind::Timeout);
     assert!(invocation.duration < Duration::from_secs(2), "{:?}", invocation.duration);
 }

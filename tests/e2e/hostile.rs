@@ -32,7 +32,8 @@ async fn assert_serves_good_call(runtime: &Runtime) {
     let connection = echo
         .connection("good", &json!({"token": {"secret": "TOKEN"}}), &secrets, &ConnectionOptions::default())
         .unwrap();
-    let invocation = echo.invoke(&connection, "echo", &json!({"properties": {"message": "still here"}}), &context("good")).await;
+    let invocation =
+        echo.invoke(&connection, "echo", &json!({"properties": {"message": "still here"}}), &context("good")).await;
     assert_eq!(invocation.result.unwrap()["message"], "still here");
 }
 
@@ -66,8 +67,7 @@ async fn many_hostile_calls_in_parallel_leave_the_host_serving() {
     let (input, invocation_context) = (json!({}), context("parallel"));
     let mut calls = Vec::new();
     for i in 0..8 {
-        let (connector, connection) =
-            if i % 2 == 0 { (&bomb, &connection_bomb) } else { (&panic, &connection_panic) };
+        let (connector, connection) = if i % 2 == 0 { (&bomb, &connection_bomb) } else { (&panic, &connection_panic) };
         calls.push(connector.invoke(connection, "run", &input, &invocation_context));
     }
     for invocation in futures::future::join_all(calls).await {

@@ -3,8 +3,7 @@
 
 use crate::{context, load, test_runtime};
 use flowhost::connector::{
-    ConfigError, ConnectionOptions, ErrorKind, InvokeError, LoadSource, LogSource, Runtime, RuntimeConfig,
-    SecretStore,
+    ConfigError, ConnectionOptions, ErrorKind, InvokeError, LoadSource, LogSource, Runtime, RuntimeConfig, SecretStore,
 };
 use flowhost_tests::components;
 use serde_json::{Value, json};
@@ -49,15 +48,17 @@ async fn invoke_passes_input_config_and_context() {
     assert_eq!(output["message"], "hi");
     assert_eq!(output["greeting"], "hello");
     assert_eq!(output["input"], input);
-    assert_eq!(output["context"], json!({"runId": "run-1", "nodeId": "node-a", "idempotencyKey": "run-1/node-a", "attempt": 1}));
+    assert_eq!(
+        output["context"],
+        json!({"runId": "run-1", "nodeId": "node-a", "idempotencyKey": "run-1/node-a", "attempt": 1})
+    );
 }
 
 #[tokio::test]
 async fn input_is_validated_with_json_pointers_before_the_call() {
     let (_runtime, _cache, connector) = echo().await;
     let connection = connector.connection("main", &config(), &secrets(), &ConnectionOptions::default()).unwrap();
-    let invocation =
-        connector.invoke(&connection, "echo", &json!({"properties": {"count": -1}}), &context("n")).await;
+    let invocation = connector.invoke(&connection, "echo", &json!({"properties": {"count": -1}}), &context("n")).await;
     let InvokeError::InvalidInput { errors } = invocation.result.unwrap_err() else { panic!("expected invalid input") };
     let pointers: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
     assert_eq!(pointers, ["/properties", "/properties/count"], "{errors:?}");
@@ -179,11 +180,8 @@ async fn the_sandbox_has_no_environment_files_or_sockets() {
     let connection = connector.connection("c", &config(), &secrets(), &ConnectionOptions::default()).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let target = listener.local_addr().unwrap().to_string();
-    let output = connector
-        .invoke(&connection, "probeSandbox", &json!({"connect": target}), &context("s"))
-        .await
-        .result
-        .unwrap();
+    let output =
+        connector.invoke(&connection, "probeSandbox", &json!({"connect": target}), &context("s")).await.result.unwrap();
     assert_eq!(output["envVars"], 0, "{output}");
     assert_eq!(output["args"], 0, "{output}");
     assert_ne!(output["readRoot"], "allowed", "{output}");
@@ -213,7 +211,8 @@ async fn instances_are_fresh_and_concurrent() {
 #[tokio::test]
 async fn a_second_runtime_loads_from_the_compile_cache() {
     let cache = tempfile::tempdir().unwrap();
-    let config = || RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), max_instances: 8, ..Default::default() };
+    let config =
+        || RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), max_instances: 8, ..Default::default() };
     let first = Runtime::new(config()).unwrap();
     let connector = load(&first, components::ECHO).await;
     assert_eq!(connector.load_source().0, LoadSource::Compiled);

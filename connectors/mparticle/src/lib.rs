@@ -1,1 +1,138 @@
-//! Placeholder until the mParticle connector lands.
+//! The mParticle connector component: a thin adapter between the WIT contract (through the flowhost SDK)
+//! and `mparticle-core`, which holds all the logic. It maps the WIT imports to the core `Host` trait and the
+//! types both ways; nothing else.
+
+use flowhost_connector_sdk::*;
+use mparticle_core as core;
+
+struct MParticle;
+
+impl Guest for MParticle {
+    fn describe() -> ConnectorInfo {
+        let manifest = core::describe();
+        ConnectorInfo {
+            id: manifest.id,
+            version: manifest.version,
+            display_name: manifest.display_name,
+            description: manifest.description,
+            connection_properties: manifest
+                .connection_properties
+                .into_iter()
+                .map(|p| ConnectionProperty {
+                    name: p.name,
+                    title: p.title,
+                    description: p.description,
+                    secret: p.secret,
+                    required: p.required,
+                    schema: p.schema,
+                })
+                .collect(),
+            allowed_hosts: manifest.allowed_hosts,
+            capabilities: manifest
+                .capabilities
+                .into_iter()
+                .map(|c| Capability {
+                    id: c.id,
+                    title: c.title,
+                    description: c.description,
+                    input_schema: c.input_schema,
+                    output_schema: c.output_schema,
+                })
+                .collect(),
+        }
+    }
+
+    fn check(connection: String) -> Result<(), ConnectorError> {
+        let connection = parse_connection(&connection)?;
+        core::check(&mut WitHost, &connection).map_err(to_wit)
+    }
+
+    fn invoke(
+        capability: String,
+        connection: String,
+        input: String,
+        context: InvocationContext,
+    ) -> Result<String, ConnectorError> {
+        let connection = parse_connection(&connection)?;
+        let input = parse_input(&input)?;
+        let context = core::Context {
+            run_id: context.run_id,
+            node_id: context.node_id,
+            idempotency_key: context.idempotency_key,
+            attempt: context.attempt,
+        };
+        let output = core::invoke(&mut WitHost, &capability, &connection, &input, &context).map_err(to_wit)?;
+        Ok(output.to_string())
+    }
+}
+
+/// The WIT imports as the core's `Host`.
+struct WitHost;
+
+impl core::Host for WitHost {
+    fn fetch(&mut self, request: core::HttpRequest) -> Result<core::HttpResponse, core::TransportError> {
+        let request = Request {
+            method: request.method.as_str().to_string(),
+            url: request.url,
+            headers: request.headers,
+            body: request.body,
+            timeout_ms: request.timeout_ms,
+        };
+        match http::fetch(&request) {
+            Ok(response) => {
+                Ok(core::HttpResponse { status: response.status, headers: response.headers, body: response.body })
+            }
+            Err(error) => Err(match error {
+                HttpError::Denied(m) => core::TransportError::Denied(m),
+                HttpError::InvalidRequest(m) => core::TransportError::InvalidRequest(m),
+                HttpError::ConnectFailed(m) => core::TransportError::ConnectFailed(m),
+                HttpError::Timeout(m) => core::TransportError::Timeout(m),
+                HttpError::ResponseTooLarge(m) => core::TransportError::ResponseTooLarge(m),
+                HttpError::Other(m) => core::TransportError::Other(m),
+            }),
+        }
+    }
+
+    fn cache_get(&mut self, key: &str) -> Option<String> {
+        cache::get(key)
+    }
+
+    fn cache_set(&mut self, key: &str, value: &str, ttl_seconds: u32) {
+        cache::set(key, value, ttl_seconds);
+    }
+
+    fn cache_delete(&mut self, key: &str) {
+        cache::delete(key);
+    }
+
+    fn log(&mut self, level: core::Level, message: &str) {
+        let level = match level {
+            core::Level::Trace => Level::Trace,
+            core::Level::Debug => Level::Debug,
+            core::Level::Info => Level::Info,
+            core::Level::Warn => Level::Warn,
+            core::Level::Error => Level::Error,
+        };
+        log::log(level, message);
+    }
+}
+
+fn to_wit(error: core::Error) -> ConnectorError {
+    match error {
+        core::Error::InvalidInput(errors) => ConnectorError::InvalidInput(
+            errors.into_iter().map(|e| FieldError { pointer: e.pointer, message: e.message }).collect(),
+        ),
+        core::Error::InvalidConfig(m) => ConnectorError::InvalidConfig(m),
+        core::Error::Unauthorized(m) => ConnectorError::Unauthorized(m),
+        core::Error::NotFound(m) => ConnectorError::NotFound(m),
+        core::Error::RateLimited { retry_after_ms, message } => {
+            ConnectorError::RateLimited(RateLimit { retry_after_ms, message })
+        }
+        core::Error::Transient(m) => ConnectorError::Transient(m),
+        core::Error::Permanent { status, message, body } => {
+            ConnectorError::Permanent(Failure { status, message, body })
+        }
+    }
+}
+
+export_connector!(MParticle);

@@ -25,6 +25,7 @@ extern crate self as flowhost_connector_sdk;
 pub use wit_bindgen;
 
 /// The bindings generated from `wit/v0.1.0` (package `flowhost:connector@0.1.0`).
+#[allow(clippy::too_many_arguments)] // generated code
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit/v0.1.0",

@@ -2,6 +2,7 @@
 //! library returns.
 
 mod connector;
+mod flow;
 
 use crate::connector::{Runtime, RuntimeConfig, SecretStore};
 use anyhow::Context as _;
@@ -35,9 +36,37 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Parse and lint flow files without running them; every problem with its JSON pointer.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        host: flow::HostArgs,
+    },
+    /// Run one flow for one event and print the run trace.
+    Run {
+        file: PathBuf,
+        /// The event: JSON, or @file.
+        #[arg(long)]
+        event: String,
+        /// Print the run trace as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        host: flow::HostArgs,
+    },
     /// Inspect, check and call connector components.
     #[command(subcommand)]
     Connector(connector::ConnectorCommand),
+    /// The flow format.
+    #[command(subcommand)]
+    Flow(FlowCommand),
+}
+
+#[derive(Subcommand)]
+enum FlowCommand {
+    /// Print the JSON Schema of flow files (flows/schema.json is this output).
+    Schema,
 }
 
 /// The `flowhost` binary: parses the process arguments and runs the command.
@@ -78,7 +107,10 @@ where
     let options =
         GlobalOptions { cache_dir: cli.cache_dir, no_cache: cli.no_cache, secrets_file: cli.secrets_file, timeout };
     let result = match cli.command {
+        Command::Check { files, host } => flow::check(&files, &host, &options, out, err).await,
+        Command::Run { file, event, json, host } => flow::run(&file, &event, json, &host, &options, out, err).await,
         Command::Connector(command) => connector::run(command, &options, out, err).await,
+        Command::Flow(FlowCommand::Schema) => flow::schema(out),
     };
     result.unwrap_or_else(|error| {
         let _ = writeln!(err, "error: {error:#}");

@@ -19,7 +19,7 @@ impl fmt::Display for FieldError {
 }
 
 /// The kind of a failed invocation: what a flow's retry policy and error edges act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorKind {
     /// The input does not fit the capability's schema, or the connector rejected it.

@@ -10,10 +10,13 @@ const MAX_ENTRIES_PER_SCOPE: usize = 256;
 const MAX_VALUE_BYTES: usize = 64 * 1024;
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// The entries of one scope: value and expiry by key.
+type Entries = HashMap<String, (SecretString, Instant)>;
+
 /// Values are held as secrets: a cache typically holds access tokens.
 #[derive(Default)]
 pub struct KvCache {
-    scopes: Mutex<HashMap<String, HashMap<String, (SecretString, Instant)>>>,
+    scopes: Mutex<HashMap<String, Entries>>,
 }
 
 impl KvCache {

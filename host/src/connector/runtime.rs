@@ -377,6 +377,13 @@ impl Connector {
         })
     }
 
+    /// Creates a fresh instance and drops it without calling anything: the fixed cost of every invocation,
+    /// for benchmarks.
+    #[doc(hidden)]
+    pub async fn instantiate_only(&self) -> Result<(), InvokeError> {
+        run_sandboxed(&self.runtime, &self.pre, deny_all_scope(), |_, _| Box::pin(async { Ok(()) })).await.result
+    }
+
     fn scope(&self, connection: &Connection) -> ConnectionScope {
         ConnectionScope {
             egress: connection.egress.clone(),

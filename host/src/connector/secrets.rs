@@ -106,6 +106,11 @@ impl Redactor {
         Redactor { secrets }
     }
 
+    /// One redactor for the secrets of several connections.
+    pub fn merge(redactors: &[Redactor]) -> Redactor {
+        Redactor::new(redactors.iter().flat_map(|r| r.secrets.iter().cloned()).collect())
+    }
+
     pub fn redact(&self, text: &str) -> String {
         let mut text = text.to_string();
         for secret in &self.secrets {

@@ -10,7 +10,8 @@ pub enum FaultKind {
     /// authentication or validation. `429` adds `Retry-After` and `X-mp-rate-limit-exceeded`.
     Status(u16),
     /// Sleep `stall_ms` before handling the request normally (or after handling it, with
-    /// `stall_after_processing`), so that callers with a shorter timeout give up.
+    /// `stall_after_processing`), so that callers with a shorter timeout give up. A caller that
+    /// disconnects during a stall before processing gets its request dropped unprocessed.
     Stall,
 }
 

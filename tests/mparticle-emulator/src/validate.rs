@@ -101,16 +101,15 @@ pub fn validate_batch_at(
         return Err(err(
             root,
             format!(
-                "batch is {size} bytes when serialized; mParticle accepts at most {} bytes (128 KB) per batch",
+                "batch is {size} bytes when serialized; the limit is {} bytes per batch (mParticle: 128 KB)",
                 limits.max_batch_bytes
             ),
         ));
     }
-    let ctx = Ctx { limits };
-    check(&ctx, &Ty::Obj(&BATCH), batch, root)?;
-    if batch.is_null() {
-        return Err(err(root, "expected a batch object, found null".into()));
-    }
+    let Some(fields) = batch.as_object() else {
+        return Err(err(root, format!("expected a batch (a JSON object), found {}", kind(batch))));
+    };
+    check_shape(&Ctx { limits }, &BATCH, fields, root)?;
     if let Some(h) = historical {
         check_historical(batch, root, h)?;
     }
@@ -376,7 +375,10 @@ fn check(ctx: &Ctx<'_>, ty: &Ty, v: &Value, p: P<'_>) -> R {
             Value::Null => {}
             Value::String(s) if is_uuid(s) => {}
             Value::String(s) => {
-                return Err(err(p, format!("{} is not a UUID (8-4-4-4-12 hexadecimal digits)", Value::from(s.as_str()))));
+                return Err(err(
+                    p,
+                    format!("{} is not a UUID (8-4-4-4-12 hexadecimal digits)", Value::from(s.as_str())),
+                ));
             }
             other => return Err(err(p, format!("expected a UUID string or null, found {}", kind(other)))),
         },
@@ -430,7 +432,10 @@ fn check(ctx: &Ctx<'_>, ty: &Ty, v: &Value, p: P<'_>) -> R {
                 }
             }
             Value::Object(_) => {
-                return Err(err(p, "expected a string, number, boolean, null or an array of strings, found an object".into()));
+                return Err(err(
+                    p,
+                    "expected a string, number, boolean, null or an array of strings, found an object".into(),
+                ));
             }
             _ => {}
         },
@@ -607,23 +612,20 @@ fn check_event(ctx: &Ctx<'_>, v: &Value, p: P<'_>, only: Option<&'static str>) -
                     Some(o) => vec![o],
                     None => EVENT_KINDS.iter().map(|k| k.name).collect(),
                 };
-                return Err(err(
-                    pt,
-                    format!("{} is not a supported event type; expected one of: {}", Value::from(s.as_str()), {
-                        allowed.join(", ")
-                    }),
-                ));
+                let found = Value::from(s.as_str());
+                let message = format!("{found} is not a supported event type; expected one of: {}", allowed.join(", "));
+                return Err(err(pt, message));
             }
         },
         Some(other) => return Err(err(pt, format!("expected a string, found {}", kind(other)))),
     };
-    if ek.closed {
-        if let Some(k) = m.keys().find(|k| *k != "event_type" && *k != "data") {
-            return Err(err(
-                P::Key(&p, k),
-                format!("unknown field (a {} event has only \"event_type\" and \"data\")", ek.name),
-            ));
-        }
+    if ek.closed
+        && let Some(k) = m.keys().find(|k| *k != "event_type" && *k != "data")
+    {
+        return Err(err(
+            P::Key(&p, k),
+            format!("unknown field (a {} event has only \"event_type\" and \"data\")", ek.name),
+        ));
     }
     let pd = P::Key(&p, "data");
     let data = match m.get("data") {
@@ -853,7 +855,10 @@ static DEVICE_INFO: Shape = Shape {
         ("device", Scalar),
         ("android_uuid", Scalar),
         ("device_manufacturer", Scalar),
-        ("platform", Enum(&["iOS", "Android", "web", "tvOS", "roku", "out_of_band", "alexa", "smart_tv", "fire_tv", "xbox"])),
+        (
+            "platform",
+            Enum(&["iOS", "Android", "web", "tvOS", "roku", "out_of_band", "alexa", "smart_tv", "fire_tv", "xbox"]),
+        ),
         ("os_version", Scalar),
         ("device_model", Scalar),
         ("screen_height", Int),
@@ -1047,11 +1052,7 @@ static EVENT_KINDS: &[EventKind] = &[
     },
     EventKind {
         name: "session_end",
-        data: &Shape {
-            fields: &[("session_duration_ms", Int)],
-            required: &["session_duration_ms"],
-            closed: false,
-        },
+        data: &Shape { fields: &[("session_duration_ms", Int)], required: &["session_duration_ms"], closed: false },
         closed: false,
     },
     EventKind {

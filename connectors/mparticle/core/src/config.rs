@@ -140,7 +140,9 @@ impl Config {
         let pod = match text("pod")? {
             None => Pod::default(),
             Some(name) => Pod::parse(&name).ok_or_else(|| {
-                Error::InvalidConfig(format!("connection property pod must be one of US1, US2, EU1, AU1 (got {name:?})"))
+                Error::InvalidConfig(format!(
+                    "connection property pod must be one of US1, US2, EU1, AU1 (got {name:?})"
+                ))
             })?,
         };
         let environment = match text("environment")? {
@@ -317,8 +319,9 @@ mod tests {
 
     #[test]
     fn debug_output_hides_secrets() {
-        let config = Config::parse(&json!({"clientId": "id", "clientSecret": "hunter2", "apiKey": "k", "apiSecret": "s3"}))
-            .unwrap();
+        let config =
+            Config::parse(&json!({"clientId": "id", "clientSecret": "hunter2", "apiKey": "k", "apiSecret": "s3"}))
+                .unwrap();
         let text = format!("{config:?}");
         assert!(!text.contains("hunter2") && !text.contains("s3\""), "{text}");
     }

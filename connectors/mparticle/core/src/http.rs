@@ -68,7 +68,9 @@ fn ambiguous_message(capability: &str, what: &str) -> String {
              mParticle UI) before retrying"
         )
     } else {
-        format!("{capability}: {what} after the request was sent; it may or may not have taken effect, check before retrying")
+        format!(
+            "{capability}: {what} after the request was sent; it may or may not have taken effect, check before retrying"
+        )
     }
 }
 
@@ -94,10 +96,12 @@ pub fn map_status(response: &HttpResponse, call: Call<'_>, secrets: &[&str]) -> 
             message: ambiguous_message(capability, "the gateway timed out (HTTP 504)"),
             body: body_excerpt(&response.body, secrets),
         },
-        408 | 500..=599 => {
-            Error::Transient(format!("{capability}: mParticle answered HTTP {status}{said}; trying again later may succeed"))
+        408 | 500..=599 => Error::Transient(format!(
+            "{capability}: mParticle answered HTTP {status}{said}; trying again later may succeed"
+        )),
+        401 | 403 => {
+            Error::Unauthorized(format!("{capability}: mParticle refused the credentials (HTTP {status}){said}"))
         }
-        401 | 403 => Error::Unauthorized(format!("{capability}: mParticle refused the credentials (HTTP {status}){said}")),
         404 => Error::NotFound(format!("{capability}: mParticle found no such entity (HTTP 404){said}")),
         _ => Error::Permanent {
             status: Some(status),
@@ -174,7 +178,10 @@ pub fn json_body(response: &HttpResponse, call: Call<'_>, secrets: &[&str]) -> R
     }
     serde_json::from_slice(&response.body).map(Some).map_err(|e| Error::Permanent {
         status: Some(response.status),
-        message: format!("{}: mParticle answered HTTP {} with a body that is not JSON: {e}", call.capability, response.status),
+        message: format!(
+            "{}: mParticle answered HTTP {} with a body that is not JSON: {e}",
+            call.capability, response.status
+        ),
         body: body_excerpt(&response.body, secrets),
     })
 }
@@ -197,7 +204,8 @@ mod tests {
     #[test]
     fn every_status_maps_to_its_kind() {
         let body = r#"{"errors":[{"code":"VALIDATION_ERROR","message":"Account name is not unique."}]}"#;
-        let rate = map_status(&response(429, &[("Retry-After", "7"), ("X-MP-Rate-Limit-Exceeded", "app")], ""), SAFE, &[]);
+        let rate =
+            map_status(&response(429, &[("Retry-After", "7"), ("X-MP-Rate-Limit-Exceeded", "app")], ""), SAFE, &[]);
         let Error::RateLimited { retry_after_ms, message } = rate else { panic!("{rate:?}") };
         assert_eq!(retry_after_ms, Some(7000));
         assert!(message.contains("app limit"), "{message}");
@@ -254,9 +262,13 @@ mod tests {
         assert!(matches!(t(TransportError::ConnectFailed("x".into()), CREATE), Error::Transient(_)));
         for error in [TransportError::Timeout("x".into()), TransportError::Other("reset".into())] {
             let Error::Permanent { status: None, message, .. } = t(error, CREATE) else { panic!() };
-            assert!(message.contains("may or may not have been created") && message.contains("getAccount"), "{message}");
+            assert!(
+                message.contains("may or may not have been created") && message.contains("getAccount"),
+                "{message}"
+            );
         }
-        let Error::Permanent { status: Some(504), message, .. } = map_status(&response(504, &[], ""), CREATE, &[]) else {
+        let Error::Permanent { status: Some(504), message, .. } = map_status(&response(504, &[], ""), CREATE, &[])
+        else {
             panic!()
         };
         assert!(message.contains("may or may not have been created"), "{message}");

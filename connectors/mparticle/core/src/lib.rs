@@ -1,1 +1,130 @@
+//! The mParticle connector's logic as a plain Rust library.
+//!
+//! Everything the connector does lives here: the manifest ([`describe`]), the connection check ([`check`]),
+//! the capabilities ([`invoke`]), request and batch building, validation against mParticle's documented
+//! format and limits, error mapping and OAuth token caching. The outside world is reached only through
+//! [`Host`], so the same code runs natively (tests, benchmarks) and inside the WebAssembly component, whose
+//! crate (`mparticle-connector`) only adapts the WIT imports and types.
+//!
+//! Capabilities:
+//! - Platform API (OAuth client credentials, token cached through the host): `createAccount`, `getAccount`,
+//!   `updateAccount`, `deleteAccount`, `getAudiences`, `getCalculatedAttributes`.
+//! - Events API (HTTP Basic with the server-to-server key and secret; every batch carries a
+//!   `source_request_id` derived from the invocation's idempotency key): `uploadEventBatch`,
+//!   `triggerMarketingCommunication`, `syncUserAttributes`.
 
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod host;
+pub mod http;
+pub mod input;
+pub mod manifest;
+pub mod oauth;
+pub mod platform;
+pub mod validate;
+
+pub use batch::{
+    EventsEndpoint, EventsPayload, build_marketing_event_batch, build_upload_event_batches,
+    build_user_attributes_batch, source_request_id,
+};
+pub use config::{Config, Environment, Pod};
+pub use error::{Error, FieldError};
+pub use host::{Host, HttpRequest, HttpResponse, Level, Method, TransportError};
+pub use manifest::{CAPABILITY_IDS, Capability, ConnectionProperty, Manifest, describe};
+pub use validate::validate_batch;
+
+use serde_json::Value;
+
+/// Where an invocation comes from (mirrors the WIT `invocation-context`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Context {
+    pub run_id: String,
+    pub node_id: String,
+    /// The same for every attempt of one node execution; the source of every `source_request_id`.
+    pub idempotency_key: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+}
+
+/// Verifies the credentials the connection has: mints (and caches) an OAuth token when `clientId` and
+/// `clientSecret` are set, and sends a probe batch that records nothing (no identities, attributes or events;
+/// development environment) when `apiKey` and `apiSecret` are set. `InvalidConfig` when neither pair is
+/// complete.
+pub fn check(host: &mut dyn Host, connection: &Value) -> Result<(), Error> {
+    let config = Config::parse(connection)?;
+    if config.oauth.is_none() && config.events.is_none() {
+        return Err(Error::InvalidConfig(format!(
+            "the connection has no complete credentials: set clientId and clientSecret (Platform API) and/or apiKey \
+             and apiSecret (Events API); {}; {}",
+            missing_text(config.require_oauth().err()),
+            missing_text(config.require_events().err()),
+        )));
+    }
+    if let Some(credentials) = &config.oauth {
+        oauth::mint(host, &config, credentials)?;
+        host.log(Level::Info, "mParticle accepted the clientId/clientSecret");
+    } else {
+        host.log(Level::Info, "no clientId/clientSecret: the Platform API capabilities will not work");
+    }
+    if config.events.is_some() {
+        events::check(host, &config)?;
+    } else {
+        host.log(Level::Info, "no apiKey/apiSecret: the Events API capabilities will not work");
+    }
+    Ok(())
+}
+
+fn missing_text(error: Option<Error>) -> String {
+    match error {
+        Some(Error::InvalidConfig(message)) => message,
+        _ => String::new(),
+    }
+}
+
+/// Runs one capability. `input` is shaped like the DaVinci wrapper: `{"properties": {...}}`.
+pub fn invoke(
+    host: &mut dyn Host,
+    capability: &str,
+    connection: &Value,
+    input: &Value,
+    context: &Context,
+) -> Result<Value, Error> {
+    let config = Config::parse(connection)?;
+    if context.attempt > 1 {
+        host.log(Level::Info, &format!("{capability}: attempt {}", context.attempt));
+    }
+    match capability {
+        "createAccount"
+        | "getAccount"
+        | "updateAccount"
+        | "deleteAccount"
+        | "getAudiences"
+        | "getCalculatedAttributes" => platform::invoke(host, &config, capability, input),
+        "uploadEventBatch" | "triggerMarketingCommunication" | "syncUserAttributes" => {
+            config.require_events()?;
+            let payload = build_events_payload(capability, input, config.environment, &context.idempotency_key)?;
+            events::send(host, &config, capability, &payload)
+        }
+        other => Err(Error::invalid_input(
+            "",
+            format!("unknown capability {other:?}; the mParticle connector offers {}", CAPABILITY_IDS.join(", ")),
+        )),
+    }
+}
+
+/// The checked Events API payload of an event capability, without sending it.
+pub fn build_events_payload(
+    capability: &str,
+    input: &Value,
+    environment: Environment,
+    idempotency_key: &str,
+) -> Result<EventsPayload, Error> {
+    match capability {
+        "uploadEventBatch" => build_upload_event_batches(input, environment, idempotency_key),
+        "triggerMarketingCommunication" => build_marketing_event_batch(input, environment, idempotency_key),
+        "syncUserAttributes" => build_user_attributes_batch(input, environment, idempotency_key),
+        other => Err(Error::invalid_input("", format!("{other:?} is not an Events API capability"))),
+    }
+}

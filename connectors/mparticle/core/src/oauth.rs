@@ -53,10 +53,7 @@ pub fn mint(host: &mut dyn Host, config: &Config, credentials: &OAuthCredentials
     let request = HttpRequest {
         method: Method::Post,
         url: config.auth_url.clone(),
-        headers: vec![
-            ("content-type".into(), "application/json".into()),
-            ("accept".into(), "application/json".into()),
-        ],
+        headers: vec![("content-type".into(), "application/json".into()), ("accept".into(), "application/json".into())],
         body: Some(body.to_string().into_bytes()),
         timeout_ms: Some(REQUEST_TIMEOUT_MS),
     };
@@ -110,7 +107,10 @@ pub fn send_authorized(
     let mut token = token(host, config)?;
     let mut response = send_with(host, &token, call, request)?;
     if response.status == 401 && !token.fresh {
-        host.log(Level::Warn, "mParticle refused the cached OAuth token (HTTP 401): minting a new one and retrying once");
+        host.log(
+            Level::Warn,
+            "mParticle refused the cached OAuth token (HTTP 401): minting a new one and retrying once",
+        );
         host.cache_delete(TOKEN_CACHE_KEY);
         token = mint(host, config, config.require_oauth()?)?;
         response = send_with(host, &token, call, request)?;
@@ -127,12 +127,7 @@ pub fn send_authorized(
     Err(http::map_status(&response, call, &secrets))
 }
 
-fn send_with(
-    host: &mut dyn Host,
-    token: &Token,
-    call: Call<'_>,
-    request: &HttpRequest,
-) -> Result<HttpResponse, Error> {
+fn send_with(host: &mut dyn Host, token: &Token, call: Call<'_>, request: &HttpRequest) -> Result<HttpResponse, Error> {
     let mut request = request.clone();
     request.headers.push(("authorization".into(), format!("Bearer {}", token.access_token)));
     http::send(host, request).map_err(|e| http::map_transport(e, call))

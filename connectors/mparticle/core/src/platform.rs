@@ -54,12 +54,12 @@ pub fn build_request(config: &Config, capability: &str, input: &Value) -> Result
                 request(config, Method::Put, &path, Some(&json!({ "name": name })))
             })
         }
-        "deleteAccount" => problems.required_string(props, "accountId").map(|id| {
-            request(config, Method::Delete, &format!("/v1/accounts?accountId={}", encode(id)), None)
-        }),
-        "getAudiences" => problems.required_string(props, "accountId").map(|id| {
-            request(config, Method::Get, &format!("/v1/audiences?accountId={}", encode(id)), None)
-        }),
+        "deleteAccount" => problems
+            .required_string(props, "accountId")
+            .map(|id| request(config, Method::Delete, &format!("/v1/accounts?accountId={}", encode(id)), None)),
+        "getAudiences" => problems
+            .required_string(props, "accountId")
+            .map(|id| request(config, Method::Get, &format!("/v1/audiences?accountId={}", encode(id)), None)),
         "getCalculatedAttributes" => {
             let workspace = problems.required_string(props, "workspace");
             let name = problems.optional_string(props, "nameOptional");
@@ -80,8 +80,8 @@ pub fn build_request(config: &Config, capability: &str, input: &Value) -> Result
 
 /// Runs one Platform API capability.
 pub fn invoke(host: &mut dyn Host, config: &Config, capability: &str, input: &Value) -> Result<Value, Error> {
-    let request = build_request(config, capability, input)?;
     config.require_oauth()?;
+    let request = build_request(config, capability, input)?;
     let idempotency = if capability == "createAccount" { Idempotency::NotIdempotent } else { Idempotency::Safe };
     let call = Call { capability, idempotency };
     let response = oauth::send_authorized(host, config, call, &request)?;
@@ -116,8 +116,9 @@ pub fn read_output(config: &Config, capability: &str, input: &Value, response: &
         "getAccount" => first_object(items).ok_or_else(|| {
             Error::NotFound(format!("getAccount: mParticle returned no account with id {}", field("accountId")))
         }),
-        "updateAccount" => Ok(first_object(items)
-            .unwrap_or_else(|| json!({ "id": field("accountId"), "name": field("updatedName") }))),
+        "updateAccount" => {
+            Ok(first_object(items).unwrap_or_else(|| json!({ "id": field("accountId"), "name": field("updatedName") })))
+        }
         "deleteAccount" => Ok(json!({ "accountId": field("accountId"), "deleted": true, "status": response.status })),
         "getAudiences" => Ok(json!({ "audiences": items })),
         "getCalculatedAttributes" => {
@@ -213,7 +214,8 @@ mod tests {
         assert_eq!(r.url, "http://127.0.0.1:9/v1/audiences?accountId=1");
         let r = built("getCalculatedAttributes", json!({"workspace": "1234"}));
         assert_eq!(r.url, "http://127.0.0.1:9/platform/v2/workspaces/1234/calculatedattributes");
-        let r = built("getCalculatedAttributes", json!({"workspace": "1234", "nameOptional": "Firstname Lastname&x=1"}));
+        let r =
+            built("getCalculatedAttributes", json!({"workspace": "1234", "nameOptional": "Firstname Lastname&x=1"}));
         assert_eq!(
             r.url,
             "http://127.0.0.1:9/platform/v2/workspaces/1234/calculatedattributes?name=Firstname%20Lastname%26x%3D1"
@@ -243,14 +245,14 @@ mod tests {
     #[test]
     fn envelopes_and_bare_arrays_are_read() {
         let account = json!({"name": "My Account", "id": 1, "data_type": "account"});
-        assert_eq!(items(json!({"data": [account.clone()], "dataType": "account", "errors": null})).unwrap(), [
-            account.clone()
-        ]);
-        assert_eq!(items(json!([account.clone()])).unwrap(), [account.clone()]);
-        assert_eq!(items(account.clone()).unwrap(), [account.clone()]);
+        let expected = vec![account.clone()];
+        assert_eq!(items(json!({"data": [account], "dataType": "account", "errors": null})).unwrap(), expected);
+        assert_eq!(items(json!([account])).unwrap(), expected);
+        assert_eq!(items(account.clone()).unwrap(), expected);
         assert_eq!(items(json!({"data": null})).unwrap(), Vec::<Value>::new());
         assert_eq!(items(json!("text")), None);
-        let failed = json!({"data": [], "errors": [{"code": "VALIDATION_ERROR", "message": "Account name is not unique."}]});
+        let failed =
+            json!({"data": [], "errors": [{"code": "VALIDATION_ERROR", "message": "Account name is not unique."}]});
         assert_eq!(envelope_error(Some(&failed)).unwrap(), "VALIDATION_ERROR: Account name is not unique.");
         assert_eq!(envelope_error(Some(&json!({"data": [account], "errors": null}))), None);
     }

@@ -196,7 +196,10 @@ fn validate_identities(value: &Value, at: &str, errors: &mut Vec<FieldError>) {
     for (key, value) in map {
         let here = pointer(at, key);
         if !IDENTITY_TYPES.contains(&key.as_str()) {
-            errors.push(FieldError::new(here, format!("is not an Events API identity type ({})", IDENTITY_TYPES.join(", "))));
+            errors.push(FieldError::new(
+                here,
+                format!("is not an Events API identity type ({})", IDENTITY_TYPES.join(", ")),
+            ));
         } else if !is_scalar(value) {
             errors.push(FieldError::new(here, format!("must be a string, not {}", kind(value))));
         }
@@ -246,7 +249,9 @@ pub(crate) fn check_list(list: &[Value], at: &str, errors: &mut Vec<FieldError>)
                 }
             }
             Value::Null | Value::Bool(_) | Value::Number(_) => {}
-            other => errors.push(FieldError::new(index_pointer(at, i), format!("must be a string, not {}", kind(other)))),
+            other => {
+                errors.push(FieldError::new(index_pointer(at, i), format!("must be a string, not {}", kind(other))))
+            }
         }
     }
 }
@@ -388,10 +393,8 @@ fn validate_custom_event_data(data: &Map<String, Value>, at: &str, errors: &mut 
                     }
                 }
             }
-            other => errors.push(FieldError::new(
-                pointer(at, "custom_flags"),
-                format!("must be an object, not {}", kind(other)),
-            )),
+            other => errors
+                .push(FieldError::new(pointer(at, "custom_flags"), format!("must be an object, not {}", kind(other)))),
         }
     }
 }

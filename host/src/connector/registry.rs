@@ -1,0 +1,68 @@
+//! The connectors a host can run, by id and version: the ones built into the binary and the components
+//! found in connector directories.
+
+use super::{Connector, LoadError, Runtime};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Default, Clone)]
+pub struct ConnectorRegistry {
+    connectors: Vec<Arc<Connector>>,
+}
+
+impl ConnectorRegistry {
+    /// Loads every `*.wasm` in each directory (not recursively).
+    pub async fn load_dirs(&mut self, runtime: &Runtime, dirs: &[PathBuf]) -> Result<(), LoadError> {
+        for dir in dirs {
+            let entries =
+                std::fs::read_dir(dir).map_err(|source| LoadError::Read { path: dir.display().to_string(), source })?;
+            let mut paths: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+                .collect();
+            paths.sort();
+            for path in paths {
+                self.add(runtime.load_file(&path).await.map_err(|e| with_path(&path, e))?);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn add(&mut self, connector: Arc<Connector>) {
+        let manifest = connector.manifest();
+        self.connectors.retain(|c| !(c.manifest().id == manifest.id && c.manifest().version == manifest.version));
+        self.connectors.push(connector);
+    }
+
+    pub fn all(&self) -> &[Arc<Connector>] {
+        &self.connectors
+    }
+
+    /// The highest version of connector `id` that satisfies `requirement` (a semver requirement, `*` for any).
+    pub fn resolve(&self, id: &str, requirement: &str) -> Result<&Arc<Connector>, String> {
+        let requirement = semver::VersionReq::parse(requirement)
+            .map_err(|e| format!("version requirement {requirement:?} is not valid: {e}"))?;
+        let candidates: Vec<&Arc<Connector>> = self.connectors.iter().filter(|c| c.manifest().id == id).collect();
+        if candidates.is_empty() {
+            let known: Vec<&str> = self.connectors.iter().map(|c| c.manifest().id.as_str()).collect();
+            return Err(format!("unknown connector {id:?}; known connectors: {}", known.join(", ")));
+        }
+        candidates
+            .iter()
+            .filter_map(|c| semver::Version::parse(&c.manifest().version).ok().map(|v| (v, *c)))
+            .filter(|(v, _)| requirement.matches(v))
+            .max_by(|(a, _), (b, _)| a.cmp(b))
+            .map(|(_, c)| c)
+            .ok_or_else(|| {
+                let versions: Vec<&str> = candidates.iter().map(|c| c.manifest().version.as_str()).collect();
+                format!("no version of connector {id:?} matches {requirement}; available: {}", versions.join(", "))
+            })
+    }
+}
+
+fn with_path(path: &Path, error: LoadError) -> LoadError {
+    match error {
+        LoadError::Read { .. } => error,
+        other => LoadError::Manifest(format!("{}: {other}", path.display())),
+    }
+}

@@ -1,0 +1,3 @@
+//! Delivery: how failed work is retried.
+
+pub mod retry_policy;

@@ -1,0 +1,433 @@
+//! Expressions and templates. Strings containing `{{ … }}` are CEL expressions (the `cel` crate) over
+//! `trigger`, `vars`, `nodes.<id>.output`, `nodes.<id>.error`, `run`, and `item`/`index` inside forEach.
+//! A string that is exactly one expression keeps the expression's type; mixed text interpolates. No other
+//! code runs. Everything is compiled once, when a flow is loaded.
+
+use cel::common::ast::{Expr, IdedExpr};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// A compiled CEL expression.
+#[derive(Clone)]
+pub struct Expression {
+    source: String,
+    program: Arc<cel::Program>,
+}
+
+impl std::fmt::Debug for Expression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Expression({:?})", self.source)
+    }
+}
+
+/// A reference to another node's result: `nodes.<node>.<field>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReference {
+    pub node: String,
+    /// `output`, `error`, or something else (which the linter rejects).
+    pub field: Option<String>,
+}
+
+/// The variables an expression is evaluated over.
+#[derive(Default)]
+pub struct Scope {
+    pub variables: Vec<(&'static str, cel::Value)>,
+}
+
+impl Scope {
+    /// Converts a JSON value for use as a variable.
+    pub fn set(&mut self, name: &'static str, value: &Value) -> Result<(), String> {
+        let value = cel::to_value(value).map_err(|e| format!("cannot convert {name} for expressions: {e}"))?;
+        self.variables.retain(|(n, _)| *n != name);
+        self.variables.push((name, value));
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// The standard functions and macros, registered once per thread.
+    static ROOT: cel::Context<'static, 'static> = cel::Context::default();
+}
+
+impl Expression {
+    pub fn compile(source: &str) -> Result<Self, String> {
+        let program =
+            cel::Program::compile(source.trim()).map_err(|e| format!("invalid expression {source:?}: {e}"))?;
+        Ok(Expression { source: source.trim().to_string(), program: Arc::new(program) })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn evaluate(&self, scope: &Scope) -> Result<Value, String> {
+        let value = ROOT.with(|root| {
+            let mut context = root.new_inner_scope();
+            for (name, value) in &scope.variables {
+                context.add_variable_from_value(*name, value.clone());
+            }
+            self.program.execute(&context)
+        });
+        let value = value.map_err(|e| format!("{}: {e}", self.source))?;
+        value.json().map_err(|e| format!("{}: the result cannot be expressed as JSON: {e:?}", self.source))
+    }
+
+    /// The top-level variables the expression reads (`trigger`, `nodes`, `item`, …), not counting the
+    /// variables that macros such as `exists` or `map` bind.
+    pub fn variables(&self) -> Vec<String> {
+        let mut idents = Vec::new();
+        let mut bound = Vec::new();
+        walk(&self.program.expression().expr, &mut |expr| match expr {
+            Expr::Ident(name) if !idents.contains(name) => idents.push(name.clone()),
+            Expr::Comprehension(c) => {
+                bound.push(c.iter_var.clone());
+                bound.push(c.accu_var.clone());
+                bound.extend(c.iter_var2.clone());
+            }
+            _ => {}
+        });
+        idents.retain(|name| !bound.contains(name));
+        idents
+    }
+
+    /// Every `nodes.<id>…` the expression reads, with the field after the id when there is one.
+    pub fn node_references(&self) -> Vec<NodeReference> {
+        let mut found = Vec::new();
+        collect_node_references(self.program.expression(), None, &mut found);
+        found
+    }
+}
+
+fn walk(expr: &Expr, visit: &mut impl FnMut(&Expr)) {
+    visit(expr);
+    match expr {
+        Expr::Call(call) => {
+            if let Some(target) = &call.target {
+                walk(&target.expr, visit);
+            }
+            for arg in &call.args {
+                walk(&arg.expr, visit);
+            }
+        }
+        Expr::Comprehension(c) => {
+            for e in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                walk(&e.expr, visit);
+            }
+        }
+        Expr::List(list) => list.elements.iter().for_each(|e| walk(&e.expr, visit)),
+        Expr::Map(map) => {
+            for entry in &map.entries {
+                if let cel::common::ast::EntryExpr::MapEntry(e) = &entry.expr {
+                    walk(&e.key.expr, visit);
+                    walk(&e.value.expr, visit);
+                }
+            }
+        }
+        Expr::Select(select) => walk(&select.operand.expr, visit),
+        Expr::Struct(s) => {
+            for entry in &s.entries {
+                if let cel::common::ast::EntryExpr::StructField(f) = &entry.expr {
+                    walk(&f.value.expr, visit);
+                }
+            }
+        }
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+/// Finds `nodes.X`, `nodes.X.field`, `nodes["X"]` and `nodes["X"].field`.
+fn collect_node_references(expr: &IdedExpr, field: Option<&str>, found: &mut Vec<NodeReference>) {
+    let node_of = |operand: &IdedExpr| -> Option<String> {
+        match &operand.expr {
+            Expr::Select(s) if matches!(&s.operand.expr, Expr::Ident(n) if n == "nodes") => Some(s.field.clone()),
+            Expr::Call(c) if c.func_name == "_[_]" && c.args.len() == 2 => match (&c.args[0].expr, &c.args[1].expr) {
+                (Expr::Ident(n), Expr::Literal(cel::common::ast::LiteralValue::String(id))) if n == "nodes" => {
+                    Some(id.to_string())
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    if let Some(node) = node_of(expr) {
+        found.push(NodeReference { node, field: field.map(str::to_string) });
+        return;
+    }
+    match &expr.expr {
+        Expr::Select(select) => collect_node_references(&select.operand, Some(&select.field), found),
+        Expr::Call(call) => {
+            if call.func_name == "_[_]"
+                && call.args.len() == 2
+                && let Expr::Literal(cel::common::ast::LiteralValue::String(key)) = &call.args[1].expr
+                && node_of(&call.args[0]).is_some()
+            {
+                collect_node_references(&call.args[0], Some(key), found);
+                return;
+            }
+            if let Some(target) = &call.target {
+                collect_node_references(target, None, found);
+            }
+            for arg in &call.args {
+                collect_node_references(arg, None, found);
+            }
+        }
+        Expr::Comprehension(c) => {
+            for e in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                collect_node_references(e, None, found);
+            }
+        }
+        Expr::List(list) => list.elements.iter().for_each(|e| collect_node_references(e, None, found)),
+        Expr::Map(map) => {
+            for entry in &map.entries {
+                if let cel::common::ast::EntryExpr::MapEntry(e) = &entry.expr {
+                    collect_node_references(&e.key, None, found);
+                    collect_node_references(&e.value, None, found);
+                }
+            }
+        }
+        Expr::Struct(s) => {
+            for entry in &s.entries {
+                if let cel::common::ast::EntryExpr::StructField(f) = &entry.expr {
+                    collect_node_references(&f.value, None, found);
+                }
+            }
+        }
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+/// A JSON value whose strings may contain `{{ expression }}`, compiled once.
+#[derive(Debug, Clone)]
+pub enum Template {
+    Literal(Value),
+    /// A string that is exactly one expression: the result keeps its type.
+    Expression(Expression),
+    /// Text with expressions in it: the results are interpolated as text.
+    Text(Vec<Part>),
+    Array(Vec<Template>),
+    Object(Vec<(String, Template)>),
+}
+
+#[derive(Debug, Clone)]
+pub enum Part {
+    Text(String),
+    Expression(Expression),
+}
+
+/// A problem compiling a template, at a JSON pointer relative to the template's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateError {
+    pub pointer: String,
+    pub message: String,
+}
+
+impl Template {
+    pub fn compile(value: &Value) -> Result<Template, Vec<TemplateError>> {
+        let mut errors = Vec::new();
+        let template = compile_at(value, "", &mut errors);
+        if errors.is_empty() { Ok(template) } else { Err(errors) }
+    }
+
+    /// A template for one string (an event name, a message).
+    pub fn compile_text(text: &str) -> Result<Template, Vec<TemplateError>> {
+        Template::compile(&Value::String(text.to_string()))
+    }
+
+    pub fn is_literal(&self) -> bool {
+        matches!(self, Template::Literal(_))
+    }
+
+    pub fn render(&self, scope: &Scope) -> Result<Value, String> {
+        Ok(match self {
+            Template::Literal(value) => value.clone(),
+            Template::Expression(expression) => expression.evaluate(scope)?,
+            Template::Text(parts) => {
+                let mut text = String::new();
+                for part in parts {
+                    match part {
+                        Part::Text(t) => text.push_str(t),
+                        Part::Expression(e) => match e.evaluate(scope)? {
+                            Value::String(s) => text.push_str(&s),
+                            Value::Null => {}
+                            other => text.push_str(&other.to_string()),
+                        },
+                    }
+                }
+                Value::String(text)
+            }
+            Template::Array(items) => Value::Array(items.iter().map(|t| t.render(scope)).collect::<Result<_, _>>()?),
+            Template::Object(entries) => {
+                let mut map = Map::new();
+                for (key, template) in entries {
+                    map.insert(key.clone(), template.render(scope)?);
+                }
+                Value::Object(map)
+            }
+        })
+    }
+
+    /// Every expression in the template, with the JSON pointer of the value it is in.
+    pub fn expressions(&self) -> Vec<(String, &Expression)> {
+        let mut found = Vec::new();
+        self.collect("", &mut found);
+        found
+    }
+
+    fn collect<'a>(&'a self, pointer: &str, found: &mut Vec<(String, &'a Expression)>) {
+        match self {
+            Template::Literal(_) => {}
+            Template::Expression(e) => found.push((pointer.to_string(), e)),
+            Template::Text(parts) => {
+                for part in parts {
+                    if let Part::Expression(e) = part {
+                        found.push((pointer.to_string(), e));
+                    }
+                }
+            }
+            Template::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    item.collect(&format!("{pointer}/{i}"), found);
+                }
+            }
+            Template::Object(entries) => {
+                for (key, item) in entries {
+                    item.collect(&format!("{pointer}/{}", escape_pointer(key)), found);
+                }
+            }
+        }
+    }
+}
+
+pub fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn compile_at(value: &Value, pointer: &str, errors: &mut Vec<TemplateError>) -> Template {
+    match value {
+        Value::String(text) if text.contains("{{") => match split_text(text) {
+            Err(message) => {
+                errors.push(TemplateError { pointer: pointer.to_string(), message });
+                Template::Literal(value.clone())
+            }
+            Ok(parts) => {
+                let mut compiled = Vec::new();
+                for part in parts {
+                    match part {
+                        RawPart::Text(t) => compiled.push(Part::Text(t)),
+                        RawPart::Expression(source) => match Expression::compile(&source) {
+                            Ok(e) => compiled.push(Part::Expression(e)),
+                            Err(message) => errors.push(TemplateError { pointer: pointer.to_string(), message }),
+                        },
+                    }
+                }
+                match &compiled[..] {
+                    [Part::Expression(e)] => Template::Expression(e.clone()),
+                    _ => Template::Text(compiled),
+                }
+            }
+        },
+        Value::Array(items) => {
+            let items: Vec<Template> =
+                items.iter().enumerate().map(|(i, v)| compile_at(v, &format!("{pointer}/{i}"), errors)).collect();
+            if items.iter().all(Template::is_literal) {
+                Template::Literal(value.clone())
+            } else {
+                Template::Array(items)
+            }
+        }
+        Value::Object(map) => {
+            let entries: Vec<(String, Template)> = map
+                .iter()
+                .map(|(k, v)| (k.clone(), compile_at(v, &format!("{pointer}/{}", escape_pointer(k)), errors)))
+                .collect();
+            if entries.iter().all(|(_, t)| t.is_literal()) {
+                Template::Literal(value.clone())
+            } else {
+                Template::Object(entries)
+            }
+        }
+        other => Template::Literal(other.clone()),
+    }
+}
+
+enum RawPart {
+    Text(String),
+    Expression(String),
+}
+
+/// Splits `a {{ x }} b` into text and expression sources.
+fn split_text(text: &str) -> Result<Vec<RawPart>, String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        if open > 0 {
+            parts.push(RawPart::Text(rest[..open].to_string()));
+        }
+        let after = &rest[open + 2..];
+        let close = after.find("}}").ok_or_else(|| format!("unclosed {{{{ in {text:?}"))?;
+        let source = after[..close].trim();
+        if source.is_empty() {
+            return Err(format!("empty {{{{ }}}} in {text:?}"));
+        }
+        parts.push(RawPart::Expression(source.to_string()));
+        rest = &after[close + 2..];
+    }
+    if !rest.is_empty() {
+        parts.push(RawPart::Text(rest.to_string()));
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scope() -> Scope {
+        let mut scope = Scope::default();
+        scope.set("trigger", &json!({"customer": "c-1", "points": 120, "tags": ["a", "b"]})).unwrap();
+        scope.set("nodes", &json!({"lookup": {"output": {"tier": "gold"}}})).unwrap();
+        scope
+    }
+
+    #[test]
+    fn one_expression_keeps_its_type_and_text_interpolates() {
+        let template = Template::compile(&json!({
+            "points": "{{ trigger.points }}",
+            "double": "{{ trigger.points * 2 }}",
+            "label": "{{ trigger.customer }} has {{ trigger.points }} points",
+            "tags": "{{ trigger.tags }}",
+            "tier": "{{ nodes.lookup.output.tier }}",
+            "plain": "no braces",
+            "list": ["{{ trigger.points > 100 }}", 1]
+        }))
+        .unwrap();
+        let rendered = template.render(&scope()).unwrap();
+        assert_eq!(
+            rendered,
+            json!({
+                "points": 120, "double": 240, "label": "c-1 has 120 points", "tags": ["a", "b"],
+                "tier": "gold", "plain": "no braces", "list": [true, 1]
+            })
+        );
+    }
+
+    #[test]
+    fn errors_name_the_pointer() {
+        let errors = Template::compile(&json!({"a": {"b": "{{ trigger. }}"}, "c": "{{ open"})).unwrap_err();
+        let pointers: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(pointers, ["/a/b", "/c"]);
+        assert!(errors[1].message.contains("unclosed"));
+        let missing = Template::compile(&json!("{{ trigger.nope }}")).unwrap().render(&scope()).unwrap_err();
+        assert!(missing.contains("trigger.nope"), "{missing}");
+    }
+
+    #[test]
+    fn node_references_are_found_in_the_ast() {
+        let e =
+            Expression::compile(r#"nodes.a.output.x + nodes["b"].error.message + size(nodes.c) + "nodes.d""#).unwrap();
+        let refs: Vec<(String, Option<String>)> = e.node_references().into_iter().map(|r| (r.node, r.field)).collect();
+        assert_eq!(refs, [("a".into(), Some("output".into())), ("b".into(), Some("error".into())), ("c".into(), None)]);
+        assert_eq!(e.variables(), ["nodes"]);
+    }
+}

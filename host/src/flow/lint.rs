@@ -1,0 +1,651 @@
+//! `flowhost check`: parses a flow and finds every problem before anything runs, each with the JSON
+//! pointer of the offending value and a message that says what is wrong.
+
+use super::expression::{Expression, Template, escape_pointer};
+use super::model::{Action, Flow, Node, Trigger};
+use crate::connector::secrets::secret_reference;
+use crate::connector::{ConnectorRegistry, Manifest, unwrap_davinci};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// One problem in a flow file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The JSON pointer of the offending value in the flow file; empty for the whole file.
+    pub pointer: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pointer = if self.pointer.is_empty() { "(root)" } else { &self.pointer };
+        write!(f, "{pointer}: {}", self.message)
+    }
+}
+
+fn problem(pointer: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem { pointer: pointer.into(), message: message.into() }
+}
+
+/// Parses a flow file. Syntax errors name the line and column; errors of shape name the JSON pointer.
+pub fn parse(text: &str) -> Result<Flow, Vec<Problem>> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| vec![problem("", format!("not valid JSON (line {}, column {}): {e}", e.line(), e.column()))])?;
+    serde_path_to_error::deserialize::<_, Flow>(&value).map_err(|e| {
+        let pointer = path_to_pointer(e.path());
+        vec![problem(pointer, e.into_inner().to_string())]
+    })
+}
+
+fn path_to_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut pointer = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
+            Segment::Map { key } => pointer.push_str(&format!("/{}", escape_pointer(key))),
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    pointer
+}
+
+/// The variables expressions may read.
+const VARIABLES: &[&str] = &["trigger", "vars", "nodes", "run", "error"];
+const LOOP_VARIABLES: &[&str] = &["item", "index"];
+
+/// Where a node sits: its pointer and the forEach body it belongs to (`None` for the top level).
+struct Placed<'a> {
+    node: &'a Node,
+    pointer: String,
+    scope: Option<String>,
+}
+
+/// Lints a parsed flow against the connectors a host knows.
+pub fn lint(flow: &Flow, registry: &ConnectorRegistry) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if !is_identifier_like(&flow.id, true) {
+        problems.push(problem("/id", "id must be letters, digits, '-' or '_', starting with a letter"));
+    }
+    if let Err(e) = semver::Version::parse(&flow.version) {
+        problems.push(problem("/version", format!("{:?} is not a semantic version (e.g. 1.0.0): {e}", flow.version)));
+    }
+    lint_trigger(flow, &mut problems);
+    let manifests = lint_connections(flow, registry, &mut problems);
+
+    let mut placed: Vec<Placed> = Vec::new();
+    place(&flow.nodes, "/nodes", None, &mut placed);
+    let mut by_id: HashMap<&str, &Placed> = HashMap::new();
+    for p in &placed {
+        if !is_identifier_like(&p.node.id, false) {
+            problems.push(problem(
+                format!("{}/id", p.pointer),
+                format!("node id {:?} must be letters, digits and '_', not starting with a digit", p.node.id),
+            ));
+        }
+        if by_id.insert(p.node.id.as_str(), p).is_some() {
+            problems.push(problem(format!("{}/id", p.pointer), format!("node id {:?} is used twice", p.node.id)));
+        }
+    }
+    if flow.nodes.is_empty() {
+        problems.push(problem("/nodes", "a flow needs at least one node"));
+    }
+
+    let before_edges = problems.len();
+    lint_edges(flow, &placed, &by_id, &mut problems);
+    let edges_valid = problems.len() == before_edges;
+    for p in &placed {
+        lint_node(p, &manifests, flow, &mut problems);
+    }
+    // Graph analyses only make sense once every edge points somewhere valid.
+    if edges_valid {
+        let graph = Graph::new(flow, &placed);
+        graph.unreachable(&placed, &mut problems);
+        if graph.cycles(&mut problems) {
+            graph.unsafe_references(&placed, &mut problems);
+        }
+    }
+    problems
+}
+
+fn is_identifier_like(id: &str, dashes: bool) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || (!dashes && c == '_'))
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || (dashes && c == '-'))
+}
+
+fn place<'a>(nodes: &'a [Node], pointer: &str, scope: Option<String>, out: &mut Vec<Placed<'a>>) {
+    for (i, node) in nodes.iter().enumerate() {
+        let node_pointer = format!("{pointer}/{i}");
+        out.push(Placed { node, pointer: node_pointer.clone(), scope: scope.clone() });
+        if let Some(for_each) = &node.for_each {
+            place(&for_each.body, &format!("{node_pointer}/forEach/do"), Some(node.id.clone()), out);
+        }
+    }
+}
+
+fn lint_trigger(flow: &Flow, problems: &mut Vec<Problem>) {
+    match &flow.trigger {
+        Trigger::Event { event, schema } => {
+            if event.trim().is_empty() {
+                problems.push(problem("/trigger/event", "the event name is empty"));
+            }
+            if let Some(schema) = schema
+                && let Err(e) = jsonschema::validator_for(schema)
+            {
+                problems.push(problem("/trigger/schema", format!("not a valid JSON Schema: {e}")));
+            }
+        }
+        Trigger::Inbound { connection, .. } => {
+            if !flow.connections.contains_key(connection) {
+                problems.push(problem("/trigger/connection", format!("no connection named {connection:?}")));
+            }
+        }
+    }
+}
+
+/// Checks connections and returns the manifest of each connection that resolves.
+fn lint_connections<'a>(
+    flow: &Flow,
+    registry: &'a ConnectorRegistry,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, &'a Manifest> {
+    let mut manifests = BTreeMap::new();
+    for (name, spec) in &flow.connections {
+        let pointer = format!("/connections/{}", escape_pointer(name));
+        // Inline secrets are wrong whatever the connector says.
+        for (key, value) in &spec.config {
+            if value.is_string() && looks_secret(key) {
+                problems.push(problem(
+                    format!("{pointer}/config/{}", escape_pointer(key)),
+                    format!(
+                        "{key:?} looks like a secret written inline; give it by reference: {{\"secret\": \"NAME\"}}"
+                    ),
+                ));
+            }
+        }
+        for (i, host) in spec.allowed_hosts.iter().flatten().enumerate() {
+            if let Err(reason) = crate::connector::egress::HostPattern::parse(host) {
+                problems.push(problem(format!("{pointer}/allowedHosts/{i}"), format!("{host:?}: {reason}")));
+            }
+        }
+        let connector = match registry.resolve(&spec.connector, &spec.version) {
+            Ok(connector) => connector,
+            Err(message) => {
+                let field = if message.starts_with("unknown") { "connector" } else { "version" };
+                problems.push(problem(format!("{pointer}/{field}"), message));
+                continue;
+            }
+        };
+        let manifest = connector.manifest();
+        manifests.insert(name.clone(), manifest);
+        // Validate the config with secret references standing in for their values.
+        let mut config = serde_json::Map::new();
+        for (key, value) in &spec.config {
+            let property = manifest.connection_properties.iter().find(|p| p.name == *key);
+            match (secret_reference(value), property) {
+                (Some(_), _) => {
+                    config.insert(key.clone(), Value::String("secret-placeholder".into()));
+                }
+                (None, Some(p)) if p.secret => {
+                    if !looks_secret(key) || !value.is_string() {
+                        problems.push(problem(
+                            format!("{pointer}/config/{}", escape_pointer(key)),
+                            format!(
+                                "{key:?} is a secret of connector {}; give it by reference: {{\"secret\": \"NAME\"}}",
+                                manifest.id
+                            ),
+                        ));
+                    }
+                    config.insert(key.clone(), value.clone());
+                }
+                _ => {
+                    config.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        if let Ok(validator) = jsonschema::validator_for(&manifest.connection_schema()) {
+            for error in validator.iter_errors(&Value::Object(config.clone())) {
+                problems.push(problem(
+                    format!("{pointer}/config{}", error.instance_path().as_str()),
+                    error.masked().to_string(),
+                ));
+            }
+        }
+    }
+    manifests
+}
+
+fn looks_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["secret", "password", "token", "apikey", "api_key", "privatekey", "private_key"].iter().any(|s| key.contains(s))
+}
+
+fn lint_edges(flow: &Flow, placed: &[Placed], by_id: &HashMap<&str, &Placed>, problems: &mut Vec<Problem>) {
+    let mut check = |pointer: String, target: &str, scope: &Option<String>| match by_id.get(target) {
+        None => problems.push(problem(pointer, format!("no node has id {target:?}"))),
+        Some(found) if found.scope != *scope => problems.push(problem(
+            pointer,
+            format!(
+                "node {target:?} is {}; edges cannot cross into or out of a forEach body",
+                match &found.scope {
+                    Some(body) => format!("inside the body of forEach {body:?}"),
+                    None => "at the top level".to_string(),
+                }
+            ),
+        )),
+        Some(_) => {}
+    };
+    if let Some(start) = &flow.start {
+        check("/start".into(), start, &None);
+    }
+    if let Some(handler) = &flow.on_error {
+        check("/onError".into(), handler, &None);
+    }
+    for p in placed {
+        let node = p.node;
+        for (field, target) in [("next", &node.next), ("onError", &node.on_error)] {
+            if let Some(target) = target {
+                check(format!("{}/{field}", p.pointer), target, &p.scope);
+            }
+        }
+        if let Some(condition) = &node.condition {
+            for (field, target) in [("then", &condition.then), ("else", &condition.otherwise)] {
+                if let Some(target) = target {
+                    check(format!("{}/condition/{field}", p.pointer), target, &p.scope);
+                }
+            }
+        }
+    }
+}
+
+fn lint_node(p: &Placed, manifests: &BTreeMap<String, &Manifest>, flow: &Flow, problems: &mut Vec<Problem>) {
+    let node = p.node;
+    let action = match node.action() {
+        Ok(action) => action,
+        Err(message) => {
+            problems.push(problem(&p.pointer, message));
+            return;
+        }
+    };
+    let in_loop = p.scope.is_some();
+    let expression_at = |pointer: String, source: &str, problems: &mut Vec<Problem>| match Expression::compile(source) {
+        Ok(e) => check_variables(&pointer, &e, in_loop, problems),
+        Err(message) => problems.push(problem(pointer, message)),
+    };
+    let template_at = |pointer: String, value: &Value, problems: &mut Vec<Problem>| match Template::compile(value) {
+        Ok(t) => {
+            for (inner, e) in t.expressions() {
+                check_variables(&format!("{pointer}{inner}"), e, in_loop, problems);
+            }
+            Some(t)
+        }
+        Err(errors) => {
+            for e in errors {
+                problems.push(problem(format!("{pointer}{}", e.pointer), e.message));
+            }
+            None
+        }
+    };
+    if let Some(retry) = &node.retry {
+        for message in retry.problems() {
+            problems.push(problem(format!("{}/retry", p.pointer), message));
+        }
+        if !matches!(action, Action::Connector(_)) {
+            problems.push(problem(format!("{}/retry", p.pointer), "only connector nodes are retried"));
+        }
+    }
+    match action {
+        Action::Connector(call) => {
+            let base = format!("{}/connector", p.pointer);
+            let template = template_at(format!("{base}/input"), &call.input, problems);
+            if !flow.connections.contains_key(&call.connection) {
+                problems
+                    .push(problem(format!("{base}/connection"), format!("no connection named {:?}", call.connection)));
+                return;
+            }
+            let Some(manifest) = manifests.get(&call.connection) else { return };
+            let Some(capability) = manifest.capability(&call.capability) else {
+                problems.push(problem(
+                    format!("{base}/capability"),
+                    format!(
+                        "connector {} has no capability {:?}; it offers: {}",
+                        manifest.id,
+                        call.capability,
+                        manifest.capability_ids()
+                    ),
+                ));
+                return;
+            };
+            if let Some(template) = template {
+                lint_literal_input(
+                    &format!("{base}/input"),
+                    &call.input,
+                    &template,
+                    unwrap_davinci(&capability.input_schema),
+                    problems,
+                );
+            }
+        }
+        Action::Condition(condition) => {
+            expression_at(format!("{}/condition/if", p.pointer), &condition.expression, problems)
+        }
+        Action::ForEach(for_each) => {
+            expression_at(format!("{}/forEach/items", p.pointer), &for_each.items, problems);
+            if for_each.body.is_empty() {
+                problems.push(problem(format!("{}/forEach/do", p.pointer), "the body has no nodes"));
+            }
+        }
+        Action::Emit(emit) => {
+            if emit.event.trim().is_empty() {
+                problems.push(problem(format!("{}/emit/event", p.pointer), "the event name is empty"));
+            }
+            template_at(format!("{}/emit/event", p.pointer), &Value::String(emit.event.clone()), problems);
+            template_at(format!("{}/emit/payload", p.pointer), &emit.payload, problems);
+        }
+        Action::Fail(fail) => {
+            template_at(format!("{}/fail/message", p.pointer), &Value::String(fail.message.clone()), problems);
+            if node.next.is_some() {
+                problems.push(problem(format!("{}/next", p.pointer), "a fail node ends the run; it has no next"));
+            }
+        }
+    }
+}
+
+fn check_variables(pointer: &str, expression: &Expression, in_loop: bool, problems: &mut Vec<Problem>) {
+    for variable in expression.variables() {
+        let known = VARIABLES.contains(&variable.as_str()) || (in_loop && LOOP_VARIABLES.contains(&variable.as_str()));
+        if !known {
+            let hint = if LOOP_VARIABLES.contains(&variable.as_str()) {
+                format!("{variable} exists only inside a forEach body")
+            } else {
+                "expressions can read trigger, vars, nodes, run, error (and item, index inside forEach)".to_string()
+            };
+            problems.push(problem(
+                pointer,
+                format!("`{}` reads unknown variable {variable:?}: {hint}", expression.source()),
+            ));
+        }
+    }
+}
+
+/// Validates the literal parts of an input: errors at values that come from expressions are not known yet.
+fn lint_literal_input(pointer: &str, input: &Value, template: &Template, schema: &Value, problems: &mut Vec<Problem>) {
+    let Ok(validator) = jsonschema::validator_for(schema) else { return };
+    let templated: Vec<String> = template.expressions().into_iter().map(|(p, _)| p).collect();
+    for error in validator.iter_errors(input) {
+        let at = error.instance_path().as_str().to_string();
+        let from_expression = templated.iter().any(|t| at == *t || at.starts_with(&format!("{t}/")));
+        if !from_expression {
+            problems.push(problem(format!("{pointer}{at}"), format!("the input does not fit the capability: {error}")));
+        }
+    }
+}
+
+/// The control-flow graph of a flow: edges by node, per scope.
+struct Graph<'a> {
+    /// Successors: (target, edge kind) where the kind says what is known about the source afterwards.
+    edges: HashMap<&'a str, Vec<(&'a str, Outcome)>>,
+    /// The entry of each scope (top level: `None`).
+    entries: Vec<(&'a str, Option<&'a str>)>,
+    /// Nodes by scope, for entry-relative analyses.
+    scope_of: HashMap<&'a str, Option<&'a str>>,
+    flow_handler: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Outcome {
+    Succeeded,
+    Failed,
+}
+
+impl<'a> Graph<'a> {
+    fn new(flow: &'a Flow, placed: &[Placed<'a>]) -> Self {
+        let mut edges: HashMap<&str, Vec<(&str, Outcome)>> = HashMap::new();
+        let mut scope_of = HashMap::new();
+        for p in placed {
+            let node = p.node;
+            scope_of.insert(node.id.as_str(), p.scope.as_deref().map(|s| placed_id(placed, s)));
+            let out = edges.entry(node.id.as_str()).or_default();
+            if let Some(condition) = &node.condition {
+                for target in [&condition.then, &condition.otherwise] {
+                    match target.as_ref().or(node.next.as_ref()) {
+                        Some(t) => out.push((t.as_str(), Outcome::Succeeded)),
+                        None => {}
+                    }
+                }
+            } else if let Some(next) = &node.next {
+                out.push((next.as_str(), Outcome::Succeeded));
+            }
+            if let Some(handler) = &node.on_error {
+                out.push((handler.as_str(), Outcome::Failed));
+            }
+        }
+        let mut entries = Vec::new();
+        let start = flow.start.as_deref().or(flow.nodes.first().map(|n| n.id.as_str()));
+        if let Some(start) = start {
+            entries.push((start, None));
+        }
+        for p in placed {
+            if let Some(first) = p.node.for_each.as_ref().and_then(|f| f.body.first()) {
+                entries.push((first.id.as_str(), Some(p.node.id.as_str())));
+            }
+        }
+        Graph { edges, entries, scope_of, flow_handler: flow.on_error.as_deref() }
+    }
+
+    fn reachable(&self) -> BTreeSet<&'a str> {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<&str> = self.entries.iter().map(|(e, _)| *e).collect();
+        stack.extend(self.flow_handler);
+        // A forEach body is reachable only when its forEach node is.
+        let body_entries: HashMap<&str, &str> =
+            self.entries.iter().filter_map(|(e, owner)| owner.map(|o| (o, *e))).collect();
+        stack.retain(|e| self.scope_of.get(e).copied().flatten().is_none());
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            for (target, _) in self.edges.get(id).into_iter().flatten() {
+                stack.push(target);
+            }
+            if let Some(body) = body_entries.get(id) {
+                stack.push(body);
+            }
+        }
+        seen
+    }
+
+    fn unreachable(&self, placed: &[Placed], problems: &mut Vec<Problem>) {
+        let reachable = self.reachable();
+        for p in placed {
+            if !reachable.contains(p.node.id.as_str()) {
+                problems.push(problem(
+                    &p.pointer,
+                    format!("node {:?} is unreachable: no edge leads to it from the start", p.node.id),
+                ));
+            }
+        }
+    }
+
+    /// Reports cycles; returns true when there are none.
+    fn cycles(&self, problems: &mut Vec<Problem>) -> bool {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            Visiting,
+            Done,
+        }
+        fn visit<'a>(
+            graph: &Graph<'a>,
+            id: &'a str,
+            marks: &mut HashMap<&'a str, Mark>,
+            path: &mut Vec<&'a str>,
+            found: &mut Vec<Vec<&'a str>>,
+        ) {
+            match marks.get(id) {
+                Some(Mark::Done) => return,
+                Some(Mark::Visiting) => {
+                    let start = path.iter().position(|p| *p == id).unwrap_or(0);
+                    let mut cycle = path[start..].to_vec();
+                    cycle.push(id);
+                    found.push(cycle);
+                    return;
+                }
+                None => {}
+            }
+            marks.insert(id, Mark::Visiting);
+            path.push(id);
+            for (target, _) in graph.edges.get(id).into_iter().flatten() {
+                visit(graph, target, marks, path, found);
+            }
+            path.pop();
+            marks.insert(id, Mark::Done);
+        }
+        let mut marks = HashMap::new();
+        let mut found = Vec::new();
+        let mut ids: Vec<&str> = self.edges.keys().copied().collect();
+        ids.sort();
+        for id in ids {
+            visit(self, id, &mut marks, &mut Vec::new(), &mut found);
+        }
+        for cycle in &found {
+            problems.push(problem(
+                "/nodes",
+                format!("the nodes form a cycle: {}; use forEach to repeat work", cycle.join(" -> ")),
+            ));
+        }
+        found.is_empty()
+    }
+
+    /// Flags `nodes.X.output` read where X may not have succeeded on some path, and `nodes.X.error` where X
+    /// may not have failed.
+    fn unsafe_references(&self, placed: &[Placed<'a>], problems: &mut Vec<Problem>) {
+        let known = self.known_before();
+        for p in placed {
+            let Some(known) = known.get(p.node.id.as_str()) else { continue };
+            for (pointer, expression) in node_expressions(p) {
+                for reference in expression.node_references() {
+                    let state = known.get(reference.node.as_str());
+                    let message = match (reference.field.as_deref(), state) {
+                        (Some("output"), Some(Outcome::Succeeded)) | (Some("error"), Some(Outcome::Failed)) => continue,
+                        (Some("status"), Some(_)) | (None, Some(_)) => continue,
+                        (Some("output"), _) => "may not have succeeded before this node on every path",
+                        (Some("error"), _) => {
+                            "may not have failed before this node (read it from the node its onError leads to)"
+                        }
+                        (Some(_), _) => {
+                            problems.push(problem(
+                                pointer.clone(),
+                                format!(
+                                    "`{}`: a node's result has output, error and status, not {:?}",
+                                    expression.source(),
+                                    reference.field.unwrap_or_default()
+                                ),
+                            ));
+                            continue;
+                        }
+                        (None, None) => "may not have run before this node on every path",
+                    };
+                    let message = if self.scope_of.contains_key(reference.node.as_str()) {
+                        format!("`{}` reads node {:?}, which {message}", expression.source(), reference.node)
+                    } else {
+                        format!("`{}` reads node {:?}, which does not exist", expression.source(), reference.node)
+                    };
+                    problems.push(problem(pointer.clone(), message));
+                }
+            }
+        }
+    }
+
+    /// For each node, what is known about other nodes on every path leading to it: a must-analysis
+    /// (intersection over predecessors), in topological order. Requires an acyclic graph.
+    fn known_before(&self) -> HashMap<&'a str, BTreeMap<&'a str, Outcome>> {
+        let mut known: HashMap<&str, BTreeMap<&str, Outcome>> = HashMap::new();
+        let mut entries: Vec<(&str, BTreeMap<&str, Outcome>)> = Vec::new();
+        for (entry, owner) in &self.entries {
+            if owner.is_none() {
+                entries.push((entry, BTreeMap::new()));
+            }
+        }
+        if let Some(handler) = self.flow_handler {
+            entries.push((handler, BTreeMap::new()));
+        }
+        // Work list; a node's facts are the intersection of what arrives on every incoming edge.
+        let mut incoming: HashMap<&str, usize> = HashMap::new();
+        for targets in self.edges.values() {
+            for (t, _) in targets {
+                *incoming.entry(t).or_default() += 1;
+            }
+        }
+        let mut arrived: HashMap<&str, (usize, Option<BTreeMap<&str, Outcome>>)> = HashMap::new();
+        let mut ready: Vec<(&str, BTreeMap<&str, Outcome>)> = entries;
+        let mut body_entry: HashMap<&str, &str> = HashMap::new();
+        for (entry, owner) in &self.entries {
+            if let Some(owner) = owner {
+                body_entry.insert(owner, entry);
+            }
+        }
+        while let Some((id, facts)) = ready.pop() {
+            if known.contains_key(id) {
+                continue;
+            }
+            known.insert(id, facts.clone());
+            if let Some(entry) = body_entry.get(id) {
+                ready.push((entry, facts.clone()));
+            }
+            for (target, outcome) in self.edges.get(id).into_iter().flatten() {
+                let mut out = facts.clone();
+                out.insert(id, *outcome);
+                let slot = arrived.entry(target).or_insert((0, None));
+                slot.0 += 1;
+                slot.1 = Some(match slot.1.take() {
+                    None => out,
+                    Some(previous) => previous.into_iter().filter(|(k, v)| out.get(k) == Some(v)).collect(),
+                });
+                if slot.0 == incoming.get(target).copied().unwrap_or(0) {
+                    ready.push((target, slot.1.clone().unwrap_or_default()));
+                }
+            }
+        }
+        known
+    }
+}
+
+fn placed_id<'a>(placed: &[Placed<'a>], id: &str) -> &'a str {
+    placed.iter().find(|p| p.node.id == id).map(|p| p.node.id.as_str()).unwrap_or_default()
+}
+
+/// Every compiled expression of a node, with its pointer.
+fn node_expressions(p: &Placed) -> Vec<(String, Expression)> {
+    let mut out = Vec::new();
+    let mut add_template = |pointer: String, value: &Value| {
+        if let Ok(template) = Template::compile(value) {
+            for (inner, e) in template.expressions() {
+                out.push((format!("{pointer}{inner}"), e.clone()));
+            }
+        }
+    };
+    let node = p.node;
+    if let Some(call) = &node.connector {
+        add_template(format!("{}/connector/input", p.pointer), &call.input);
+    }
+    if let Some(emit) = &node.emit {
+        add_template(format!("{}/emit/event", p.pointer), &Value::String(emit.event.clone()));
+        add_template(format!("{}/emit/payload", p.pointer), &emit.payload);
+    }
+    if let Some(fail) = &node.fail {
+        add_template(format!("{}/fail/message", p.pointer), &Value::String(fail.message.clone()));
+    }
+    if let Some(condition) = &node.condition
+        && let Ok(e) = Expression::compile(&condition.expression)
+    {
+        out.push((format!("{}/condition/if", p.pointer), e));
+    }
+    if let Some(for_each) = &node.for_each
+        && let Ok(e) = Expression::compile(&for_each.items)
+    {
+        out.push((format!("{}/forEach/items", p.pointer), e));
+    }
+    out
+}

@@ -1,0 +1,168 @@
+//! The run trace: what happened in one run of a flow, node by node, with attempts, resolved inputs,
+//! outputs and errors. Secrets are redacted before anything is recorded.
+
+use crate::connector::{ErrorKind, InvokeError, LogLine};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    Succeeded,
+    Failed,
+}
+
+/// One run of a flow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Run {
+    pub id: String,
+    pub flow_id: String,
+    pub flow_version: String,
+    pub status: RunStatus,
+    /// RFC 3339 time the run started.
+    pub started_at: String,
+    pub duration_ms: u64,
+    /// The event that started the run.
+    pub trigger: Value,
+    /// Every node execution in order (forEach bodies once per item).
+    pub nodes: Vec<NodeTrace>,
+    /// Events handed back to the embedding platform by emit nodes.
+    pub emitted: Vec<EmittedEvent>,
+    /// Why the run failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<NodeError>,
+}
+
+/// An event an emit node handed to the embedding platform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EmittedEvent {
+    pub run_id: String,
+    pub flow_id: String,
+    pub node_id: String,
+    pub event: String,
+    pub payload: Value,
+}
+
+/// One execution of one node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeTrace {
+    pub node_id: String,
+    /// `connector`, `condition`, `forEach`, `emit` or `fail`.
+    pub kind: String,
+    /// For connector nodes: `connection.capability`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<String>,
+    /// The forEach item index, for nodes inside a forEach body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iteration: Option<usize>,
+    pub status: NodeStatus,
+    /// Milliseconds from the start of the run.
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    /// The input after expressions were evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<NodeError>,
+    /// The node the run went to next, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// What the connector logged (and the HTTP calls it made).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<LogLine>,
+}
+
+/// One attempt of a connector call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    pub attempt: u32,
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<NodeError>,
+    /// How long the executor waited after this attempt before the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// A node's failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeError {
+    /// The node that failed.
+    pub node_id: String,
+    pub kind: FailureKind,
+    pub message: String,
+    /// The connector's error in full (status, body, field errors), for connector failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Value>,
+}
+
+/// What kind of failure stopped a node: a connector error kind, or one of the flow's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", untagged)]
+pub enum FailureKind {
+    Connector(ErrorKind),
+    Flow(FlowFailure),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlowFailure {
+    /// An expression could not be evaluated (a missing field, a wrong type).
+    Expression,
+    /// A fail node stopped the run.
+    Fail,
+    /// A forEach body failed for one item.
+    Iteration,
+    /// The run exceeded the host's step limit.
+    StepLimit,
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailureKind::Connector(kind) => write!(f, "{kind}"),
+            FailureKind::Flow(kind) => write!(
+                f,
+                "{}",
+                serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+impl NodeError {
+    pub fn from_invoke(node_id: &str, error: &InvokeError) -> Self {
+        NodeError {
+            node_id: node_id.to_string(),
+            kind: FailureKind::Connector(error.kind()),
+            message: error.to_string(),
+            detail: serde_json::to_value(error).ok(),
+        }
+    }
+
+    pub fn flow(node_id: &str, kind: FlowFailure, message: impl Into<String>) -> Self {
+        NodeError { node_id: node_id.to_string(), kind: FailureKind::Flow(kind), message: message.into(), detail: None }
+    }
+
+    /// The error as expressions see it: `nodes.<id>.error`.
+    pub fn as_value(&self) -> Value {
+        serde_json::json!({"kind": self.kind.to_string(), "message": self.message, "node": self.node_id, "detail": self.detail})
+    }
+}

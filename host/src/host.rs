@@ -1,0 +1,149 @@
+//! The embedding API: a `Host` knows the connectors, checks and loads flows, and runs them for events,
+//! exactly as the CLI does.
+
+use crate::connector::{
+    ConnectionOptions, ConnectorRegistry, FieldError, LoadError, Runtime, RuntimeConfig, SecretStore,
+};
+use crate::flow::{EmittedEvent, Flow, LoadedFlow, Problem, RetryPolicy, Run, lint, parse};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How a host is set up.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub runtime: RuntimeConfig,
+    /// Load the connectors built into flowhost (the mParticle connector).
+    pub builtin_connectors: bool,
+    /// Directories whose `*.wasm` components are loaded as connectors too.
+    pub connector_dirs: Vec<PathBuf>,
+    /// Let connections reach loopback and private addresses (local services, the emulator).
+    pub allow_private: bool,
+    /// The retry policy of connector nodes that do not set one.
+    pub default_retry: RetryPolicy,
+    /// Config values merged into connections by connection name, e.g. base URLs of another environment.
+    pub connection_overrides: BTreeMap<String, Map<String, Value>>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            runtime: RuntimeConfig::default(),
+            builtin_connectors: true,
+            connector_dirs: Vec::new(),
+            allow_private: false,
+            default_retry: RetryPolicy::default(),
+            connection_overrides: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("{0}")]
+    Runtime(String),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// Why a run did not start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RunError {
+    #[error("the event does not fit the trigger's schema: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidEvent(Vec<FieldError>),
+}
+
+type EmitCallback = Arc<dyn Fn(&EmittedEvent) + Send + Sync>;
+
+/// Connectors, secrets and options: everything needed to check, load and run flows.
+pub struct Host {
+    runtime: Runtime,
+    registry: ConnectorRegistry,
+    secrets: SecretStore,
+    config: HostConfig,
+    on_emit: EmitCallback,
+}
+
+impl Host {
+    pub async fn new(config: HostConfig, secrets: SecretStore) -> Result<Self, HostError> {
+        let runtime = Runtime::new(config.runtime.clone()).map_err(HostError::Runtime)?;
+        let mut registry = ConnectorRegistry::default();
+        if config.builtin_connectors {
+            for bytes in crate::builtin::COMPONENTS {
+                registry.add(runtime.load_bytes(bytes).await?);
+            }
+        }
+        registry.load_dirs(&runtime, &config.connector_dirs).await?;
+        Ok(Host { runtime, registry, secrets, config, on_emit: Arc::new(|_| {}) })
+    }
+
+    /// Adds one connector component to the ones this host knows.
+    pub async fn add_connector_file(&mut self, path: &std::path::Path) -> Result<(), LoadError> {
+        self.registry.add(self.runtime.load_file(path).await?);
+        Ok(())
+    }
+
+    /// Receives every event an emit node hands to the embedding platform, as it happens.
+    pub fn on_emit(&mut self, callback: impl Fn(&EmittedEvent) + Send + Sync + 'static) {
+        self.on_emit = Arc::new(callback);
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    pub fn registry(&self) -> &ConnectorRegistry {
+        &self.registry
+    }
+
+    /// Parses and lints a flow file without running anything.
+    pub fn check(&self, text: &str) -> Result<Flow, Vec<Problem>> {
+        let flow = parse(text)?;
+        let problems = lint(&flow, &self.registry);
+        if problems.is_empty() { Ok(flow) } else { Err(problems) }
+    }
+
+    /// Checks a flow, sets up its connections (secrets resolved) and compiles it, ready to run.
+    pub fn load(&self, text: &str) -> Result<LoadedFlow, Vec<Problem>> {
+        let flow = self.check(text)?;
+        let mut connections = HashMap::new();
+        let mut problems = Vec::new();
+        for (name, spec) in &flow.connections {
+            let connector = match self.registry.resolve(&spec.connector, &spec.version) {
+                Ok(connector) => connector.clone(),
+                Err(message) => {
+                    problems.push(Problem { pointer: format!("/connections/{name}/connector"), message });
+                    continue;
+                }
+            };
+            let mut config = spec.config.clone();
+            if let Some(overrides) = self.config.connection_overrides.get(name) {
+                config.extend(overrides.clone());
+            }
+            let options = ConnectionOptions {
+                allowed_hosts: spec.allowed_hosts.clone(),
+                allow_private: self.config.allow_private,
+            };
+            match connector.connection(name, &Value::Object(config), &self.secrets, &options) {
+                Ok(connection) => {
+                    connections.insert(name.clone(), (connector, connection));
+                }
+                Err(error) => problems
+                    .push(Problem { pointer: format!("/connections/{name}/config"), message: error.to_string() }),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        LoadedFlow::compile(flow, connections, &self.config.default_retry)
+            .map_err(|message| vec![Problem { pointer: String::new(), message }])
+    }
+
+    /// Runs a loaded flow for one event: validated against the trigger's schema first.
+    pub async fn run(&self, flow: &LoadedFlow, event: Value) -> Result<Run, RunError> {
+        flow.validate_event(&event).map_err(RunError::InvalidEvent)?;
+        let run_id = uuid::Uuid::new_v4().to_string();
+        Ok(flow.execute(run_id, event, self.on_emit.as_ref()).await)
+    }
+}

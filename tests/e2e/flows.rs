@@ -1,0 +1,224 @@
+//! The flow format and its tools: the generated schema, the linter (data-driven broken flows), and the
+//! executor's semantics with the echo connector (branches, loops, emits, failures, retries).
+
+use flowhost::connector::{RuntimeConfig, SandboxLimits, SecretStore};
+use flowhost::flow::{NodeStatus, RunStatus, flow_schema};
+use flowhost::{Host, HostConfig};
+use flowhost_tests::components;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+fn flow_files(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json") && !p.ends_with("schema.json"))
+        .collect();
+    files.sort();
+    files
+}
+
+pub async fn host_with_echo(cache: &Path) -> Host {
+    let config = HostConfig {
+        runtime: RuntimeConfig {
+            cache_dir: Some(cache.to_path_buf()),
+            max_instances: 32,
+            limits: SandboxLimits { timeout: Duration::from_secs(5), ..SandboxLimits::default() },
+            ..RuntimeConfig::default()
+        },
+        ..HostConfig::default()
+    };
+    let mut host = Host::new(config, SecretStore::from_pairs([("ECHO_TOKEN", "let-me-in")])).await.unwrap();
+    host.add_connector_file(components::ECHO.as_ref()).await.unwrap();
+    host
+}
+
+#[test]
+fn schema_file_is_current() {
+    let generated = serde_json::to_string_pretty(&flow_schema()).unwrap() + "\n";
+    let committed = std::fs::read_to_string(repo("flows/schema.json")).unwrap();
+    assert!(generated == committed, "flows/schema.json is stale: run `cargo run -- flow schema > flows/schema.json`");
+}
+
+#[tokio::test]
+async fn example_flows_pass_check_and_fit_the_schema() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = host_with_echo(cache.path()).await;
+    let schema = jsonschema::validator_for(&flow_schema()).unwrap();
+    let files = flow_files("flows");
+    assert_eq!(files.len(), 6);
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        if let Err(problems) = host.check(&text) {
+            panic!("{}: {problems:?}", file.display());
+        }
+        let value: Value = serde_json::from_str(&text).unwrap();
+        let errors: Vec<String> = schema.iter_errors(&value).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", file.display());
+    }
+}
+
+/// Each broken flow in tests/flows/broken has a `.expect` file of `POINTER<TAB>MESSAGE PART` lines.
+#[tokio::test]
+async fn broken_flows_are_rejected_with_pointer_and_message() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = host_with_echo(cache.path()).await;
+    let files = flow_files("tests/flows/broken");
+    assert!(files.len() >= 20, "one broken flow per lint rule");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let expect = std::fs::read_to_string(file.with_extension("expect")).unwrap();
+        let problems = host.check(&text).expect_err(&format!("{} must be rejected", file.display()));
+        for line in expect.lines().filter(|l| !l.is_empty()) {
+            let (pointer, message) = line.split_once('\t').unwrap();
+            assert!(
+                problems.iter().any(|p| p.pointer == pointer && p.message.contains(message)),
+                "{}: expected {pointer:?} {message:?}, got {problems:#?}",
+                file.display()
+            );
+        }
+    }
+}
+
+fn echo_flow(nodes: Value) -> String {
+    json!({
+        "id": "echo-test", "version": "1.0.0",
+        "trigger": {"type": "event", "event": "test", "schema": {"type": "object", "required": ["n"]}},
+        "connections": {"echo": {"connector": "echo", "config": {"token": {"secret": "ECHO_TOKEN"}, "greeting": "hi"}}},
+        "nodes": nodes
+    })
+    .to_string()
+}
+
+fn echo_node(id: &str, message: &str) -> Value {
+    json!({"id": id, "connector": {"connection": "echo", "capability": "echo", "input": {"properties": {"message": message}}}})
+}
+
+#[tokio::test]
+async fn branches_loops_and_emits_run_in_order() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut host = host_with_echo(cache.path()).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    host.on_emit(move |event| sink.lock().unwrap().push(event.event.clone()));
+    let mut first = echo_node("first", "n={{ trigger.n }}");
+    first["next"] = json!("big");
+    let text = echo_flow(json!([
+        first,
+        {"id": "big", "condition": {"if": "trigger.n > 2", "then": "each", "else": "small"}},
+        {"id": "each", "forEach": {"items": "trigger.items", "do": [
+            {"id": "say", "connector": {"connection": "echo", "capability": "echo",
+              "input": {"properties": {"message": "{{ item }}-{{ index }}"}}}, "next": "tell"},
+            {"id": "tell", "emit": {"event": "item_{{ index }}", "payload": {"echoed": "{{ nodes.say.output.message }}"}}}
+        ]}, "next": "done"},
+        {"id": "small", "emit": {"event": "small", "payload": {"n": "{{ trigger.n }}"}}},
+        {"id": "done", "emit": {"event": "done", "payload": {"first": "{{ nodes.first.output.message }}", "loop": "{{ size(nodes.each.output) }}"}}}
+    ]));
+    let flow = host.load(&text).unwrap();
+    let run = host.run(&flow, json!({"n": 3, "items": ["a", "b"]})).await.unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:#?}");
+    let order: Vec<(String, Option<usize>)> = run.nodes.iter().map(|n| (n.node_id.clone(), n.iteration)).collect();
+    let expected: Vec<(String, Option<usize>)> = [
+        ("first", None),
+        ("big", None),
+        ("each", None),
+        ("say", Some(0)),
+        ("tell", Some(0)),
+        ("say", Some(1)),
+        ("tell", Some(1)),
+        ("done", None),
+    ]
+    .iter()
+    .map(|(n, i)| (n.to_string(), *i))
+    .collect();
+    assert_eq!(order, expected);
+    assert_eq!(run.nodes[0].input, Some(json!({"properties": {"message": "n=3"}})));
+    assert_eq!(*seen.lock().unwrap(), ["item_0", "item_1", "done"]);
+    assert_eq!(run.emitted[1].payload, json!({"echoed": "b-1"}));
+    assert_eq!(run.emitted[2].payload, json!({"first": "n=3", "loop": 2}));
+    // Idempotency keys: stable per node execution, distinct per iteration.
+    let keys: Vec<&Value> =
+        run.nodes.iter().filter_map(|n| n.output.as_ref()?.pointer("/context/idempotencyKey")).collect();
+    assert_eq!(keys[0], &json!(format!("{}/first", run.id)));
+    assert_eq!(keys[1], &json!(format!("{}/each/0/say", run.id)));
+    assert_eq!(keys[2], &json!(format!("{}/each/1/say", run.id)));
+
+    let small = host.run(&flow, json!({"n": 1, "items": []})).await.unwrap();
+    assert_eq!(small.emitted.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(), ["small"]);
+
+    let invalid = host.run(&flow, json!({"items": []})).await.unwrap_err();
+    assert!(invalid.to_string().contains("\"n\" is a required property"), "{invalid}");
+}
+
+#[tokio::test]
+async fn retries_follow_the_policy_and_show_in_the_trace() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = host_with_echo(cache.path()).await;
+    let fail = |kind: &str, retry: Value| {
+        json!({"id": "call", "connector": {"connection": "echo", "capability": "fail",
+            "input": {"kind": kind, "message": "remote said no", "retryAfterMs": 30}}, "retry": retry})
+    };
+    let policy = json!({"maxAttempts": 3, "initialDelayMs": 10, "jitter": 0});
+    let flow = host.load(&echo_flow(json!([fail("transient", policy.clone())]))).unwrap();
+    let run = host.run(&flow, json!({"n": 1})).await.unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    let attempts = &run.nodes[0].attempts;
+    assert_eq!(attempts.len(), 3, "{attempts:#?}");
+    assert_eq!(attempts.iter().map(|a| a.retry_after_ms).collect::<Vec<_>>(), [Some(10), Some(20), None]);
+
+    let limited = host.load(&echo_flow(json!([fail("rate-limited", policy.clone())]))).unwrap();
+    let run = host.run(&limited, json!({"n": 1})).await.unwrap();
+    assert_eq!(run.nodes[0].attempts[0].retry_after_ms, Some(30), "Retry-After wins over a shorter backoff");
+
+    let permanent = host.load(&echo_flow(json!([fail("permanent", policy)]))).unwrap();
+    let run = host.run(&permanent, json!({"n": 1})).await.unwrap();
+    assert_eq!(run.nodes[0].attempts.len(), 1, "a permanent error is not retried");
+    assert_eq!(run.error.as_ref().unwrap().kind.to_string(), "permanent");
+}
+
+#[tokio::test]
+async fn error_edges_and_the_flow_handler() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = host_with_echo(cache.path()).await;
+    let text = json!({
+        "id": "errors", "version": "1.0.0",
+        "trigger": {"type": "event", "event": "test"},
+        "connections": {"echo": {"connector": "echo", "config": {"token": {"secret": "ECHO_TOKEN"}}}},
+        "onError": "alert",
+        "nodes": [
+            {"id": "call", "connector": {"connection": "echo", "capability": "fail", "input": {"kind": "not-found", "message": "no such account"}},
+             "onError": "recover"},
+            {"id": "recover", "emit": {"event": "recovered", "payload": {"why": "{{ nodes.call.error.message }}", "kind": "{{ nodes.call.error.kind }}"}},
+             "next": "stop"},
+            {"id": "stop", "fail": {"message": "giving up after {{ nodes.call.error.kind }}"}},
+            {"id": "alert", "emit": {"event": "flow_failed", "payload": {"node": "{{ error.node }}", "message": "{{ error.message }}"}}}
+        ]
+    })
+    .to_string();
+    let flow = host.load(&text).unwrap();
+    let run = host.run(&flow, json!({})).await.unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.nodes[0].status, NodeStatus::Failed);
+    assert_eq!(run.nodes[0].next.as_deref(), Some("recover"));
+    assert_eq!(run.emitted[0].payload, json!({"why": "not found: no such account", "kind": "not-found"}));
+    assert_eq!(run.emitted[1].payload, json!({"node": "stop", "message": "giving up after not-found"}));
+    let error = run.error.unwrap();
+    assert_eq!((error.node_id.as_str(), error.kind.to_string().as_str()), ("stop", "fail"));
+}
+
+#[tokio::test]
+async fn expression_failures_name_the_node_and_the_expression() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = host_with_echo(cache.path()).await;
+    let flow = host.load(&echo_flow(json!([echo_node("call", "{{ trigger.missing.deeper }}")]))).unwrap();
+    let run = host.run(&flow, json!({"n": 1})).await.unwrap();
+    let error = run.error.unwrap();
+    assert_eq!(error.kind.to_string(), "expression");
+    assert!(error.message.contains("trigger.missing.deeper"), "{}", error.message);
+}
