@@ -7,6 +7,7 @@ pub mod builtin;
 pub mod cli;
 pub mod connector;
 pub mod delivery;
+pub mod demo;
 pub mod flow;
 mod host;
 

@@ -2,6 +2,7 @@
 
 mod cli;
 mod egress;
+mod examples;
 mod flows;
 mod hostile;
 mod runtime;

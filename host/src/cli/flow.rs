@@ -1,7 +1,7 @@
 //! `flowhost check`, `flowhost run` and `flowhost flow schema`.
 
 use super::{GlobalOptions, json_argument};
-use crate::flow::{NodeStatus, Run, RunStatus, flow_schema};
+use crate::flow::{RunStatus, flow_schema};
 use crate::{Host, HostConfig};
 use anyhow::Context as _;
 use serde_json::{Map, Value};
@@ -108,7 +108,7 @@ pub async fn run(
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&run)?)?;
     } else {
-        write!(out, "{}", render_run(&run))?;
+        write!(out, "{}", run.to_text())?;
     }
     Ok(if run.status == RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -116,69 +116,4 @@ pub async fn run(
 pub fn schema(out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     writeln!(out, "{}", serde_json::to_string_pretty(&flow_schema())?)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// A run trace for people: one block per node execution.
-pub fn render_run(run: &Run) -> String {
-    use std::fmt::Write as _;
-    let mut text = String::new();
-    let status = match run.status {
-        RunStatus::Succeeded => "succeeded",
-        RunStatus::Failed => "FAILED",
-    };
-    let _ =
-        writeln!(text, "run {} of {} {}: {status} in {} ms", run.id, run.flow_id, run.flow_version, run.duration_ms);
-    for node in &run.nodes {
-        let mark = match node.status {
-            NodeStatus::Succeeded => "ok    ",
-            NodeStatus::Failed => "FAILED",
-        };
-        let what = node.call.as_ref().map(|c| format!("{} {c}", node.kind)).unwrap_or_else(|| node.kind.clone());
-        let iteration = node.iteration.map(|i| format!(" [item {i}]")).unwrap_or_default();
-        let attempts = match node.attempts.len() {
-            0 => String::new(),
-            1 => ", 1 attempt".to_string(),
-            n => format!(", {n} attempts"),
-        };
-        let _ = writeln!(text, "  {mark} {}{iteration}  ({what}, {} ms{attempts})", node.node_id, node.duration_ms);
-        for attempt in node.attempts.iter().filter(|a| a.error.is_some()) {
-            let error = attempt.error.as_ref().map(|e| format!("{}: {}", e.kind, e.message)).unwrap_or_default();
-            let retry = attempt.retry_after_ms.map(|ms| format!("; retried after {ms} ms")).unwrap_or_default();
-            let _ = writeln!(
-                text,
-                "         attempt {} failed in {} ms: {error}{retry}",
-                attempt.attempt, attempt.duration_ms
-            );
-        }
-        if let Some(input) = &node.input {
-            let _ = writeln!(text, "         input:  {input}");
-        }
-        if let Some(output) = &node.output {
-            let _ = writeln!(text, "         output: {}", truncate(&output.to_string(), 600));
-        }
-        if let Some(error) = &node.error {
-            let _ = writeln!(text, "         error:  {}: {}", error.kind, error.message);
-        }
-        if let Some(next) = &node.next {
-            let _ = writeln!(text, "         next:   {next}");
-        }
-    }
-    for emitted in &run.emitted {
-        let _ = writeln!(text, "  emitted {} {}", emitted.event, emitted.payload);
-    }
-    if let Some(error) = &run.error {
-        let _ = writeln!(text, "  the run failed at node {}: {}: {}", error.node_id, error.kind, error.message);
-    }
-    text
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut cut = max;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..cut], text.len())
 }

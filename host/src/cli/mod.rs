@@ -55,6 +55,8 @@ enum Command {
         #[command(flatten)]
         host: flow::HostArgs,
     },
+    /// The main job: run the example flows against an in-process mParticle emulator and show what happened.
+    Demo,
     /// Inspect, check and call connector components.
     #[command(subcommand)]
     Connector(connector::ConnectorCommand),
@@ -111,6 +113,13 @@ where
         Command::Run { file, event, json, host } => flow::run(&file, &event, json, &host, &options, out, err).await,
         Command::Connector(command) => connector::run(command, &options, out, err).await,
         Command::Flow(FlowCommand::Schema) => flow::schema(out),
+        Command::Demo => crate::demo::run(options.runtime_config(), out).await.map(|runs| {
+            if runs.iter().all(|r| r.status == crate::flow::RunStatus::Succeeded) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }),
     };
     result.unwrap_or_else(|error| {
         let _ = writeln!(err, "error: {error:#}");

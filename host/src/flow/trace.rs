@@ -166,3 +166,74 @@ impl NodeError {
         serde_json::json!({"kind": self.kind.to_string(), "message": self.message, "node": self.node_id, "detail": self.detail})
     }
 }
+
+impl Run {
+    /// The trace for people: one block per node execution.
+    pub fn to_text(&self) -> String {
+        render(self)
+    }
+}
+
+fn render(run: &Run) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let status = match run.status {
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Failed => "FAILED",
+    };
+    let _ =
+        writeln!(text, "run {} of {} {}: {status} in {} ms", run.id, run.flow_id, run.flow_version, run.duration_ms);
+    for node in &run.nodes {
+        let mark = match node.status {
+            NodeStatus::Succeeded => "ok    ",
+            NodeStatus::Failed => "FAILED",
+        };
+        let what = node.call.as_ref().map(|c| format!("{} {c}", node.kind)).unwrap_or_else(|| node.kind.clone());
+        let iteration = node.iteration.map(|i| format!(" [item {i}]")).unwrap_or_default();
+        let attempts = match node.attempts.len() {
+            0 => String::new(),
+            1 => ", 1 attempt".to_string(),
+            n => format!(", {n} attempts"),
+        };
+        let _ = writeln!(text, "  {mark} {}{iteration}  ({what}, {} ms{attempts})", node.node_id, node.duration_ms);
+        for attempt in node.attempts.iter().filter(|a| a.error.is_some()) {
+            let error = attempt.error.as_ref().map(|e| format!("{}: {}", e.kind, e.message)).unwrap_or_default();
+            let retry = attempt.retry_after_ms.map(|ms| format!("; retried after {ms} ms")).unwrap_or_default();
+            let _ = writeln!(
+                text,
+                "         attempt {} failed in {} ms: {error}{retry}",
+                attempt.attempt, attempt.duration_ms
+            );
+        }
+        if let Some(input) = &node.input {
+            let _ = writeln!(text, "         input:  {input}");
+        }
+        if let Some(output) = &node.output {
+            let _ = writeln!(text, "         output: {}", truncate(&output.to_string(), 600));
+        }
+        if let Some(error) = &node.error {
+            let _ = writeln!(text, "         error:  {}: {}", error.kind, error.message);
+        }
+        if let Some(next) = &node.next {
+            let _ = writeln!(text, "         next:   {next}");
+        }
+    }
+    for emitted in &run.emitted {
+        let _ = writeln!(text, "  emitted {} {}", emitted.event, emitted.payload);
+    }
+    if let Some(error) = &run.error {
+        let _ = writeln!(text, "  the run failed at node {}: {}: {}", error.node_id, error.kind, error.message);
+    }
+    text
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..cut], text.len())
+}
