@@ -5,6 +5,7 @@ mod egress;
 mod examples;
 mod flows;
 mod hostile;
+mod mparticle;
 mod runtime;
 
 use flowhost::connector::{

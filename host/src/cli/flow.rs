@@ -4,7 +4,7 @@ use super::{GlobalOptions, json_argument};
 use crate::flow::{RunStatus, flow_schema};
 use crate::{Host, HostConfig};
 use anyhow::Context as _;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,7 +38,7 @@ impl HostArgs {
             let Value::Object(values) = json_argument(&format!("--connection-config {name}"), json)? else {
                 anyhow::bail!("--connection-config {name} must be a JSON object");
             };
-            config.connection_overrides.entry(name.to_string()).or_insert_with(Map::new).extend(values);
+            config.connection_overrides.entry(name.to_string()).or_default().extend(values);
         }
         Ok(Host::new(config, options.secrets()?).await?)
     }

@@ -394,6 +394,9 @@ struct Graph<'a> {
     flow_handler: Option<&'a str>,
 }
 
+/// What is known on every path to a node: which nodes ran, and whether they succeeded or failed.
+type Facts<'a> = BTreeMap<&'a str, Outcome>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Outcome {
     Succeeded,
@@ -410,9 +413,8 @@ impl<'a> Graph<'a> {
             let out = edges.entry(node.id.as_str()).or_default();
             if let Some(condition) = &node.condition {
                 for target in [&condition.then, &condition.otherwise] {
-                    match target.as_ref().or(node.next.as_ref()) {
-                        Some(t) => out.push((t.as_str(), Outcome::Succeeded)),
-                        None => {}
+                    if let Some(t) = target.as_ref().or(node.next.as_ref()) {
+                        out.push((t.as_str(), Outcome::Succeeded));
                     }
                 }
             } else if let Some(next) = &node.next {
@@ -578,7 +580,8 @@ impl<'a> Graph<'a> {
                 *incoming.entry(t).or_default() += 1;
             }
         }
-        let mut arrived: HashMap<&str, (usize, Option<BTreeMap<&str, Outcome>>)> = HashMap::new();
+        // Per node: how many incoming edges have delivered their facts, and the intersection so far.
+        let mut arrived: HashMap<&str, (usize, Option<Facts>)> = HashMap::new();
         let mut ready: Vec<(&str, BTreeMap<&str, Outcome>)> = entries;
         let mut body_entry: HashMap<&str, &str> = HashMap::new();
         for (entry, owner) in &self.entries {
