@@ -2,7 +2,8 @@
 
 use std::fmt::Write;
 
-const COMPONENTS: &[&str] = &["echo", "fetcher", "infinite_loop", "memory_bomb", "stack_overflow", "panic"];
+const COMPONENTS: &[&str] =
+    &["echo", "fetcher", "infinite_loop", "memory_bomb", "stack_overflow", "panic", "mparticle_connector"];
 
 fn main() {
     let root = connector_build::workspace_root(env!("CARGO_MANIFEST_DIR"));

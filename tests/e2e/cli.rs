@@ -135,3 +135,112 @@ async fn timeout_option_bounds_a_call() {
     assert!(looped.err.contains("error: timeout: timed out after 500 ms"), "{}", looped.err);
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+fn repo(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path).display().to_string()
+}
+
+#[tokio::test]
+async fn check_lists_every_problem_and_sets_the_exit_status() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().to_str().unwrap();
+    let good = flowhost(&[
+        "--cache-dir",
+        dir,
+        "check",
+        &repo("flows/point-add-to-mparticle.json"),
+        &repo("flows/profile-sync.json"),
+    ])
+    .await;
+    assert_eq!(good.code, ExitCode::SUCCESS, "{}", good.err);
+    assert!(
+        good.out.contains("point-add-to-mparticle.json: ok (point-add-to-mparticle 1.0.0, 1 node(s))"),
+        "{}",
+        good.out
+    );
+
+    let broken = repo("tests/flows/broken/unknown-capability.json");
+    let bad = flowhost(&["--cache-dir", dir, "check", &repo("flows/profile-sync.json"), &broken]).await;
+    assert_eq!(bad.code, ExitCode::from(1));
+    assert!(
+        bad.err.contains(&format!("{broken}: /nodes/0/connector/capability: connector mparticle has no capability")),
+        "{}",
+        bad.err
+    );
+
+    let missing = flowhost(&["--cache-dir", dir, "check", "/nonexistent/flow.json"]).await;
+    assert_eq!(missing.code, ExitCode::from(1));
+    assert!(missing.err.contains("/nonexistent/flow.json: cannot read"), "{}", missing.err);
+}
+
+#[tokio::test]
+async fn run_prints_the_trace_against_the_emulator() {
+    let emulator =
+        mparticle_emulator::start(mparticle_emulator::EmulatorConfig::default(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.env");
+    std::fs::write(
+        &secrets,
+        format!(
+            "MPARTICLE_API_KEY={}\nMPARTICLE_API_SECRET={}\n",
+            mparticle_emulator::DEMO_API_KEY,
+            mparticle_emulator::DEMO_API_SECRET
+        ),
+    )
+    .unwrap();
+    let overrides = format!(r#"mparticle={{"eventsApiUrl":"{}/v2"}}"#, emulator.url());
+    let cache = dir.path().join("cache");
+    let flow = repo("flows/point-add-to-mparticle.json");
+    let args = |event: &'static str, json: bool| {
+        let mut args = vec![
+            "--cache-dir".to_string(),
+            cache.display().to_string(),
+            "--secrets-file".to_string(),
+            secrets.display().to_string(),
+            "run".to_string(),
+            flow.clone(),
+            "--event".to_string(),
+            event.to_string(),
+            "--allow-private".to_string(),
+            "--connection-config".to_string(),
+            overrides.clone(),
+        ];
+        if json {
+            args.push("--json".to_string());
+        }
+        args
+    };
+    let event = r#"{"customerId":"c-9","points":5,"balance":10}"#;
+    let text_args = args(event, false);
+    let text = flowhost(&text_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(text.code, ExitCode::SUCCESS, "{}{}", text.out, text.err);
+    assert!(text.out.contains("of point-add-to-mparticle 1.0.0: succeeded"), "{}", text.out);
+    assert!(
+        text.out.contains("trigger_marketing_communication  (connector mparticle.triggerMarketingCommunication"),
+        "{}",
+        text.out
+    );
+    assert!(!text.out.contains(mparticle_emulator::DEMO_API_SECRET), "{}", text.out);
+
+    let json_args = args(event, true);
+    let json = flowhost(&json_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let run: serde_json::Value =
+        serde_json::from_str(&json.out).unwrap_or_else(|e| panic!("{e}: {}{}", json.out, json.err));
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["nodes"][0]["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(emulator.batches().len(), 2);
+
+    let bad_event = args(r#"{"customerId":"c-9"}"#, false);
+    let refused = flowhost(&bad_event.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(refused.code, ExitCode::from(2));
+    assert!(refused.err.contains("the event does not fit the trigger's schema"), "{}", refused.err);
+}
+
+#[tokio::test]
+async fn flow_schema_prints_the_committed_schema() {
+    let printed = flowhost(&["flow", "schema"]).await;
+    assert_eq!(printed.code, ExitCode::SUCCESS);
+    assert_eq!(printed.out, std::fs::read_to_string(repo("flows/schema.json")).unwrap());
+}

@@ -12,6 +12,17 @@ fn private_allowed() -> ConnectionOptions {
     ConnectionOptions { allowed_hosts: None, allow_private: true }
 }
 
+/// A refused request fails fast, long before the invocation deadline.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(1);
+
+/// After a refusal the same runtime still serves a good call.
+async fn assert_serves_good_call(runtime: &flowhost::connector::Runtime, server: &HttpFixture) {
+    let fetcher = load(runtime, components::FETCHER).await;
+    let connection = connect(&fetcher, json!({"baseUrl": server.url("/")}), private_allowed());
+    let output = fetcher.invoke(&connection, "get", &json!({"url": server.url("/ok")}), &context("good")).await;
+    assert_eq!(output.result.unwrap(), json!({"status": 200, "body": "hello"}));
+}
+
 #[tokio::test]
 async fn allowed_host_is_fetched_and_logged_without_credentials() {
     let server = HttpFixture::start().await;
@@ -54,6 +65,7 @@ async fn host_outside_the_allow_list_is_refused_before_connecting() {
     assert_eq!(error.kind(), ErrorKind::EgressDenied);
     assert!(error.to_string().contains("not in the connection's allowed hosts"), "{error}");
     assert_eq!(allowed.hits(), 0);
+    assert_serves_good_call(&runtime, &allowed).await;
 }
 
 #[tokio::test]
@@ -64,8 +76,9 @@ async fn loopback_is_refused_unless_private_addresses_are_allowed() {
 
     // An IP literal is refused by the policy check.
     let connection = connect(&fetcher, json!({"baseUrl": server.url("/")}), ConnectionOptions::default());
-    let error =
-        fetcher.invoke(&connection, "get", &json!({"url": server.url("/ok")}), &context("f")).await.result.unwrap_err();
+    let refused = fetcher.invoke(&connection, "get", &json!({"url": server.url("/ok")}), &context("f")).await;
+    assert!(refused.duration < REFUSAL_DEADLINE, "{:?}", refused.duration);
+    let error = refused.result.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::EgressDenied);
     assert!(error.to_string().contains("loopback (127.0.0.0/8)"), "{error}");
 
@@ -80,6 +93,7 @@ async fn loopback_is_refused_unless_private_addresses_are_allowed() {
     assert_eq!(error.kind(), ErrorKind::EgressDenied, "{error}");
     assert!(error.to_string().contains("localhost resolves to"), "{error}");
     assert_eq!(server.hits(), 0);
+    assert_serves_good_call(&runtime, &server).await;
 }
 
 #[tokio::test]
@@ -91,8 +105,9 @@ async fn redirect_to_an_unlisted_port_is_not_followed() {
     let connection = connect(&fetcher, json!({"baseUrl": allowed.url("/")}), private_allowed());
 
     let to_unlisted = allowed.url(&format!("/redirect?to={}", unlisted.url("/ok")));
-    let error =
-        fetcher.invoke(&connection, "get", &json!({"url": to_unlisted}), &context("f")).await.result.unwrap_err();
+    let refused = fetcher.invoke(&connection, "get", &json!({"url": to_unlisted}), &context("f")).await;
+    assert!(refused.duration < REFUSAL_DEADLINE, "{:?}", refused.duration);
+    let error = refused.result.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::EgressDenied, "{error}");
     assert!(error.to_string().contains("redirect from"), "{error}");
     assert_eq!(unlisted.hits(), 0, "the unlisted server must never be contacted");
