@@ -222,3 +222,65 @@ async fn expression_failures_name_the_node_and_the_expression() {
     assert_eq!(error.kind.to_string(), "expression");
     assert!(error.message.contains("trigger.missing.deeper"), "{}", error.message);
 }
+
+/// Random damage to the example flows (keys removed, values replaced by other types, broken expressions)
+/// must give problems or a clean pass, never a panic.
+#[tokio::test]
+async fn damaged_flows_never_panic_the_linter() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = host_with_echo(cache.path()).await;
+    let replacements = [
+        json!(null),
+        json!(42),
+        json!("{{ nodes.nope.output }}"),
+        json!("{{ }}"),
+        json!("{{ trigger.x ? }}"),
+        json!({"secret": "NOT_SET"}),
+        json!([]),
+        json!({"id": "x", "emit": {"event": "e"}}),
+        json!("plain"),
+    ];
+    let mut seed: u64 = 0x5eed;
+    let mut next = move |bound: usize| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((seed >> 33) as usize) % bound.max(1)
+    };
+    let mut checked = 0;
+    for file in flow_files("flows") {
+        let original: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        for _ in 0..60 {
+            let mut flow = original.clone();
+            let mut paths = Vec::new();
+            collect_paths(&flow, String::new(), &mut paths);
+            let target = &paths[next(paths.len())];
+            let damage = next(3);
+            if let Some(value) = flow.pointer_mut(target) {
+                match damage {
+                    0 => *value = replacements[next(replacements.len())].clone(),
+                    1 => *value = json!({}),
+                    _ => *value = json!(format!("{{{{ {} }}}}", target.replace('/', "."))),
+                }
+            }
+            let _ = host.check(&flow.to_string());
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 360);
+}
+
+fn collect_paths(value: &Value, pointer: String, out: &mut Vec<String>) {
+    out.push(pointer.clone());
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                collect_paths(child, format!("{pointer}/{}", key.replace('~', "~0").replace('/', "~1")), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                collect_paths(child, format!("{pointer}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
