@@ -217,9 +217,13 @@ fn lint_connections<'a>(
     manifests
 }
 
+/// Whether a config key names a credential (`clientSecret`, `apiKey`, `accessToken`, `password`), as opposed to
+/// something about one (`tokenUrl`, `passwordPolicy`).
 fn looks_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["secret", "password", "token", "apikey", "api_key", "privatekey", "private_key"].iter().any(|s| key.contains(s))
+    ["secret", "password", "passwd", "token", "apikey", "api_key", "privatekey", "private_key"]
+        .iter()
+        .any(|s| key.ends_with(s))
 }
 
 fn lint_edges(flow: &Flow, placed: &[Placed], by_id: &HashMap<&str, &Placed>, problems: &mut Vec<Problem>) {
@@ -651,4 +655,17 @@ fn node_expressions(p: &Placed) -> Vec<(String, Expression)> {
         out.push((format!("{}/forEach/items", p.pointer), e));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secret_names_are_recognised_without_flagging_their_neighbours() {
+        for secret in ["clientSecret", "apiKey", "api_key", "accessToken", "password", "private_key"] {
+            assert!(super::looks_secret(secret), "{secret}");
+        }
+        for plain in ["tokenUrl", "passwordPolicy", "secretName", "authUrl", "pod", "keyId"] {
+            assert!(!super::looks_secret(plain), "{plain}");
+        }
+    }
 }
