@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod demo;
 pub mod flow;
 mod host;
+pub mod store;
 
 pub use flow::{Flow, LoadedFlow, Run};
 pub use host::{Host, HostConfig, HostError, RunError};

@@ -240,3 +240,19 @@ async fn bytes_that_are_not_a_connector_are_refused_clearly() {
     let missing = runtime.load_file("/nonexistent/connector.wasm".as_ref()).await.unwrap_err();
     assert!(missing.to_string().contains("cannot read /nonexistent/connector.wasm"), "{missing}");
 }
+
+/// Each runtime reserves address space for its whole instance pool (terabytes at the default size);
+/// dropping it must give that back at once, or an embedder that makes runtimes runs out.
+#[tokio::test]
+async fn dropped_runtimes_free_their_instance_pools() {
+    let cache = tempfile::tempdir().unwrap();
+    // 60 pools of the default size would need more address space than x86-64 gives a process.
+    for round in 0..60 {
+        let runtime =
+            Runtime::new(RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), ..RuntimeConfig::default() })
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let connector = load(&runtime, components::ECHO).await;
+        assert!(connector.instantiate_only().await.is_ok());
+        drop((runtime, connector));
+    }
+}

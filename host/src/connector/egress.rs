@@ -39,7 +39,10 @@ impl HostPattern {
             Some("*") => None,
             Some(p) => Some(p.parse::<u16>().map_err(|_| format!("port {p:?} is not a number"))?),
         };
-        let host = host.to_ascii_lowercase();
+        let host = match host.parse::<Ipv6Addr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => host.to_ascii_lowercase(),
+        };
         if host.is_empty() {
             return Err("the host is empty".into());
         }
@@ -60,8 +63,12 @@ impl HostPattern {
     }
 
     pub fn matches(&self, url: &Url) -> bool {
-        let Some(host) = url.host_str() else { return false };
-        let host = host.to_ascii_lowercase();
+        let host = match url.host() {
+            // `host_str` keeps the brackets of an IPv6 literal; patterns hold the canonical address.
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(host) => host.to_string().to_ascii_lowercase(),
+            None => return false,
+        };
         let host_ok = match &self.host {
             HostMatch::Exact(h) => *h == host,
             HostMatch::Subdomains(domain) => host.len() > domain.len() + 1 && host.ends_with(&format!(".{domain}")),
@@ -74,6 +81,7 @@ impl HostPattern {
 impl std::fmt::Display for HostPattern {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let host = match &self.host {
+            HostMatch::Exact(h) if h.contains(':') => format!("[{h}]"),
             HostMatch::Exact(h) => h.clone(),
             HostMatch::Subdomains(d) => format!("*.{d}"),
         };

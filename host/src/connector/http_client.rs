@@ -1,12 +1,15 @@
-//! `http.fetch` for connectors, on reqwest: every URL (redirects included) is checked against the
-//! connection's egress policy, names are resolved by a resolver that drops private addresses unless they are
-//! allowed, and responses are capped in time and size.
+//! `http.fetch` for connectors: every URL (redirects included) is checked against the connection's egress
+//! policy and responses are capped in time and size ([`Fetcher`]), in front of a transport ([`HttpTransport`])
+//! that only moves bytes. The default transport is reqwest ([`HttpClients`]), whose resolver drops private
+//! addresses unless they are allowed.
 
 use super::egress::{EgressPolicy, non_public_reason, origin_text};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::{AUTHORIZATION, COOKIE, HeaderMap, HeaderName, HeaderValue, LOCATION};
+use reqwest::header::{AUTHORIZATION, COOKIE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
@@ -61,8 +64,127 @@ pub enum FetchError {
     Other(String),
 }
 
-/// Two clients that differ only in whether their resolver lets private addresses through; redirects are
-/// followed by hand so that every hop is checked against the policy of the calling connection.
+/// The network leg of `http.fetch`: sends one request and returns its response as it is (a redirect included:
+/// the host follows redirects itself).
+///
+/// The host does everything else, whatever the transport: it checks the URL of every hop against the
+/// connection's egress policy (allow-lists, literal private addresses), validates the method (upper-cased) and
+/// headers, follows redirects (checking each target, dropping `Authorization` and `Cookie` across origins),
+/// enforces the request deadline and caps the response size. The transport is handed the request of one hop
+/// with `timeout` set to what is left of the deadline, and the connection's policy so that a transport that
+/// resolves names can check the addresses it connects to ([`EgressPolicy::check_address`]); the default,
+/// [`HttpClients`], does (its resolver drops private and loopback addresses unless the policy allows them).
+///
+/// Tests and benchmarks give the runtime an in-process transport ([`Runtime::with_transport`]) to answer
+/// `http.fetch` without a network.
+///
+/// [`Runtime::with_transport`]: crate::connector::Runtime::with_transport
+pub trait HttpTransport: Send + Sync {
+    fn send<'a>(&'a self, request: &'a FetchRequest, policy: &'a EgressPolicy) -> TransportFuture<'a>;
+}
+
+/// What [`HttpTransport::send`] returns.
+pub type TransportFuture<'a> = Pin<Box<dyn Future<Output = Result<FetchResponse, FetchError>> + Send + 'a>>;
+
+/// `http.fetch` as the sandbox sees it: the egress policy, request checks, redirects, deadline and size cap,
+/// in front of a transport.
+pub(crate) struct Fetcher {
+    transport: Arc<dyn HttpTransport>,
+    limits: HttpLimits,
+}
+
+impl Fetcher {
+    pub fn new(transport: Arc<dyn HttpTransport>, limits: HttpLimits) -> Self {
+        Fetcher { transport, limits }
+    }
+
+    /// Checks `request` against `policy`, sends it through the transport and follows redirects, checking
+    /// every hop. `url` is `request.url`, already parsed.
+    pub async fn fetch(
+        &self,
+        policy: &EgressPolicy,
+        mut request: FetchRequest,
+        url: Result<Url, url::ParseError>,
+    ) -> Result<FetchResponse, FetchError> {
+        let mut url = url.map_err(|e| FetchError::InvalidRequest(format!("the URL is not valid: {e}")))?;
+        policy.check_url(&url).map_err(FetchError::Denied)?;
+        if !request.method.bytes().all(|b| b.is_ascii_uppercase()) {
+            request.method.make_ascii_uppercase();
+        }
+        Method::from_bytes(request.method.as_bytes())
+            .map_err(|_| FetchError::InvalidRequest(format!("{:?} is not an HTTP method", request.method)))?;
+        for (name, value) in &request.headers {
+            if !valid_header_name(name) {
+                return Err(FetchError::InvalidRequest(format!("{name:?} is not a valid header name")));
+            }
+            if !valid_header_value(value) {
+                return Err(FetchError::InvalidRequest(format!("the value of header {name} is not valid")));
+            }
+        }
+        let timeout = request.timeout.map_or(self.limits.request_timeout, |t| t.min(self.limits.request_timeout));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let too_large = |url: &Url| {
+            FetchError::ResponseTooLarge(format!(
+                "the response of {} exceeds {} bytes",
+                origin_text(url),
+                self.limits.max_response_bytes
+            ))
+        };
+
+        for _hop in 0..=self.limits.max_redirects {
+            request.timeout = Some(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let response = tokio::time::timeout_at(deadline, self.transport.send(&request, policy))
+                .await
+                .map_err(|_| FetchError::Timeout(format!("{} did not answer in time", origin_text(&url))))??;
+            if response.body.len() > self.limits.max_response_bytes {
+                return Err(too_large(&url));
+            }
+            let location = (300..400).contains(&response.status).then(|| find_header(&response.headers, "location"));
+            let Some(Some(location)) = location else { return Ok(response) };
+            let next = url
+                .join(location)
+                .map_err(|_| FetchError::Other(format!("{} sent an invalid redirect", origin_text(&url))))?;
+            policy.check_url(&next).map_err(|reason| {
+                FetchError::Denied(format!("redirect from {} refused: {reason}", origin_text(&url)))
+            })?;
+            let status = response.status;
+            if status == StatusCode::SEE_OTHER.as_u16()
+                || (matches!(status, 301 | 302) && request.method == Method::POST.as_str())
+            {
+                request.method = Method::GET.to_string();
+                request.body = None;
+            }
+            if origin_text(&next) != origin_text(&url) {
+                request.headers.retain(|(name, _)| {
+                    !name.eq_ignore_ascii_case(AUTHORIZATION.as_str()) && !name.eq_ignore_ascii_case(COOKIE.as_str())
+                });
+            }
+            request.url = next.to_string();
+            url = next;
+        }
+        Err(FetchError::Other(format!("more than {} redirects", self.limits.max_redirects)))
+    }
+}
+
+/// What `http::HeaderName::from_bytes` accepts (a token, either case), checked without allocating.
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 1 << 16
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// What `http::HeaderValue::from_str` accepts (visible ASCII, space and tab), checked without allocating.
+fn valid_header_value(value: &str) -> bool {
+    value.bytes().all(|b| (32..127).contains(&b) || b == b'\t')
+}
+
+fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+/// The default transport, on reqwest: two clients that differ only in whether their resolver lets private
+/// addresses through (so that a public name cannot lead into the private network); redirects are not
+/// followed here but returned to [`Fetcher`], which checks every hop.
 #[derive(Clone)]
 pub struct HttpClients {
     public_only: reqwest::Client,
@@ -90,11 +212,10 @@ impl HttpClients {
         &self.limits
     }
 
-    pub async fn fetch(&self, policy: &EgressPolicy, request: FetchRequest) -> Result<FetchResponse, FetchError> {
-        let mut url =
+    async fn send_one(&self, request: &FetchRequest, policy: &EgressPolicy) -> Result<FetchResponse, FetchError> {
+        let url =
             Url::parse(&request.url).map_err(|e| FetchError::InvalidRequest(format!("the URL is not valid: {e}")))?;
-        policy.check_url(&url).map_err(FetchError::Denied)?;
-        let mut method = Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
+        let method = Method::from_bytes(request.method.as_bytes())
             .map_err(|_| FetchError::InvalidRequest(format!("{:?} is not an HTTP method", request.method)))?;
         let mut headers = HeaderMap::new();
         for (name, value) in &request.headers {
@@ -104,46 +225,20 @@ impl HttpClients {
                 .map_err(|_| FetchError::InvalidRequest(format!("the value of header {name} is not valid")))?;
             headers.append(name, value);
         }
-        let mut body = request.body;
-        let timeout = request.timeout.map_or(self.limits.request_timeout, |t| t.min(self.limits.request_timeout));
-        let deadline = tokio::time::Instant::now() + timeout;
         let client = if policy.allow_private() { &self.private_allowed } else { &self.public_only };
-
-        for _hop in 0..=self.limits.max_redirects {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let mut builder = client.request(method.clone(), url.clone()).headers(headers.clone()).timeout(remaining);
-            if let Some(body) = &body {
-                builder = builder.body(body.clone());
-            }
-            let response = builder.send().await.map_err(|e| transport_error(&url, e))?;
-            let status = response.status();
-            if status.is_redirection()
-                && let Some(location) = response.headers().get(LOCATION)
-            {
-                let next = location
-                    .to_str()
-                    .ok()
-                    .and_then(|l| url.join(l).ok())
-                    .ok_or_else(|| FetchError::Other(format!("{} sent an invalid redirect", origin_text(&url))))?;
-                policy.check_url(&next).map_err(|reason| {
-                    FetchError::Denied(format!("redirect from {} refused: {reason}", origin_text(&url)))
-                })?;
-                if status == StatusCode::SEE_OTHER
-                    || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND) && method == Method::POST)
-                {
-                    method = Method::GET;
-                    body = None;
-                }
-                if origin_text(&next) != origin_text(&url) {
-                    headers.remove(AUTHORIZATION);
-                    headers.remove(COOKIE);
-                }
-                url = next;
-                continue;
-            }
-            return read_response(response, self.limits.max_response_bytes, &url).await;
+        let mut builder = client.request(method, url.clone()).headers(headers);
+        builder = builder.timeout(request.timeout.unwrap_or(self.limits.request_timeout));
+        if let Some(body) = &request.body {
+            builder = builder.body(body.clone());
         }
-        Err(FetchError::Other(format!("more than {} redirects", self.limits.max_redirects)))
+        let response = builder.send().await.map_err(|e| transport_error(&url, e))?;
+        read_response(response, self.limits.max_response_bytes, &url).await
+    }
+}
+
+impl HttpTransport for HttpClients {
+    fn send<'a>(&'a self, request: &'a FetchRequest, policy: &'a EgressPolicy) -> TransportFuture<'a> {
+        Box::pin(self.send_one(request, policy))
     }
 }
 

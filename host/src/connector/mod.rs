@@ -16,7 +16,7 @@ pub mod secrets;
 
 pub use component_cache::LoadSource;
 pub use error::{ConfigError, ErrorKind, FieldError, InvokeError, LoadError};
-pub use http_client::HttpLimits;
+pub use http_client::{FetchError, FetchRequest, FetchResponse, HttpLimits, HttpTransport, TransportFuture};
 pub use manifest::{CapabilityInfo, ConnectionProperty, Manifest, unwrap_davinci};
 pub use registry::ConnectorRegistry;
 pub use runtime::{Connection, ConnectionOptions, Connector, Invocation, InvocationContext, Runtime, RuntimeConfig};

@@ -5,9 +5,9 @@
 use super::bindings;
 use super::component_cache::{DiskCache, LoadSource, compile_or_load, content_hash, default_cache_dir};
 use super::egress::{EgressPolicy, HostPattern};
-use super::engine::{EPOCH_TICK, EpochTicker, build_engine};
+use super::engine::{EPOCH_TICK, build_engine, start_epoch_ticker};
 use super::error::{ConfigError, FieldError, InvokeError, LoadError};
-use super::http_client::{HttpClients, HttpLimits};
+use super::http_client::{Fetcher, HttpClients, HttpLimits, HttpTransport};
 use super::kv_cache::KvCache;
 use super::manifest::{Manifest, Validators};
 use super::sandbox::{ConnectionScope, LogLevel, LogLine, LogSource, SandboxLimits, StoreState};
@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use wasmtime::component::{HasSelf, Linker};
@@ -76,16 +76,29 @@ struct RuntimeInner {
     engine: Engine,
     linker: Linker<StoreState>,
     disk: Option<DiskCache>,
-    loaded: Mutex<HashMap<String, Arc<Connector>>>,
-    http: HttpClients,
+    /// Connectors loaded by content hash, held weakly: a connector holds its runtime, so a strong reference
+    /// here would keep both alive forever.
+    loaded: Mutex<HashMap<String, Weak<Connector>>>,
+    http: Arc<Fetcher>,
     cache: Arc<KvCache>,
     limits: SandboxLimits,
     slots: Semaphore,
-    _ticker: EpochTicker,
 }
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, String> {
+        Self::build(config, None)
+    }
+
+    /// A runtime whose `http.fetch` goes out through `transport` instead of the network (reqwest), e.g. an
+    /// in-process stub in tests and benchmarks. Only the network leg is replaced: the egress policy (allow-lists,
+    /// private addresses, every redirect hop), request checks, deadline and size cap still apply in the host
+    /// before and after the transport is called; see [`HttpTransport`].
+    pub fn with_transport(config: RuntimeConfig, transport: Arc<dyn HttpTransport>) -> Result<Self, String> {
+        Self::build(config, Some(transport))
+    }
+
+    fn build(config: RuntimeConfig, transport: Option<Arc<dyn HttpTransport>>) -> Result<Self, String> {
         // reqwest is built without a default TLS provider; ring is the one we ship. A second call is a no-op.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let engine = build_engine(&config.limits, config.max_instances)
@@ -104,10 +117,14 @@ impl Runtime {
             },
             None => None,
         };
-        let http = HttpClients::new(config.http.clone())?;
+        let transport = match transport {
+            Some(transport) => transport,
+            None => Arc::new(HttpClients::new(config.http.clone())?),
+        };
+        let http = Arc::new(Fetcher::new(transport, config.http.clone()));
+        start_epoch_ticker(&engine);
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
-                _ticker: EpochTicker::start(engine.clone()),
                 engine,
                 linker,
                 disk,
@@ -132,8 +149,10 @@ impl Runtime {
     /// compiled. Then it is described once and its schemas compiled.
     pub async fn load_bytes(&self, bytes: &[u8]) -> Result<Arc<Connector>, LoadError> {
         let hash = content_hash(bytes);
-        if let Some(loaded) = self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(&hash) {
-            return Ok(loaded.clone());
+        if let Some(loaded) =
+            self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(&hash).and_then(Weak::upgrade)
+        {
+            return Ok(loaded);
         }
         let inner = self.inner.clone();
         let owned = bytes.to_vec();
@@ -163,7 +182,9 @@ impl Runtime {
             load_source: source,
             load_time,
         });
-        self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(hash, connector.clone());
+        let mut loaded = self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        loaded.retain(|_, connector| connector.strong_count() > 0);
+        loaded.insert(hash, Arc::downgrade(&connector));
         Ok(connector)
     }
 }

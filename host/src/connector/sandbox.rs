@@ -4,7 +4,7 @@
 
 use super::bindings::{cache, http, log, types};
 use super::egress::EgressPolicy;
-use super::http_client::{FetchError, FetchRequest, HttpClients};
+use super::http_client::{FetchError, FetchRequest, Fetcher};
 use super::kv_cache::KvCache;
 use super::secrets::Redactor;
 use serde::{Deserialize, Serialize};
@@ -81,7 +81,7 @@ pub(crate) struct StoreState {
     table: ResourceTable,
     pub limiter: MemoryLimiter,
     scope: ConnectionScope,
-    http: HttpClients,
+    http: Arc<Fetcher>,
     cache: Arc<KvCache>,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
@@ -94,7 +94,7 @@ pub(crate) struct StoreState {
 }
 
 impl StoreState {
-    pub fn new(scope: ConnectionScope, http: HttpClients, cache: Arc<KvCache>, limits: &SandboxLimits) -> Self {
+    pub fn new(scope: ConnectionScope, http: Arc<Fetcher>, cache: Arc<KvCache>, limits: &SandboxLimits) -> Self {
         let stdout = MemoryOutputPipe::new(limits.max_log_bytes);
         let stderr = MemoryOutputPipe::new(limits.max_log_bytes);
         // No preopened directories, no environment, no arguments, no sockets, no name lookups.
@@ -198,7 +198,8 @@ impl types::Host for StoreState {}
 impl http::Host for StoreState {
     async fn fetch(&mut self, request: http::Request) -> Result<http::Response, http::HttpError> {
         let method = request.method.clone();
-        let origin = Url::parse(&request.url).map(|u| super::egress::origin_text(&u)).unwrap_or_default();
+        let url = Url::parse(&request.url);
+        let origin = url.as_ref().map(super::egress::origin_text).unwrap_or_default();
         let started = Instant::now();
         let fetch = FetchRequest {
             method: request.method,
@@ -207,8 +208,7 @@ impl http::Host for StoreState {
             body: request.body,
             timeout: request.timeout_ms.map(|ms| Duration::from_millis(ms.into())),
         };
-        let policy = self.scope.egress.clone();
-        let result = self.http.fetch(&policy, fetch).await;
+        let result = self.http.fetch(&self.scope.egress, fetch, url).await;
         let elapsed = started.elapsed().as_millis();
         match &result {
             Ok(response) => {

@@ -227,7 +227,7 @@ impl LoadedFlow {
         match &node.action {
             CompiledAction::Connector { connection, capability, input } => {
                 trace.call = Some(format!("{connection}.{capability}"));
-                let scope = state.scope(&self.vars, frame).map_err(expression_error)?;
+                let scope = state.scope(&self.vars, frame);
                 let input = input.render(&scope).map_err(|e| expression_error(format!("input: {e}")))?;
                 trace.input = Some(self.redactor.redact_json(&input));
                 let (connector, connection) = &self.connections[connection];
@@ -235,7 +235,7 @@ impl LoadedFlow {
                 Ok((node.next.clone(), Some(output)))
             }
             CompiledAction::Condition { expression, then, otherwise } => {
-                let scope = state.scope(&self.vars, frame).map_err(expression_error)?;
+                let scope = state.scope(&self.vars, frame);
                 let value = expression.evaluate(&scope).map_err(expression_error)?;
                 let Value::Bool(taken) = value else {
                     return Err(expression_error(format!("`{}` gave {value}, not true or false", expression.source())));
@@ -244,7 +244,7 @@ impl LoadedFlow {
                 Ok((target.clone().or_else(|| node.next.clone()), Some(json!(taken))))
             }
             CompiledAction::ForEach { items, body_start } => {
-                let scope = state.scope(&self.vars, frame).map_err(expression_error)?;
+                let scope = state.scope(&self.vars, frame);
                 let list = match items.evaluate(&scope).map_err(expression_error)? {
                     Value::Array(list) => list,
                     Value::Null => Vec::new(),
@@ -275,7 +275,7 @@ impl LoadedFlow {
                 Ok((node.next.clone(), Some(Value::Array(outputs))))
             }
             CompiledAction::Emit { event, payload } => {
-                let scope = state.scope(&self.vars, frame).map_err(expression_error)?;
+                let scope = state.scope(&self.vars, frame);
                 let event = match event.render(&scope).map_err(expression_error)? {
                     Value::String(name) if !name.is_empty() => name,
                     other => return Err(expression_error(format!("the event name evaluated to {other}"))),
@@ -294,7 +294,7 @@ impl LoadedFlow {
                 Ok((node.next.clone(), Some(output)))
             }
             CompiledAction::Fail { message } => {
-                let scope = state.scope(&self.vars, frame).map_err(expression_error)?;
+                let scope = state.scope(&self.vars, frame);
                 let message = match message.render(&scope).map_err(expression_error)? {
                     Value::String(text) => text,
                     other => other.to_string(),
@@ -405,18 +405,18 @@ impl RunState {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn scope(&self, vars: &Value, frame: Option<&Frame>) -> Result<Scope, String> {
+    fn scope(&self, vars: &Value, frame: Option<&Frame>) -> Scope {
         let mut scope = Scope::default();
-        scope.set("trigger", &self.trigger)?;
-        scope.set("vars", vars)?;
-        scope.set("nodes", &Value::Object(self.results.clone()))?;
-        scope.set("run", &json!({"id": self.run_id}))?;
-        scope.set("error", &self.error)?;
+        scope.set("trigger", &self.trigger);
+        scope.set("vars", vars);
+        scope.set("nodes", &Value::Object(self.results.clone()));
+        scope.set("run", &json!({"id": self.run_id}));
+        scope.set("error", &self.error);
         if let Some(frame) = frame {
-            scope.set("item", &frame.item)?;
-            scope.set("index", &json!(frame.index))?;
+            scope.set("item", &frame.item);
+            scope.set("index", &json!(frame.index));
         }
-        Ok(scope)
+        scope
     }
 }
 

@@ -36,11 +36,32 @@ pub struct Scope {
 
 impl Scope {
     /// Converts a JSON value for use as a variable.
-    pub fn set(&mut self, name: &'static str, value: &Value) -> Result<(), String> {
-        let value = cel::to_value(value).map_err(|e| format!("cannot convert {name} for expressions: {e}"))?;
+    pub fn set(&mut self, name: &'static str, value: &Value) {
+        let value = json_to_cel(value);
         self.variables.retain(|(n, _)| *n != name);
         self.variables.push((name, value));
-        Ok(())
+    }
+}
+
+/// JSON to CEL. Integers become CEL `int` whenever they fit, so that `trigger.points * 2` works: CEL does not
+/// mix `uint` and `int` in arithmetic, and JSON has no such distinction to honour.
+fn json_to_cel(value: &Value) -> cel::Value {
+    match value {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => cel::Value::Int(i),
+            (None, Some(u), _) => cel::Value::UInt(u),
+            (_, _, Some(f)) => cel::Value::Float(f),
+            _ => cel::Value::Null,
+        },
+        Value::String(s) => cel::Value::String(Arc::new(s.clone())),
+        Value::Array(items) => cel::Value::List(Arc::new(items.iter().map(json_to_cel).collect())),
+        Value::Object(map) => {
+            let entries: std::collections::HashMap<String, cel::Value> =
+                map.iter().map(|(k, v)| (k.clone(), json_to_cel(v))).collect();
+            cel::Value::Map(entries.into())
+        }
     }
 }
 
@@ -385,8 +406,8 @@ mod tests {
 
     fn scope() -> Scope {
         let mut scope = Scope::default();
-        scope.set("trigger", &json!({"customer": "c-1", "points": 120, "tags": ["a", "b"]})).unwrap();
-        scope.set("nodes", &json!({"lookup": {"output": {"tier": "gold"}}})).unwrap();
+        scope.set("trigger", &json!({"customer": "c-1", "points": 120, "tags": ["a", "b"], "ratio": 0.5}));
+        scope.set("nodes", &json!({"lookup": {"output": {"tier": "gold"}}}));
         scope
     }
 
@@ -395,6 +416,7 @@ mod tests {
         let template = Template::compile(&json!({
             "points": "{{ trigger.points }}",
             "double": "{{ trigger.points * 2 }}",
+            "half": "{{ double(trigger.points) * trigger.ratio }}",
             "label": "{{ trigger.customer }} has {{ trigger.points }} points",
             "tags": "{{ trigger.tags }}",
             "tier": "{{ nodes.lookup.output.tier }}",
@@ -406,7 +428,7 @@ mod tests {
         assert_eq!(
             rendered,
             json!({
-                "points": 120, "double": 240, "label": "c-1 has 120 points", "tags": ["a", "b"],
+                "points": 120, "double": 240, "half": 60.0, "label": "c-1 has 120 points", "tags": ["a", "b"],
                 "tier": "gold", "plain": "no braces", "list": [true, 1]
             })
         );

@@ -1,0 +1,677 @@
+//! Storage for durable delivery: the run queue (with resends and dead letters), checkpoints, the outbox of
+//! emitted loyalty events and the inbound message queue, behind one [`Store`] trait.
+//!
+//! [`SqliteStore`] is the embedded default; a PostgreSQL backend (many hosts sharing one queue with
+//! `FOR UPDATE SKIP LOCKED`) implements the same trait, so callers never change. Everything the trait
+//! exchanges is backend-neutral: JSON as [`serde_json::Value`], times as milliseconds since the Unix epoch
+//! (`i64`, see [`now_ms`]), ids as strings.
+//!
+//! # Runs and their states
+//!
+//! A *run* is one flow run for one accepted event, and the unit of the queue. [`Store::enqueue`] commits it
+//! as `queued`; a worker [`claim`](Store::claim)s it (`leased`, until `lease_until`), saves progress with
+//! [`checkpoint`](Store::checkpoint), and ends the lease with exactly one of [`complete`](Store::complete)
+//! (`succeeded` / `failed`), [`reschedule`](Store::reschedule) (a resend: back to `queued` at a later time)
+//! or [`dead_letter`](Store::dead_letter) (`dead`: retries exhausted, kept and visible). A worker that dies
+//! simply stops renewing its lease; once `lease_until` has passed, the run is claimable again and resumes
+//! from its last checkpoint. Every lease-holder call is *fenced* by the [`Lease`] it got from `claim`: once
+//! the run was claimed again (or retried or dropped by an operator), the old holder's calls fail with
+//! [`StoreError::LeaseLost`] and change nothing.
+//!
+//! ```text
+//!  enqueue ──> queued ──claim──> leased ──complete──> succeeded | failed
+//!               ^  ^               │ │ └──dead_letter──> dead ──retry_now──> queued
+//!               │  └──reschedule───┘ └──lease expires (crash) ──> claimable again
+//!               └──release_connection── held <──hold_connection── queued
+//!  drop_run: queued | leased | held | dead ──> dropped (kept for the record)
+//! ```
+//!
+//! # The ordering rule
+//!
+//! Events of one *ordering key* (e.g. `"<flow>/<customer>"`) are delivered in arrival order (`seq`). A run
+//! is claimable when
+//!
+//! 1. it is **due**: `queued` with `next_attempt_at <= now`, or `leased` with an expired lease; and
+//! 2. **no earlier run of the same ordering key is still open**: no run with the same `ordering_key` and a
+//!    smaller `seq` is `queued`, `leased`, `held` or `dead`.
+//!
+//! So a customer's message waiting for a resend — or dead-lettered, until an operator retries or drops
+//! it — holds that customer's later messages, and nobody else's. `succeeded`, `failed` (a permanent error,
+//! handled by the flow's error path) and `dropped` runs do not hold later runs. At most one run per key is
+//! leased at a time. (An operator retrying a `failed` run puts it back in the queue after later runs of its
+//! key may already have been delivered: that is the operator's explicit choice.)
+//!
+//! # Connections (disconnect)
+//!
+//! [`Store::hold_connection`] marks a connection disconnected, durably: its queued runs (and inbound
+//! messages) become `held` in one transaction, runs enqueued, rescheduled or retried while it is held go
+//! straight to `held`, and a run whose worker died while holding it becomes `held` instead of claimable.
+//! Held runs are kept and listed, never sent, and still hold their key's later runs. In-flight runs finish
+//! their current attempt. [`Store::release_connection`] puts them back in the queue.
+//!
+//! # Inbound messages
+//!
+//! Messages received on an inbound webhook are recorded with [`Store::record_inbound`] before the sender
+//! gets its answer, then claimed by the inbound worker with [`Store::claim_inbound`], which maps them and
+//! calls [`Store::complete_inbound`]: that enqueues the resulting runs and settles the message in one
+//! transaction, so a message is never lost nor turned into runs twice. Messages of one connection are
+//! processed in arrival order: a claim takes a message only when no earlier message of its connection is
+//! leased, held or waiting, so one claim may take several consecutive messages of a connection, which the
+//! worker handles in `seq` order.
+
+//!
+//! # For backend implementers
+//!
+//! - Every method is one transaction; `claim`/`claim_inbound` must be atomic against concurrent claimers.
+//!   In PostgreSQL: select the candidates (due, no earlier open run of the key, `ORDER BY seq LIMIT n`)
+//!   `FOR UPDATE SKIP LOCKED` and update them in the same statement or transaction; an earlier run that
+//!   another claimer has locked is still `queued` in the snapshot, so its key's later runs stay blocked.
+//! - `next_attempt_at` of a leased run equals `lease_until`, so "due" is one condition for both states.
+//! - Fencing: lease-holder updates match `id`, `status = 'leased'`, `lease_owner` and `leases` (the token).
+//! - The held-connection invariant: no `queued` run uses a held connection (enqueue, reschedule, retry and
+//!   release check it; claim first turns expired leases on held connections into `held`).
+//! - `enqueue` keeps the order of its input in `seq`.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch, the store's clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
+/// `now_ms + duration`, saturating.
+pub fn add_ms(now_ms: i64, duration: Duration) -> i64 {
+    now_ms.saturating_add(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Listing limit used when a filter asks for 0 rows.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+/// The largest listing a single call returns.
+pub const MAX_LIST_LIMIT: usize = 1000;
+
+/// Where a run is in its life. See the [module documentation](self) for the transitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Ready, or waiting for a resend until `next_attempt_at`.
+    Queued,
+    /// A worker holds it until `lease_until`; an expired lease is claimable again.
+    Leased,
+    /// Finished successfully (terminal).
+    Succeeded,
+    /// Finished with a permanent error (terminal).
+    Failed,
+    /// Retries exhausted: kept and visible; holds its ordering key until retried or dropped.
+    Dead,
+    /// Its connection was disconnected: kept and reported, not sent.
+    Held,
+    /// Removed from the queue by an operator; kept for the record (terminal).
+    Dropped,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 7] = [
+        RunState::Queued,
+        RunState::Leased,
+        RunState::Succeeded,
+        RunState::Failed,
+        RunState::Dead,
+        RunState::Held,
+        RunState::Dropped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Leased => "leased",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Dead => "dead",
+            RunState::Held => "held",
+            RunState::Dropped => "dropped",
+        }
+    }
+
+    /// Whether a run in this state holds the later runs of its ordering key.
+    pub fn holds_key(self) -> bool {
+        matches!(self, RunState::Queued | RunState::Leased | RunState::Held | RunState::Dead)
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunState {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RunState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| StoreError::invalid("status", format!("unknown run status `{s}`")))
+    }
+}
+
+/// Where an inbound message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InboundState {
+    /// Recorded, waiting for the inbound worker.
+    Received,
+    /// The inbound worker holds it until `lease_until`.
+    Leased,
+    /// Mapped; its runs (if any) are enqueued (terminal).
+    Processed,
+    /// Nothing maps it (e.g. an unknown event type): kept and reported (terminal until retried).
+    Unmatched,
+    /// It could not be processed (e.g. a payload the mapping cannot read): kept (terminal until retried).
+    Failed,
+    /// Its connection was disconnected: kept, not processed.
+    Held,
+}
+
+impl InboundState {
+    pub const ALL: [InboundState; 6] = [
+        InboundState::Received,
+        InboundState::Leased,
+        InboundState::Processed,
+        InboundState::Unmatched,
+        InboundState::Failed,
+        InboundState::Held,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboundState::Received => "received",
+            InboundState::Leased => "leased",
+            InboundState::Processed => "processed",
+            InboundState::Unmatched => "unmatched",
+            InboundState::Failed => "failed",
+            InboundState::Held => "held",
+        }
+    }
+}
+
+impl fmt::Display for InboundState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for InboundState {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        InboundState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| StoreError::invalid("status", format!("unknown inbound message status `{s}`")))
+    }
+}
+
+/// A run to enqueue: one flow run for one accepted event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewRun {
+    pub flow_id: String,
+    pub flow_version: String,
+    /// Names of the connections the flow uses (a disconnect holds the run).
+    #[serde(default)]
+    pub connections: Vec<String>,
+    /// Runs of one key are delivered in order, e.g. `"<flow>/<customer>"`. Must not be empty.
+    pub ordering_key: String,
+    /// The customer, for listing (`GET /v1/runs?customer=…`).
+    #[serde(default)]
+    pub customer: Option<String>,
+    /// The event that starts the run.
+    pub event: Value,
+    /// An optional caller-supplied key (e.g. the platform's event id): enqueuing a run whose flow already has
+    /// a run with this key returns the existing run's id instead of adding a second run, so a client that
+    /// re-sends an event after a timeout does not get it delivered twice.
+    #[serde(default)]
+    pub dedup_key: Option<String>,
+}
+
+impl NewRun {
+    /// Checks the fields the store relies on; `field` names the run in the error (e.g. `runs[3]`).
+    pub fn validate(&self, field: &str) -> Result<(), StoreError> {
+        if self.flow_id.is_empty() {
+            return Err(StoreError::invalid(format!("{field}.flowId"), "must not be empty"));
+        }
+        if self.ordering_key.is_empty() {
+            return Err(StoreError::invalid(format!("{field}.orderingKey"), "must not be empty"));
+        }
+        if let Some(i) = self.connections.iter().position(String::is_empty) {
+            return Err(StoreError::invalid(format!("{field}.connections[{i}]"), "must not be empty"));
+        }
+        if self.dedup_key.as_deref() == Some("") {
+            return Err(StoreError::invalid(format!("{field}.dedupKey"), "must not be empty when given"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks every run of a batch; the error names the first bad one (`runs[i].field`).
+pub fn validate_runs(runs: &[NewRun]) -> Result<(), StoreError> {
+    runs.iter().enumerate().try_for_each(|(i, run)| run.validate(&format!("runs[{i}]")))
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredRun {
+    /// A UUID.
+    pub id: String,
+    /// Arrival order, increasing, never reused.
+    pub seq: i64,
+    pub flow_id: String,
+    pub flow_version: String,
+    pub connections: Vec<String>,
+    pub ordering_key: String,
+    pub customer: Option<String>,
+    pub dedup_key: Option<String>,
+    pub event: Value,
+    pub status: RunState,
+    /// Failed attempts recorded by `reschedule` and `dead_letter` (reset when an operator retries a dead
+    /// or failed run).
+    pub attempts: u32,
+    /// How many times the run was claimed; also the fencing token of the current lease.
+    pub leases: u32,
+    /// When the run may next be claimed: for `queued`, when it is due; for `leased`, when the lease
+    /// expires (equal to `lease_until`).
+    pub next_attempt_at: i64,
+    /// The worker that holds (or last held) the run.
+    pub lease_owner: Option<String>,
+    /// When the current lease expires; set only while `leased`.
+    pub lease_until: Option<i64>,
+    /// The executor's saved progress.
+    pub checkpoint: Option<Value>,
+    pub last_error: Option<Value>,
+    pub trace: Option<Value>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl StoredRun {
+    /// The lease the current holder passes to fenced calls, when the run is leased.
+    pub fn lease(&self) -> Option<Lease> {
+        lease_of(self.status == RunState::Leased, &self.id, self.lease_owner.as_deref(), self.leases)
+    }
+}
+
+fn lease_of(leased: bool, id: &str, owner: Option<&str>, token: u32) -> Option<Lease> {
+    match (leased, owner) {
+        (true, Some(worker)) => Some(Lease { id: id.to_string(), worker: worker.to_string(), token }),
+        _ => None,
+    }
+}
+
+/// Proof of holding a run (or inbound message) from one claim: the id, the claiming worker, and a token
+/// that changes with every claim, so a worker whose lease expired and was claimed again — even by a worker
+/// with the same name — is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: String,
+    pub worker: String,
+    pub token: u32,
+}
+
+/// How a leased run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Completion {
+    Succeeded,
+    /// A permanent error; `error` is kept as the run's `last_error`.
+    Failed {
+        error: Value,
+    },
+}
+
+/// An event an emit node handed to the embedding platform, written to the outbox when its run completes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewOutboxEvent {
+    pub node_id: String,
+    /// The loyalty event name, e.g. `point_add`.
+    pub event: String,
+    pub payload: Value,
+}
+
+/// An event in the durable outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxEvent {
+    /// Increasing; read on with `outbox(after_seq = last seen seq)`.
+    pub seq: i64,
+    pub run_id: String,
+    pub flow_id: String,
+    pub node_id: String,
+    pub event: String,
+    pub payload: Value,
+    pub created_at: i64,
+}
+
+/// Which runs to list, newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunFilter {
+    pub customer: Option<String>,
+    pub flow_id: Option<String>,
+    pub ordering_key: Option<String>,
+    /// Runs that use this connection.
+    pub connection: Option<String>,
+    /// Any of these states; all states when empty.
+    pub statuses: Vec<RunState>,
+    /// Only runs with a smaller `seq` (paging: pass the last `seq` of the previous page).
+    pub before_seq: Option<i64>,
+    /// At most this many ([`DEFAULT_LIST_LIMIT`] when 0, at most [`MAX_LIST_LIMIT`]).
+    pub limit: usize,
+}
+
+/// A message received on an inbound webhook, to record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundMessage {
+    /// The connection it arrived for.
+    pub connection: String,
+    /// What sent it and in which format, e.g. `mparticle.webhook` or `mparticle.firehose`.
+    pub source: String,
+    /// The sender's message id, when it has one: recording the same id twice for a connection returns the
+    /// first message's id.
+    #[serde(default)]
+    pub external_id: Option<String>,
+    pub body: Value,
+}
+
+/// An inbound message as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredInbound {
+    pub id: String,
+    pub seq: i64,
+    pub connection: String,
+    pub source: String,
+    pub external_id: Option<String>,
+    pub body: Value,
+    pub status: InboundState,
+    pub leases: u32,
+    pub next_attempt_at: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    /// Why it was unmatched or failed.
+    pub detail: Option<Value>,
+    /// The runs it produced.
+    pub run_ids: Vec<String>,
+    pub received_at: i64,
+    pub updated_at: i64,
+}
+
+impl StoredInbound {
+    pub fn lease(&self) -> Option<Lease> {
+        lease_of(self.status == InboundState::Leased, &self.id, self.lease_owner.as_deref(), self.leases)
+    }
+}
+
+/// How the inbound worker settled a message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InboundOutcome {
+    /// Mapped; the runs passed along are enqueued.
+    Processed,
+    /// Nothing maps it; kept and reported.
+    Unmatched { reason: Value },
+    /// It cannot be processed; kept.
+    Failed { error: Value },
+}
+
+/// Which inbound messages to list, newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InboundFilter {
+    pub connection: Option<String>,
+    pub statuses: Vec<InboundState>,
+    pub before_seq: Option<i64>,
+    pub limit: usize,
+}
+
+/// What a hold or release of a connection moved, in this call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionHold {
+    pub runs: u64,
+    pub inbound: u64,
+}
+
+/// Runs per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCounts {
+    pub queued: u64,
+    pub leased: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub dead: u64,
+    pub held: u64,
+    pub dropped: u64,
+}
+
+impl RunCounts {
+    pub fn get(&self, state: RunState) -> u64 {
+        match state {
+            RunState::Queued => self.queued,
+            RunState::Leased => self.leased,
+            RunState::Succeeded => self.succeeded,
+            RunState::Failed => self.failed,
+            RunState::Dead => self.dead,
+            RunState::Held => self.held,
+            RunState::Dropped => self.dropped,
+        }
+    }
+
+    fn slot(&mut self, state: RunState) -> &mut u64 {
+        match state {
+            RunState::Queued => &mut self.queued,
+            RunState::Leased => &mut self.leased,
+            RunState::Succeeded => &mut self.succeeded,
+            RunState::Failed => &mut self.failed,
+            RunState::Dead => &mut self.dead,
+            RunState::Held => &mut self.held,
+            RunState::Dropped => &mut self.dropped,
+        }
+    }
+}
+
+/// Inbound messages per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundCounts {
+    pub received: u64,
+    pub leased: u64,
+    pub processed: u64,
+    pub unmatched: u64,
+    pub failed: u64,
+    pub held: u64,
+}
+
+impl InboundCounts {
+    pub fn get(&self, state: InboundState) -> u64 {
+        match state {
+            InboundState::Received => self.received,
+            InboundState::Leased => self.leased,
+            InboundState::Processed => self.processed,
+            InboundState::Unmatched => self.unmatched,
+            InboundState::Failed => self.failed,
+            InboundState::Held => self.held,
+        }
+    }
+
+    fn slot(&mut self, state: InboundState) -> &mut u64 {
+        match state {
+            InboundState::Received => &mut self.received,
+            InboundState::Leased => &mut self.leased,
+            InboundState::Processed => &mut self.processed,
+            InboundState::Unmatched => &mut self.unmatched,
+            InboundState::Failed => &mut self.failed,
+            InboundState::Held => &mut self.held,
+        }
+    }
+}
+
+/// Sizes for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCounts {
+    pub runs: RunCounts,
+    pub inbound: InboundCounts,
+    /// Events in the outbox.
+    pub outbox: u64,
+}
+
+/// Why a store call failed. Never a panic: bad input and bad stored data are errors like any other.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid {field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{what} {id}: worker `{worker}` no longer holds its lease (it is {now}); its work must stop")]
+    LeaseLost { what: &'static str, id: String, worker: String, now: String },
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("cannot open the store at {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("cannot migrate the store's schema: {0}")]
+    Migrate(String),
+    #[error("stored data is corrupt: {what}: {message}")]
+    Corrupt { what: String, message: String },
+    #[error("database error while {operation}: {source}")]
+    Database {
+        operation: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl StoreError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        StoreError::Invalid { field: field.into(), message: message.into() }
+    }
+
+    /// Whether the caller's work on a leased item must stop because someone else owns it now.
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self, StoreError::LeaseLost { .. })
+    }
+}
+
+/// The storage behind durable delivery. Every method is one transaction, committed before it returns.
+/// See the [module documentation](self) for states, the ordering rule and connections.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Accepts runs as `queued` (or `held`, if one of their connections is held) and returns their ids, in
+    /// order. All or nothing. A run whose `dedup_key` its flow already has returns the existing id.
+    async fn enqueue(&self, runs: &[NewRun]) -> Result<Vec<String>, StoreError>;
+
+    /// Leases up to `limit` claimable runs (see the ordering rule) to `worker` until `now_ms + lease`, oldest
+    /// first. Atomic: two concurrent claimers never get the same run.
+    async fn claim(
+        &self,
+        worker: &str,
+        limit: usize,
+        now_ms: i64,
+        lease: Duration,
+    ) -> Result<Vec<StoredRun>, StoreError>;
+
+    /// Saves the executor's progress and extends the lease to `lease_until_ms`. Like every lease-holder call,
+    /// it succeeds while nobody else has claimed the run — even a little past `lease_until` — and fails with
+    /// [`StoreError::LeaseLost`] once someone has.
+    async fn checkpoint(&self, lease: &Lease, checkpoint: &Value, lease_until_ms: i64) -> Result<(), StoreError>;
+
+    /// Extends the lease to `lease_until_ms` (a heartbeat during a long node).
+    async fn extend_lease(&self, lease: &Lease, lease_until_ms: i64) -> Result<(), StoreError>;
+
+    /// Ends the run as succeeded or failed, with its trace, and writes the events it emitted to the outbox,
+    /// in one transaction.
+    async fn complete(
+        &self,
+        lease: &Lease,
+        completion: &Completion,
+        trace: &Value,
+        emitted: &[NewOutboxEvent],
+    ) -> Result<(), StoreError>;
+
+    /// A resend: attempts + 1, back to `queued` (or `held` if a connection is held) until `at_ms`, keeping
+    /// `error` as `last_error` and replacing the checkpoint when one is given. Returns the new state.
+    async fn reschedule(
+        &self,
+        lease: &Lease,
+        at_ms: i64,
+        error: &Value,
+        checkpoint: Option<&Value>,
+    ) -> Result<RunState, StoreError>;
+
+    /// Retries exhausted: attempts + 1, `dead` with its error and trace, kept until an operator retries or
+    /// drops it (and holding its ordering key until then).
+    async fn dead_letter(&self, lease: &Lease, error: &Value, trace: &Value) -> Result<(), StoreError>;
+
+    async fn get(&self, id: &str) -> Result<Option<StoredRun>, StoreError>;
+
+    /// Runs matching the filter, newest (highest `seq`) first.
+    async fn list(&self, filter: &RunFilter) -> Result<Vec<StoredRun>, StoreError>;
+
+    /// Operator retry: a `dead`, `queued`, `held` or `failed` run becomes due now (`held` again if its
+    /// connection is still held); a dead or failed run gets a fresh count of attempts. False when there is
+    /// no such run in one of those states.
+    async fn retry_now(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Operator drop: a `queued`, `leased`, `held` or `dead` run becomes `dropped` (kept for the record; a
+    /// worker holding it loses its lease). False when there is no such run in one of those states.
+    async fn drop_run(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Outbox events with `seq > after_seq`, oldest first.
+    async fn outbox(&self, after_seq: i64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
+
+    /// Records an inbound message as `received` (or `held`) and returns its id.
+    async fn record_inbound(&self, message: &InboundMessage) -> Result<String, StoreError>;
+
+    /// Leases up to `limit` inbound messages, oldest first, keeping each connection's messages in order.
+    async fn claim_inbound(
+        &self,
+        worker: &str,
+        limit: usize,
+        now_ms: i64,
+        lease: Duration,
+    ) -> Result<Vec<StoredInbound>, StoreError>;
+
+    /// Settles a leased inbound message and enqueues the runs it maps to, in one transaction; returns the
+    /// run ids.
+    async fn complete_inbound(
+        &self,
+        lease: &Lease,
+        outcome: &InboundOutcome,
+        runs: &[NewRun],
+    ) -> Result<Vec<String>, StoreError>;
+
+    async fn get_inbound(&self, id: &str) -> Result<Option<StoredInbound>, StoreError>;
+
+    async fn list_inbound(&self, filter: &InboundFilter) -> Result<Vec<StoredInbound>, StoreError>;
+
+    /// Operator retry of an `unmatched`, `failed` or `held` inbound message: `received` again (`held` if its
+    /// connection is held).
+    async fn retry_inbound(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Disconnect: marks the connection held and moves its queued runs and received inbound messages to
+    /// `held`, atomically. Idempotent.
+    async fn hold_connection(&self, connection: &str) -> Result<ConnectionHold, StoreError>;
+
+    /// Reconnect: un-holds the connection and puts its held runs (those with no other held connection) and
+    /// inbound messages back in the queue.
+    async fn release_connection(&self, connection: &str) -> Result<ConnectionHold, StoreError>;
+
+    /// The connections currently held, sorted.
+    async fn held_connections(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Runs and inbound messages per state, and the outbox size.
+    async fn counts(&self) -> Result<QueueCounts, StoreError>;
+}

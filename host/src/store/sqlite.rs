@@ -1,0 +1,1520 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a committed transaction
+//! survives a crash or power loss.
+//!
+//! SQLite has one writer. All writes go through a pool of exactly one connection, and every multi-statement
+//! write runs in `BEGIN IMMEDIATE`, which takes the write lock before reading: a claim's read-then-update is
+//! atomic, and another process opening the same file (e.g. the CLI's `queue retry` while the server runs)
+//! waits for the busy timeout instead of failing on a stale snapshot. Reads use a separate small pool of
+//! read-only connections, which WAL lets run alongside the writer.
+
+use super::{
+    Completion, ConnectionHold, DEFAULT_LIST_LIMIT, InboundFilter, InboundMessage, InboundOutcome, InboundState, Lease,
+    MAX_LIST_LIMIT, NewOutboxEvent, NewRun, OutboxEvent, QueueCounts, RunFilter, RunState, Store, StoreError,
+    StoredInbound, StoredRun, add_ms, now_ms, validate_runs,
+};
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use std::collections::{HashMap, HashSet};
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The schema migrations, embedded from `host/migrations/sqlite`.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a write waits for another process holding the database's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read-only connections (WAL readers do not block the writer).
+const READERS: u32 = 4;
+
+macro_rules! run_columns {
+    () => {
+        "id, seq, flow_id, flow_version, connections, ordering_key, customer, dedup_key, event, status, attempts, \
+         leases, next_attempt_at, lease_owner, lease_until, checkpoint, last_error, trace, created_at, updated_at"
+    };
+}
+
+macro_rules! inbound_columns {
+    () => {
+        "id, seq, connection, source, external_id, body, status, leases, next_attempt_at, lease_owner, lease_until, \
+         detail, run_ids, received_at, updated_at"
+    };
+}
+
+/// True when the run (`runs` row in scope) uses a held connection.
+macro_rules! uses_held_connection {
+    () => {
+        "EXISTS (SELECT 1 FROM run_connections rc JOIN held_connections h ON h.connection = rc.connection \
+         WHERE rc.run_seq = runs.seq)"
+    };
+}
+
+/// The lease check of every lease-holder call: ?1 id, ?2 worker, ?3 token.
+macro_rules! fenced {
+    () => {
+        " WHERE id = ?1 AND status = 'leased' AND lease_owner = ?2 AND leases = ?3"
+    };
+}
+
+/// Claim: due runs with no earlier open run of their key, oldest first. ?1 worker, ?2 lease until, ?3 now,
+/// ?4 limit. Candidates are read in `seq` order from the partial index `runs_active`, so the scan stops after
+/// `limit` claimable runs instead of sorting every due run; the `NOT EXISTS` repeats the condition of the
+/// partial index `runs_open_by_key`, so each candidate costs one probe of its key's open runs.
+const CLAIM_RUNS: &str = concat!(
+    "UPDATE runs SET status = 'leased', lease_owner = ?1, lease_until = ?2, next_attempt_at = ?2, \
+     leases = leases + 1, updated_at = ?3 \
+     WHERE seq IN (SELECT r.seq FROM runs r INDEXED BY runs_active \
+        WHERE r.status IN ('queued', 'leased') AND r.next_attempt_at <= ?3 \
+          AND NOT EXISTS (SELECT 1 FROM runs e WHERE e.ordering_key = r.ordering_key AND e.seq < r.seq \
+                          AND e.status IN ('queued', 'leased', 'held', 'dead')) \
+        ORDER BY r.seq LIMIT ?4) \
+     RETURNING ",
+    run_columns!()
+);
+
+/// A run whose worker died while its connection is held becomes held rather than claimable. ?1 now.
+const SWEEP_HELD_RUNS: &str = concat!(
+    "UPDATE runs SET status = 'held', lease_until = NULL, updated_at = ?1 \
+     WHERE status = 'leased' AND next_attempt_at <= ?1 AND ",
+    uses_held_connection!()
+);
+
+/// Claim inbound messages: due, and no earlier message of the connection leased, held or waiting. ?1 worker,
+/// ?2 lease until, ?3 now, ?4 limit.
+const CLAIM_INBOUND: &str = concat!(
+    "UPDATE inbound SET status = 'leased', lease_owner = ?1, lease_until = ?2, next_attempt_at = ?2, \
+     leases = leases + 1, updated_at = ?3 \
+     WHERE seq IN (SELECT m.seq FROM inbound m INDEXED BY inbound_active \
+        WHERE m.status IN ('received', 'leased') AND m.next_attempt_at <= ?3 \
+          AND NOT EXISTS (SELECT 1 FROM inbound e WHERE e.connection = m.connection AND e.seq < m.seq \
+                          AND e.status IN ('received', 'leased', 'held') \
+                          AND (e.status <> 'received' OR e.next_attempt_at > ?3)) \
+        ORDER BY m.seq LIMIT ?4) \
+     RETURNING ",
+    inbound_columns!()
+);
+
+const SWEEP_HELD_INBOUND: &str = "UPDATE inbound SET status = 'held', lease_until = NULL, updated_at = ?1 \
+     WHERE status = 'leased' AND next_attempt_at <= ?1 \
+       AND connection IN (SELECT connection FROM held_connections)";
+
+/// The embedded SQLite [`Store`].
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens the database at `path`, creating it (and its parent directories) on first start, and brings its
+    /// schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_error = |message: String| StoreError::Open { path: path.display().to_string(), message };
+        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| open_error(format!("cannot create the directory {}: {e}", parent.display())))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options.clone().create_if_missing(true))
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        if let Err(e) = MIGRATOR.run(&writer).await {
+            writer.close().await;
+            return Err(StoreError::Migrate(e.to_string()));
+        }
+        let reader = match SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await
+        {
+            Ok(reader) => reader,
+            Err(e) => {
+                writer.close().await;
+                return Err(open_error(e.to_string()));
+            }
+        };
+        Ok(SqliteStore { writer, reader, path: path.to_path_buf() })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes the connections, waiting for calls in progress.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    async fn begin_write(&self, operation: &'static str) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(db(operation))
+    }
+}
+
+fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Database { operation, source }
+}
+
+fn corrupt(what: &str, id: &str, field: &str, message: impl Display) -> StoreError {
+    StoreError::Corrupt { what: format!("{what} {id}, column {field}"), message: message.to_string() }
+}
+
+fn clamp_limit(limit: usize) -> i64 {
+    let limit = if limit == 0 { DEFAULT_LIST_LIMIT } else { limit.min(MAX_LIST_LIMIT) };
+    limit as i64
+}
+
+fn clamp_claim(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+fn non_empty(field: &str, value: &str) -> Result<(), StoreError> {
+    if value.is_empty() { Err(StoreError::invalid(field, "must not be empty")) } else { Ok(()) }
+}
+
+/// Decodes one stored row's JSON and numbers, naming the row and column when the data is bad.
+struct Decoder<'a> {
+    what: &'static str,
+    id: &'a str,
+}
+
+impl Decoder<'_> {
+    fn json(&self, field: &str, text: &str) -> Result<Value, StoreError> {
+        serde_json::from_str(text).map_err(|e| corrupt(self.what, self.id, field, format!("not valid JSON: {e}")))
+    }
+
+    fn opt_json(&self, field: &str, text: Option<&str>) -> Result<Option<Value>, StoreError> {
+        text.map(|text| self.json(field, text)).transpose()
+    }
+
+    fn strings(&self, field: &str, text: &str) -> Result<Vec<String>, StoreError> {
+        serde_json::from_str(text)
+            .map_err(|e| corrupt(self.what, self.id, field, format!("not a JSON array of strings: {e}")))
+    }
+
+    fn count(&self, field: &str, value: i64) -> Result<u32, StoreError> {
+        u32::try_from(value).map_err(|_| corrupt(self.what, self.id, field, format!("{value} is out of range")))
+    }
+
+    fn state<T: FromStr>(&self, text: &str) -> Result<T, StoreError> {
+        text.parse().map_err(|_| corrupt(self.what, self.id, "status", format!("unknown status `{text}`")))
+    }
+}
+
+#[derive(FromRow)]
+struct RunRow {
+    id: String,
+    seq: i64,
+    flow_id: String,
+    flow_version: String,
+    connections: String,
+    ordering_key: String,
+    customer: Option<String>,
+    dedup_key: Option<String>,
+    event: String,
+    status: String,
+    attempts: i64,
+    leases: i64,
+    next_attempt_at: i64,
+    lease_owner: Option<String>,
+    lease_until: Option<i64>,
+    checkpoint: Option<String>,
+    last_error: Option<String>,
+    trace: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<RunRow> for StoredRun {
+    type Error = StoreError;
+
+    fn try_from(row: RunRow) -> Result<Self, StoreError> {
+        let d = Decoder { what: "run", id: &row.id };
+        Ok(StoredRun {
+            connections: d.strings("connections", &row.connections)?,
+            event: d.json("event", &row.event)?,
+            status: d.state(&row.status)?,
+            attempts: d.count("attempts", row.attempts)?,
+            leases: d.count("leases", row.leases)?,
+            checkpoint: d.opt_json("checkpoint", row.checkpoint.as_deref())?,
+            last_error: d.opt_json("last_error", row.last_error.as_deref())?,
+            trace: d.opt_json("trace", row.trace.as_deref())?,
+            seq: row.seq,
+            flow_id: row.flow_id,
+            flow_version: row.flow_version,
+            ordering_key: row.ordering_key,
+            customer: row.customer,
+            dedup_key: row.dedup_key,
+            next_attempt_at: row.next_attempt_at,
+            lease_owner: row.lease_owner,
+            lease_until: row.lease_until,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            id: row.id,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct InboundRow {
+    id: String,
+    seq: i64,
+    connection: String,
+    source: String,
+    external_id: Option<String>,
+    body: String,
+    status: String,
+    leases: i64,
+    next_attempt_at: i64,
+    lease_owner: Option<String>,
+    lease_until: Option<i64>,
+    detail: Option<String>,
+    run_ids: String,
+    received_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<InboundRow> for StoredInbound {
+    type Error = StoreError;
+
+    fn try_from(row: InboundRow) -> Result<Self, StoreError> {
+        let d = Decoder { what: "inbound message", id: &row.id };
+        Ok(StoredInbound {
+            body: d.json("body", &row.body)?,
+            status: d.state(&row.status)?,
+            leases: d.count("leases", row.leases)?,
+            detail: d.opt_json("detail", row.detail.as_deref())?,
+            run_ids: d.strings("run_ids", &row.run_ids)?,
+            seq: row.seq,
+            connection: row.connection,
+            source: row.source,
+            external_id: row.external_id,
+            next_attempt_at: row.next_attempt_at,
+            lease_owner: row.lease_owner,
+            lease_until: row.lease_until,
+            received_at: row.received_at,
+            updated_at: row.updated_at,
+            id: row.id,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct OutboxRow {
+    seq: i64,
+    run_id: String,
+    flow_id: String,
+    node_id: String,
+    event: String,
+    payload: String,
+    created_at: i64,
+}
+
+impl TryFrom<OutboxRow> for OutboxEvent {
+    type Error = StoreError;
+
+    fn try_from(row: OutboxRow) -> Result<Self, StoreError> {
+        let payload = serde_json::from_str(&row.payload)
+            .map_err(|e| corrupt("outbox event", &row.seq.to_string(), "payload", format!("not valid JSON: {e}")))?;
+        Ok(OutboxEvent {
+            seq: row.seq,
+            run_id: row.run_id,
+            flow_id: row.flow_id,
+            node_id: row.node_id,
+            event: row.event,
+            payload,
+            created_at: row.created_at,
+        })
+    }
+}
+
+fn convert<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>, StoreError> {
+    rows.into_iter().map(T::try_from).collect()
+}
+
+/// Rows per multi-row `INSERT` (12 bound values each, far below SQLite's limit of 32766).
+const ROWS_PER_INSERT: usize = 256;
+
+/// A run about to be inserted.
+struct Fresh<'a> {
+    run: &'a NewRun,
+    id: String,
+    status: RunState,
+    connections: Vec<&'a str>,
+}
+
+/// Inserts runs inside the caller's write transaction and returns their ids, in order (the existing id for a
+/// run whose dedup key its flow already has, in the store or earlier in `runs`). Runs go in with multi-row
+/// `INSERT`s, in order, so their `seq` follows their order in `runs` and a batch of hundreds of runs costs a
+/// handful of statements.
+async fn insert_runs(conn: &mut SqliteConnection, runs: &[NewRun], now: i64) -> Result<Vec<String>, StoreError> {
+    const OP: &str = "enqueuing runs";
+    let held: HashSet<String> = sqlx::query_scalar("SELECT connection FROM held_connections")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db(OP))?
+        .into_iter()
+        .collect();
+    let mut ids = Vec::with_capacity(runs.len());
+    let mut fresh = Vec::with_capacity(runs.len());
+    let mut keyed: HashMap<(&str, &str), String> = HashMap::new();
+    for run in runs {
+        if let Some(key) = run.dedup_key.as_deref() {
+            let known = match keyed.get(&(run.flow_id.as_str(), key)) {
+                Some(id) => Some(id.clone()),
+                None => sqlx::query_scalar("SELECT id FROM runs WHERE flow_id = ?1 AND dedup_key = ?2")
+                    .bind(run.flow_id.as_str())
+                    .bind(key)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(db(OP))?,
+            };
+            if let Some(id) = known {
+                ids.push(id);
+                continue;
+            }
+        }
+        let mut seen = HashSet::new();
+        let connections: Vec<&str> =
+            run.connections.iter().map(String::as_str).filter(|name| seen.insert(*name)).collect();
+        let status =
+            if connections.iter().any(|name| held.contains(*name)) { RunState::Held } else { RunState::Queued };
+        let id = uuid::Uuid::new_v4().to_string();
+        if let Some(key) = run.dedup_key.as_deref() {
+            keyed.insert((run.flow_id.as_str(), key), id.clone());
+        }
+        ids.push(id.clone());
+        fresh.push(Fresh { run, id, status, connections });
+    }
+    for chunk in fresh.chunks(ROWS_PER_INSERT) {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO runs (id, flow_id, flow_version, connections, ordering_key, customer, dedup_key, event, \
+             status, next_attempt_at, created_at, updated_at) ",
+        );
+        insert.push_values(chunk, |mut row, new| {
+            row.push_bind(new.id.clone())
+                .push_bind(new.run.flow_id.clone())
+                .push_bind(new.run.flow_version.clone())
+                .push_bind(Value::from(new.connections.clone()).to_string())
+                .push_bind(new.run.ordering_key.clone())
+                .push_bind(new.run.customer.clone())
+                .push_bind(new.run.dedup_key.clone())
+                .push_bind(new.run.event.to_string())
+                .push_bind(new.status.as_str())
+                .push_bind(now)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        // RETURNING rows come in no promised order: match them by id.
+        insert.push(" RETURNING id, seq");
+        let inserted: HashMap<String, i64> =
+            insert.build_query_as::<(String, i64)>().fetch_all(&mut *conn).await.map_err(db(OP))?.into_iter().collect();
+        let mut links = Vec::new();
+        for new in chunk {
+            let seq = *inserted.get(&new.id).ok_or_else(|| StoreError::Corrupt {
+                what: format!("run {}", new.id),
+                message: "the database did not return the inserted run".into(),
+            })?;
+            links.extend(new.connections.iter().map(|name| (*name, seq)));
+        }
+        // 2 values a row: the same chunk size keeps far below the limit.
+        for links in links.chunks(ROWS_PER_INSERT * 4) {
+            let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO run_connections (connection, run_seq) ");
+            insert.push_values(links, |mut row, (name, seq)| {
+                row.push_bind(name.to_string()).push_bind(*seq);
+            });
+            insert.build().execute(&mut *conn).await.map_err(db(OP))?;
+        }
+    }
+    Ok(ids)
+}
+
+/// Which table a lease belongs to.
+#[derive(Clone, Copy)]
+enum Leased {
+    Run,
+    Inbound,
+}
+
+impl Leased {
+    fn what(self) -> &'static str {
+        match self {
+            Leased::Run => "run",
+            Leased::Inbound => "inbound message",
+        }
+    }
+}
+
+/// The error for a fenced update that matched nothing: the lease is lost, or the id never existed.
+async fn lease_lost(conn: &mut SqliteConnection, table: Leased, lease: &Lease) -> StoreError {
+    let sql = match table {
+        Leased::Run => "SELECT status, lease_owner, leases FROM runs WHERE id = ?1",
+        Leased::Inbound => "SELECT status, lease_owner, leases FROM inbound WHERE id = ?1",
+    };
+    let found: Result<Option<(String, Option<String>, i64)>, _> =
+        sqlx::query_as(sql).bind(lease.id.as_str()).fetch_optional(&mut *conn).await;
+    let what = table.what();
+    match found {
+        Err(source) => StoreError::Database { operation: "checking a lease", source },
+        Ok(None) => StoreError::NotFound { what, id: lease.id.clone() },
+        Ok(Some((status, owner, leases))) => {
+            let now = match (status.as_str(), owner) {
+                ("leased", Some(owner)) => format!("leased again, by `{owner}` (claim {leases})"),
+                (status, _) => status.to_string(),
+            };
+            StoreError::LeaseLost { what, id: lease.id.clone(), worker: lease.worker.clone(), now }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn enqueue(&self, runs: &[NewRun]) -> Result<Vec<String>, StoreError> {
+        validate_runs(runs)?;
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write("enqueuing runs").await?;
+        let ids = insert_runs(&mut tx, runs, now_ms()).await?;
+        tx.commit().await.map_err(db("committing enqueued runs"))?;
+        Ok(ids)
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        limit: usize,
+        now_ms: i64,
+        lease: Duration,
+    ) -> Result<Vec<StoredRun>, StoreError> {
+        non_empty("worker", worker)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        const OP: &str = "claiming runs";
+        let mut tx = self.begin_write(OP).await?;
+        sqlx::query(SWEEP_HELD_RUNS).bind(now_ms).execute(&mut *tx).await.map_err(db(OP))?;
+        let rows: Vec<RunRow> = sqlx::query_as(CLAIM_RUNS)
+            .bind(worker)
+            .bind(add_ms(now_ms, lease))
+            .bind(now_ms)
+            .bind(clamp_claim(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db(OP))?;
+        tx.commit().await.map_err(db(OP))?;
+        let mut runs: Vec<StoredRun> = convert(rows)?;
+        runs.sort_by_key(|run| run.seq);
+        Ok(runs)
+    }
+
+    async fn checkpoint(&self, lease: &Lease, checkpoint: &Value, lease_until_ms: i64) -> Result<(), StoreError> {
+        const OP: &str = "saving a checkpoint";
+        let mut conn = self.writer.acquire().await.map_err(db(OP))?;
+        let done = sqlx::query(concat!(
+            "UPDATE runs SET checkpoint = ?4, lease_until = ?5, next_attempt_at = ?5, updated_at = ?6",
+            fenced!()
+        ))
+        .bind(lease.id.as_str())
+        .bind(lease.worker.as_str())
+        .bind(i64::from(lease.token))
+        .bind(checkpoint.to_string())
+        .bind(lease_until_ms)
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await
+        .map_err(db(OP))?;
+        if done.rows_affected() == 0 {
+            return Err(lease_lost(&mut conn, Leased::Run, lease).await);
+        }
+        Ok(())
+    }
+
+    async fn extend_lease(&self, lease: &Lease, lease_until_ms: i64) -> Result<(), StoreError> {
+        const OP: &str = "extending a lease";
+        let mut conn = self.writer.acquire().await.map_err(db(OP))?;
+        let done =
+            sqlx::query(concat!("UPDATE runs SET lease_until = ?4, next_attempt_at = ?4, updated_at = ?5", fenced!()))
+                .bind(lease.id.as_str())
+                .bind(lease.worker.as_str())
+                .bind(i64::from(lease.token))
+                .bind(lease_until_ms)
+                .bind(now_ms())
+                .execute(&mut *conn)
+                .await
+                .map_err(db(OP))?;
+        if done.rows_affected() == 0 {
+            return Err(lease_lost(&mut conn, Leased::Run, lease).await);
+        }
+        Ok(())
+    }
+
+    async fn complete(
+        &self,
+        lease: &Lease,
+        completion: &Completion,
+        trace: &Value,
+        emitted: &[NewOutboxEvent],
+    ) -> Result<(), StoreError> {
+        for (i, event) in emitted.iter().enumerate() {
+            non_empty(&format!("emitted[{i}].event"), &event.event)?;
+            non_empty(&format!("emitted[{i}].nodeId"), &event.node_id)?;
+        }
+        const OP: &str = "completing a run";
+        let now = now_ms();
+        let mut tx = self.begin_write(OP).await?;
+        // The outbox rows first, then the fenced update: if the lease is lost, the rollback takes them back.
+        for event in emitted {
+            sqlx::query(
+                "INSERT INTO outbox (run_id, flow_id, node_id, event, payload, created_at) \
+                 SELECT id, flow_id, ?2, ?3, ?4, ?5 FROM runs WHERE id = ?1",
+            )
+            .bind(lease.id.as_str())
+            .bind(event.node_id.as_str())
+            .bind(event.event.as_str())
+            .bind(event.payload.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(OP))?;
+        }
+        let (status, error) = match completion {
+            Completion::Succeeded => (RunState::Succeeded, None),
+            Completion::Failed { error } => (RunState::Failed, Some(error.to_string())),
+        };
+        let done = sqlx::query(concat!(
+            "UPDATE runs SET status = ?4, trace = ?5, last_error = COALESCE(?6, last_error), lease_until = NULL, \
+             updated_at = ?7",
+            fenced!()
+        ))
+        .bind(lease.id.as_str())
+        .bind(lease.worker.as_str())
+        .bind(i64::from(lease.token))
+        .bind(status.as_str())
+        .bind(trace.to_string())
+        .bind(error)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db(OP))?;
+        if done.rows_affected() == 0 {
+            let error = lease_lost(&mut tx, Leased::Run, lease).await;
+            tx.rollback().await.map_err(db(OP))?;
+            return Err(error);
+        }
+        tx.commit().await.map_err(db(OP))
+    }
+
+    async fn reschedule(
+        &self,
+        lease: &Lease,
+        at_ms: i64,
+        error: &Value,
+        checkpoint: Option<&Value>,
+    ) -> Result<RunState, StoreError> {
+        const OP: &str = "rescheduling a run";
+        let mut conn = self.writer.acquire().await.map_err(db(OP))?;
+        let status: Option<String> = sqlx::query_scalar(concat!(
+            "UPDATE runs SET status = CASE WHEN ",
+            uses_held_connection!(),
+            " THEN 'held' ELSE 'queued' END, attempts = attempts + 1, next_attempt_at = ?4, lease_until = NULL, \
+             last_error = ?5, checkpoint = COALESCE(?6, checkpoint), updated_at = ?7",
+            fenced!(),
+            " RETURNING status"
+        ))
+        .bind(lease.id.as_str())
+        .bind(lease.worker.as_str())
+        .bind(i64::from(lease.token))
+        .bind(at_ms)
+        .bind(error.to_string())
+        .bind(checkpoint.map(Value::to_string))
+        .bind(now_ms())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db(OP))?;
+        match status {
+            Some(status) => Decoder { what: "run", id: &lease.id }.state(&status),
+            None => Err(lease_lost(&mut conn, Leased::Run, lease).await),
+        }
+    }
+
+    async fn dead_letter(&self, lease: &Lease, error: &Value, trace: &Value) -> Result<(), StoreError> {
+        const OP: &str = "dead-lettering a run";
+        let mut conn = self.writer.acquire().await.map_err(db(OP))?;
+        let done = sqlx::query(concat!(
+            "UPDATE runs SET status = 'dead', attempts = attempts + 1, last_error = ?4, trace = ?5, \
+             lease_until = NULL, updated_at = ?6",
+            fenced!()
+        ))
+        .bind(lease.id.as_str())
+        .bind(lease.worker.as_str())
+        .bind(i64::from(lease.token))
+        .bind(error.to_string())
+        .bind(trace.to_string())
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await
+        .map_err(db(OP))?;
+        if done.rows_affected() == 0 {
+            return Err(lease_lost(&mut conn, Leased::Run, lease).await);
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<StoredRun>, StoreError> {
+        let row: Option<RunRow> = sqlx::query_as(concat!("SELECT ", run_columns!(), " FROM runs WHERE id = ?1"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db("reading a run"))?;
+        row.map(StoredRun::try_from).transpose()
+    }
+
+    async fn list(&self, filter: &RunFilter) -> Result<Vec<StoredRun>, StoreError> {
+        let mut query = QueryBuilder::<Sqlite>::new(concat!("SELECT ", run_columns!(), " FROM runs WHERE 1 = 1"));
+        if let Some(customer) = &filter.customer {
+            query.push(" AND customer = ").push_bind(customer.clone());
+        }
+        if let Some(flow_id) = &filter.flow_id {
+            query.push(" AND flow_id = ").push_bind(flow_id.clone());
+        }
+        if let Some(key) = &filter.ordering_key {
+            query.push(" AND ordering_key = ").push_bind(key.clone());
+        }
+        if let Some(connection) = &filter.connection {
+            query.push(" AND seq IN (SELECT run_seq FROM run_connections WHERE connection = ");
+            query.push_bind(connection.clone()).push(")");
+        }
+        if !filter.statuses.is_empty() {
+            query.push(" AND status IN (");
+            let mut states = query.separated(", ");
+            for state in &filter.statuses {
+                states.push_bind(state.as_str());
+            }
+            query.push(")");
+        }
+        if let Some(before) = filter.before_seq {
+            query.push(" AND seq < ").push_bind(before);
+        }
+        query.push(" ORDER BY seq DESC LIMIT ").push_bind(clamp_limit(filter.limit));
+        let rows: Vec<RunRow> = query.build_query_as().fetch_all(&self.reader).await.map_err(db("listing runs"))?;
+        convert(rows)
+    }
+
+    async fn retry_now(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(concat!(
+            "UPDATE runs SET status = CASE WHEN ",
+            uses_held_connection!(),
+            " THEN 'held' ELSE 'queued' END, \
+             attempts = CASE WHEN status IN ('dead', 'failed') THEN 0 ELSE attempts END, \
+             next_attempt_at = ?2, lease_until = NULL, updated_at = ?2 \
+             WHERE id = ?1 AND status IN ('dead', 'queued', 'held', 'failed')"
+        ))
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await
+        .map_err(db("retrying a run"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn drop_run(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE runs SET status = 'dropped', lease_until = NULL, updated_at = ?2 \
+             WHERE id = ?1 AND status IN ('queued', 'leased', 'held', 'dead')",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await
+        .map_err(db("dropping a run"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn outbox(&self, after_seq: i64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT seq, run_id, flow_id, node_id, event, payload, created_at FROM outbox \
+             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .bind(after_seq)
+        .bind(clamp_limit(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db("reading the outbox"))?;
+        convert(rows)
+    }
+
+    async fn record_inbound(&self, message: &InboundMessage) -> Result<String, StoreError> {
+        non_empty("connection", &message.connection)?;
+        non_empty("source", &message.source)?;
+        if message.external_id.as_deref() == Some("") {
+            return Err(StoreError::invalid("externalId", "must not be empty when given"));
+        }
+        const OP: &str = "recording an inbound message";
+        let now = now_ms();
+        let mut tx = self.begin_write(OP).await?;
+        if let Some(external_id) = &message.external_id {
+            let existing: Option<String> =
+                sqlx::query_scalar("SELECT id FROM inbound WHERE connection = ?1 AND external_id = ?2")
+                    .bind(message.connection.as_str())
+                    .bind(external_id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db(OP))?;
+            if let Some(id) = existing {
+                tx.rollback().await.map_err(db(OP))?;
+                return Ok(id);
+            }
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        sqlx::query(
+            "INSERT INTO inbound (id, connection, source, external_id, body, status, next_attempt_at, received_at, \
+             updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, \
+                     CASE WHEN EXISTS (SELECT 1 FROM held_connections WHERE connection = ?2) \
+                          THEN 'held' ELSE 'received' END, \
+                     ?6, ?6, ?6)",
+        )
+        .bind(id.as_str())
+        .bind(message.connection.as_str())
+        .bind(message.source.as_str())
+        .bind(message.external_id.as_deref())
+        .bind(message.body.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db(OP))?;
+        tx.commit().await.map_err(db(OP))?;
+        Ok(id)
+    }
+
+    async fn claim_inbound(
+        &self,
+        worker: &str,
+        limit: usize,
+        now_ms: i64,
+        lease: Duration,
+    ) -> Result<Vec<StoredInbound>, StoreError> {
+        non_empty("worker", worker)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        const OP: &str = "claiming inbound messages";
+        let mut tx = self.begin_write(OP).await?;
+        sqlx::query(SWEEP_HELD_INBOUND).bind(now_ms).execute(&mut *tx).await.map_err(db(OP))?;
+        let rows: Vec<InboundRow> = sqlx::query_as(CLAIM_INBOUND)
+            .bind(worker)
+            .bind(add_ms(now_ms, lease))
+            .bind(now_ms)
+            .bind(clamp_claim(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db(OP))?;
+        tx.commit().await.map_err(db(OP))?;
+        let mut messages: Vec<StoredInbound> = convert(rows)?;
+        messages.sort_by_key(|message| message.seq);
+        Ok(messages)
+    }
+
+    async fn complete_inbound(
+        &self,
+        lease: &Lease,
+        outcome: &InboundOutcome,
+        runs: &[NewRun],
+    ) -> Result<Vec<String>, StoreError> {
+        validate_runs(runs)?;
+        const OP: &str = "completing an inbound message";
+        let now = now_ms();
+        let mut tx = self.begin_write(OP).await?;
+        let ids = insert_runs(&mut tx, runs, now).await?;
+        let (status, detail) = match outcome {
+            InboundOutcome::Processed => (InboundState::Processed, None),
+            InboundOutcome::Unmatched { reason } => (InboundState::Unmatched, Some(reason.to_string())),
+            InboundOutcome::Failed { error } => (InboundState::Failed, Some(error.to_string())),
+        };
+        let done = sqlx::query(concat!(
+            "UPDATE inbound SET status = ?4, detail = ?5, run_ids = ?6, lease_until = NULL, updated_at = ?7",
+            fenced!()
+        ))
+        .bind(lease.id.as_str())
+        .bind(lease.worker.as_str())
+        .bind(i64::from(lease.token))
+        .bind(status.as_str())
+        .bind(detail)
+        .bind(Value::from(ids.clone()).to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db(OP))?;
+        if done.rows_affected() == 0 {
+            let error = lease_lost(&mut tx, Leased::Inbound, lease).await;
+            tx.rollback().await.map_err(db(OP))?;
+            return Err(error);
+        }
+        tx.commit().await.map_err(db(OP))?;
+        Ok(ids)
+    }
+
+    async fn get_inbound(&self, id: &str) -> Result<Option<StoredInbound>, StoreError> {
+        let row: Option<InboundRow> =
+            sqlx::query_as(concat!("SELECT ", inbound_columns!(), " FROM inbound WHERE id = ?1"))
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(db("reading an inbound message"))?;
+        row.map(StoredInbound::try_from).transpose()
+    }
+
+    async fn list_inbound(&self, filter: &InboundFilter) -> Result<Vec<StoredInbound>, StoreError> {
+        let mut query =
+            QueryBuilder::<Sqlite>::new(concat!("SELECT ", inbound_columns!(), " FROM inbound WHERE 1 = 1"));
+        if let Some(connection) = &filter.connection {
+            query.push(" AND connection = ").push_bind(connection.clone());
+        }
+        if !filter.statuses.is_empty() {
+            query.push(" AND status IN (");
+            let mut states = query.separated(", ");
+            for state in &filter.statuses {
+                states.push_bind(state.as_str());
+            }
+            query.push(")");
+        }
+        if let Some(before) = filter.before_seq {
+            query.push(" AND seq < ").push_bind(before);
+        }
+        query.push(" ORDER BY seq DESC LIMIT ").push_bind(clamp_limit(filter.limit));
+        let rows: Vec<InboundRow> =
+            query.build_query_as().fetch_all(&self.reader).await.map_err(db("listing inbound messages"))?;
+        convert(rows)
+    }
+
+    async fn retry_inbound(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE inbound SET status = CASE WHEN EXISTS \
+                 (SELECT 1 FROM held_connections h WHERE h.connection = inbound.connection) \
+                 THEN 'held' ELSE 'received' END, \
+             next_attempt_at = ?2, lease_until = NULL, updated_at = ?2 \
+             WHERE id = ?1 AND status IN ('unmatched', 'failed', 'held')",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await
+        .map_err(db("retrying an inbound message"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn hold_connection(&self, connection: &str) -> Result<ConnectionHold, StoreError> {
+        non_empty("connection", connection)?;
+        const OP: &str = "holding a connection";
+        let now = now_ms();
+        let mut tx = self.begin_write(OP).await?;
+        sqlx::query("INSERT INTO held_connections (connection, held_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+            .bind(connection)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(OP))?;
+        // Queued runs, and runs whose worker died (expired lease); live leases finish their attempt.
+        let runs = sqlx::query(
+            "UPDATE runs SET status = 'held', lease_until = NULL, updated_at = ?2 \
+             WHERE (status = 'queued' OR (status = 'leased' AND next_attempt_at <= ?2)) \
+               AND seq IN (SELECT run_seq FROM run_connections WHERE connection = ?1)",
+        )
+        .bind(connection)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db(OP))?
+        .rows_affected();
+        let inbound = sqlx::query(
+            "UPDATE inbound SET status = 'held', lease_until = NULL, updated_at = ?2 \
+             WHERE connection = ?1 AND (status = 'received' OR (status = 'leased' AND next_attempt_at <= ?2))",
+        )
+        .bind(connection)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db(OP))?
+        .rows_affected();
+        tx.commit().await.map_err(db(OP))?;
+        Ok(ConnectionHold { runs, inbound })
+    }
+
+    async fn release_connection(&self, connection: &str) -> Result<ConnectionHold, StoreError> {
+        non_empty("connection", connection)?;
+        const OP: &str = "releasing a connection";
+        let now = now_ms();
+        let mut tx = self.begin_write(OP).await?;
+        sqlx::query("DELETE FROM held_connections WHERE connection = ?1")
+            .bind(connection)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(OP))?;
+        let runs = sqlx::query(concat!(
+            "UPDATE runs SET status = 'queued', next_attempt_at = MAX(next_attempt_at, ?2), updated_at = ?2 \
+             WHERE status = 'held' AND seq IN (SELECT run_seq FROM run_connections WHERE connection = ?1) \
+               AND NOT ",
+            uses_held_connection!()
+        ))
+        .bind(connection)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db(OP))?
+        .rows_affected();
+        let inbound = sqlx::query(
+            "UPDATE inbound SET status = 'received', next_attempt_at = MAX(next_attempt_at, ?2), updated_at = ?2 \
+             WHERE connection = ?1 AND status = 'held'",
+        )
+        .bind(connection)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db(OP))?
+        .rows_affected();
+        tx.commit().await.map_err(db(OP))?;
+        Ok(ConnectionHold { runs, inbound })
+    }
+
+    async fn held_connections(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT connection FROM held_connections ORDER BY connection")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db("listing held connections"))
+    }
+
+    async fn counts(&self) -> Result<QueueCounts, StoreError> {
+        const OP: &str = "counting the queue";
+        // One read transaction, so the three counts are of the same moment.
+        let mut tx = self.reader.begin().await.map_err(db(OP))?;
+        let mut counts = QueueCounts::default();
+        let runs: Vec<(String, i64)> = sqlx::query_as("SELECT status, COUNT(*) FROM runs GROUP BY status")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db(OP))?;
+        for (status, n) in runs {
+            let state = Decoder { what: "runs", id: "count" }.state::<RunState>(&status)?;
+            *counts.runs.slot(state) = n.max(0) as u64;
+        }
+        let inbound: Vec<(String, i64)> = sqlx::query_as("SELECT status, COUNT(*) FROM inbound GROUP BY status")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db(OP))?;
+        for (status, n) in inbound {
+            let state = Decoder { what: "inbound messages", id: "count" }.state::<InboundState>(&status)?;
+            *counts.inbound.slot(state) = n.max(0) as u64;
+        }
+        let outbox: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(&mut *tx).await.map_err(db(OP))?;
+        counts.outbox = outbox.max(0) as u64;
+        tx.commit().await.map_err(db(OP))?;
+        Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RunCounts;
+    use serde_json::json;
+    use sqlx::AssertSqlSafe;
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::{Arc, Mutex};
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    async fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        // A nested path: the parent directories are created on first start.
+        let store = SqliteStore::open(&dir.path().join("data/queue/flowhost.db")).await.unwrap();
+        (dir, store)
+    }
+
+    fn run_for(key: &str, connections: &[&str]) -> NewRun {
+        NewRun {
+            flow_id: "loyalty-to-mparticle".into(),
+            flow_version: "1.0.0".into(),
+            connections: connections.iter().map(|c| c.to_string()).collect(),
+            ordering_key: format!("loyalty-to-mparticle/{key}"),
+            customer: Some(key.to_string()),
+            event: json!({"event": "point_add", "customer": key}),
+            dedup_key: None,
+        }
+    }
+
+    fn run(key: &str) -> NewRun {
+        run_for(key, &["mparticle"])
+    }
+
+    fn customers(runs: &[StoredRun]) -> Vec<String> {
+        runs.iter().map(|r| r.event["customer"].as_str().unwrap().to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn enqueued_runs_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/flowhost.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let deduped = NewRun { dedup_key: Some("evt-1".into()), ..run("carol") };
+        let ids = store.enqueue(&[run("alice"), run("bob"), deduped.clone()]).await.unwrap();
+        assert_eq!(ids.len(), 3);
+        let claimed = store.claim("w1", 1, now_ms(), LEASE).await.unwrap();
+        let lease = claimed[0].lease().unwrap();
+        store.checkpoint(&lease, &json!({"done": ["send"]}), now_ms() + 60_000).await.unwrap();
+        store.hold_connection("other").await.unwrap();
+        // Simulate a crash: no close, just drop the pools.
+        drop(store);
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        for id in &ids {
+            assert!(store.get(id).await.unwrap().is_some(), "run {id} lost");
+        }
+        let first = store.get(&ids[0]).await.unwrap().unwrap();
+        assert_eq!(first.status, RunState::Leased);
+        assert_eq!(first.checkpoint, Some(json!({"done": ["send"]})));
+        assert_eq!(first.connections, vec!["mparticle".to_string()]);
+        assert_eq!(first.event, json!({"event": "point_add", "customer": "alice"}));
+        assert_eq!(store.get(&ids[1]).await.unwrap().unwrap().status, RunState::Queued);
+        assert_eq!(store.held_connections().await.unwrap(), vec!["other".to_string()]);
+        // The same event sent again (e.g. after a client timeout) is not a second run.
+        assert_eq!(store.enqueue(&[deduped]).await.unwrap(), vec![ids[2].clone()]);
+        let counts = store.counts().await.unwrap();
+        assert_eq!((counts.runs.queued, counts.runs.leased), (2, 1));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn claims_in_arrival_order_and_a_waiting_resend_holds_only_its_key() {
+        let (_dir, store) = open().await;
+        let ids = store.enqueue(&[run("a"), run("b"), run("a"), run("c"), run("b")]).await.unwrap();
+        let now = now_ms();
+
+        let first = store.claim("w1", 10, now, LEASE).await.unwrap();
+        assert_eq!(customers(&first), ["a", "b", "c"], "one run per key, oldest first");
+        assert_eq!(
+            first.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+            [&ids[0], &ids[1], &ids[3]].map(|s| s.clone())
+        );
+        assert!(store.claim("w2", 10, now, LEASE).await.unwrap().is_empty(), "later runs wait for leased ones");
+
+        // a1 fails and waits a minute for its resend; b1 and c1 succeed.
+        let state = store
+            .reschedule(&first[0].lease().unwrap(), now + 60_000, &json!({"kind": "transient"}), Some(&json!({"n": 1})))
+            .await
+            .unwrap();
+        assert_eq!(state, RunState::Queued);
+        for run in &first[1..] {
+            store.complete(&run.lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
+        }
+        let next = store.claim("w1", 10, now + 1, LEASE).await.unwrap();
+        assert_eq!(customers(&next), ["b"], "b2 goes; a2 waits behind a1's resend");
+        store.complete(&next[0].lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
+        assert!(store.claim("w1", 10, now + 2, LEASE).await.unwrap().is_empty());
+
+        // The resend is due: a1 first (with its attempt counted and checkpoint kept), then a2.
+        let resend = store.claim("w1", 10, now + 60_000, LEASE).await.unwrap();
+        assert_eq!(resend.len(), 1);
+        assert_eq!(resend[0].id, ids[0]);
+        assert_eq!((resend[0].attempts, resend[0].leases), (1, 2));
+        assert_eq!(resend[0].checkpoint, Some(json!({"n": 1})));
+        assert_eq!(resend[0].last_error, Some(json!({"kind": "transient"})));
+        store.complete(&resend[0].lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
+        let last = store.claim("w1", 10, now + 60_001, LEASE).await.unwrap();
+        assert_eq!(last.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [ids[2].as_str()]);
+    }
+
+    #[tokio::test]
+    async fn a_dead_run_holds_its_key_until_retried_or_dropped() {
+        let (_dir, store) = open().await;
+        let ids = store.enqueue(&[run("a"), run("a"), run("z")]).await.unwrap();
+        let now = now_ms();
+        let claimed = store.claim("w1", 10, now, LEASE).await.unwrap();
+        assert_eq!(customers(&claimed), ["a", "z"]);
+        store.dead_letter(&claimed[0].lease().unwrap(), &json!({"status": 503}), &json!({"nodes": []})).await.unwrap();
+        store.complete(&claimed[1].lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
+
+        let dead = store.get(&ids[0]).await.unwrap().unwrap();
+        assert_eq!((dead.status, dead.attempts), (RunState::Dead, 1));
+        assert_eq!(dead.last_error, Some(json!({"status": 503})));
+        assert_eq!(store.counts().await.unwrap().runs.dead, 1);
+        assert!(store.claim("w1", 10, now + 3_600_000, LEASE).await.unwrap().is_empty(), "a2 waits behind dead a1");
+
+        // An operator retries it: due now, with fresh attempts.
+        assert!(store.retry_now(&ids[0]).await.unwrap());
+        let again = store.claim("w1", 10, now_ms(), LEASE).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].id.as_str(), again[0].attempts), (ids[0].as_str(), 0));
+        store.dead_letter(&again[0].lease().unwrap(), &json!({"status": 503}), &json!({})).await.unwrap();
+
+        // ... or drops it: kept for the record, and a2 goes.
+        assert!(store.drop_run(&ids[0]).await.unwrap());
+        assert!(!store.drop_run(&ids[0]).await.unwrap(), "already dropped");
+        assert!(!store.retry_now(&ids[2]).await.unwrap(), "a succeeded run is not retried");
+        assert!(!store.retry_now("no-such-run").await.unwrap());
+        assert_eq!(store.get(&ids[0]).await.unwrap().unwrap().status, RunState::Dropped);
+        let next = store.claim("w1", 10, now_ms(), LEASE).await.unwrap();
+        assert_eq!(next.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [ids[1].as_str()]);
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_claimed_again_and_the_old_worker_is_fenced_off() {
+        let (_dir, store) = open().await;
+        let ids = store.enqueue(&[run("a")]).await.unwrap();
+        let now = now_ms();
+        let old = store.claim("w1", 10, now, Duration::from_secs(1)).await.unwrap();
+        let old_lease = old[0].lease().unwrap();
+        store.checkpoint(&old_lease, &json!({"step": 1}), now + 1_000).await.unwrap();
+        assert!(store.claim("w2", 10, now + 999, LEASE).await.unwrap().is_empty(), "the lease still holds");
+
+        // w1 crashed: after the lease expires, w2 takes the run over from w1's checkpoint.
+        let taken = store.claim("w2", 10, now + 1_000, LEASE).await.unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!((taken[0].lease_owner.as_deref(), taken[0].leases), (Some("w2"), 2));
+        assert_eq!(taken[0].checkpoint, Some(json!({"step": 1})));
+
+        let lost = store.checkpoint(&old_lease, &json!({"step": 2}), now + 5_000).await.unwrap_err();
+        assert!(lost.is_lease_lost(), "{lost}");
+        assert!(lost.to_string().contains("leased again, by `w2`"), "{lost}");
+        let emitted = [NewOutboxEvent { node_id: "emit".into(), event: "point_add".into(), payload: json!({}) }];
+        let lost = store.complete(&old_lease, &Completion::Succeeded, &json!({}), &emitted).await.unwrap_err();
+        assert!(lost.is_lease_lost(), "{lost}");
+        assert!(store.reschedule(&old_lease, now, &json!({}), None).await.unwrap_err().is_lease_lost());
+        assert!(store.dead_letter(&old_lease, &json!({}), &json!({})).await.unwrap_err().is_lease_lost());
+        assert!(store.extend_lease(&old_lease, now + 9_000).await.unwrap_err().is_lease_lost());
+        assert!(store.outbox(0, 10).await.unwrap().is_empty(), "the fenced-off completion wrote nothing");
+        let current = store.get(&ids[0]).await.unwrap().unwrap();
+        assert_eq!((current.status, current.checkpoint), (RunState::Leased, Some(json!({"step": 1}))));
+
+        // Fencing is by claim, not by name: a worker re-using the name w1 gets a new token.
+        store.extend_lease(&taken[0].lease().unwrap(), now + 2_000).await.unwrap();
+        let third = store.claim("w1", 10, now + 2_000, LEASE).await.unwrap();
+        assert_eq!(third[0].leases, 3);
+        assert!(store.checkpoint(&old_lease, &json!({}), now + 9_000).await.unwrap_err().is_lease_lost());
+        store.complete(&third[0].lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
+
+        let missing = Lease { id: "nope".into(), worker: "w1".into(), token: 1 };
+        assert!(matches!(store.checkpoint(&missing, &json!({}), now).await, Err(StoreError::NotFound { .. })));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_claimers_never_get_the_same_run_and_keep_key_order() {
+        let (_dir, store) = open().await;
+        let store = Arc::new(store);
+        // 300 runs with keys of their own, and 100 runs over 5 keys.
+        let mut runs: Vec<NewRun> = (0..300).map(|i| run(&format!("solo-{i}"))).collect();
+        runs.extend((0..100).map(|i| run(&format!("shared-{}", i % 5))));
+        let ids = store.enqueue(&runs).await.unwrap();
+        let seen = Arc::new(Mutex::new(HashSet::new()));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut workers = Vec::new();
+        for w in 0..4 {
+            let (store, seen, order) = (store.clone(), seen.clone(), order.clone());
+            workers.push(tokio::spawn(async move {
+                let worker = format!("w{w}");
+                loop {
+                    let claimed = store.claim(&worker, 7, now_ms(), LEASE).await.unwrap();
+                    if claimed.is_empty() {
+                        let counts = store.counts().await.unwrap();
+                        if counts.runs.queued + counts.runs.leased == 0 {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    for run in claimed {
+                        assert!(seen.lock().unwrap().insert(run.id.clone()), "run {} claimed twice", run.id);
+                        order.lock().unwrap().push((run.ordering_key.clone(), run.seq));
+                        store.complete(&run.lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
+                    }
+                }
+            }));
+        }
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        assert_eq!(seen.lock().unwrap().len(), ids.len());
+        let mut last: HashMap<String, i64> = HashMap::new();
+        for (key, seq) in order.lock().unwrap().iter() {
+            let previous = last.insert(key.clone(), *seq).unwrap_or(0);
+            assert!(*seq > previous, "key {key}: seq {seq} ran after {previous}");
+        }
+        assert_eq!(store.counts().await.unwrap().runs.succeeded, 400);
+    }
+
+    #[tokio::test]
+    async fn completing_writes_the_run_and_its_outbox_events_together() {
+        let (_dir, store) = open().await;
+        let ids = store.enqueue(&[run("a"), run("b")]).await.unwrap();
+        let claimed = store.claim("w1", 10, now_ms(), LEASE).await.unwrap();
+        let emitted = [
+            NewOutboxEvent { node_id: "emit_points".into(), event: "point_add".into(), payload: json!({"points": 5}) },
+            NewOutboxEvent { node_id: "emit_reward".into(), event: "reward_claim".into(), payload: json!({"id": 7}) },
+        ];
+        let trace = json!({"nodes": [{"nodeId": "emit_points"}]});
+        store.complete(&claimed[0].lease().unwrap(), &Completion::Succeeded, &trace, &emitted).await.unwrap();
+        let failure = Completion::Failed { error: json!({"kind": "permanent", "status": 400}) };
+        store.complete(&claimed[1].lease().unwrap(), &failure, &json!({}), &emitted[..1]).await.unwrap();
+
+        let done = store.get(&ids[0]).await.unwrap().unwrap();
+        assert_eq!((done.status, done.trace, done.lease_until), (RunState::Succeeded, Some(trace), None));
+        let failed = store.get(&ids[1]).await.unwrap().unwrap();
+        assert_eq!(
+            (failed.status, failed.last_error),
+            (RunState::Failed, Some(json!({"kind": "permanent", "status": 400})))
+        );
+
+        let outbox = store.outbox(0, 10).await.unwrap();
+        assert_eq!(outbox.len(), 3);
+        assert_eq!((outbox[0].run_id.as_str(), outbox[0].event.as_str()), (ids[0].as_str(), "point_add"));
+        assert_eq!(outbox[1].payload, json!({"id": 7}));
+        assert_eq!(outbox[0].flow_id, "loyalty-to-mparticle");
+        assert!(outbox.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(store.outbox(outbox[1].seq, 10).await.unwrap(), outbox[2..].to_vec(), "paging by seq");
+
+        // Completing twice is refused and adds nothing to the outbox: the inserts are rolled back.
+        let again = store.complete(&claimed[0].lease().unwrap(), &Completion::Succeeded, &json!({}), &emitted).await;
+        assert!(again.unwrap_err().is_lease_lost());
+        assert_eq!(store.counts().await.unwrap().outbox, 3);
+
+        let bad = [NewOutboxEvent { node_id: "n".into(), event: String::new(), payload: json!({}) }];
+        let error = store.complete(&claimed[0].lease().unwrap(), &Completion::Succeeded, &json!({}), &bad).await;
+        assert!(error.unwrap_err().to_string().contains("emitted[0].event"));
+    }
+
+    #[tokio::test]
+    async fn holding_a_connection_keeps_its_runs_and_releasing_sends_them() {
+        let (_dir, store) = open().await;
+        // In flight on mparticle when it is disconnected, and a run whose worker will have died.
+        let ids = store.enqueue(&[run("inflight"), run("crashed")]).await.unwrap();
+        let now = now_ms();
+        let inflight = store.claim("w1", 1, now, LEASE).await.unwrap().remove(0);
+        let crashed = store.claim("w-dead", 1, now, Duration::from_secs(5)).await.unwrap().remove(0);
+        assert_eq!(crashed.id, ids[1]);
+        let queued = store
+            .enqueue(&[run("a"), run("b"), run_for("c", &["other"]), run_for("d", &["other", "mparticle"])])
+            .await
+            .unwrap();
+
+        let held = store.hold_connection("mparticle").await.unwrap();
+        assert_eq!(held.runs, 3, "a, b and d; live leases finish their attempt");
+        assert_eq!(store.hold_connection("mparticle").await.unwrap().runs, 0, "idempotent");
+        assert_eq!(store.held_connections().await.unwrap(), ["mparticle"]);
+
+        // Only the run on the other connection goes; the crashed run is held once its lease expires.
+        let claimed = store.claim("w2", 10, now + 10_000, LEASE).await.unwrap();
+        assert_eq!(customers(&claimed), ["c"]);
+        assert_eq!(store.get(&ids[1]).await.unwrap().unwrap().status, RunState::Held);
+        // New runs for the held connection are held on arrival; the in-flight one is held on reschedule.
+        let late = store.enqueue(&[run("e")]).await.unwrap();
+        assert_eq!(store.get(&late[0]).await.unwrap().unwrap().status, RunState::Held);
+        let state = store.reschedule(&inflight.lease().unwrap(), now, &json!({"status": 503}), None).await.unwrap();
+        assert_eq!(state, RunState::Held);
+        // An operator retry keeps it held while the connection is disconnected.
+        assert!(store.retry_now(&queued[0]).await.unwrap());
+        assert_eq!(store.get(&queued[0]).await.unwrap().unwrap().status, RunState::Held);
+
+        let counts = store.counts().await.unwrap();
+        assert_eq!((counts.runs.held, counts.runs.leased), (6, 1));
+        let listed = store
+            .list(&RunFilter {
+                connection: Some("mparticle".into()),
+                statuses: vec![RunState::Held],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 6, "held runs are kept and reported");
+        assert!(store.claim("w2", 10, now_ms() + 1_000, LEASE).await.unwrap().is_empty());
+
+        // d also uses `other`: holding and releasing `other` must not free it while mparticle is held.
+        store.hold_connection("other").await.unwrap();
+        assert_eq!(store.release_connection("other").await.unwrap().runs, 0);
+        assert_eq!(store.get(&queued[3]).await.unwrap().unwrap().status, RunState::Held);
+
+        let released = store.release_connection("mparticle").await.unwrap();
+        assert_eq!(released.runs, 6);
+        assert!(store.held_connections().await.unwrap().is_empty());
+        let claimed = store.claim("w2", 10, now + 20_000, LEASE).await.unwrap();
+        assert_eq!(customers(&claimed), ["inflight", "crashed", "a", "b", "d", "e"]);
+        assert_eq!(claimed[0].attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn inbound_messages_are_recorded_claimed_in_order_and_settled_with_their_runs() {
+        let (_dir, store) = open().await;
+        let message = |connection: &str, id: Option<&str>| InboundMessage {
+            connection: connection.into(),
+            source: "mparticle.webhook".into(),
+            external_id: id.map(str::to_string),
+            body: json!({"events": [{"event_type": "custom_event"}]}),
+        };
+        let m1 = store.record_inbound(&message("mp", Some("batch-1"))).await.unwrap();
+        assert_eq!(store.record_inbound(&message("mp", Some("batch-1"))).await.unwrap(), m1, "de-duplicated");
+        let m2 = store.record_inbound(&message("mp", None)).await.unwrap();
+        let m3 = store.record_inbound(&message("mp2", Some("batch-1"))).await.unwrap();
+        let now = now_ms();
+        assert_ne!(m3, m1, "external ids are per connection");
+
+        let first = store.claim_inbound("in", 1, now, LEASE).await.unwrap();
+        assert_eq!(first.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), [m1.as_str()]);
+        let second = store.claim_inbound("in", 10, now, LEASE).await.unwrap();
+        assert_eq!(second.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), [m3.as_str()], "m2 waits for m1");
+
+        // Settling enqueues the mapped runs in the same transaction.
+        let lease = first[0].lease().unwrap();
+        let runs = store.complete_inbound(&lease, &InboundOutcome::Processed, &[run("x"), run("y")]).await.unwrap();
+        assert_eq!(runs.len(), 2);
+        let settled = store.get_inbound(&m1).await.unwrap().unwrap();
+        assert_eq!((settled.status, settled.run_ids.clone()), (InboundState::Processed, runs.clone()));
+        assert_eq!(store.get(&runs[0]).await.unwrap().unwrap().status, RunState::Queued);
+        // A stale lease settles nothing and enqueues nothing.
+        let stale = store.complete_inbound(&lease, &InboundOutcome::Processed, &[run("z")]).await.unwrap_err();
+        assert!(stale.is_lease_lost(), "{stale}");
+        assert_eq!(store.counts().await.unwrap().runs.queued, 2);
+
+        let unmatched = InboundOutcome::Unmatched { reason: json!({"eventType": "screen_view"}) };
+        store.complete_inbound(&second[0].lease().unwrap(), &unmatched, &[]).await.unwrap();
+        let kept = store.get_inbound(&m3).await.unwrap().unwrap();
+        assert_eq!((kept.status, kept.detail), (InboundState::Unmatched, Some(json!({"eventType": "screen_view"}))));
+        assert!(store.retry_inbound(&m3).await.unwrap());
+
+        // A disconnect holds received messages.
+        assert_eq!(store.hold_connection("mp").await.unwrap().inbound, 1);
+        let claimed = store.claim_inbound("in", 10, now_ms(), LEASE).await.unwrap();
+        assert_eq!(claimed.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), [m3.as_str()]);
+        assert_eq!(store.release_connection("mp").await.unwrap().inbound, 1);
+        let claimed = store.claim_inbound("in", 10, now_ms(), LEASE).await.unwrap();
+        assert_eq!(claimed.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), [m2.as_str()]);
+
+        let counts = store.counts().await.unwrap();
+        assert_eq!((counts.inbound.processed, counts.inbound.leased), (1, 2));
+        let listed = store.list_inbound(&InboundFilter { connection: Some("mp".into()), ..Default::default() }).await;
+        assert_eq!(listed.unwrap().iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), [m2.as_str(), m1.as_str()]);
+    }
+
+    #[tokio::test]
+    async fn listing_filters_and_pages_newest_first() {
+        let (_dir, store) = open().await;
+        let mut runs: Vec<NewRun> = (0..5).map(|_| run("alice")).collect();
+        runs.push(run("bob"));
+        runs.push(NewRun { flow_id: "profile-sync".into(), ..run("alice") });
+        let ids = store.enqueue(&runs).await.unwrap();
+        let alice = RunFilter { customer: Some("alice".into()), limit: 3, ..Default::default() };
+        let page = store.list(&alice).await.unwrap();
+        assert_eq!(
+            page.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            [&ids[6], &ids[4], &ids[3]].map(String::as_str)
+        );
+        let next = store.list(&RunFilter { before_seq: Some(page[2].seq), ..alice.clone() }).await.unwrap();
+        assert_eq!(
+            next.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            [&ids[2], &ids[1], &ids[0]].map(String::as_str)
+        );
+        let flow = RunFilter { flow_id: Some("profile-sync".into()), ..Default::default() };
+        assert_eq!(store.list(&flow).await.unwrap().len(), 1);
+        store.claim("w", 10, now_ms(), LEASE).await.unwrap();
+        let statuses = RunFilter { statuses: vec![RunState::Leased, RunState::Dead], ..Default::default() };
+        assert_eq!(customers(&store.list(&statuses).await.unwrap()), ["bob", "alice"]);
+    }
+
+    #[tokio::test]
+    async fn counts_every_state() {
+        let (_dir, store) = open().await;
+        store.enqueue(&(0..7).map(|i| run(&format!("c{i}"))).collect::<Vec<_>>()).await.unwrap();
+        let now = now_ms();
+        let c = store.claim("w", 6, now, LEASE).await.unwrap();
+        let lease = |i: usize| c[i].lease().unwrap();
+        store.complete(&lease(0), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
+        store.complete(&lease(1), &Completion::Failed { error: json!("bad") }, &json!({}), &[]).await.unwrap();
+        store.dead_letter(&lease(2), &json!("503"), &json!({})).await.unwrap();
+        store.reschedule(&lease(3), now + 1_000, &json!("429"), None).await.unwrap();
+        store.drop_run(&c[4].id).await.unwrap();
+        store.hold_connection("unused").await.unwrap();
+        let counts = store.counts().await.unwrap();
+        let expected = RunCounts { queued: 2, leased: 1, succeeded: 1, failed: 1, dead: 1, held: 0, dropped: 1 };
+        assert_eq!(counts.runs, expected);
+        assert_eq!(RunState::ALL.iter().map(|s| counts.runs.get(*s)).sum::<u64>(), 7);
+    }
+
+    #[tokio::test]
+    async fn bad_input_and_bad_stored_data_are_errors_not_panics() {
+        let (dir, store) = open().await;
+        std::fs::write(dir.path().join("a-file"), b"").unwrap();
+        let error = SqliteStore::open(&dir.path().join("a-file/flowhost.db")).await.unwrap_err();
+        assert!(matches!(error, StoreError::Open { .. }), "{error}");
+        assert!(error.to_string().contains("a-file"), "{error}");
+
+        let error = store.enqueue(&[run("a"), NewRun { ordering_key: String::new(), ..run("b") }]).await.unwrap_err();
+        assert!(matches!(&error, StoreError::Invalid { field, .. } if field == "runs[1].orderingKey"), "{error}");
+        assert_eq!(store.counts().await.unwrap().runs.queued, 0, "all or nothing");
+        assert!(store.claim("", 1, 0, LEASE).await.is_err());
+
+        let ids = store.enqueue(&[run("a")]).await.unwrap();
+        sqlx::query("UPDATE runs SET event = '{not json'").execute(&store.writer).await.unwrap();
+        let error = store.get(&ids[0]).await.unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+        assert!(error.to_string().contains(&ids[0]), "{error}");
+        assert!(store.list(&RunFilter::default()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn claim_scans_active_runs_in_order_and_probes_the_open_runs_of_the_key() {
+        let (_dir, store) = open().await;
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {CLAIM_RUNS}")))
+                .bind("w")
+                .bind(1_i64)
+                .bind(0_i64)
+                .bind(1_i64)
+                .fetch_all(&store.writer)
+                .await
+                .unwrap();
+        let details: BTreeMap<usize, String> = plan.into_iter().enumerate().map(|(i, row)| (i, row.3)).collect();
+        assert!(details.values().any(|d| d.contains("runs_open_by_key")), "{details:#?}");
+        assert!(details.values().any(|d| d.contains("runs_active")), "{details:#?}");
+        assert!(!details.values().any(|d| d.contains("TEMP B-TREE")), "no sort of all candidates: {details:#?}");
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_keeps_its_order_and_de_duplicates_within_itself() {
+        let (_dir, store) = open().await;
+        let mut runs: Vec<NewRun> = (0..600).map(|i| run(&format!("c{i}"))).collect();
+        runs[10].dedup_key = Some("evt-10".into());
+        runs[500].dedup_key = Some("evt-10".into());
+        runs[20].connections = vec!["mparticle".into(), "other".into(), "mparticle".into()];
+        let ids = store.enqueue(&runs).await.unwrap();
+        assert_eq!(ids.len(), 600);
+        assert_eq!(ids[500], ids[10], "the same dedup key twice in one batch is one run");
+        let mut last = 0;
+        for (i, id) in ids.iter().enumerate().filter(|(i, _)| *i != 500) {
+            let stored = store.get(id).await.unwrap().unwrap();
+            assert_eq!(stored.event["customer"], json!(format!("c{i}")));
+            assert!(stored.seq > last, "seq follows the order of the batch");
+            last = stored.seq;
+        }
+        assert_eq!(store.counts().await.unwrap().runs.queued, 599);
+        assert_eq!(store.get(&ids[20]).await.unwrap().unwrap().connections, ["mparticle", "other"]);
+        let on_other = RunFilter { connection: Some("other".into()), ..Default::default() };
+        assert_eq!(store.list(&on_other).await.unwrap().len(), 1);
+        let on_mparticle = RunFilter { connection: Some("mparticle".into()), limit: 1000, ..Default::default() };
+        assert_eq!(store.list(&on_mparticle).await.unwrap().len(), 599);
+    }
+}
