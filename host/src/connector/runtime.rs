@@ -379,7 +379,7 @@ impl Connector {
             return Invocation { result: Err(error), log: Vec::new(), duration: Duration::ZERO };
         }
         let config = connection.resolved_config.expose_secret().to_string();
-        let input = input.to_string();
+        let input = serde_json::to_string(input).expect("a JSON value always serialises");
         let capability = capability.to_string();
         let context = bindings::types::InvocationContext {
             run_id: context.run_id.clone(),
