@@ -11,4 +11,4 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use flowhost::connector::{cache, http, log, types};
+pub use self::flowhost::connector::{cache, http, log, types};
