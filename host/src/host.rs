@@ -93,6 +93,10 @@ impl Host {
         &self.runtime
     }
 
+    pub fn secrets(&self) -> &SecretStore {
+        &self.secrets
+    }
+
     pub fn registry(&self) -> &ConnectorRegistry {
         &self.registry
     }

@@ -10,6 +10,8 @@ pub mod delivery;
 pub mod demo;
 pub mod flow;
 mod host;
+pub mod inbound;
+pub mod server;
 pub mod store;
 
 pub use flow::{Flow, LoadedFlow, Run};

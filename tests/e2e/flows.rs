@@ -2,7 +2,7 @@
 //! executor's semantics with the echo connector (branches, loops, emits, failures, retries).
 
 use flowhost::connector::{RuntimeConfig, SandboxLimits, SecretStore};
-use flowhost::flow::{NodeStatus, RunStatus, flow_schema};
+use flowhost::flow::{Checkpoint, CheckpointSink, NodeStatus, Outcome, RunStatus, Stop, flow_schema};
 use flowhost::{Host, HostConfig};
 use flowhost_tests::components;
 use serde_json::{Value, json};
@@ -52,7 +52,7 @@ async fn example_flows_pass_check_and_fit_the_schema() {
     let host = host_with_echo(cache.path()).await;
     let schema = jsonschema::validator_for(&flow_schema()).unwrap();
     let files = flow_files("flows");
-    assert_eq!(files.len(), 6);
+    assert_eq!(files.len(), 7);
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         if let Err(problems) = host.check(&text) {
@@ -265,7 +265,7 @@ async fn damaged_flows_never_panic_the_linter() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 360);
+    assert_eq!(checked, 420);
 }
 
 fn collect_paths(value: &Value, pointer: String, out: &mut Vec<String>) {
@@ -283,4 +283,89 @@ fn collect_paths(value: &Value, pointer: String, out: &mut Vec<String>) {
         }
         _ => {}
     }
+}
+
+/// Records the checkpoints a durable run saves.
+#[derive(Default)]
+struct Saved(Mutex<Vec<Checkpoint>>);
+
+#[async_trait::async_trait]
+impl CheckpointSink for Saved {
+    async fn save(&self, checkpoint: &Checkpoint) -> Result<(), String> {
+        self.0.lock().unwrap().push(checkpoint.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn durable_runs_stop_for_resends_and_replay_their_checkpoint() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = host_with_echo(cache.path()).await;
+    let mut first = echo_node("first", "n={{ trigger.n }}");
+    first["next"] = json!("each");
+    let text = echo_flow(json!([
+        first,
+        {"id": "each", "forEach": {"items": "trigger.items", "do": [echo_node("say", "{{ item }}")]}, "next": "flaky"},
+        {"id": "flaky", "connector": {"connection": "echo", "capability": "fail",
+            "input": {"kind": "transient", "message": "try later"}},
+         "retry": {"maxAttempts": 3, "initialDelayMs": 1000, "jitter": 0}, "next": "done"},
+        {"id": "done", "emit": {"event": "done", "payload": {"first": "{{ nodes.first.output.message }}"}}}
+    ]));
+    let flow = host.load(&text).unwrap();
+    let event = json!({"n": 7, "items": ["a", "b"]});
+    let saved = Saved::default();
+
+    // First execution: three calls succeed, the fourth fails and the run stops for a resend (no sleeping).
+    let Outcome::Stopped { stop: Stop::Resend { error, delay }, run, checkpoint } =
+        flow.execute_durable("run-1".into(), event.clone(), Checkpoint::default(), Some(&saved)).await
+    else {
+        panic!("expected a resend")
+    };
+    assert_eq!((error.node_id.as_str(), delay), ("flaky", Duration::from_secs(1)));
+    assert_eq!(run.status, RunStatus::Incomplete);
+    assert_eq!(checkpoint.calls.keys().collect::<Vec<_>>(), ["each/0/say", "each/1/say", "first"]);
+    assert_eq!(checkpoint.failed_attempts["flaky"].len(), 1);
+    // Saved before each call that followed a finished one, never after the last.
+    let saves = saved.0.lock().unwrap().iter().map(|c| c.calls.len()).collect::<Vec<_>>();
+    assert_eq!(saves, [1, 2, 3]);
+
+    // Resuming replays the recorded calls instead of making them: a doctored record shows through.
+    let mut resumed = checkpoint.clone();
+    resumed.calls.get_mut("first").unwrap().output = Some(json!({"message": "from the checkpoint"}));
+    let Outcome::Stopped { stop: Stop::Resend { .. }, run, checkpoint } =
+        flow.execute_durable("run-1".into(), event.clone(), resumed, Some(&saved)).await
+    else {
+        panic!("expected a second resend")
+    };
+    let flaky = run.nodes.iter().find(|n| n.node_id == "flaky").unwrap();
+    assert_eq!(flaky.attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(), [1, 2], "attempts carry over");
+    assert_eq!(saved.0.lock().unwrap().len(), 3, "nothing new to save: replayed calls are already saved");
+
+    // The third attempt is the policy's last: retries exhausted, a dead letter.
+    let outcome = flow.execute_durable("run-1".into(), event.clone(), checkpoint, Some(&saved)).await;
+    let Outcome::Stopped { stop: Stop::Exhausted { error }, run, .. } = outcome else { panic!("expected exhaustion") };
+    assert_eq!(error.kind.to_string(), "transient");
+    assert_eq!(run.nodes.iter().find(|n| n.node_id == "flaky").unwrap().attempts.len(), 3);
+
+    // A flow whose calls succeed finishes in one execution, with its emitted events in the trace.
+    let fine = host.load(&echo_flow(json!([echo_node("only", "hello")]))).unwrap();
+    let Outcome::Finished(run) =
+        fine.execute_durable("run-2".into(), json!({"n": 1}), Checkpoint::default(), None).await
+    else {
+        panic!("expected the run to finish")
+    };
+    assert_eq!(run.status, RunStatus::Succeeded);
+
+    // A checkpoint that cannot be saved stops the run before its next call.
+    struct Refuse;
+    #[async_trait::async_trait]
+    impl CheckpointSink for Refuse {
+        async fn save(&self, _: &Checkpoint) -> Result<(), String> {
+            Err("lease lost".into())
+        }
+    }
+    let outcome = flow.execute_durable("run-3".into(), event, Checkpoint::default(), Some(&Refuse)).await;
+    let Outcome::Stopped { stop: Stop::Aborted { reason }, run, .. } = outcome else { panic!("expected an abort") };
+    assert_eq!(reason, "lease lost");
+    assert_eq!(run.nodes.iter().filter(|n| n.kind == "connector").count(), 2, "first, then the refused save");
 }

@@ -7,6 +7,7 @@ mod flows;
 mod hostile;
 mod mparticle;
 mod runtime;
+mod serve;
 
 use flowhost::connector::{
     Connection, ConnectionOptions, Connector, HttpLimits, InvocationContext, Runtime, RuntimeConfig, SandboxLimits,

@@ -3,6 +3,8 @@
 
 mod connector;
 mod flow;
+mod queue;
+mod serve;
 
 use crate::connector::{Runtime, RuntimeConfig, SecretStore};
 use anyhow::Context as _;
@@ -63,6 +65,15 @@ enum Command {
     /// The flow format.
     #[command(subcommand)]
     Flow(FlowCommand),
+    /// Run the durable service: the HTTP API, the run and inbound workers, the store.
+    Serve {
+        /// The service's configuration.
+        #[arg(long, default_value = "flowhost.toml")]
+        config: PathBuf,
+    },
+    /// The resend queue of a service's store: list, retry, drop.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
 }
 
 #[derive(Subcommand)]
@@ -113,6 +124,8 @@ where
         Command::Run { file, event, json, host } => flow::run(&file, &event, json, &host, &options, out, err).await,
         Command::Connector(command) => connector::run(command, &options, out, err).await,
         Command::Flow(FlowCommand::Schema) => flow::schema(out),
+        Command::Serve { config } => serve::serve(&config, &options, out).await,
+        Command::Queue(command) => queue::run(command, out, err).await,
         Command::Demo => crate::demo::run(options.runtime_config(), out).await.map(|runs| {
             if runs.iter().all(|r| r.status == crate::flow::RunStatus::Succeeded) {
                 ExitCode::SUCCESS

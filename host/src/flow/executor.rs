@@ -1,19 +1,102 @@
 //! Runs a loaded flow for one event: walks the nodes from the start, evaluates templates, calls
 //! connectors with retries, branches, loops, emits, and records the run trace.
+//!
+//! Two modes. [`LoadedFlow::execute`] runs a flow to its end in memory, sleeping between retries (the CLI
+//! and the library's direct calls). [`LoadedFlow::execute_durable`] is what the durable service runs: it
+//! never sleeps, and instead *stops* — for a resend later, when retries are exhausted, or when its progress
+//! cannot be saved — returning a [`Checkpoint`] of every connector call made so far. Running the flow again
+//! with that checkpoint replays it: nodes are evaluated again (they are deterministic), but a connector call
+//! the checkpoint has is not made again; its recorded result is used. A call that was in flight when the
+//! host died is made again with the same idempotency key, so the remote side de-duplicates it.
 
 use super::expression::{Expression, Scope, Template};
 use super::model::{Action, Flow, Node, RetryPolicy};
 use super::trace::{Attempt, EmittedEvent, FlowFailure, NodeError, NodeStatus, NodeTrace, Run, RunStatus};
 use crate::connector::{Connection, Connector, InvocationContext, Redactor};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A runaway guard: no run executes more node steps than this (forEach iterations included).
 pub const MAX_STEPS: usize = 100_000;
+
+/// A durable run's saved progress: the connector calls it has made, by node path (`send_event`, or
+/// `each_item/3/send` inside a forEach), so a resumed run does not make them again.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    /// Calls that ended (succeeded, or failed for good and took an error edge).
+    #[serde(default)]
+    pub calls: BTreeMap<String, CallRecord>,
+    /// The failed attempts of calls that are waiting for a resend.
+    #[serde(default)]
+    pub failed_attempts: BTreeMap<String, Vec<Attempt>>,
+}
+
+/// One finished connector call: its trace, and what expressions see of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRecord {
+    pub trace: NodeTrace,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<NodeError>,
+}
+
+/// Why a durable run stopped before its end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stop {
+    /// A connector call failed with a retryable error and may be tried again after `delay` (a resend).
+    Resend { error: NodeError, delay: Duration },
+    /// A connector call failed with a retryable error and its attempts are used up: a dead letter.
+    Exhausted { error: NodeError },
+    /// The checkpoint could not be saved (e.g. the run's lease was lost): the run must stop here.
+    Aborted { reason: String },
+}
+
+/// How a durable execution ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The run reached its end, succeeded or failed.
+    Finished(Run),
+    /// The run stopped early; `run` is the trace so far, and `checkpoint` resumes it.
+    Stopped { stop: Stop, run: Run, checkpoint: Checkpoint },
+}
+
+/// Saves a durable run's checkpoint before its next connector call, so that a crash does not repeat the
+/// calls it has made.
+#[async_trait::async_trait]
+pub trait CheckpointSink: Send + Sync {
+    async fn save(&self, checkpoint: &Checkpoint) -> Result<(), String>;
+}
+
+/// Why a node did not lead to a next node.
+enum Halt {
+    /// The node failed; its error edge or the flow's handler takes over.
+    Failed(NodeError),
+    /// Durable mode: the run stops here and resumes later (or is dead-lettered).
+    Stopped(Stop),
+}
+
+impl From<NodeError> for Halt {
+    fn from(error: NodeError) -> Self {
+        Halt::Failed(error)
+    }
+}
+
+/// How retries are waited for.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Sleep between attempts and run to the end.
+    Inline,
+    /// Stop on a retryable error; the caller resends later.
+    Durable,
+}
 
 /// A flow checked, compiled and connected, ready to run many times.
 pub struct LoadedFlow {
@@ -45,7 +128,7 @@ enum CompiledAction {
     Connector { connection: String, capability: String, input: Template },
     Condition { expression: Expression, then: Option<String>, otherwise: Option<String> },
     ForEach { items: Expression, body_start: Option<String> },
-    Emit { event: Template, payload: Template },
+    Emit { event: Template, payload: Template, fields: Map<String, Value> },
     Fail { message: Template },
 }
 
@@ -98,68 +181,114 @@ impl LoadedFlow {
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 
-    /// Runs the flow for one event (already validated). `emit` receives each emitted event as it happens.
+    /// Runs the flow for one event (already validated) to its end, sleeping between retries. `emit` receives
+    /// each emitted event as it happens.
     pub async fn execute(&self, run_id: String, event: Value, emit: &(dyn Fn(&EmittedEvent) + Send + Sync)) -> Run {
-        let started_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        let mut state = RunState {
-            run_id: run_id.clone(),
-            started: Instant::now(),
-            trigger: event.clone(),
-            results: Map::new(),
-            traces: Vec::new(),
-            emitted: Vec::new(),
-            steps: 0,
-            error: Value::Null,
-        };
-        let mut result = self.run_scope(&mut state, self.start.clone(), None, emit).await;
-        if let Err(failure) = &result
-            && let Some(handler) = &self.on_error
-        {
-            state.error = failure.as_value();
-            // The handler's own failure replaces nothing: the run failed with the original error.
-            let _ = self.run_scope(&mut state, Some(handler.clone()), None, emit).await;
-        }
-        if let Err(failure) = &mut result {
-            failure.message = self.redactor.redact(&failure.message);
-        }
-        Run {
-            id: run_id,
-            flow_id: self.flow.id.clone(),
-            flow_version: self.flow.version.clone(),
-            status: if result.is_ok() { RunStatus::Succeeded } else { RunStatus::Failed },
-            started_at,
-            duration_ms: state.started.elapsed().as_millis() as u64,
-            trigger: self.redactor.redact_json(&event),
-            nodes: state.traces,
-            emitted: state.emitted,
-            error: result.err(),
+        let mut state = RunState::new(run_id, event, Mode::Inline, Checkpoint::default(), None);
+        match self.run_to_end(&mut state, emit).await {
+            Ok(run) => run,
+            // Inline mode never stops early; were it to, the trace says where it got to.
+            Err(_) => self.finish(state, Err(None)),
         }
     }
 
-    fn run_scope<'s>(
+    /// Runs the flow for one event (already validated) durably: from `checkpoint` (empty for a new run),
+    /// never sleeping, saving progress through `sink` before each connector call that follows a finished
+    /// one. Emitted events are in the finished run's trace (the caller writes them to the outbox).
+    pub async fn execute_durable(
+        &self,
+        run_id: String,
+        event: Value,
+        checkpoint: Checkpoint,
+        sink: Option<&dyn CheckpointSink>,
+    ) -> Outcome {
+        let mut state = RunState::new(run_id, event, Mode::Durable, checkpoint, sink);
+        match self.run_to_end(&mut state, &|_| {}).await {
+            Ok(run) => Outcome::Finished(run),
+            Err(stop) => {
+                let checkpoint = std::mem::take(&mut state.memo);
+                Outcome::Stopped { stop, run: self.finish(state, Err(None)), checkpoint }
+            }
+        }
+    }
+
+    async fn run_to_end(
+        &self,
+        state: &mut RunState<'_>,
+        emit: &(dyn Fn(&EmittedEvent) + Send + Sync),
+    ) -> Result<Run, Stop> {
+        let result = match self.run_scope(state, self.start.clone(), None, emit).await {
+            Ok(()) => Ok(()),
+            Err(Halt::Stopped(stop)) => return Err(stop),
+            Err(Halt::Failed(failure)) => {
+                if let Some(handler) = &self.on_error {
+                    state.error = failure.as_value();
+                    // The handler's own failure replaces nothing: the run failed with the original error.
+                    if let Err(Halt::Stopped(stop)) = self.run_scope(state, Some(handler.clone()), None, emit).await {
+                        return Err(stop);
+                    }
+                }
+                Err(failure)
+            }
+        };
+        let state = std::mem::replace(
+            state,
+            RunState::new(String::new(), Value::Null, Mode::Inline, Checkpoint::default(), None),
+        );
+        Ok(self.finish(state, result.map_err(Some)))
+    }
+
+    /// The run's trace. `result` is `Ok` when it succeeded, `Err(Some)` when it failed, `Err(None)` when it
+    /// stopped before its end.
+    fn finish(&self, state: RunState<'_>, result: Result<(), Option<NodeError>>) -> Run {
+        let (status, error) = match result {
+            Ok(()) => (RunStatus::Succeeded, None),
+            Err(Some(mut failure)) => {
+                failure.message = self.redactor.redact(&failure.message);
+                (RunStatus::Failed, Some(failure))
+            }
+            Err(None) => (RunStatus::Incomplete, None),
+        };
+        Run {
+            id: state.run_id,
+            flow_id: self.flow.id.clone(),
+            flow_version: self.flow.version.clone(),
+            status,
+            started_at: state.started_at,
+            duration_ms: state.started.elapsed().as_millis() as u64,
+            trigger: self.redactor.redact_json(&state.trigger),
+            nodes: state.traces,
+            emitted: state.emitted,
+            error,
+        }
+    }
+
+    fn run_scope<'s, 'r: 's>(
         &'s self,
-        state: &'s mut RunState,
+        state: &'s mut RunState<'r>,
         start: Option<String>,
         frame: Option<&'s Frame>,
         emit: &'s (dyn Fn(&EmittedEvent) + Send + Sync),
-    ) -> Pin<Box<dyn Future<Output = Result<(), NodeError>> + Send + 's>> {
+    ) -> Pin<Box<dyn Future<Output = Result<(), Halt>> + Send + 's>> {
         Box::pin(async move {
             let mut current = start;
             while let Some(id) = current {
                 state.steps += 1;
                 if state.steps > MAX_STEPS {
-                    return Err(NodeError::flow(&id, FlowFailure::StepLimit, format!("more than {MAX_STEPS} steps")));
+                    let message = format!("more than {MAX_STEPS} steps");
+                    return Err(NodeError::flow(&id, FlowFailure::StepLimit, message).into());
                 }
                 let node = &self.nodes[&id];
                 match self.run_node(node, state, frame, emit).await {
                     Ok(next) => current = next,
-                    Err(failure) => {
+                    Err(Halt::Failed(failure)) => {
                         state.results.insert(id.clone(), json!({"status": "failed", "error": failure.as_value()}));
                         match &node.on_error {
                             Some(handler) => current = Some(handler.clone()),
-                            None => return Err(failure),
+                            None => return Err(Halt::Failed(failure)),
                         }
                     }
+                    Err(stopped) => return Err(stopped),
                 }
             }
             Ok(())
@@ -170,10 +299,23 @@ impl LoadedFlow {
     async fn run_node(
         &self,
         node: &CompiledNode,
-        state: &mut RunState,
+        state: &mut RunState<'_>,
         frame: Option<&Frame>,
         emit: &(dyn Fn(&EmittedEvent) + Send + Sync),
-    ) -> Result<Option<String>, NodeError> {
+    ) -> Result<Option<String>, Halt> {
+        let path = node_path(frame, &node.id);
+        if let Some(record) = state.memo.calls.get(&path) {
+            // Replaying a resumed run: this call was made before; its result stands.
+            state.traces.push(record.trace.clone());
+            return match &record.error {
+                None => {
+                    let output = record.output.clone().unwrap_or(Value::Null);
+                    state.results.insert(node.id.clone(), json!({"status": "succeeded", "output": output}));
+                    Ok(record.trace.next.clone())
+                }
+                Some(failure) => Err(Halt::Failed(failure.clone())),
+            };
+        }
         let started_ms = state.elapsed_ms();
         let started = Instant::now();
         let mut trace = NodeTrace {
@@ -196,19 +338,34 @@ impl LoadedFlow {
         state.traces.push(trace.clone());
         let result = self.perform(node, state, frame, emit, &mut trace).await;
         trace.duration_ms = started.elapsed().as_millis() as u64;
+        let is_call = matches!(node.action, CompiledAction::Connector { .. });
         match &result {
             Ok((next, output)) => {
                 trace.next = next.clone();
                 trace.output = output.as_ref().map(|o| self.redactor.redact_json(o));
                 state.results.insert(node.id.clone(), json!({"status": "succeeded", "output": output}));
+                if is_call {
+                    let output = trace.output.clone();
+                    state.record_call(path, CallRecord { trace: trace.clone(), output, error: None });
+                }
             }
-            Err(failure) => {
+            Err(Halt::Failed(failure)) => {
                 trace.status = NodeStatus::Failed;
                 trace.next = node.on_error.clone();
                 let mut failure = failure.clone();
                 failure.message = self.redactor.redact(&failure.message);
+                trace.error = Some(failure.clone());
+                if is_call && !trace.attempts.is_empty() {
+                    state.record_call(path, CallRecord { trace: trace.clone(), output: None, error: Some(failure) });
+                }
+            }
+            Err(Halt::Stopped(Stop::Resend { error, .. } | Stop::Exhausted { error })) => {
+                trace.status = NodeStatus::Failed;
+                let mut failure = error.clone();
+                failure.message = self.redactor.redact(&failure.message);
                 trace.error = Some(failure);
             }
+            Err(Halt::Stopped(Stop::Aborted { .. })) => {}
         }
         state.traces[slot] = trace;
         result.map(|(next, _)| next)
@@ -217,11 +374,11 @@ impl LoadedFlow {
     async fn perform(
         &self,
         node: &CompiledNode,
-        state: &mut RunState,
+        state: &mut RunState<'_>,
         frame: Option<&Frame>,
         emit: &(dyn Fn(&EmittedEvent) + Send + Sync),
         trace: &mut NodeTrace,
-    ) -> Result<(Option<String>, Option<Value>), NodeError> {
+    ) -> Result<(Option<String>, Option<Value>), Halt> {
         let id = node.id.as_str();
         let expression_error = |message: String| NodeError::flow(id, FlowFailure::Expression, message);
         match &node.action {
@@ -238,7 +395,8 @@ impl LoadedFlow {
                 let scope = state.scope(&self.vars, frame);
                 let value = expression.evaluate(&scope).map_err(expression_error)?;
                 let Value::Bool(taken) = value else {
-                    return Err(expression_error(format!("`{}` gave {value}, not true or false", expression.source())));
+                    let message = format!("`{}` gave {value}, not true or false", expression.source());
+                    return Err(expression_error(message).into());
                 };
                 let target = if taken { then } else { otherwise };
                 Ok((target.clone().or_else(|| node.next.clone()), Some(json!(taken))))
@@ -248,7 +406,9 @@ impl LoadedFlow {
                 let list = match items.evaluate(&scope).map_err(expression_error)? {
                     Value::Array(list) => list,
                     Value::Null => Vec::new(),
-                    other => return Err(expression_error(format!("`{}` gave {other}, not a list", items.source()))),
+                    other => {
+                        return Err(expression_error(format!("`{}` gave {other}, not a list", items.source())).into());
+                    }
                 };
                 trace.input = Some(json!({"items": list.len()}));
                 let mut outputs = Vec::new();
@@ -264,23 +424,37 @@ impl LoadedFlow {
                         .map(|(k, v)| (k.clone(), v.get("output").cloned().unwrap_or(Value::Null)))
                         .collect();
                     outputs.push(Value::Object(produced));
-                    if let Err(failure) = result {
-                        return Err(NodeError::flow(
-                            id,
-                            FlowFailure::Iteration,
-                            format!("item {index} failed at node {}: {}", failure.node_id, failure.message),
-                        ));
+                    match result {
+                        Ok(()) => {}
+                        Err(Halt::Failed(failure)) => {
+                            let message =
+                                format!("item {index} failed at node {}: {}", failure.node_id, failure.message);
+                            return Err(NodeError::flow(id, FlowFailure::Iteration, message).into());
+                        }
+                        Err(stopped) => return Err(stopped),
                     }
                 }
                 Ok((node.next.clone(), Some(Value::Array(outputs))))
             }
-            CompiledAction::Emit { event, payload } => {
+            CompiledAction::Emit { event, payload, fields } => {
                 let scope = state.scope(&self.vars, frame);
                 let event = match event.render(&scope).map_err(expression_error)? {
                     Value::String(name) if !name.is_empty() => name,
-                    other => return Err(expression_error(format!("the event name evaluated to {other}"))),
+                    other => return Err(expression_error(format!("the event name evaluated to {other}")).into()),
                 };
-                let payload = payload.render(&scope).map_err(expression_error)?;
+                let mut payload = payload.render(&scope).map_err(expression_error)?;
+                if !fields.is_empty() {
+                    let mapped = crate::inbound::mapping::map_fields(fields, &state.trigger)
+                        .map_err(|e| expression_error(e.to_string()))?;
+                    match &mut payload {
+                        Value::Object(object) => object.extend(mapped),
+                        Value::Null => payload = Value::Object(mapped),
+                        other => {
+                            let message = format!("the payload is {other}, not an object, so fields cannot be merged");
+                            return Err(expression_error(message).into());
+                        }
+                    }
+                }
                 let emitted = EmittedEvent {
                     run_id: state.run_id.clone(),
                     flow_id: self.flow.id.clone(),
@@ -299,12 +473,13 @@ impl LoadedFlow {
                     Value::String(text) => text,
                     other => other.to_string(),
                 };
-                Err(NodeError::flow(id, FlowFailure::Fail, message))
+                Err(NodeError::flow(id, FlowFailure::Fail, message).into())
             }
         }
     }
 
-    /// Calls a connector, retrying per the node's policy; every attempt goes into the trace.
+    /// Calls a connector, retrying per the node's policy; every attempt goes into the trace. Inline, it sleeps
+    /// between attempts; durable, it stops the run for a resend instead.
     #[allow(clippy::too_many_arguments)]
     async fn call(
         &self,
@@ -313,17 +488,21 @@ impl LoadedFlow {
         connection: &Connection,
         capability: &str,
         input: &Value,
-        state: &RunState,
+        state: &mut RunState<'_>,
         frame: Option<&Frame>,
         trace: &mut NodeTrace,
-    ) -> Result<Value, NodeError> {
-        let mut attempt = 1;
+    ) -> Result<Value, Halt> {
+        let path = node_path(frame, &node.id);
+        state.save_checkpoint().await?;
+        // Attempts made before a resend count against the node's policy, and stay in its trace.
+        trace.attempts = state.memo.failed_attempts.remove(&path).unwrap_or_default();
+        let mut attempt = trace.attempts.len() as u32 + 1;
         loop {
             let context = InvocationContext {
                 run_id: state.run_id.clone(),
                 node_id: node.id.clone(),
                 // The same for every attempt of this node execution, so the remote side can de-duplicate.
-                idempotency_key: format!("{}/{}", state.run_id, node_path(frame, &node.id)),
+                idempotency_key: format!("{}/{path}", state.run_id),
                 attempt,
             };
             let started_ms = state.elapsed_ms();
@@ -336,25 +515,33 @@ impl LoadedFlow {
                 error: None,
                 retry_after_ms: None,
             };
-            match invocation.result {
+            let error = match invocation.result {
                 Ok(output) => {
                     trace.attempts.push(record);
                     return Ok(output);
                 }
-                Err(error) => {
-                    let failure = NodeError::from_invoke(&node.id, &error);
-                    record.error = Some(failure.clone());
-                    if !node.retry.should_retry(error.kind(), attempt) {
-                        trace.attempts.push(record);
-                        return Err(failure);
-                    }
-                    let delay = node.retry.delay(attempt, error.retry_after());
-                    record.retry_after_ms = Some(delay.as_millis() as u64);
-                    trace.attempts.push(record);
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
+                Err(error) => error,
+            };
+            let mut failure = NodeError::from_invoke(&node.id, &error);
+            failure.message = self.redactor.redact(&failure.message);
+            record.error = Some(failure.clone());
+            let retryable = node.retry.should_retry(error.kind(), 1);
+            if !node.retry.should_retry(error.kind(), attempt) {
+                trace.attempts.push(record);
+                return Err(match state.mode {
+                    Mode::Durable if retryable => Halt::Stopped(Stop::Exhausted { error: failure }),
+                    _ => Halt::Failed(failure),
+                });
             }
+            let delay = node.retry.delay(attempt, error.retry_after());
+            record.retry_after_ms = Some(delay.as_millis() as u64);
+            trace.attempts.push(record);
+            if let Mode::Durable = state.mode {
+                state.memo.failed_attempts.insert(path, trace.attempts.clone());
+                return Err(Halt::Stopped(Stop::Resend { error: failure, delay }));
+            }
+            tokio::time::sleep(delay).await;
+            attempt += 1;
         }
     }
 }
@@ -387,10 +574,12 @@ fn node_path(frame: Option<&Frame>, node_id: &str) -> String {
     }
 }
 
-struct RunState {
+struct RunState<'a> {
     run_id: String,
+    started_at: String,
     started: Instant,
     trigger: Value,
+    mode: Mode,
     /// `nodes.<id>` as expressions see it: status, output, error.
     results: Map<String, Value>,
     traces: Vec<NodeTrace>,
@@ -398,9 +587,52 @@ struct RunState {
     steps: usize,
     /// The failure being handled by the flow's onError handler.
     error: Value,
+    /// The calls made so far (and those replayed), for durable runs.
+    memo: Checkpoint,
+    /// Whether `memo` has calls that are not saved yet.
+    unsaved: bool,
+    sink: Option<&'a dyn CheckpointSink>,
 }
 
-impl RunState {
+impl<'a> RunState<'a> {
+    fn new(run_id: String, trigger: Value, mode: Mode, memo: Checkpoint, sink: Option<&'a dyn CheckpointSink>) -> Self {
+        RunState {
+            run_id,
+            started_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            started: Instant::now(),
+            trigger,
+            mode,
+            results: Map::new(),
+            traces: Vec::new(),
+            emitted: Vec::new(),
+            steps: 0,
+            error: Value::Null,
+            memo,
+            unsaved: false,
+            sink,
+        }
+    }
+
+    fn record_call(&mut self, path: String, record: CallRecord) {
+        if let Mode::Durable = self.mode {
+            self.memo.calls.insert(path, record);
+            self.unsaved = true;
+        }
+    }
+
+    /// Saves the calls made since the last save, before another call is made: only a call that was in
+    /// flight can be made twice after a crash (and its idempotency key covers that).
+    async fn save_checkpoint(&mut self) -> Result<(), Halt> {
+        if !self.unsaved {
+            return Ok(());
+        }
+        if let Some(sink) = self.sink {
+            sink.save(&self.memo).await.map_err(|reason| Halt::Stopped(Stop::Aborted { reason }))?;
+        }
+        self.unsaved = false;
+        Ok(())
+    }
+
     fn elapsed_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -450,6 +682,7 @@ fn compile_nodes(
             Action::Emit(e) => CompiledAction::Emit {
                 event: Template::compile_text(&e.event).map_err(at)?,
                 payload: Template::compile(&e.payload).map_err(at)?,
+                fields: e.fields.clone(),
             },
             Action::Fail(f) => CompiledAction::Fail { message: Template::compile_text(&f.message).map_err(at)? },
         };

@@ -7,7 +7,7 @@ pub mod lint;
 pub mod model;
 pub mod trace;
 
-pub use executor::LoadedFlow;
+pub use executor::{CallRecord, Checkpoint, CheckpointSink, LoadedFlow, Outcome, Stop};
 pub use lint::{Problem, lint, parse};
 pub use model::{Flow, RetryPolicy, Trigger, flow_schema};
 pub use trace::{EmittedEvent, NodeError, NodeStatus, NodeTrace, Run, RunStatus};

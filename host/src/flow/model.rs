@@ -63,6 +63,11 @@ pub enum Trigger {
         /// For custom events, the event name to match; any when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event_name: Option<String>,
+        /// The mParticle identity that names the customer (`customer_id` when absent, or e.g. `email`,
+        /// `other_id_2`): it becomes `trigger.customer`, and events without it are not mapped (kept and
+        /// reported).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        customer_identity: Option<String>,
     },
 }
 
@@ -218,6 +223,12 @@ pub struct Emit {
     /// The event payload; strings with `{{ }}` are evaluated.
     #[serde(default)]
     pub payload: Value,
+    /// Fields mapped the way integration pages do (the "inbound events data mapping"): a value `{field}`
+    /// takes that field of the triggering event (its attributes first, then user attributes, the event's
+    /// own fields such as `customer` or `eventName`, and `identities.<type>`); anything else is a literal.
+    /// Merged into the payload, which must then be an object (or absent).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub fields: Map<String, Value>,
 }
 
 /// Stops the run as failed.
@@ -232,7 +243,8 @@ pub struct Fail {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryPolicy {
-    /// Attempts in all, the first included (1 = no retry).
+    /// Attempts in all, the first included (1 = no retry). The default, 6, is the first attempt and up to
+    /// five resends.
     #[serde(default = "defaults::max_attempts")]
     pub max_attempts: u32,
     /// Delay before the first retry.
@@ -254,7 +266,7 @@ pub struct RetryPolicy {
 
 mod defaults {
     pub fn max_attempts() -> u32 {
-        3
+        6
     }
     pub fn initial_delay_ms() -> u64 {
         200

@@ -10,6 +10,9 @@ use serde_json::Value;
 pub enum RunStatus {
     Succeeded,
     Failed,
+    /// A durable run that stopped before its end (waiting for a resend, or dead-lettered): the store's
+    /// state of the run says which.
+    Incomplete,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +183,7 @@ fn render(run: &Run) -> String {
     let status = match run.status {
         RunStatus::Succeeded => "succeeded",
         RunStatus::Failed => "FAILED",
+        RunStatus::Incomplete => "incomplete",
     };
     let _ =
         writeln!(text, "run {} of {} {}: {status} in {} ms", run.id, run.flow_id, run.flow_version, run.duration_ms);

@@ -425,8 +425,9 @@ impl StoredInbound {
 /// How the inbound worker settled a message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InboundOutcome {
-    /// Mapped; the runs passed along are enqueued.
-    Processed,
+    /// Mapped; the runs passed along are enqueued. Events of the message that nothing maps are reported in
+    /// `unmatched` (kept as the message's detail).
+    Processed { unmatched: Option<Value> },
     /// Nothing maps it; kept and reported.
     Unmatched { reason: Value },
     /// It cannot be processed; kept.

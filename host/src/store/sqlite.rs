@@ -845,7 +845,9 @@ impl Store for SqliteStore {
         let mut tx = self.begin_write(OP).await?;
         let ids = insert_runs(&mut tx, runs, now).await?;
         let (status, detail) = match outcome {
-            InboundOutcome::Processed => (InboundState::Processed, None),
+            InboundOutcome::Processed { unmatched } => {
+                (InboundState::Processed, unmatched.as_ref().map(Value::to_string))
+            }
             InboundOutcome::Unmatched { reason } => (InboundState::Unmatched, Some(reason.to_string())),
             InboundOutcome::Failed { error } => (InboundState::Failed, Some(error.to_string())),
         };
@@ -1380,13 +1382,19 @@ mod tests {
 
         // Settling enqueues the mapped runs in the same transaction.
         let lease = first[0].lease().unwrap();
-        let runs = store.complete_inbound(&lease, &InboundOutcome::Processed, &[run("x"), run("y")]).await.unwrap();
+        let runs = store
+            .complete_inbound(&lease, &InboundOutcome::Processed { unmatched: None }, &[run("x"), run("y")])
+            .await
+            .unwrap();
         assert_eq!(runs.len(), 2);
         let settled = store.get_inbound(&m1).await.unwrap().unwrap();
         assert_eq!((settled.status, settled.run_ids.clone()), (InboundState::Processed, runs.clone()));
         assert_eq!(store.get(&runs[0]).await.unwrap().unwrap().status, RunState::Queued);
         // A stale lease settles nothing and enqueues nothing.
-        let stale = store.complete_inbound(&lease, &InboundOutcome::Processed, &[run("z")]).await.unwrap_err();
+        let stale = store
+            .complete_inbound(&lease, &InboundOutcome::Processed { unmatched: None }, &[run("z")])
+            .await
+            .unwrap_err();
         assert!(stale.is_lease_lost(), "{stale}");
         assert_eq!(store.counts().await.unwrap().runs.queued, 2);
 

@@ -1,0 +1,73 @@
+//! `flowhost serve --config flowhost.toml`: the durable service behind its HTTP API, until SIGINT or SIGTERM.
+
+use super::GlobalOptions;
+use crate::Host;
+use crate::delivery::Service;
+use crate::server::config::ServeConfig;
+use crate::server::{ApiState, router};
+use crate::store::SqliteStore;
+use anyhow::Context as _;
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub async fn serve(config_path: &Path, options: &GlobalOptions, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let config = ServeConfig::load(config_path)?;
+    let secrets = options.secrets()?;
+    let inbound = config.inbound_connections(&secrets).map_err(anyhow::Error::msg)?;
+    let api_token = config.api_token(&secrets).map_err(anyhow::Error::msg)?;
+    let flow_files = config.flow_files()?;
+    let host = Host::new(config.host_config(options.runtime_config()), secrets).await?;
+    let store_path = config.store_path();
+    let store = Arc::new(SqliteStore::open(&store_path).await?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    if api_token.is_none() && !address.ip().is_loopback() {
+        tracing::warn!(%address, "the API has no api_token and listens beyond loopback: anyone who reaches it can send events and manage the queue");
+    }
+    let service = Arc::new(Service::start(host, store.clone(), &flow_files, inbound, config.service_config()).await?);
+    let (running, stopped) = service.flows();
+    writeln!(
+        out,
+        "flowhost serving on http://{address} ({} flows running, {} stopped by a disconnect; store {})",
+        running.len(),
+        stopped.len(),
+        store_path.display()
+    )?;
+    out.flush()?;
+    let state = ApiState {
+        service: service.clone(),
+        max_body_bytes: config.max_body_bytes,
+        api_token: api_token.map(Arc::new),
+    };
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    writeln!(out, "shutting down: finishing runs in flight, leaving the rest queued")?;
+    service.shutdown(Duration::from_secs(config.delivery.shutdown_grace_seconds)).await;
+    store.close().await;
+    writeln!(out, "stopped")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

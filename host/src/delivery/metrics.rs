@@ -1,0 +1,215 @@
+//! What the service counts, in Prometheus form (`GET /metrics`): events accepted, runs delivered, retried,
+//! failed and dead-lettered, inbound messages, queue depth per state, and node and run latencies.
+
+use crate::flow::{Run, RunStatus};
+use crate::store::{InboundState, QueueCounts, RunState};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabels {
+    flow: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    flow: String,
+    node: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+/// The service's counters. Cheap to update from any task.
+pub struct Metrics {
+    registry: Registry,
+    accepted: Counter,
+    runs_enqueued: Family<FlowLabels, Counter>,
+    delivered: Family<FlowLabels, Counter>,
+    failed: Family<FlowLabels, Counter>,
+    retried: Family<FlowLabels, Counter>,
+    dead_lettered: Family<FlowLabels, Counter>,
+    inbound_received: Counter,
+    inbound_unmatched_events: Counter,
+    node_latency: Family<NodeLabels, Histogram>,
+    accept_to_done: Family<FlowLabels, Histogram>,
+    runs: Family<StateLabels, Gauge>,
+    inbound: Family<StateLabels, Gauge>,
+    outbox: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to about 65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("flowhost");
+        let metrics = Metrics {
+            accepted: Counter::default(),
+            runs_enqueued: Family::default(),
+            delivered: Family::default(),
+            failed: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            inbound_received: Counter::default(),
+            inbound_unmatched_events: Counter::default(),
+            node_latency: Family::new_with_constructor(latency_histogram),
+            accept_to_done: Family::new_with_constructor(latency_histogram),
+            runs: Family::default(),
+            inbound: Family::default(),
+            outbox: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("events_accepted", "Loyalty events durably accepted", metrics.accepted.clone());
+        registry.register("runs_enqueued", "Runs durably enqueued, by flow", metrics.runs_enqueued.clone());
+        registry.register("runs_delivered", "Runs that succeeded, by flow", metrics.delivered.clone());
+        registry.register("runs_failed", "Runs that failed with a permanent error, by flow", metrics.failed.clone());
+        registry.register(
+            "runs_retried",
+            "Resends scheduled after a retryable error, by flow",
+            metrics.retried.clone(),
+        );
+        registry.register(
+            "runs_dead_lettered",
+            "Runs whose retries were exhausted (dead letters), by flow",
+            metrics.dead_lettered.clone(),
+        );
+        registry.register(
+            "inbound_received",
+            "Inbound messages durably recorded (a re-sent message counts again; it is stored once)",
+            metrics.inbound_received.clone(),
+        );
+        registry.register(
+            "inbound_unmatched_events",
+            "Inbound events no flow maps (kept and reported)",
+            metrics.inbound_unmatched_events.clone(),
+        );
+        registry.register(
+            "node_duration_seconds",
+            "Time a node took, retries within one execution included",
+            metrics.node_latency.clone(),
+        );
+        registry.register(
+            "run_accept_to_done_seconds",
+            "Time from acceptance to the run's end (success, failure or dead letter)",
+            metrics.accept_to_done.clone(),
+        );
+        registry.register("queue_runs", "Runs in the store, by state", metrics.runs.clone());
+        registry.register("queue_inbound", "Inbound messages in the store, by state", metrics.inbound.clone());
+        registry.register("outbox_events", "Events in the outbox", metrics.outbox.clone());
+        Metrics { registry, ..metrics }
+    }
+
+    pub fn accepted(&self, events: u64) {
+        self.accepted.inc_by(events);
+    }
+
+    pub fn enqueued(&self, flow: &str) {
+        self.runs_enqueued.get_or_create(&flow_labels(flow)).inc();
+    }
+
+    pub fn inbound_received(&self) {
+        self.inbound_received.inc();
+    }
+
+    pub fn inbound_unmatched(&self, events: u64) {
+        self.inbound_unmatched_events.inc_by(events);
+    }
+
+    pub fn retried(&self, flow: &str) {
+        self.retried.get_or_create(&flow_labels(flow)).inc();
+    }
+
+    pub fn dead_lettered(&self, flow: &str, accepted_at_ms: i64) {
+        self.dead_lettered.get_or_create(&flow_labels(flow)).inc();
+        self.observe_done(flow, accepted_at_ms);
+    }
+
+    /// A finished run: its end state and the latency of each node it executed (not replayed ones).
+    pub fn finished(&self, run: &Run, accepted_at_ms: i64) {
+        let family = match run.status {
+            RunStatus::Succeeded => &self.delivered,
+            _ => &self.failed,
+        };
+        family.get_or_create(&flow_labels(&run.flow_id)).inc();
+        self.observe_done(&run.flow_id, accepted_at_ms);
+        self.observe_nodes(run);
+    }
+
+    /// The nodes of a run trace, e.g. of a run stopped for a resend.
+    pub fn observe_nodes(&self, run: &Run) {
+        for node in &run.nodes {
+            let labels = NodeLabels { flow: run.flow_id.clone(), node: node.node_id.clone(), kind: node.kind.clone() };
+            self.node_latency.get_or_create(&labels).observe(node.duration_ms as f64 / 1000.0);
+        }
+    }
+
+    fn observe_done(&self, flow: &str, accepted_at_ms: i64) {
+        let elapsed_ms = crate::store::now_ms().saturating_sub(accepted_at_ms).max(0);
+        self.accept_to_done.get_or_create(&flow_labels(flow)).observe(elapsed_ms as f64 / 1000.0);
+    }
+
+    /// The Prometheus text exposition, with the queue gauges set from `counts`.
+    pub fn render(&self, counts: &QueueCounts) -> String {
+        for state in RunState::ALL {
+            let value = i64::try_from(counts.runs.get(state)).unwrap_or(i64::MAX);
+            self.runs.get_or_create(&StateLabels { state: state.as_str().to_string() }).set(value);
+        }
+        for state in InboundState::ALL {
+            let value = i64::try_from(counts.inbound.get(state)).unwrap_or(i64::MAX);
+            self.inbound.get_or_create(&StateLabels { state: state.as_str().to_string() }).set(value);
+        }
+        self.outbox.set(i64::try_from(counts.outbox).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+fn flow_labels(flow: &str) -> FlowLabels {
+    FlowLabels { flow: flow.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_gauges_and_histograms() {
+        let metrics = Metrics::new();
+        metrics.accepted(3);
+        metrics.retried("point-add");
+        let mut counts = QueueCounts::default();
+        counts.runs.queued = 7;
+        counts.outbox = 2;
+        let text = metrics.render(&counts);
+        assert!(text.contains("flowhost_events_accepted_total 3"), "{text}");
+        assert!(text.contains(r#"flowhost_runs_retried_total{flow="point-add"} 1"#), "{text}");
+        assert!(text.contains(r#"flowhost_queue_runs{state="queued"} 7"#), "{text}");
+        assert!(text.contains(r#"flowhost_queue_runs{state="dead"} 0"#), "{text}");
+        assert!(text.contains("flowhost_outbox_events 2"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

@@ -1,0 +1,310 @@
+//! `flowhost.toml`: what `flowhost serve` (and `flowhost queue`) run with. Every field is optional except the
+//! flows; unknown fields are errors, named with their line.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! store = "flowhost.db"                 # SQLite file, created on first start (relative to this file)
+//! flows = ["flows/point-add-to-mparticle.json", "flows/inbound"]   # files, or directories of *.json
+//! api_token = { secret = "FLOWHOST_API_TOKEN" }   # Bearer token for /v1/* (inbound excepted)
+//! max_body_bytes = 1048576
+//!
+//! [delivery]
+//! concurrency = 256
+//! lease_seconds = 30
+//! shutdown_grace_seconds = 10
+//!
+//! [retry]                               # the default policy of connector nodes, as in flows
+//! maxAttempts = 6
+//!
+//! [connectors]
+//! builtin = true
+//! dirs = []
+//! allow_private = false
+//!
+//! [connections.mparticle]
+//! inbound_token = { secret = "MPARTICLE_INBOUND_TOKEN" }
+//! config = { eventsApiUrl = "https://s2s.us1.mparticle.com" }   # merged into the flows' connection config
+//! ```
+
+use crate::HostConfig;
+use crate::connector::secrets::secret_reference;
+use crate::connector::{RuntimeConfig, SecretStore};
+use crate::delivery::{InboundConnection, ServiceConfig};
+use crate::flow::RetryPolicy;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The configuration file, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_store")]
+    pub store: PathBuf,
+    pub flows: Vec<PathBuf>,
+    /// `{ secret = "NAME" }`: clients of `/v1/*` (but the inbound webhook, which has its own tokens) must
+    /// send `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub api_token: Option<toml::Value>,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    #[serde(default)]
+    pub delivery: DeliverySection,
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    #[serde(default)]
+    pub connectors: ConnectorsSection,
+    #[serde(default)]
+    pub connections: BTreeMap<String, ConnectionSection>,
+    /// Where relative paths are resolved: the config file's directory.
+    #[serde(skip)]
+    pub base: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySection {
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_lease")]
+    pub lease_seconds: u64,
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        DeliverySection {
+            concurrency: default_concurrency(),
+            lease_seconds: default_lease(),
+            shutdown_grace_seconds: default_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorsSection {
+    #[serde(default = "yes")]
+    pub builtin: bool,
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
+    #[serde(default)]
+    pub allow_private: bool,
+}
+
+impl Default for ConnectorsSection {
+    fn default() -> Self {
+        ConnectorsSection { builtin: true, dirs: Vec::new(), allow_private: false }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionSection {
+    /// `{ secret = "NAME" }`: the token this connection's inbound sender presents.
+    #[serde(default)]
+    pub inbound_token: Option<toml::Value>,
+    /// Config merged into the flows' connection of this name.
+    #[serde(default)]
+    pub config: Map<String, Value>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_store() -> PathBuf {
+    PathBuf::from("flowhost.db")
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_concurrency() -> usize {
+    256
+}
+fn default_lease() -> u64 {
+    30
+}
+fn default_grace() -> u64 {
+    10
+}
+fn yes() -> bool {
+    true
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl ServeConfig {
+    /// Reads and checks a `flowhost.toml`.
+    pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigFileError::Read { path: path.display().to_string(), message: e.to_string() })?;
+        let mut config = Self::parse(&text)
+            .map_err(|message| ConfigFileError::Invalid { path: path.display().to_string(), message })?;
+        config.base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(config)
+    }
+
+    /// Parses the text of a configuration; relative paths stay relative to the working directory.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: ServeConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        if config.flows.is_empty() {
+            return Err("`flows` names no flow file or directory".into());
+        }
+        if config.delivery.concurrency == 0 {
+            return Err("delivery.concurrency must be at least 1".into());
+        }
+        if config.delivery.lease_seconds < 3 {
+            return Err("delivery.lease_seconds must be at least 3".into());
+        }
+        if let Some(policy) = &config.retry
+            && let Some(problem) = policy.problems().into_iter().next()
+        {
+            return Err(format!("retry: {problem}"));
+        }
+        Ok(config)
+    }
+
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() { path.to_path_buf() } else { self.base.join(path) }
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.resolve(&self.store)
+    }
+
+    /// The flow files, `(display name, text)`, directories expanded to their `*.json` files in name order.
+    pub fn flow_files(&self) -> Result<Vec<(String, String)>, ConfigFileError> {
+        let read_error = |path: &Path, e: std::io::Error| ConfigFileError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let mut files = Vec::new();
+        for entry in &self.flows {
+            let path = self.resolve(entry);
+            if path.is_dir() {
+                let mut inner: Vec<PathBuf> = std::fs::read_dir(&path)
+                    .map_err(|e| read_error(&path, e))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.extension().is_some_and(|x| x == "json") && p.file_name() != Some("schema.json".as_ref())
+                    })
+                    .collect();
+                inner.sort();
+                files.extend(inner);
+            } else {
+                files.push(path);
+            }
+        }
+        files
+            .into_iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(&path).map_err(|e| read_error(&path, e))?;
+                Ok((path.display().to_string(), text))
+            })
+            .collect()
+    }
+
+    pub fn host_config(&self, runtime: RuntimeConfig) -> HostConfig {
+        HostConfig {
+            runtime,
+            builtin_connectors: self.connectors.builtin,
+            connector_dirs: self.connectors.dirs.iter().map(|d| self.resolve(d)).collect(),
+            allow_private: self.connectors.allow_private,
+            default_retry: self.retry.clone().unwrap_or_default(),
+            connection_overrides: self
+                .connections
+                .iter()
+                .filter(|(_, c)| !c.config.is_empty())
+                .map(|(name, c)| (name.clone(), c.config.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn service_config(&self) -> ServiceConfig {
+        ServiceConfig {
+            concurrency: self.delivery.concurrency,
+            lease: Duration::from_secs(self.delivery.lease_seconds),
+            ..ServiceConfig::default()
+        }
+    }
+
+    /// The inbound tokens, resolved from the secrets.
+    pub fn inbound_connections(&self, secrets: &SecretStore) -> Result<Vec<InboundConnection>, String> {
+        let mut connections = Vec::new();
+        for (name, section) in &self.connections {
+            if let Some(reference) = &section.inbound_token {
+                let token = resolve_secret(reference, secrets, &format!("connections.{name}.inbound_token"))?;
+                connections.push(InboundConnection { name: name.clone(), token });
+            }
+        }
+        Ok(connections)
+    }
+
+    pub fn api_token(&self, secrets: &SecretStore) -> Result<Option<SecretString>, String> {
+        self.api_token.as_ref().map(|reference| resolve_secret(reference, secrets, "api_token")).transpose()
+    }
+}
+
+/// A `{ secret = "NAME" }` value, resolved; inline tokens are refused so they never sit in a config file.
+fn resolve_secret(reference: &toml::Value, secrets: &SecretStore, field: &str) -> Result<SecretString, String> {
+    let json: Value = serde_json::to_value(reference).map_err(|e| format!("{field}: {e}"))?;
+    let name = secret_reference(&json)
+        .ok_or_else(|| format!("{field} must be a secret reference, {{ secret = \"NAME\" }}, not a value"))?;
+    secrets.get(name).ok_or_else(|| format!("{field}: secret {name} is not set (secrets file or environment)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_config_and_refuses_mistakes() {
+        let config = ServeConfig::parse(
+            r#"
+            listen = "127.0.0.1:0"
+            flows = ["flows"]
+            [delivery]
+            concurrency = 8
+            [retry]
+            maxAttempts = 4
+            [connections.mparticle]
+            inbound_token = { secret = "TOKEN" }
+            config = { eventsApiUrl = "http://127.0.0.1:1" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.delivery.concurrency, 8);
+        assert_eq!(config.retry.as_ref().unwrap().max_attempts, 4);
+        let secrets = SecretStore::from_pairs([("TOKEN", "t0ken")]);
+        let inbound = config.inbound_connections(&secrets).unwrap();
+        assert_eq!(inbound[0].name, "mparticle");
+        assert!(!format!("{inbound:?}").contains("t0ken"));
+        assert_eq!(
+            config.host_config(RuntimeConfig::default()).connection_overrides["mparticle"]["eventsApiUrl"],
+            "http://127.0.0.1:1"
+        );
+
+        let unknown = ServeConfig::parse("flows = [\"f\"]\nlisten_port = 1\n").unwrap_err();
+        assert!(unknown.contains("listen_port"), "{unknown}");
+        assert!(ServeConfig::parse("flows = []").unwrap_err().contains("flows"));
+        let bad_retry = ServeConfig::parse("flows = [\"f\"]\n[retry]\nmaxAttempts = 0\n").unwrap_err();
+        assert!(bad_retry.contains("maxAttempts"), "{bad_retry}");
+        let inline = ServeConfig::parse("flows = [\"f\"]\n[connections.m]\ninbound_token = \"plain\"\n").unwrap();
+        let error = inline.inbound_connections(&secrets).unwrap_err();
+        assert!(error.contains("secret reference") && !error.contains("plain"), "{error}");
+    }
+}

@@ -1,0 +1,410 @@
+//! The HTTP API of `flowhost serve` (axum), over a [`Service`]:
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/events` | one loyalty event, an array, or `{"events": [...]}`; 202 with the run ids once durable |
+//! | `POST /v1/inbound/mparticle` | what mParticle sends (webhook output or Firehose), authenticated by a connection's token |
+//! | `GET /v1/runs?customer=&flow=&status=&before=&limit=` | the workflow log, newest first |
+//! | `GET /v1/runs/{id}` | one run with its trace |
+//! | `GET /v1/queue?status=` | the resend queue: queued, leased, held and dead runs |
+//! | `POST /v1/queue/{id}/retry`, `DELETE /v1/queue/{id}` | retry now / drop (kept for the record) |
+//! | `GET /v1/outbox?after=&limit=` | events emitted for the platform, oldest first |
+//! | `GET /v1/inbound?status=` | inbound messages, with what became of them |
+//! | `POST /v1/connections/{name}/disconnect`, `.../reconnect` | stop / restart everything that uses a connection |
+//! | `GET /healthz`, `GET /metrics` | liveness (store reachable), Prometheus metrics |
+//!
+//! Errors are JSON, `{"error": "...", "fields": [{"pointer", "message"}]}`, with 400 (malformed), 401 (token),
+//! 404, 409, 413 (body over the limit) or 503 (store unavailable); none of them echoes a token.
+
+pub mod config;
+
+use crate::delivery::{AcceptError, ConnectionError, InboundError, LoyaltyEvent, Service};
+use crate::store::{InboundFilter, InboundState, RunFilter, RunState, StoreError, StoredInbound, StoredRun};
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub service: Arc<Service>,
+    pub max_body_bytes: usize,
+    pub api_token: Option<Arc<SecretString>>,
+}
+
+/// The router of the whole API.
+pub fn router(state: ApiState) -> Router {
+    let admin = Router::new()
+        .route("/v1/events", post(post_events))
+        .route("/v1/runs", get(list_runs))
+        .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/queue", get(list_queue))
+        .route("/v1/queue/{id}/retry", post(retry_run))
+        .route("/v1/queue/{id}", delete(drop_run))
+        .route("/v1/outbox", get(outbox))
+        .route("/v1/inbound", get(list_inbound))
+        .route("/v1/connections/{name}/disconnect", post(disconnect))
+        .route("/v1/connections/{name}/reconnect", post(reconnect))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_api_token));
+    Router::new()
+        .merge(admin)
+        .route("/v1/inbound/mparticle", post(inbound_mparticle))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .with_state(state)
+}
+
+/// An error answer.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::Invalid { .. } => error(StatusCode::BAD_REQUEST, e.to_string()),
+        StoreError::NotFound { .. } => error(StatusCode::NOT_FOUND, e.to_string()),
+        other => {
+            tracing::error!(error = %other, "store error");
+            error(StatusCode::SERVICE_UNAVAILABLE, other.to_string())
+        }
+    }
+}
+
+async fn require_api_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    if let Some(expected) = &state.api_token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let matches = Sha256::digest(presented.as_bytes()).ct_eq(&Sha256::digest(expected.expose_secret().as_bytes()));
+        if !bool::from(matches) {
+            return error(StatusCode::UNAUTHORIZED, "missing or wrong API token: send `Authorization: Bearer <token>`");
+        }
+    }
+    next.run(request).await
+}
+
+/// Reads a JSON body within the size limit: 413 over it, 400 when it is not JSON (with where it broke).
+async fn json_body(body: Body, limit: usize) -> Result<Value, Response> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than the limit of {limit} bytes"))
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("the body is not valid JSON: {e}")))
+}
+
+async fn post_events(State(state): State<ApiState>, body: Body) -> Response {
+    let value = match json_body(body, state.max_body_bytes).await {
+        Ok(value) => value,
+        Err(response) => return response,
+    };
+    let list = match value {
+        Value::Array(list) => list,
+        Value::Object(mut object) if object.contains_key("events") && !object.contains_key("event") => {
+            match object.remove("events") {
+                Some(Value::Array(list)) => list,
+                _ => return error(StatusCode::BAD_REQUEST, "/events: must be an array of events"),
+            }
+        }
+        object @ Value::Object(_) => vec![object],
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the body must be an event object, an array of events, or {\"events\": [...]}",
+            );
+        }
+    };
+    let mut events = Vec::with_capacity(list.len());
+    for (index, item) in list.into_iter().enumerate() {
+        match serde_json::from_value::<LoyaltyEvent>(item) {
+            Ok(event) => events.push(event),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("/{index}: {e}")),
+        }
+    }
+    if events.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "no events in the request");
+    }
+    match state.service.accept(&events).await {
+        Ok(accepted) => (StatusCode::ACCEPTED, Json(json!({"accepted": accepted}))).into_response(),
+        Err(AcceptError::Invalid(fields)) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({
+                "error": format!("{} problem(s) with the events; nothing was accepted", fields.len()),
+                "fields": fields.iter().map(|f| json!({"pointer": f.pointer, "message": f.message})).collect::<Vec<_>>(),
+            })),
+        )
+            .into_response(),
+        Err(AcceptError::Queue(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn inbound_mparticle(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    // Authenticate before reading the body, so an unauthenticated sender costs nothing.
+    if let Err(e) = state.service.authenticate(authorization) {
+        return error(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    let value = match json_body(body, state.max_body_bytes).await {
+        Ok(value) => value,
+        Err(response) => return response,
+    };
+    match state.service.receive_mparticle(authorization, &value).await {
+        Ok(receipt) => match receipt.response {
+            Some(response) => (StatusCode::OK, Json(response)).into_response(),
+            None => (StatusCode::ACCEPTED, Json(json!({"id": receipt.id}))).into_response(),
+        },
+        Err(InboundError::Unauthorized) => error(StatusCode::UNAUTHORIZED, InboundError::Unauthorized.to_string()),
+        Err(e @ InboundError::Disconnected(_)) => error(StatusCode::FORBIDDEN, e.to_string()),
+        Err(e @ InboundError::Malformed(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(InboundError::Store(e)) => store_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunQuery {
+    customer: Option<String>,
+    flow: Option<String>,
+    connection: Option<String>,
+    /// Comma-separated states.
+    status: Option<String>,
+    before: Option<i64>,
+    #[serde(default)]
+    limit: usize,
+}
+
+impl RunQuery {
+    /// The store filter; the error names a bad status.
+    fn filter(self, default_states: &[RunState]) -> Result<RunFilter, String> {
+        let statuses = match &self.status {
+            Some(list) => list
+                .split(',')
+                .map(|s| s.trim().parse::<RunState>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?,
+            None => default_states.to_vec(),
+        };
+        Ok(RunFilter {
+            customer: self.customer,
+            flow_id: self.flow,
+            ordering_key: None,
+            connection: self.connection,
+            statuses,
+            before_seq: self.before,
+            limit: self.limit,
+        })
+    }
+}
+
+/// A run in a listing: everything but its trace and checkpoint.
+fn run_summary(run: &StoredRun) -> Value {
+    json!({
+        "id": run.id, "seq": run.seq, "flow": run.flow_id, "flowVersion": run.flow_version,
+        "customer": run.customer, "status": run.status, "attempts": run.attempts,
+        "nextAttemptAt": run.next_attempt_at, "lastError": run.last_error,
+        "connections": run.connections, "createdAt": run.created_at, "updatedAt": run.updated_at,
+    })
+}
+
+fn run_page(runs: &[StoredRun]) -> Value {
+    json!({"runs": runs.iter().map(run_summary).collect::<Vec<_>>(), "next": runs.last().map(|r| r.seq)})
+}
+
+async fn list_runs(
+    State(state): State<ApiState>,
+    query: Result<Query<RunQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "bad query: use customer, flow, connection, status, before, limit");
+    };
+    let filter = match query.filter(&[]) {
+        Ok(filter) => filter,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    match state.service.store().list(&filter).await {
+        Ok(runs) => Json(run_page(&runs)).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn get_run(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    match state.service.store().get(&id).await {
+        Ok(Some(run)) => {
+            let mut value = run_summary(&run);
+            value["event"] = run.event;
+            value["trace"] = run.trace.or(run.checkpoint.map(|c| json!({"checkpoint": c}))).unwrap_or(Value::Null);
+            Json(value).into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("run {id} not found")),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn list_queue(
+    State(state): State<ApiState>,
+    query: Result<Query<RunQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "bad query: use customer, flow, connection, status, before, limit");
+    };
+    let filter = match query.filter(&[RunState::Queued, RunState::Leased, RunState::Held, RunState::Dead]) {
+        Ok(filter) => filter,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    match state.service.store().list(&filter).await {
+        Ok(runs) => Json(run_page(&runs)).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn retry_run(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    match state.service.store().retry_now(&id).await {
+        Ok(true) => {
+            state.service.wake();
+            Json(json!({"id": id, "retried": true})).into_response()
+        }
+        Ok(false) => {
+            error(StatusCode::NOT_FOUND, format!("run {id} is not in the queue (dead, failed, held or queued)"))
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn drop_run(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    match state.service.store().drop_run(&id).await {
+        Ok(true) => Json(json!({"id": id, "dropped": true})).into_response(),
+        Ok(false) => {
+            error(StatusCode::NOT_FOUND, format!("run {id} is not in the queue (queued, leased, held or dead)"))
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutboxQuery {
+    #[serde(default)]
+    after: i64,
+    #[serde(default)]
+    limit: usize,
+}
+
+async fn outbox(
+    State(state): State<ApiState>,
+    query: Result<Query<OutboxQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else { return error(StatusCode::BAD_REQUEST, "bad query: use after, limit") };
+    match state.service.store().outbox(query.after, query.limit).await {
+        Ok(events) => {
+            let next = events.last().map(|e| e.seq).unwrap_or(query.after);
+            Json(json!({"events": events, "next": next})).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InboundQuery {
+    connection: Option<String>,
+    status: Option<String>,
+    before: Option<i64>,
+    #[serde(default)]
+    limit: usize,
+}
+
+fn inbound_summary(message: &StoredInbound) -> Value {
+    json!({
+        "id": message.id, "seq": message.seq, "connection": message.connection, "source": message.source,
+        "externalId": message.external_id, "status": message.status, "detail": message.detail,
+        "runIds": message.run_ids, "receivedAt": message.received_at,
+    })
+}
+
+async fn list_inbound(
+    State(state): State<ApiState>,
+    query: Result<Query<InboundQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "bad query: use connection, status, before, limit");
+    };
+    let statuses = match &query.status {
+        Some(list) => match list.split(',').map(|s| s.trim().parse::<InboundState>()).collect::<Result<Vec<_>, _>>() {
+            Ok(statuses) => statuses,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+        None => Vec::new(),
+    };
+    let filter = InboundFilter { connection: query.connection, statuses, before_seq: query.before, limit: query.limit };
+    match state.service.store().list_inbound(&filter).await {
+        Ok(messages) => Json(json!({
+            "messages": messages.iter().map(inbound_summary).collect::<Vec<_>>(),
+            "next": messages.last().map(|m| m.seq),
+        }))
+        .into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+fn connection_error(e: ConnectionError) -> Response {
+    match e {
+        ConnectionError::Unknown(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        ConnectionError::Incomplete { .. } => error(StatusCode::CONFLICT, e.to_string()),
+        ConnectionError::Store(e) => store_error(e),
+    }
+}
+
+async fn disconnect(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    match state.service.disconnect(&name).await {
+        Ok(hold) => Json(json!({
+            "connection": name, "disconnected": true,
+            "held": {"runs": hold.runs, "inbound": hold.inbound},
+            "stoppedFlows": state.service.flows().1.into_iter().filter(|(_, c)| *c == name).map(|(f, _)| f).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => connection_error(e),
+    }
+}
+
+async fn reconnect(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    match state.service.reconnect(&name).await {
+        Ok(release) => Json(json!({
+            "connection": name, "disconnected": false,
+            "released": {"runs": release.runs, "inbound": release.inbound},
+        }))
+        .into_response(),
+        Err(e) => connection_error(e),
+    }
+}
+
+async fn healthz(State(state): State<ApiState>) -> Response {
+    match state.service.store().counts().await {
+        Ok(counts) => {
+            let (running, stopped) = state.service.flows();
+            Json(json!({"status": "ok", "flows": running, "stoppedFlows": stopped, "queue": counts.runs}))
+                .into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("the store is not reachable: {e}")),
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    match state.service.render_metrics().await {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+            .into_response(),
+        Err(e) => store_error(e),
+    }
+}
