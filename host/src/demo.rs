@@ -4,13 +4,18 @@
 //! calculated-attribute answers. No credentials and no set-up beyond the build.
 
 use crate::connector::{RuntimeConfig, SecretStore};
+use crate::delivery::{InboundConnection, LoyaltyEvent, Service, ServiceConfig};
 use crate::flow::{Run, RunStatus};
+use crate::store::{RunFilter, RunState, SqliteStore, Store, StoredRun};
 use crate::{Host, HostConfig};
 use anyhow::Context as _;
 use mparticle_emulator::{EmulatorConfig, FaultRule};
+use secrecy::SecretString;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The example flows of `flows/`, built into the binary so the demo runs from anywhere.
 pub const EXAMPLE_FLOWS: &[(&str, &str)] = &[
@@ -20,7 +25,11 @@ pub const EXAMPLE_FLOWS: &[(&str, &str)] = &[
     ("account-lifecycle.json", include_str!("../../flows/account-lifecycle.json")),
     ("calculated-attributes.json", include_str!("../../flows/calculated-attributes.json")),
     ("upload-event-batch.json", include_str!("../../flows/upload-event-batch.json")),
+    ("inbound-coupon-redeemed.json", include_str!("../../flows/inbound-coupon-redeemed.json")),
 ];
+
+/// The token the demo's mParticle "sends" inbound events with.
+const DEMO_INBOUND_TOKEN: &str = "demo-inbound-token";
 
 /// One demo step: a loyalty event for a flow, optionally with a fault injected into mParticle first.
 struct Step {
@@ -120,6 +129,7 @@ pub async fn run(runtime: RuntimeConfig, out: &mut dyn Write) -> anyhow::Result<
         "mParticle emulator listening on {url} (loopback only; the connector's default is the real mParticle)\n"
     )?;
 
+    let runtime_for_service = runtime.clone();
     let (config, secrets) = emulator_host_config(&url, runtime);
     let mut host = Host::new(config, secrets).await?;
     let emitted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -156,6 +166,8 @@ pub async fn run(runtime: RuntimeConfig, out: &mut dyn Write) -> anyhow::Result<
         writeln!(out)?;
         runs.push(run);
     }
+
+    durable_service(&url, &emulator, runtime_for_service, out).await?;
 
     writeln!(out, "What mParticle received (Events API batches, as the emulator recorded them)")?;
     writeln!(out, "--------------------------------------------------------------------------")?;
@@ -208,4 +220,132 @@ pub async fn run(runtime: RuntimeConfig, out: &mut dyn Write) -> anyhow::Result<
     writeln!(out, "\n{} runs, {} succeeded, {failed} failed.", runs.len(), runs.len() - failed)?;
     emulator.shutdown().await?;
     Ok(runs)
+}
+
+/// The durable service in-process, on a SQLite store in a temporary directory: a transient failure resent,
+/// a dead letter retried by the operator, and an inbound mParticle event arriving as a loyalty event.
+async fn durable_service(
+    url: &str,
+    emulator: &mparticle_emulator::RunningEmulator,
+    runtime: RuntimeConfig,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    writeln!(out, "The durable service (what `flowhost serve` runs): resend queue, dead letter, inbound events")?;
+    writeln!(out, "-------------------------------------------------------------------------------------------")?;
+    let dir = std::env::temp_dir().join(format!("flowhost-demo-{}", uuid::Uuid::new_v4().simple()));
+    let store = Arc::new(SqliteStore::open(&dir.join("flowhost.db")).await?);
+    writeln!(out, "store: SQLite at {} (WAL, synchronous=FULL)\n", store.path().display())?;
+    let (config, secrets) = emulator_host_config(url, runtime);
+    let host = Host::new(config, secrets).await?;
+    // The demo's copy of point_add retries three times 200 ms apart, so that the dead letter shows quickly.
+    let (_, point_add) =
+        EXAMPLE_FLOWS.iter().find(|(name, _)| *name == "point-add-to-mparticle.json").context("flow")?;
+    let mut point_add: Value = serde_json::from_str(point_add)?;
+    point_add["nodes"][0]["retry"] = json!({"maxAttempts": 3, "initialDelayMs": 200, "jitter": 0});
+    let (_, inbound_flow) =
+        EXAMPLE_FLOWS.iter().find(|(name, _)| *name == "inbound-coupon-redeemed.json").context("flow")?;
+    let flows = vec![
+        ("point-add-to-mparticle.json".to_string(), point_add.to_string()),
+        ("inbound-coupon-redeemed.json".to_string(), inbound_flow.to_string()),
+    ];
+    let inbound = vec![InboundConnection { name: "mparticle".into(), token: SecretString::from(DEMO_INBOUND_TOKEN) }];
+    let config = ServiceConfig { idle_poll: Duration::from_millis(50), ..ServiceConfig::default() };
+    let service = Service::start(host, store.clone(), &flows, inbound, config).await?;
+    let result = durable_steps(&service, emulator, out).await;
+    service.shutdown(Duration::from_secs(5)).await;
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn durable_steps(
+    service: &Service,
+    emulator: &mparticle_emulator::RunningEmulator,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let store = service.store().clone();
+    let faults = emulator.handle();
+
+    writeln!(out, "a. A point_add event while mParticle answers 503 once: committed, then resent from the queue")?;
+    faults.add_fault(FaultRule::status(503).times(1).path_prefix("/v2/"));
+    let first = accept(service, "cust-2001", 75).await?;
+    let run = wait_for(&*store, &first, RunState::Succeeded).await?;
+    writeln!(out, "   accepted as run {first}; it was re-queued after the 503 and resent:")?;
+    print_trace(&run, out)?;
+
+    writeln!(out, "b. mParticle down for good: three attempts, then a dead letter, kept and visible")?;
+    faults.add_fault(FaultRule::status(503).fraction(1.0).path_prefix("/v2/"));
+    let second = accept(service, "cust-2002", 20).await?;
+    let dead = wait_for(&*store, &second, RunState::Dead).await?;
+    let queue =
+        store.list(&RunFilter { statuses: vec![RunState::Dead, RunState::Queued], ..RunFilter::default() }).await?;
+    writeln!(out, "   the resend queue (GET /v1/queue, flowhost queue list):")?;
+    for run in &queue {
+        let error = run.last_error.as_ref().and_then(|e| e["message"].as_str()).unwrap_or_default();
+        writeln!(
+            out,
+            "     {}  {}  {}  attempts {}  last error: {error}",
+            run.id, run.status, run.flow_id, run.attempts
+        )?;
+    }
+    faults.clear_faults();
+    writeln!(out, "   mParticle is back; the operator retries it (POST /v1/queue/{second}/retry):")?;
+    store.retry_now(&dead.id).await?;
+    service.wake();
+    let retried = wait_for(&*store, &second, RunState::Succeeded).await?;
+    print_trace(&retried, out)?;
+
+    writeln!(out, "c. mParticle sends a coupon_redeemed event (webhook output, Bearer token)")?;
+    let body = json!({
+        "batch_id": "demo-batch-1", "mpid": 8675309, "environment": "production",
+        "user_identities": [{"identity_type": "customer_id", "identity": "cust-1001"}],
+        "events": [{"event_type": "custom_event", "message_id": "demo-message-1",
+                    "data": {"event_name": "coupon_redeemed", "custom_event_type": "transaction",
+                             "custom_attributes": {"coupon_code": "WELCOME10", "store_id": "store-7"}}}]
+    });
+    let receipt = service.receive_mparticle(Some(&format!("Bearer {DEMO_INBOUND_TOKEN}")), &body).await?;
+    writeln!(out, "   stored as inbound message {}; mapped by flow inbound-coupon-redeemed", receipt.id)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let event = loop {
+        if let Some(event) = store.outbox(0, 10).await?.into_iter().next() {
+            break event;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the inbound event did not reach the outbox");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    writeln!(out, "   loyalty event in the outbox (GET /v1/outbox): {} {}\n", event.event, event.payload)?;
+    Ok(())
+}
+
+async fn accept(service: &Service, customer: &str, points: i64) -> anyhow::Result<String> {
+    let event = LoyaltyEvent {
+        event: "point_add".into(),
+        data: json!({"customerId": customer, "points": points, "balance": points * 4}),
+        customer: None,
+        id: Some(format!("demo-{customer}")),
+    };
+    let accepted = service.accept(&[event]).await?;
+    accepted.first().and_then(|a| a.runs.first()).map(|r| r.run_id.clone()).context("no run was started")
+}
+
+async fn wait_for(store: &dyn Store, id: &str, state: RunState) -> anyhow::Result<StoredRun> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(run) = store.get(id).await?
+            && run.status == state
+        {
+            return Ok(run);
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "run {id} did not become {state} in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn print_trace(run: &StoredRun, out: &mut dyn Write) -> anyhow::Result<()> {
+    let trace: Run = serde_json::from_value(run.trace.clone().unwrap_or_default())?;
+    for line in trace.to_text().lines() {
+        writeln!(out, "   {line}")?;
+    }
+    writeln!(out)?;
+    Ok(())
 }
