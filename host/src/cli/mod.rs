@@ -1,6 +1,7 @@
 //! The `flowhost` command line. One file per command; each only parses arguments and prints what the
 //! library returns.
 
+mod bench;
 mod connector;
 mod flow;
 mod queue;
@@ -71,6 +72,9 @@ enum Command {
         #[arg(long, default_value = "flowhost.toml")]
         config: PathBuf,
     },
+    /// The end-to-end load test: `flowhost serve` and the mParticle emulator on loopback; throughput,
+    /// latencies, cold start and memory.
+    Bench(bench::BenchArgs),
     /// The resend queue of a service's store: list, retry, drop.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
@@ -126,6 +130,7 @@ where
         Command::Flow(FlowCommand::Schema) => flow::schema(out),
         Command::Serve { config } => serve::serve(&config, &options, out).await,
         Command::Queue(command) => queue::run(command, out, err).await,
+        Command::Bench(args) => bench::run(&args, out).await,
         Command::Demo => crate::demo::run(options.runtime_config(), out).await.map(|runs| {
             if runs.iter().all(|r| r.status == crate::flow::RunStatus::Succeeded) {
                 ExitCode::SUCCESS

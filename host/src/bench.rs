@@ -1,0 +1,426 @@
+//! `flowhost bench`: the end-to-end load test. It starts the mParticle emulator on loopback (in this process)
+//! and `flowhost serve` (this binary, in a child process) on a fresh SQLite store, and measures:
+//!
+//! - **cold start**: process start to the first event delivered to mParticle, with an empty compile cache and
+//!   with a warm one;
+//! - **throughput**: N loyalty events for many customers across several connections (one mParticle input
+//!   each), posted by concurrent clients; accepted and delivered events per second (delivered as counted by
+//!   the emulator), accept latency and accept-to-delivery latency percentiles;
+//! - **memory**: the service's idle RSS, and its peak RSS with many invocations in flight (mParticle stalls
+//!   every request for a while, so they pile up).
+//!
+//! Nothing leaves loopback. Timing figures are reported, never asserted.
+
+use anyhow::{Context as _, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use mparticle_emulator::{EmulatorConfig, FaultRule, RunningEmulator};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub events: usize,
+    pub customers: usize,
+    pub connections: usize,
+    /// Concurrent HTTP clients posting events.
+    pub clients: usize,
+    /// Events per `POST /v1/events`.
+    pub batch: usize,
+    /// Runs the service executes at once.
+    pub service_concurrency: usize,
+    /// Invocations held in flight for the memory figure.
+    pub in_flight: usize,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+impl BenchOptions {
+    pub fn full() -> Self {
+        BenchOptions {
+            events: 20_000,
+            customers: 100,
+            connections: 10,
+            clients: 8,
+            batch: 50,
+            service_concurrency: 256,
+            in_flight: 1000,
+            progress: true,
+        }
+    }
+
+    /// Under a minute, for CI: the same phases, smaller.
+    pub fn quick() -> Self {
+        BenchOptions { events: 1000, in_flight: 200, ..Self::full() }
+    }
+}
+
+/// The figures.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BenchReport {
+    pub events: usize,
+    pub customers: usize,
+    pub connections: usize,
+    pub cold_start_empty_cache_ms: f64,
+    pub cold_start_warm_cache_ms: f64,
+    pub accepted_per_second: f64,
+    pub delivered_per_second: f64,
+    pub accept_p50_ms: f64,
+    pub accept_p99_ms: f64,
+    pub accept_to_delivery_p50_ms: f64,
+    pub accept_to_delivery_p99_ms: f64,
+    pub emulator_requests: u64,
+    pub duplicates: u64,
+    pub idle_rss_mb: f64,
+    pub in_flight: usize,
+    pub peak_rss_in_flight_mb: f64,
+}
+
+impl BenchReport {
+    pub fn to_text(&self) -> String {
+        format!(
+            "flowhost bench: {} events, {} customers, {} connections\n\
+             cold start to first delivery: {:.0} ms with an empty compile cache, {:.0} ms with a warm one\n\
+             accepted: {:.0} events/s; accept latency p50 {:.1} ms, p99 {:.1} ms (per POST of a batch of events)\n\
+             delivered: {:.0} events/s (counted by the emulator, {} Events API requests, {} duplicates)\n\
+             accept to delivery: p50 {:.0} ms, p99 {:.0} ms\n\
+             memory: {:.0} MB idle, {:.0} MB peak with {} invocations in flight\n",
+            self.events,
+            self.customers,
+            self.connections,
+            self.cold_start_empty_cache_ms,
+            self.cold_start_warm_cache_ms,
+            self.accepted_per_second,
+            self.accept_p50_ms,
+            self.accept_p99_ms,
+            self.delivered_per_second,
+            self.emulator_requests,
+            self.duplicates,
+            self.accept_to_delivery_p50_ms,
+            self.accept_to_delivery_p99_ms,
+            self.idle_rss_mb,
+            self.peak_rss_in_flight_mb,
+            self.in_flight,
+        )
+    }
+}
+
+/// Runs every phase. `flowhost` is the binary to start as the service (normally this one).
+pub async fn run(flowhost: &Path, options: &BenchOptions) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(options.events > 0 && options.customers > 0 && options.connections > 0, "nothing to do");
+    let keys: Vec<(String, String)> =
+        (0..options.connections).map(|k| (format!("bench-key-{k}"), format!("bench-secret-{k}"))).collect();
+    let emulator_config = EmulatorConfig { api_keys: keys.clone(), ..EmulatorConfig::default() };
+    let emulator = mparticle_emulator::start(emulator_config, "127.0.0.1:0".parse()?).await?;
+    let work = std::env::temp_dir().join(format!("flowhost-bench-{}", uuid::Uuid::new_v4().simple()));
+    let result = phases(flowhost, options, &emulator, &keys, &work).await;
+    let _ = std::fs::remove_dir_all(&work);
+    emulator.shutdown().await?;
+    result
+}
+
+async fn phases(
+    flowhost: &Path,
+    options: &BenchOptions,
+    emulator: &RunningEmulator,
+    keys: &[(String, String)],
+    work: &Path,
+) -> anyhow::Result<BenchReport> {
+    let cache = work.join("compile-cache");
+    let client = client()?;
+
+    // Cold start, twice: an empty compile cache, then the cache the first start filled.
+    let mut cold = Vec::new();
+    for (round, name) in ["empty", "warm"].into_iter().enumerate() {
+        let service =
+            ServiceDir::create(&work.join(format!("cold-{name}")), emulator, keys, options.service_concurrency)?;
+        let started = Instant::now();
+        let server = service.start(flowhost, &cache)?;
+        let before = emulator.handle().stats().accepted;
+        post(&client, &server.url, &[event(0, 1_000_000 + round, options)]).await?;
+        wait_until(Duration::from_secs(120), || emulator.handle().stats().accepted > before).await?;
+        cold.push(started.elapsed().as_secs_f64() * 1000.0);
+        drop(server);
+    }
+
+    // Throughput.
+    let service = ServiceDir::create(&work.join("load"), emulator, keys, options.service_concurrency)?;
+    let server = service.start(flowhost, &cache)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss_mb = rss_mb(server.child.id(), "VmRSS").unwrap_or(0.0);
+    let before = emulator.handle().stats();
+    let first_batch = emulator.handle().batches().last().map(|b| b.seq).unwrap_or(0);
+    let progress = progress_bar(options);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let started_unix_ms = unix_ms();
+    let mut clients = Vec::new();
+    for _ in 0..options.clients.max(1) {
+        let (client, url, next, options, progress) =
+            (client.clone(), server.url.clone(), next.clone(), options.clone(), progress.clone());
+        clients.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut sent_at = HashMap::new();
+            loop {
+                let from = next.fetch_add(options.batch, Ordering::SeqCst);
+                if from >= options.events {
+                    break;
+                }
+                let to = (from + options.batch).min(options.events);
+                let events: Vec<Value> = (from..to).map(|i| event(i % options.customers, i, &options)).collect();
+                let at = unix_ms();
+                let start = Instant::now();
+                post(&client, &url, &events).await?;
+                latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+                for i in from..to {
+                    sent_at.insert(i as i64, at);
+                }
+                progress.inc((to - from) as u64);
+            }
+            anyhow::Ok((latencies, sent_at))
+        }));
+    }
+    let mut accept_latencies = Vec::new();
+    let mut sent_at = HashMap::new();
+    for client in clients {
+        let (latencies, sent) = client.await??;
+        accept_latencies.extend(latencies);
+        sent_at.extend(sent);
+    }
+    let accepted_secs = started.elapsed().as_secs_f64();
+    progress.set_message("all accepted; waiting for delivery");
+    let expected = before.accepted + options.events as u64;
+    wait_until(Duration::from_secs(600), || {
+        let delivered = emulator.handle().stats().accepted;
+        progress.set_position(delivered.saturating_sub(before.accepted));
+        delivered >= expected
+    })
+    .await
+    .context("not every event was delivered")?;
+    progress.finish_and_clear();
+    let batches = emulator.handle().batches_since(first_batch);
+    let last_delivery_ms = batches.iter().map(|b| b.received_unix_ms).max().unwrap_or(started_unix_ms);
+    let mut delivery_latencies = Vec::new();
+    for batch in &batches {
+        for event in batch.batch["events"].as_array().into_iter().flatten() {
+            let sequence = &event["data"]["custom_attributes"]["sequence"];
+            let sequence = sequence.as_i64().or_else(|| sequence.as_str()?.parse().ok());
+            if let Some(sent) = sequence.and_then(|s| sent_at.get(&s)) {
+                delivery_latencies.push((batch.received_unix_ms - sent) as f64);
+            }
+        }
+    }
+    let after = emulator.handle().stats();
+    drop(server);
+
+    // Memory with many invocations in flight: mParticle holds every request for a while.
+    let service = ServiceDir::create(&work.join("memory"), emulator, keys, options.in_flight)?;
+    let server = service.start(flowhost, &cache)?;
+    emulator.handle().set_faults(vec![FaultRule::stall(1500).fraction(1.0).path_prefix("/v2/")]);
+    let events: Vec<Value> =
+        (0..options.in_flight).map(|i| event(i % options.customers, 2_000_000 + i, options)).collect();
+    for chunk in events.chunks(100) {
+        post(&client, &server.url, chunk).await?;
+    }
+    let mut peak: f64 = 0.0;
+    let sampling = Instant::now();
+    while sampling.elapsed() < Duration::from_millis(1400) {
+        peak = peak.max(rss_mb(server.child.id(), "VmRSS").unwrap_or(0.0));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    peak = peak.max(rss_mb(server.child.id(), "VmHWM").unwrap_or(0.0));
+    emulator.handle().clear_faults();
+    drop(server);
+
+    accept_latencies.sort_by(f64::total_cmp);
+    delivery_latencies.sort_by(f64::total_cmp);
+    let delivered_secs = ((last_delivery_ms - started_unix_ms) as f64 / 1000.0).max(accepted_secs);
+    Ok(BenchReport {
+        events: options.events,
+        customers: options.customers,
+        connections: options.connections,
+        cold_start_empty_cache_ms: cold[0],
+        cold_start_warm_cache_ms: cold[1],
+        accepted_per_second: options.events as f64 / accepted_secs,
+        delivered_per_second: options.events as f64 / delivered_secs,
+        accept_p50_ms: percentile(&accept_latencies, 0.50),
+        accept_p99_ms: percentile(&accept_latencies, 0.99),
+        accept_to_delivery_p50_ms: percentile(&delivery_latencies, 0.50),
+        accept_to_delivery_p99_ms: percentile(&delivery_latencies, 0.99),
+        emulator_requests: after.received - before.received,
+        duplicates: after.duplicates - before.duplicates,
+        idle_rss_mb,
+        in_flight: options.in_flight,
+        peak_rss_in_flight_mb: peak,
+    })
+}
+
+/// One loyalty event: customer `customer` of brand `customer % connections`; `sequence` identifies it.
+fn event(customer: usize, sequence: usize, options: &BenchOptions) -> Value {
+    let brand = customer % options.connections;
+    json!({
+        "event": format!("point_add_brand_{brand}"),
+        "id": format!("bench-{sequence}"),
+        "data": {"customerId": format!("member-{customer}"), "points": 10, "sequence": sequence}
+    })
+}
+
+/// The point_add flow of one brand: its own connection (mParticle input), its own event name.
+fn brand_flow(brand: usize) -> String {
+    json!({
+        "id": format!("point-add-brand-{brand}"),
+        "version": "1.0.0",
+        "trigger": {"type": "event", "event": format!("point_add_brand_{brand}"),
+            "schema": {"type": "object", "required": ["customerId", "points", "sequence"]}},
+        "connections": {format!("brand{brand}"): {"connector": "mparticle", "version": "^0.1", "config": {
+            "apiKey": {"secret": format!("BENCH_API_KEY_{brand}")},
+            "apiSecret": {"secret": format!("BENCH_API_SECRET_{brand}")},
+            "environment": "development"}}},
+        "nodes": [{"id": "send", "connector": {"connection": format!("brand{brand}"),
+            "capability": "triggerMarketingCommunication",
+            "input": {"properties": {"eventName": "point_add", "eventType": "transaction",
+                "payload": {"points": "{{ trigger.points }}", "sequence": "{{ trigger.sequence }}"},
+                "identityType": "customer_id", "identityValue": "{{ trigger.customerId }}"}}},
+            "retry": {"maxAttempts": 6, "initialDelayMs": 100}}]
+    })
+    .to_string()
+}
+
+struct ServiceDir {
+    dir: PathBuf,
+    secrets: Vec<(String, String)>,
+}
+
+impl ServiceDir {
+    fn create(
+        dir: &Path,
+        emulator: &RunningEmulator,
+        keys: &[(String, String)],
+        concurrency: usize,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir.join("flows"))?;
+        let url = emulator.url();
+        let mut config = format!(
+            "listen = \"127.0.0.1:0\"\nstore = \"flowhost.db\"\nflows = [\"flows\"]\n\n[delivery]\nconcurrency = {concurrency}\n\n[connectors]\nallow_private = true\n"
+        );
+        let mut secrets = Vec::new();
+        for (brand, (key, secret)) in keys.iter().enumerate() {
+            std::fs::write(dir.join("flows").join(format!("brand-{brand}.json")), brand_flow(brand))?;
+            config.push_str(&format!("\n[connections.brand{brand}]\nconfig = {{ eventsApiUrl = \"{url}/v2\" }}\n"));
+            secrets.push((format!("BENCH_API_KEY_{brand}"), key.clone()));
+            secrets.push((format!("BENCH_API_SECRET_{brand}"), secret.clone()));
+        }
+        std::fs::write(dir.join("flowhost.toml"), config)?;
+        Ok(ServiceDir { dir: dir.to_path_buf(), secrets })
+    }
+
+    fn start(&self, flowhost: &Path, cache: &Path) -> anyhow::Result<Server> {
+        let log = std::fs::File::create(self.dir.join("server.log"))?;
+        let mut command = Command::new(flowhost);
+        command
+            .arg("--cache-dir")
+            .arg(cache)
+            .arg("serve")
+            .arg("--config")
+            .arg(self.dir.join("flowhost.toml"))
+            .stdout(Stdio::piped())
+            .stderr(log);
+        for (name, value) in &self.secrets {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().with_context(|| format!("cannot start {}", flowhost.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let Some(url) = line.split_once("serving on ").and_then(|(_, rest)| rest.split_whitespace().next()) else {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+            bail!("flowhost serve did not start: {line}\n{log}");
+        };
+        Ok(Server { url: url.to_string(), child })
+    }
+}
+
+struct Server {
+    url: String,
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> anyhow::Result<reqwest::Client> {
+    // reqwest is built with rustls and no default provider; the runtime installs ring, do the same here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build()?)
+}
+
+async fn post(client: &reqwest::Client, url: &str, events: &[Value]) -> anyhow::Result<()> {
+    let body = serde_json::to_vec(events)?;
+    let response = client
+        .post(format!("{url}/v1/events"))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status();
+    if status != reqwest::StatusCode::ACCEPTED {
+        bail!("POST /v1/events answered {status}: {}", response.text().await.unwrap_or_default());
+    }
+    Ok(())
+}
+
+async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("timed out after {} s", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+fn progress_bar(options: &BenchOptions) -> ProgressBar {
+    if !options.progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(options.events as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} events {per_sec} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message("posting");
+    bar
+}
+
+/// A line of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in MB.
+fn rss_mb(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
