@@ -1,6 +1,7 @@
 //! Durable delivery: the service that accepts events and inbound messages into the store, the workers that
 //! run, resend and dead-letter them, the retry policy, group commit, and the service's metrics.
 
+mod completion_batch;
 pub mod group_commit;
 mod inbound_worker;
 pub mod metrics;

@@ -5,7 +5,7 @@
 
 use super::service::Shared;
 use crate::flow::{Checkpoint, CheckpointSink, NodeError, Outcome, Run, Stop};
-use crate::store::{Completion, Lease, NewOutboxEvent, StoreError, StoredRun, add_ms, now_ms};
+use crate::store::{Completion, Lease, NewOutboxEvent, RunCompletion, StoreError, StoredRun, add_ms, now_ms};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,7 +131,11 @@ async fn execute(shared: &Shared, run: StoredRun) {
                     payload: e.payload.clone(),
                 })
                 .collect();
-            let result = shared.store.complete(&lease, &completion, &trace_value(&trace), &emitted).await;
+            let trace_json = trace_value(&trace);
+            let result = shared
+                .completions
+                .complete(RunCompletion { lease: lease.clone(), completion, trace: trace_json, emitted })
+                .await;
             if settle(&run, result) {
                 shared.metrics.finished(&trace, run.created_at);
                 for event in &trace.emitted {

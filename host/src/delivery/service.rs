@@ -195,6 +195,8 @@ pub(crate) struct Shared {
     /// Cancelled when the service stops taking new work.
     pub stopping: CancellationToken,
     pub on_emit: RwLock<Option<EmitCallback>>,
+    /// Completions committed together.
+    pub completions: super::completion_batch::CompletionBatch,
 }
 
 impl Shared {
@@ -264,6 +266,7 @@ impl Service {
             inbound_waiting: Notify::new(),
             stopping: CancellationToken::new(),
             on_emit: RwLock::new(None),
+            completions: super::completion_batch::CompletionBatch::new(store.clone()),
             config,
         });
         let commit = GroupCommit::new(store, shared.config.group_commit);

@@ -338,6 +338,15 @@ pub enum Completion {
     },
 }
 
+/// One run's completion, for [`Store::complete_many`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunCompletion {
+    pub lease: Lease,
+    pub completion: Completion,
+    pub trace: Value,
+    pub emitted: Vec<NewOutboxEvent>,
+}
+
 /// An event an emit node handed to the embedding platform, written to the outbox when its run completes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -601,6 +610,11 @@ pub trait Store: Send + Sync {
         trace: &Value,
         emitted: &[NewOutboxEvent],
     ) -> Result<(), StoreError>;
+
+    /// Completes many runs in one transaction (group commit of completions): each as [`complete`](Store::complete)
+    /// would, each fenced on its own, so one lost lease fails only its own entry. The outer error is a failure
+    /// of the whole transaction (nothing was written).
+    async fn complete_many(&self, completions: &[RunCompletion]) -> Result<Vec<Result<(), StoreError>>, StoreError>;
 
     /// A resend: attempts + 1, back to `queued` (or `held` if a connection is held) until `at_ms`, keeping
     /// `error` as `last_error` and replacing the checkpoint when one is given. Returns the new state.

@@ -9,8 +9,8 @@
 
 use super::{
     Completion, ConnectionHold, DEFAULT_LIST_LIMIT, InboundFilter, InboundMessage, InboundOutcome, InboundState, Lease,
-    MAX_LIST_LIMIT, NewOutboxEvent, NewRun, OutboxEvent, QueueCounts, RunFilter, RunState, Store, StoreError,
-    StoredInbound, StoredRun, add_ms, now_ms, validate_runs,
+    MAX_LIST_LIMIT, NewOutboxEvent, NewRun, OutboxEvent, QueueCounts, RunCompletion, RunFilter, RunState, Store,
+    StoreError, StoredInbound, StoredRun, add_ms, now_ms, validate_runs,
 };
 use async_trait::async_trait;
 use serde_json::Value;
@@ -484,6 +484,59 @@ async fn lease_lost(conn: &mut SqliteConnection, table: Leased, lease: &Lease) -
     }
 }
 
+/// The fenced update that completes a run; false when the lease is lost.
+async fn complete_run(
+    conn: &mut SqliteConnection,
+    lease: &Lease,
+    completion: &Completion,
+    trace: &Value,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let (status, error) = match completion {
+        Completion::Succeeded => (RunState::Succeeded, None),
+        Completion::Failed { error } => (RunState::Failed, Some(error.to_string())),
+    };
+    let done = sqlx::query(concat!(
+        "UPDATE runs SET status = ?4, trace = ?5, last_error = COALESCE(?6, last_error), lease_until = NULL, \
+         updated_at = ?7",
+        fenced!()
+    ))
+    .bind(lease.id.as_str())
+    .bind(lease.worker.as_str())
+    .bind(i64::from(lease.token))
+    .bind(status.as_str())
+    .bind(trace.to_string())
+    .bind(error)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db("completing a run"))?;
+    Ok(done.rows_affected() > 0)
+}
+
+async fn insert_outbox(
+    conn: &mut SqliteConnection,
+    lease: &Lease,
+    emitted: &[NewOutboxEvent],
+    now: i64,
+) -> Result<(), StoreError> {
+    for event in emitted {
+        sqlx::query(
+            "INSERT INTO outbox (run_id, flow_id, node_id, event, payload, created_at) \
+             SELECT id, flow_id, ?2, ?3, ?4, ?5 FROM runs WHERE id = ?1",
+        )
+        .bind(lease.id.as_str())
+        .bind(event.node_id.as_str())
+        .bind(event.event.as_str())
+        .bind(event.payload.to_string())
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("writing the outbox"))?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn enqueue(&self, runs: &[NewRun]) -> Result<Vec<String>, StoreError> {
@@ -580,46 +633,39 @@ impl Store for SqliteStore {
         const OP: &str = "completing a run";
         let now = now_ms();
         let mut tx = self.begin_write(OP).await?;
-        // The outbox rows first, then the fenced update: if the lease is lost, the rollback takes them back.
-        for event in emitted {
-            sqlx::query(
-                "INSERT INTO outbox (run_id, flow_id, node_id, event, payload, created_at) \
-                 SELECT id, flow_id, ?2, ?3, ?4, ?5 FROM runs WHERE id = ?1",
-            )
-            .bind(lease.id.as_str())
-            .bind(event.node_id.as_str())
-            .bind(event.event.as_str())
-            .bind(event.payload.to_string())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db(OP))?;
-        }
-        let (status, error) = match completion {
-            Completion::Succeeded => (RunState::Succeeded, None),
-            Completion::Failed { error } => (RunState::Failed, Some(error.to_string())),
-        };
-        let done = sqlx::query(concat!(
-            "UPDATE runs SET status = ?4, trace = ?5, last_error = COALESCE(?6, last_error), lease_until = NULL, \
-             updated_at = ?7",
-            fenced!()
-        ))
-        .bind(lease.id.as_str())
-        .bind(lease.worker.as_str())
-        .bind(i64::from(lease.token))
-        .bind(status.as_str())
-        .bind(trace.to_string())
-        .bind(error)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db(OP))?;
-        if done.rows_affected() == 0 {
+        if !complete_run(&mut tx, lease, completion, trace, now).await? {
             let error = lease_lost(&mut tx, Leased::Run, lease).await;
             tx.rollback().await.map_err(db(OP))?;
             return Err(error);
         }
+        insert_outbox(&mut tx, lease, emitted, now).await?;
         tx.commit().await.map_err(db(OP))
+    }
+
+    async fn complete_many(&self, completions: &[RunCompletion]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        const OP: &str = "completing runs";
+        let now = now_ms();
+        let mut results = Vec::with_capacity(completions.len());
+        let mut tx = self.begin_write(OP).await?;
+        for item in completions {
+            let checked = item.emitted.iter().enumerate().try_for_each(|(i, event)| {
+                non_empty(&format!("emitted[{i}].event"), &event.event)?;
+                non_empty(&format!("emitted[{i}].nodeId"), &event.node_id)
+            });
+            if let Err(error) = checked {
+                results.push(Err(error));
+                continue;
+            }
+            // The fenced update first: only a run still held gets its outbox rows.
+            if !complete_run(&mut tx, &item.lease, &item.completion, &item.trace, now).await? {
+                results.push(Err(lease_lost(&mut tx, Leased::Run, &item.lease).await));
+                continue;
+            }
+            insert_outbox(&mut tx, &item.lease, &item.emitted, now).await?;
+            results.push(Ok(()));
+        }
+        tx.commit().await.map_err(db(OP))?;
+        Ok(results)
     }
 
     async fn reschedule(
@@ -1299,6 +1345,32 @@ mod tests {
         let bad = [NewOutboxEvent { node_id: "n".into(), event: String::new(), payload: json!({}) }];
         let error = store.complete(&claimed[0].lease().unwrap(), &Completion::Succeeded, &json!({}), &bad).await;
         assert!(error.unwrap_err().to_string().contains("emitted[0].event"));
+    }
+
+    #[tokio::test]
+    async fn completions_share_a_transaction_and_a_lost_lease_fails_only_its_own() {
+        let (_dir, store) = open().await;
+        let ids = store.enqueue(&[run("a"), run("b"), run("c")]).await.unwrap();
+        let claimed = store.claim("w1", 10, now_ms(), LEASE).await.unwrap();
+        // The second run is taken away (dropped by an operator) before its completion arrives.
+        assert!(store.drop_run(&ids[1]).await.unwrap());
+        let emitted = vec![NewOutboxEvent { node_id: "n".into(), event: "point_add".into(), payload: json!({}) }];
+        let completions: Vec<RunCompletion> = claimed
+            .iter()
+            .map(|run| RunCompletion {
+                lease: run.lease().unwrap(),
+                completion: Completion::Succeeded,
+                trace: json!({"run": run.id}),
+                emitted: emitted.clone(),
+            })
+            .collect();
+        let results = store.complete_many(&completions).await.unwrap();
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(results[1].as_ref().unwrap_err().is_lease_lost());
+        assert_eq!(store.get(&ids[0]).await.unwrap().unwrap().status, RunState::Succeeded);
+        assert_eq!(store.get(&ids[1]).await.unwrap().unwrap().status, RunState::Dropped);
+        let outbox: Vec<String> = store.outbox(0, 10).await.unwrap().into_iter().map(|e| e.run_id).collect();
+        assert_eq!(outbox, [ids[0].clone(), ids[2].clone()], "no outbox rows for the lost lease");
     }
 
     #[tokio::test]
