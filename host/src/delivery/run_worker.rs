@@ -58,6 +58,9 @@ pub(crate) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
             tasks.spawn(async move {
                 execute(&shared, run).await;
                 drop(permit);
+                // The run's settling may have made the next run of its key claimable: look now rather than
+                // at the next idle poll, or each customer's runs would go one per poll interval.
+                shared.runs_waiting.notify_waiters();
             });
         }
     }
