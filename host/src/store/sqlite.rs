@@ -60,16 +60,15 @@ macro_rules! fenced {
 }
 
 /// Claim: due runs with no earlier open run of their key, oldest first. ?1 worker, ?2 lease until, ?3 now,
-/// ?4 limit. Candidates are read in `seq` order from the partial index `runs_active`, so the scan stops after
-/// `limit` claimable runs instead of sorting every due run; the `NOT EXISTS` repeats the condition of the
-/// partial index `runs_open_by_key`, so each candidate costs one probe of its key's open runs.
+/// ?4 limit. Such a run is its key's *head* (the smallest open seq of the key), which triggers keep marked
+/// (migration 0002); candidates are read in `seq` order from the partial index `runs_claimable`, which holds
+/// only heads, so a claim costs O(keys with open runs) at most, and stops after `limit`, however long each
+/// key's backlog is.
 const CLAIM_RUNS: &str = concat!(
     "UPDATE runs SET status = 'leased', lease_owner = ?1, lease_until = ?2, next_attempt_at = ?2, \
      leases = leases + 1, updated_at = ?3 \
-     WHERE seq IN (SELECT r.seq FROM runs r INDEXED BY runs_active \
-        WHERE r.status IN ('queued', 'leased') AND r.next_attempt_at <= ?3 \
-          AND NOT EXISTS (SELECT 1 FROM runs e WHERE e.ordering_key = r.ordering_key AND e.seq < r.seq \
-                          AND e.status IN ('queued', 'leased', 'held', 'dead')) \
+     WHERE seq IN (SELECT r.seq FROM runs r INDEXED BY runs_claimable \
+        WHERE r.head = 1 AND r.status IN ('queued', 'leased') AND r.next_attempt_at <= ?3 \
         ORDER BY r.seq LIMIT ?4) \
      RETURNING ",
     run_columns!()
@@ -1351,6 +1350,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_run_retried_by_the_operator_becomes_the_head_of_its_key_again() {
+        let (_dir, store) = open().await;
+        let ids = store.enqueue(&[run("a"), run("a")]).await.unwrap();
+        let first = store.claim("w", 10, now_ms(), LEASE).await.unwrap();
+        assert_eq!(first.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [ids[0].clone()], "only the head");
+        let failed = Completion::Failed { error: json!({"kind": "permanent"}) };
+        store.complete(&first[0].lease().unwrap(), &failed, &json!({}), &[]).await.unwrap();
+        // A failed run does not hold its key: the second run is the head now.
+        let later = store.enqueue(&[run("a")]).await.unwrap();
+        let second = store.claim("w", 10, now_ms(), LEASE).await.unwrap();
+        assert_eq!(second.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [ids[1].clone()]);
+        store.complete(&second[0].lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
+        // The operator retries the failed first run: it is earlier than the queued third, so it goes first and
+        // the third waits behind it.
+        assert!(store.retry_now(&ids[0]).await.unwrap());
+        let third = store.claim("w", 10, now_ms(), LEASE).await.unwrap();
+        assert_eq!(third.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [ids[0].clone()]);
+        store.complete(&third[0].lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
+        let last = store.claim("w", 10, now_ms(), LEASE).await.unwrap();
+        assert_eq!(last.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), later);
+    }
+
+    #[tokio::test]
     async fn completions_share_a_transaction_and_a_lost_lease_fails_only_its_own() {
         let (_dir, store) = open().await;
         let ids = store.enqueue(&[run("a"), run("b"), run("c")]).await.unwrap();
@@ -1559,7 +1581,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn claim_scans_active_runs_in_order_and_probes_the_open_runs_of_the_key() {
+    async fn claim_reads_only_the_heads_of_the_keys_in_order() {
         let (_dir, store) = open().await;
         let plan: Vec<(i64, i64, i64, String)> =
             sqlx::query_as(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {CLAIM_RUNS}")))
@@ -1571,8 +1593,7 @@ mod tests {
                 .await
                 .unwrap();
         let details: BTreeMap<usize, String> = plan.into_iter().enumerate().map(|(i, row)| (i, row.3)).collect();
-        assert!(details.values().any(|d| d.contains("runs_open_by_key")), "{details:#?}");
-        assert!(details.values().any(|d| d.contains("runs_active")), "{details:#?}");
+        assert!(details.values().any(|d| d.contains("runs_claimable")), "{details:#?}");
         assert!(!details.values().any(|d| d.contains("TEMP B-TREE")), "no sort of all candidates: {details:#?}");
     }
 
