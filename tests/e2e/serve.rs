@@ -15,13 +15,10 @@ use tokio::sync::RwLock;
 
 const INBOUND_TOKEN: &str = "inbound-token-4f1c";
 
-/// The `flowhost` binary cargo built beside this test binary (`cargo test --workspace` builds it).
+/// The `flowhost` command line as a binary cargo builds for these tests (`tests/bin/flowhost-e2e.rs`: the
+/// product's `flowhost::cli::main`), so the tests never run a stale or missing build.
 fn flowhost_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join(format!("flowhost{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{} is missing: run the suite with `cargo test --workspace`", bin.display());
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_flowhost-e2e"))
 }
 
 /// Compiled components survive restarts and tests, as they do in production.
