@@ -303,7 +303,8 @@ async fn durable_steps(
                     "data": {"event_name": "coupon_redeemed", "custom_event_type": "transaction",
                              "custom_attributes": {"coupon_code": "WELCOME10", "store_id": "store-7"}}}]
     });
-    let receipt = service.receive_mparticle(Some(&format!("Bearer {DEMO_INBOUND_TOKEN}")), &body).await?;
+    let connection = service.authenticate(Some(&format!("Bearer {DEMO_INBOUND_TOKEN}")))?.to_string();
+    let receipt = service.receive_mparticle(&connection, &body).await?;
     writeln!(out, "   stored as inbound message {}; mapped by flow inbound-coupon-redeemed", receipt.id)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let event = loop {

@@ -2,7 +2,7 @@
 //! `GET /v1/queue`, `POST /v1/queue/{id}/retry` and `DELETE /v1/queue/{id}`. Safe while the service runs.
 
 use crate::server::config::ServeConfig;
-use crate::store::{RunFilter, RunState, SqliteStore, Store};
+use crate::store::{RunFilter, RunState, SqliteStore, Store, parse_states};
 use clap::Subcommand;
 use std::io::Write;
 use std::path::PathBuf;
@@ -61,7 +61,7 @@ pub async fn run(command: QueueCommand, out: &mut dyn Write, err: &mut dyn Write
     match command {
         QueueCommand::List { status, customer, flow, limit, json, store } => {
             let statuses = match status {
-                Some(list) => list.split(',').map(|s| s.trim().parse::<RunState>()).collect::<Result<Vec<_>, _>>()?,
+                Some(list) => parse_states(&list)?,
                 None => vec![RunState::Queued, RunState::Leased, RunState::Held, RunState::Dead],
             };
             let store = store.open().await?;

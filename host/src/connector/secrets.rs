@@ -6,6 +6,14 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
 
+/// Whether a presented token equals a secret one, compared in constant time. Both are hashed first, so the
+/// comparison takes the same time whatever their lengths.
+pub fn token_matches(presented: &str, expected: &SecretString) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    Sha256::digest(presented.as_bytes()).ct_eq(&Sha256::digest(expected.expose_secret().as_bytes())).into()
+}
+
 /// If `value` is a secret reference `{"secret": "NAME"}`, the name.
 pub fn secret_reference(value: &Value) -> Option<&str> {
     match value {

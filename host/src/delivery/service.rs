@@ -6,18 +6,17 @@
 use super::group_commit::{GroupCommit, GroupCommitConfig, GroupCommitError};
 use super::metrics::Metrics;
 use super::{inbound_worker, run_worker};
+use crate::connector::secrets::token_matches;
 use crate::flow::{EmittedEvent, LoadedFlow, Problem, Trigger};
 use crate::inbound::mparticle;
 use crate::store::{ConnectionHold, InboundMessage, NewRun, Store, StoreError};
 use crate::{Host, connector::FieldError};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -383,26 +382,21 @@ impl Service {
             .map(str::trim)
             .filter(|token| !token.is_empty())
             .ok_or(InboundError::Unauthorized)?;
-        // Hashing first makes the comparison independent of the tokens' lengths.
-        let presented = Sha256::digest(presented.as_bytes());
+        // No early exit: every token is compared, whichever matches.
         let mut found = None;
         for connection in &self.shared.inbound {
-            let expected = Sha256::digest(connection.token.expose_secret().as_bytes());
-            if bool::from(presented.ct_eq(&expected)) {
+            if token_matches(presented, &connection.token) {
                 found = Some(connection.name.as_str());
             }
         }
         found.ok_or(InboundError::Unauthorized)
     }
 
-    /// Accepts a message mParticle sent (webhook output or Firehose), authenticated by `authorization`: it is
-    /// checked, recorded durably, and answered; the inbound worker maps it to runs.
-    pub async fn receive_mparticle(
-        &self,
-        authorization: Option<&str>,
-        body: &Value,
-    ) -> Result<InboundReceipt, InboundError> {
-        let connection = self.authenticate(authorization)?.to_string();
+    /// Accepts a message mParticle sent (webhook output or Firehose) for `connection`, as named by
+    /// [`authenticate`](Service::authenticate): it is checked, recorded durably, and answered; the inbound
+    /// worker maps it to runs.
+    pub async fn receive_mparticle(&self, connection: &str, body: &Value) -> Result<InboundReceipt, InboundError> {
+        let connection = connection.to_string();
         if self.shared.active().stopped.values().any(|held| *held == connection) {
             return Err(InboundError::Disconnected(connection));
         }

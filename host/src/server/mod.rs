@@ -18,8 +18,11 @@
 
 pub mod config;
 
+use crate::connector::secrets::token_matches;
 use crate::delivery::{AcceptError, ConnectionError, InboundError, LoyaltyEvent, Service};
-use crate::store::{InboundFilter, InboundState, RunFilter, RunState, StoreError, StoredInbound, StoredRun};
+use crate::store::{
+    InboundFilter, InboundState, RunFilter, RunState, StoreError, StoredInbound, StoredRun, parse_states,
+};
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -27,12 +30,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -89,8 +90,7 @@ async fn require_api_token(State(state): State<ApiState>, request: Request, next
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        let matches = Sha256::digest(presented.as_bytes()).ct_eq(&Sha256::digest(expected.expose_secret().as_bytes()));
-        if !bool::from(matches) {
+        if !token_matches(presented, expected) {
             return error(StatusCode::UNAUTHORIZED, "missing or wrong API token: send `Authorization: Bearer <token>`");
         }
     }
@@ -154,14 +154,15 @@ async fn post_events(State(state): State<ApiState>, body: Body) -> Response {
 async fn inbound_mparticle(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     // Authenticate before reading the body, so an unauthenticated sender costs nothing.
-    if let Err(e) = state.service.authenticate(authorization) {
-        return error(StatusCode::UNAUTHORIZED, e.to_string());
-    }
+    let connection = match state.service.authenticate(authorization) {
+        Ok(connection) => connection.to_string(),
+        Err(e) => return error(StatusCode::UNAUTHORIZED, e.to_string()),
+    };
     let value = match json_body(body, state.max_body_bytes).await {
         Ok(value) => value,
         Err(response) => return response,
     };
-    match state.service.receive_mparticle(authorization, &value).await {
+    match state.service.receive_mparticle(&connection, &value).await {
         Ok(receipt) => match receipt.response {
             Some(response) => (StatusCode::OK, Json(response)).into_response(),
             None => (StatusCode::ACCEPTED, Json(json!({"id": receipt.id}))).into_response(),
@@ -190,11 +191,7 @@ impl RunQuery {
     /// The store filter; the error names a bad status.
     fn filter(self, default_states: &[RunState]) -> Result<RunFilter, String> {
         let statuses = match &self.status {
-            Some(list) => list
-                .split(',')
-                .map(|s| s.trim().parse::<RunState>())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?,
+            Some(list) => parse_states(list).map_err(|e| e.to_string())?,
             None => default_states.to_vec(),
         };
         Ok(RunFilter {
@@ -342,7 +339,7 @@ async fn list_inbound(
         return error(StatusCode::BAD_REQUEST, "bad query: use connection, status, before, limit");
     };
     let statuses = match &query.status {
-        Some(list) => match list.split(',').map(|s| s.trim().parse::<InboundState>()).collect::<Result<Vec<_>, _>>() {
+        Some(list) => match parse_states::<InboundState>(list) {
             Ok(statuses) => statuses,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         },

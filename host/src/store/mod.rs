@@ -221,6 +221,12 @@ impl FromStr for InboundState {
     }
 }
 
+/// States given as a comma-separated list (`dead,queued`), as the API's `?status=` and the CLI's `--status`
+/// take them; the error names the first unknown one.
+pub fn parse_states<T: FromStr<Err = StoreError>>(list: &str) -> Result<Vec<T>, StoreError> {
+    list.split(',').map(|state| state.trim().parse()).collect()
+}
+
 /// A run to enqueue: one flow run for one accepted event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
