@@ -672,3 +672,76 @@ async fn no_secret_appears_in_errors_logs_or_outputs() {
     assert_eq!(all.matches("Unauthorized {").count(), 3, "the wrong secrets were refused: {all}");
     assert!(all.contains("source: Http"), "the HTTP calls were logged: {all}");
 }
+
+fn member_event(member: &str) -> Value {
+    json!({"properties": {"eventName": "point_add", "eventType": "transaction", "payload": {"points": 5},
+                          "identityType": "customer_id", "identityValue": member}})
+}
+
+#[tokio::test]
+async fn concurrent_event_calls_share_bulk_requests_and_keep_their_own_results() {
+    let env = Env::start().await;
+    let c = env.good();
+    assert!(env.connector.batches("triggerMarketingCommunication"));
+    assert!(!env.connector.batches("getAccount"), "Platform API calls are not batched");
+
+    // Forty calls at once from forty runs: the first goes out alone, the rest gather behind it.
+    let inputs: Vec<Value> = (0..40).map(|i| member_event(&format!("m{i}"))).collect();
+    let contexts: Vec<InvocationContext> = (0..40).map(|i| context(&format!("run-{i}/send"), 1)).collect();
+    let calls = inputs
+        .iter()
+        .zip(&contexts)
+        .map(|(input, context)| env.connector.invoke_batched(&c, "triggerMarketingCommunication", input, context));
+    let invocations = futures::future::join_all(calls).await;
+    let mut ids = Vec::new();
+    for invocation in &invocations {
+        assert_no_secrets(invocation);
+        let output = invocation.result.as_ref().unwrap_or_else(|e| panic!("{e}\n{:#?}", invocation.log));
+        assert_eq!(output["batches"], 1);
+        ids.push(output["sourceRequestId"].as_str().unwrap().to_string());
+    }
+    let requests = env.requests("POST /v2/events") + env.requests("POST /v2/bulkevents");
+    assert!(env.requests("POST /v2/bulkevents") >= 1 && requests <= 3, "40 calls took {requests} requests");
+    let recorded = env.batches();
+    assert_eq!(recorded.len(), 40);
+    let mut recorded_ids: Vec<String> =
+        recorded.iter().map(|r| r.batch["source_request_id"].as_str().unwrap().to_string()).collect();
+    recorded_ids.sort();
+    ids.sort();
+    assert_eq!(recorded_ids, ids, "each call's batch carries its own source_request_id");
+    assert!(
+        invocations
+            .iter()
+            .any(|i| i.log.iter().any(|l| l.message.contains("calls") && l.message.contains("/bulkevents")))
+    );
+}
+
+#[tokio::test]
+async fn a_batch_fails_its_bad_calls_alone_and_a_throttled_request_all_of_its_calls() {
+    let env = Env::start().await;
+    let c = env.good();
+    let mut inputs: Vec<Value> = (0..5).map(|i| member_event(&format!("m{i}"))).collect();
+    inputs[2] = json!({"properties": {"eventName": "point_add", "identityValue": "m2", "identityType": "nope"}});
+    let contexts: Vec<InvocationContext> = (0..5).map(|i| context(&format!("run-{i}/send"), 1)).collect();
+    let items: Vec<(&Value, &InvocationContext)> = inputs.iter().zip(&contexts).collect();
+
+    env.emulator.add_fault(FaultRule::status(429).times(1).retry_after(Some(4)).path_prefix("/v2/"));
+    let throttled = env.connector.invoke_batch(&c, "triggerMarketingCommunication", &items).await;
+    assert_eq!(throttled.len(), 5);
+    assert_eq!(throttled[2].result.as_ref().unwrap_err().kind(), ErrorKind::InvalidInput, "refused by the schema");
+    for (i, invocation) in throttled.iter().enumerate().filter(|(i, _)| *i != 2) {
+        let error = invocation.result.as_ref().unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::RateLimited, "call {i}: {error}");
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(4)));
+    }
+    assert!(env.batches().is_empty());
+
+    // The resend of the same calls goes through as one bulk request; a second resend is de-duplicated.
+    for round in 0..2 {
+        let sent = env.connector.invoke_batch(&c, "triggerMarketingCommunication", &items).await;
+        assert!(sent.iter().enumerate().all(|(i, s)| (i == 2) != s.result.is_ok()), "round {round}");
+    }
+    assert_eq!(env.requests("POST /v2/bulkevents"), 3);
+    assert_eq!(env.batches().len(), 4);
+    assert_eq!(env.emulator.stats().duplicates, 4);
+}

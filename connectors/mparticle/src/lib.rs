@@ -1,13 +1,32 @@
 //! The mParticle connector component: a thin adapter between the WIT contract (through the flowhost SDK)
 //! and `mparticle-core`, which holds all the logic. It maps the WIT imports to the core `Host` trait and the
 //! types both ways; nothing else.
+//!
+//! It exports the `batch-connector` world, so the host can hand it many calls at once (`invoke-batch`), which
+//! the core sends to the Events API as `/bulkevents` requests.
 
 use flowhost_connector_sdk::*;
 use mparticle_core as core;
 
+/// Bindings of the `batch-connector` world, sharing the SDK's imports and types.
+#[allow(clippy::too_many_arguments)] // generated code
+mod batch {
+    flowhost_connector_sdk::wit_bindgen::generate!({
+        path: "../../wit/v0.1.0",
+        world: "batch-connector",
+        with: {
+            "flowhost:connector/types@0.1.0": flowhost_connector_sdk::bindings::flowhost::connector::types,
+            "flowhost:connector/http@0.1.0": flowhost_connector_sdk::bindings::flowhost::connector::http,
+            "flowhost:connector/log@0.1.0": flowhost_connector_sdk::bindings::flowhost::connector::log,
+            "flowhost:connector/cache@0.1.0": flowhost_connector_sdk::bindings::flowhost::connector::cache,
+        },
+        runtime_path: "flowhost_connector_sdk::wit_bindgen::rt",
+    });
+}
+
 struct MParticle;
 
-impl Guest for MParticle {
+impl batch::Guest for MParticle {
     fn describe() -> ConnectorInfo {
         let manifest = core::describe();
         ConnectorInfo {
@@ -55,14 +74,54 @@ impl Guest for MParticle {
     ) -> Result<String, ConnectorError> {
         let connection = parse_connection(&connection)?;
         let input = parse_input(&input)?;
-        let context = core::Context {
-            run_id: context.run_id,
-            node_id: context.node_id,
-            idempotency_key: context.idempotency_key,
-            attempt: context.attempt,
-        };
-        let output = core::invoke(&mut WitHost, &capability, &connection, &input, &context).map_err(to_wit)?;
+        let output = core::invoke(&mut WitHost, &capability, &connection, &input, &to_core(context)).map_err(to_wit)?;
         Ok(output.to_string())
+    }
+
+    fn batched_capabilities() -> Vec<String> {
+        core::EVENT_CAPABILITIES.iter().map(|c| c.to_string()).collect()
+    }
+
+    fn invoke_batch(
+        capability: String,
+        connection: String,
+        items: Vec<BatchItem>,
+    ) -> Vec<Result<String, ConnectorError>> {
+        let connection = match parse_connection(&connection) {
+            Ok(connection) => connection,
+            Err(error) => return items.iter().map(|_| Err(error.clone())).collect(),
+        };
+        // Inputs that are not JSON fail alone; the others go through the core together.
+        let mut parsed = Vec::with_capacity(items.len());
+        let mut results: Vec<Option<Result<String, ConnectorError>>> = Vec::with_capacity(items.len());
+        for item in items {
+            match parse_input(&item.input) {
+                Ok(input) => {
+                    parsed.push((input, to_core(item.context)));
+                    results.push(None);
+                }
+                Err(error) => results.push(Some(Err(error))),
+            }
+        }
+        let mut outputs = core::invoke_batch(&mut WitHost, &capability, &connection, &parsed).into_iter();
+        results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| match outputs.next().expect("one output per parsed input") {
+                    Ok(output) => Ok(output.to_string()),
+                    Err(error) => Err(to_wit(error)),
+                })
+            })
+            .collect()
+    }
+}
+
+fn to_core(context: InvocationContext) -> core::Context {
+    core::Context {
+        run_id: context.run_id,
+        node_id: context.node_id,
+        idempotency_key: context.idempotency_key,
+        attempt: context.attempt,
     }
 }
 
@@ -135,4 +194,4 @@ fn to_wit(error: core::Error) -> ConnectorError {
     }
 }
 
-export_connector!(MParticle);
+batch::export!(MParticle with_types_in batch);

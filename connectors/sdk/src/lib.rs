@@ -41,7 +41,8 @@ pub use bindings::flowhost::connector::cache;
 pub use bindings::flowhost::connector::http::{self, HttpError, Request, Response};
 pub use bindings::flowhost::connector::log::{self, Level};
 pub use bindings::flowhost::connector::types::{
-    Capability, ConnectionProperty, ConnectorError, ConnectorInfo, Failure, FieldError, InvocationContext, RateLimit,
+    BatchItem, Capability, ConnectionProperty, ConnectorError, ConnectorInfo, Failure, FieldError, InvocationContext,
+    RateLimit,
 };
 pub use bindings::{Guest, export_connector};
 

@@ -12,3 +12,20 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::flowhost::connector::{cache, http, log, types};
+
+/// The `batch-connector` world: `connector` plus `invoke-batch`. Its imports and types are the ones above, so
+/// one linker serves both worlds; a component gets these bindings only when it exports `invoke-batch`.
+pub mod batch {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.1.0",
+        world: "batch-connector",
+        imports: { default: trappable },
+        exports: { default: async },
+        with: {
+            "flowhost:connector/types": super::types,
+            "flowhost:connector/http": super::http,
+            "flowhost:connector/log": super::log,
+            "flowhost:connector/cache": super::cache,
+        },
+    });
+}

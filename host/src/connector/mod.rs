@@ -1,6 +1,7 @@
 //! Connectors: WebAssembly components that the host loads, describes, validates input for and invokes in
 //! a sandbox. See `wit/v0.1.0/connector.wit` for the contract.
 
+mod batcher;
 mod bindings;
 pub mod component_cache;
 pub mod egress;
@@ -14,6 +15,7 @@ mod runtime;
 pub mod sandbox;
 pub mod secrets;
 
+pub use batcher::MAX_BATCH;
 pub use component_cache::LoadSource;
 pub use error::{ConfigError, ErrorKind, FieldError, InvokeError, LoadError};
 pub use http_client::{FetchError, FetchRequest, FetchResponse, HttpLimits, HttpTransport, TransportFuture};

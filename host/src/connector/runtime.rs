@@ -2,6 +2,7 @@
 //! sets up connections (config validated, secrets resolved, egress policy built), and invokes capabilities
 //! in a fresh sandboxed instance each time.
 
+use super::batcher::Batcher;
 use super::bindings;
 use super::component_cache::{DiskCache, LoadSource, compile_or_load, content_hash, default_cache_dir};
 use super::egress::{EgressPolicy, HostPattern};
@@ -164,6 +165,17 @@ impl Runtime {
                 .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         let instance_pre =
             self.inner.linker.instantiate_pre(&component).map_err(|e| LoadError::Contract(format!("{e:#}")))?;
+        // A component that also exports `invoke-batch` (the `batch-connector` world) gets calls in batches.
+        let batch_pre = bindings::batch::BatchConnectorPre::new(instance_pre.clone()).ok();
+        let batched_capabilities = match &batch_pre {
+            None => Vec::new(),
+            Some(batch_pre) => run_sandboxed(&self.inner, batch_pre, deny_all_scope(), |instance, store| {
+                Box::pin(instance.call_batched_capabilities(store))
+            })
+            .await
+            .result
+            .map_err(|e| LoadError::Describe(format!("batched-capabilities: {e}")))?,
+        };
         let pre = bindings::ConnectorPre::new(instance_pre).map_err(|e| LoadError::Contract(format!("{e:#}")))?;
 
         let describe = run_sandboxed(&self.inner, &pre, deny_all_scope(), |instance, store| {
@@ -179,6 +191,8 @@ impl Runtime {
             manifest,
             validators,
             pre,
+            batch_pre: batch_pre.filter(|_| !batched_capabilities.is_empty()),
+            batched_capabilities,
             load_source: source,
             load_time,
         });
@@ -196,6 +210,10 @@ pub struct Connector {
     manifest: Manifest,
     validators: Validators,
     pre: bindings::ConnectorPre<StoreState>,
+    /// Present when the component exports `invoke-batch`.
+    batch_pre: Option<bindings::batch::BatchConnectorPre<StoreState>>,
+    /// The capabilities whose calls are batched (from `batched-capabilities`).
+    batched_capabilities: Vec<String>,
     load_source: LoadSource,
     load_time: Duration,
 }
@@ -225,6 +243,8 @@ pub struct Connection {
     egress: Arc<EgressPolicy>,
     cache_scope: String,
     redactor: Arc<Redactor>,
+    /// Gathers concurrent calls on this connection into batches.
+    batcher: Batcher,
 }
 
 impl std::fmt::Debug for Connection {
@@ -343,6 +363,7 @@ impl Connector {
             egress: Arc::new(EgressPolicy { connector_hosts, connection_hosts, allow_private: options.allow_private }),
             cache_scope: hex::encode(hasher.finalize()),
             redactor: Arc::new(Redactor::new(secret_values)),
+            batcher: Batcher::default(),
         })
     }
 
@@ -381,21 +402,86 @@ impl Connector {
         let config = connection.resolved_config.expose_secret().to_string();
         let input = serde_json::to_string(input).expect("a JSON value always serialises");
         let capability = capability.to_string();
-        let context = bindings::types::InvocationContext {
-            run_id: context.run_id.clone(),
-            node_id: context.node_id.clone(),
-            idempotency_key: context.idempotency_key.clone(),
-            attempt: context.attempt,
-        };
+        let context = wit_context(context);
         let outcome = run_sandboxed(&self.runtime, &self.pre, self.scope(connection), move |instance, store| {
             Box::pin(async move { instance.call_invoke(store, &capability, &config, &input, &context).await })
         })
         .await;
-        flatten(outcome, connection.redactor(), |output| {
-            serde_json::from_str(&output).map_err(|e| InvokeError::Crashed {
-                message: format!("the connector broke the contract: its output is not valid JSON ({e})"),
-            })
+        flatten(outcome, connection.redactor(), parse_output)
+    }
+
+    /// Whether concurrent calls of `capability` share invocations (`invoke-batch`): the component exports the
+    /// `batch-connector` world and lists the capability in `batched-capabilities`.
+    pub fn batches(&self, capability: &str) -> bool {
+        self.batch_pre.is_some() && self.batched_capabilities.iter().any(|c| c == capability)
+    }
+
+    /// Invokes a capability like [`Connector::invoke`], but shares one invocation (`invoke-batch`) with the
+    /// calls of the same capability on the same connection that are waiting at the same moment, when the
+    /// connector supports it. Each call keeps its own input, context and result; the log and duration are the
+    /// shared invocation's. A call that finds nothing to share with is a plain `invoke`.
+    pub async fn invoke_batched(
+        &self,
+        connection: &Connection,
+        capability: &str,
+        input: &Value,
+        context: &InvocationContext,
+    ) -> Invocation {
+        if !self.batches(capability) {
+            return self.invoke(connection, capability, input, context).await;
+        }
+        connection.batcher.call(self, connection, capability, input, context).await
+    }
+
+    /// Invokes a capability once for each `(input, context)` item: one `invoke-batch` for the items whose
+    /// input is valid when the capability [is batched](Connector::batches), else (or for a single item) one
+    /// `invoke` each. Returns one invocation per item, in order.
+    pub async fn invoke_batch(
+        &self,
+        connection: &Connection,
+        capability: &str,
+        items: &[(&Value, &InvocationContext)],
+    ) -> Vec<Invocation> {
+        let Some(batch_pre) = self.batch_pre.as_ref().filter(|_| self.batches(capability)) else {
+            let mut results = Vec::with_capacity(items.len());
+            for (input, context) in items {
+                results.push(self.invoke(connection, capability, input, context).await);
+            }
+            return results;
+        };
+        let mut results: Vec<Option<Invocation>> = Vec::with_capacity(items.len());
+        let mut batch = Vec::new();
+        for (input, context) in items {
+            match self.validate_input(capability, input) {
+                Ok(()) => {
+                    batch.push(bindings::types::BatchItem {
+                        input: serde_json::to_string(input).expect("a JSON value always serialises"),
+                        context: wit_context(context),
+                    });
+                    results.push(None);
+                }
+                Err(error) => {
+                    results.push(Some(Invocation { result: Err(error), log: Vec::new(), duration: Duration::ZERO }))
+                }
+            }
+        }
+        if let [(input, context)] = items
+            && !batch.is_empty()
+        {
+            return vec![self.invoke(connection, capability, input, context).await];
+        }
+        let sent = batch.len();
+        let config = connection.resolved_config.expose_secret().to_string();
+        let capability = capability.to_string();
+        let outcome = run_sandboxed(&self.runtime, batch_pre, self.scope(connection), move |instance, store| {
+            Box::pin(async move { instance.call_invoke_batch(store, &capability, &config, &batch).await })
         })
+        .await;
+        let mut outputs = split_batch(outcome, sent, connection.redactor()).into_iter();
+        results
+            .into_iter()
+            .map(|result| result.unwrap_or_else(|| outputs.next().expect("one result per item sent")))
+            .collect()
     }
 
     /// Creates a fresh instance and drops it without calling anything: the fixed cost of every invocation,
@@ -412,6 +498,53 @@ impl Connector {
             redactor: connection.redactor.clone(),
         }
     }
+}
+
+fn wit_context(context: &InvocationContext) -> bindings::types::InvocationContext {
+    bindings::types::InvocationContext {
+        run_id: context.run_id.clone(),
+        node_id: context.node_id.clone(),
+        idempotency_key: context.idempotency_key.clone(),
+        attempt: context.attempt,
+    }
+}
+
+fn parse_output(output: String) -> Result<Value, InvokeError> {
+    serde_json::from_str(&output).map_err(|e| InvokeError::Crashed {
+        message: format!("the connector broke the contract: its output is not valid JSON ({e})"),
+    })
+}
+
+/// One invocation per item of a batch: each item's own result, and the batch's log and duration. A batch
+/// that failed as a whole (a trap, a timeout) or broke the contract fails every item.
+fn split_batch(
+    outcome: Outcome<Vec<Result<String, bindings::types::ConnectorError>>>,
+    items: usize,
+    redactor: &Redactor,
+) -> Vec<Invocation> {
+    let Outcome { result, log, duration, denied_egress } = outcome;
+    let results: Vec<Result<Value, InvokeError>> = match result {
+        Ok(results) if results.len() == items => results
+            .into_iter()
+            .map(|result| {
+                flatten(
+                    Outcome { result: Ok(result), log: Vec::new(), duration, denied_egress: denied_egress.clone() },
+                    redactor,
+                    parse_output,
+                )
+                .result
+            })
+            .collect(),
+        Ok(results) => {
+            let message = format!(
+                "the connector broke the contract: invoke-batch returned {} results for {items} items",
+                results.len()
+            );
+            (0..items).map(|_| Err(InvokeError::Crashed { message: message.clone() })).collect()
+        }
+        Err(error) => (0..items).map(|_| Err(error.clone())).collect(),
+    };
+    results.into_iter().map(|result| Invocation { result, log: log.clone(), duration }).collect()
 }
 
 fn deny_all_scope() -> ConnectionScope {
@@ -466,17 +599,33 @@ fn connector_error(error: bindings::types::ConnectorError, redactor: &Redactor) 
 
 type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>;
 
+/// The pre-instantiated bindings of one world (`connector` or `batch-connector`).
+trait WorldPre: Sync {
+    type Instance: Send + Sync;
+    fn instantiate<'a>(&'a self, store: &'a mut Store<StoreState>) -> CallFuture<'a, Self::Instance>;
+}
+
+impl WorldPre for bindings::ConnectorPre<StoreState> {
+    type Instance = bindings::Connector;
+    fn instantiate<'a>(&'a self, store: &'a mut Store<StoreState>) -> CallFuture<'a, Self::Instance> {
+        Box::pin(self.instantiate_async(store))
+    }
+}
+
+impl WorldPre for bindings::batch::BatchConnectorPre<StoreState> {
+    type Instance = bindings::batch::BatchConnector;
+    fn instantiate<'a>(&'a self, store: &'a mut Store<StoreState>) -> CallFuture<'a, Self::Instance> {
+        Box::pin(self.instantiate_async(store))
+    }
+}
+
 /// Runs one call in a fresh instance from the pool, under the memory limit, the epoch deadline and the
 /// wall-clock timeout. A trap or a timeout drops the instance; the runtime goes on serving.
-async fn run_sandboxed<R, F>(
-    runtime: &RuntimeInner,
-    pre: &bindings::ConnectorPre<StoreState>,
-    scope: ConnectionScope,
-    call: F,
-) -> Outcome<R>
+async fn run_sandboxed<P, R, F>(runtime: &RuntimeInner, pre: &P, scope: ConnectionScope, call: F) -> Outcome<R>
 where
+    P: WorldPre,
     R: Send,
-    F: for<'a> FnOnce(&'a bindings::Connector, &'a mut Store<StoreState>) -> CallFuture<'a, R> + Send,
+    F: for<'a> FnOnce(&'a P::Instance, &'a mut Store<StoreState>) -> CallFuture<'a, R> + Send,
 {
     let _slot = runtime.slots.acquire().await.expect("the instance semaphore is never closed");
     let started = Instant::now();
@@ -488,7 +637,7 @@ where
     store.epoch_deadline_trap();
 
     let called = tokio::time::timeout(limits.timeout, async {
-        let instance = pre.instantiate_async(&mut store).await?;
+        let instance = pre.instantiate(&mut store).await?;
         call(&instance, &mut store).await
     })
     .await;
@@ -530,4 +679,49 @@ fn panic_message(stderr: &str) -> Option<String> {
     let location = location.split("panicked at").nth(1).unwrap_or_default().trim().trim_end_matches(':');
     let message: Vec<&str> = lines.take_while(|line| !line.starts_with("note:")).collect();
     Some(format!("panicked at {location}: {}", message.join(" ").trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bindings::types::ConnectorError;
+
+    fn outcome(
+        result: Result<Vec<Result<String, ConnectorError>>, InvokeError>,
+    ) -> Outcome<Vec<Result<String, ConnectorError>>> {
+        let log =
+            vec![LogLine { at_ms: 1, level: LogLevel::Info, source: LogSource::Connector, message: "sent".into() }];
+        Outcome { result, log, duration: Duration::from_millis(3), denied_egress: None }
+    }
+
+    #[test]
+    fn a_batch_gives_each_item_its_own_result_and_the_shared_log() {
+        let results = vec![Ok("{\"n\":1}".to_string()), Err(ConnectorError::Transient("busy".into()))];
+        let split = split_batch(outcome(Ok(results)), 2, &Redactor::default());
+        assert_eq!(split[0].result.as_ref().unwrap(), &serde_json::json!({"n": 1}));
+        assert_eq!(split[1].result.as_ref().unwrap_err().kind(), super::super::ErrorKind::Transient);
+        assert!(split.iter().all(|i| i.log.len() == 1 && i.duration == Duration::from_millis(3)));
+    }
+
+    #[test]
+    fn a_batch_with_the_wrong_number_of_results_breaks_the_contract_for_every_item() {
+        let split = split_batch(outcome(Ok(vec![Ok("{}".to_string())])), 3, &Redactor::default());
+        assert_eq!(split.len(), 3);
+        for invocation in split {
+            let error = invocation.result.unwrap_err();
+            assert!(error.to_string().contains("returned 1 results for 3 items"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_batch_that_trapped_fails_every_item_with_the_trap() {
+        let split = split_batch(outcome(Err(InvokeError::Timeout { after_ms: 10 })), 2, &Redactor::default());
+        assert!(split.iter().all(|i| matches!(i.result, Err(InvokeError::Timeout { after_ms: 10 }))));
+    }
+
+    #[test]
+    fn output_that_is_not_json_breaks_the_contract() {
+        let split = split_batch(outcome(Ok(vec![Ok("not json".to_string())])), 1, &Redactor::default());
+        assert!(split[0].result.as_ref().unwrap_err().to_string().contains("not valid JSON"));
+    }
 }

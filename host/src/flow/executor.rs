@@ -506,7 +506,7 @@ impl LoadedFlow {
                 attempt,
             };
             let started_ms = state.elapsed_ms();
-            let invocation = connector.invoke(connection, capability, input, &context).await;
+            let invocation = connector.invoke_batched(connection, capability, input, &context).await;
             trace.log.extend(invocation.log);
             let mut record = Attempt {
                 attempt,

@@ -92,25 +92,81 @@ pub fn invoke(
     context: &Context,
 ) -> Result<Value, Error> {
     let config = Config::parse(connection)?;
-    if context.attempt > 1 {
-        host.log(Level::Info, &format!("{capability}: attempt {}", context.attempt));
+    invoke_with(host, &config, capability, input, context)
+}
+
+/// Runs one capability for each `(input, context)` item and returns one result per item, in order. The
+/// connection is parsed once. The Events API capabilities send every item's batches together, in as few
+/// `/bulkevents` requests as mParticle's limits allow (see [`events::send_together`]); an item whose input is
+/// wrong fails alone and is not sent. Other capabilities run item by item.
+pub fn invoke_batch(
+    host: &mut dyn Host,
+    capability: &str,
+    connection: &Value,
+    items: &[(Value, Context)],
+) -> Vec<Result<Value, Error>> {
+    let config = match Config::parse(connection) {
+        Ok(config) => config,
+        Err(error) => return vec![Err(error); items.len()],
+    };
+    if !EVENT_CAPABILITIES.contains(&capability) {
+        return items.iter().map(|(input, context)| invoke_with(host, &config, capability, input, context)).collect();
     }
+    if let Err(error) = config.require_events() {
+        return vec![Err(error); items.len()];
+    }
+    log_retries(host, capability, items.iter().map(|(_, context)| context));
+    let payloads: Vec<Result<EventsPayload, Error>> = items
+        .iter()
+        .map(|(input, context)| build_events_payload(capability, input, config.environment, &context.idempotency_key))
+        .collect();
+    let valid: Vec<&EventsPayload> = payloads.iter().filter_map(|p| p.as_ref().ok()).collect();
+    let mut sent = events::send_together(host, &config, capability, &valid).into_iter();
+    payloads
+        .into_iter()
+        .map(|payload| match payload {
+            Ok(_) => sent.next().expect("one result per payload sent"),
+            Err(error) => Err(error),
+        })
+        .collect()
+}
+
+/// The capabilities that send batches to the Events API: the ones worth batching.
+pub const EVENT_CAPABILITIES: [&str; 3] = ["uploadEventBatch", "triggerMarketingCommunication", "syncUserAttributes"];
+
+fn invoke_with(
+    host: &mut dyn Host,
+    config: &Config,
+    capability: &str,
+    input: &Value,
+    context: &Context,
+) -> Result<Value, Error> {
+    log_retries(host, capability, [context]);
     match capability {
         "createAccount"
         | "getAccount"
         | "updateAccount"
         | "deleteAccount"
         | "getAudiences"
-        | "getCalculatedAttributes" => platform::invoke(host, &config, capability, input),
-        "uploadEventBatch" | "triggerMarketingCommunication" | "syncUserAttributes" => {
+        | "getCalculatedAttributes" => platform::invoke(host, config, capability, input),
+        _ if EVENT_CAPABILITIES.contains(&capability) => {
             config.require_events()?;
             let payload = build_events_payload(capability, input, config.environment, &context.idempotency_key)?;
-            events::send(host, &config, capability, &payload)
+            events::send(host, config, capability, &payload)
         }
         other => Err(Error::invalid_input(
             "",
             format!("unknown capability {other:?}; the mParticle connector offers {}", CAPABILITY_IDS.join(", ")),
         )),
+    }
+}
+
+/// Notes in the log which calls are retries.
+fn log_retries<'a>(host: &mut dyn Host, capability: &str, contexts: impl IntoIterator<Item = &'a Context>) {
+    for context in contexts {
+        if context.attempt > 1 {
+            host.log(Level::Info, &format!("{capability}: attempt {} of {}", context.attempt, context.idempotency_key));
+        }
     }
 }
 
