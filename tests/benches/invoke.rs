@@ -25,6 +25,8 @@ const EVENTS_API_URL: &str = "https://s2s.us1.mparticle.com/v2";
 const API_KEY: &str = "bench-api-key";
 const API_SECRET: &str = "bench-api-secret";
 const CAPABILITY: &str = "triggerMarketingCommunication";
+/// Calls per batched invocation in the batch benchmarks.
+const BATCH: usize = 50;
 
 /// The input of the Antavo `point_add` use case.
 fn input() -> Value {
@@ -142,6 +144,35 @@ fn bench(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    // Fifty calls sharing one invocation (`invoke-batch`, one `/bulkevents` request), as concurrent flow runs
+    // on one connection do; the summary divides by fifty.
+    let contexts: Vec<InvocationContext> =
+        (0..BATCH).map(|i| InvocationContext { idempotency_key: format!("run-{i}/send"), ..context.clone() }).collect();
+    let items: Vec<(&Value, &InvocationContext)> = contexts.iter().map(|c| (&input, c)).collect();
+    let native_items: Vec<(Value, Context)> = contexts
+        .iter()
+        .map(|c| (input.clone(), Context { idempotency_key: c.idempotency_key.clone(), ..native_context.clone() }))
+        .collect();
+    let before = transport.requests.load(Ordering::Relaxed);
+    let outputs = tokio.block_on(mparticle.invoke_batch(&connection, CAPABILITY, &items));
+    assert!(outputs.iter().all(|o| o.result.as_ref().is_ok_and(|v| v["endpoint"] == "bulkevents")));
+    assert_eq!(transport.requests.load(Ordering::Relaxed), before + 1, "fifty calls, one request");
+    group.bench_function("wasm_batch_of_50", |b| {
+        b.to_async(&tokio).iter(|| async {
+            let invocations = mparticle.invoke_batch(&connection, CAPABILITY, &items).await;
+            assert!(invocations.iter().all(|i| i.result.is_ok()));
+            invocations
+        })
+    });
+    group.bench_function("native_batch_of_50", |b| {
+        b.iter(|| {
+            host.log.clear();
+            let results =
+                mparticle_core::invoke_batch(&mut host, CAPABILITY, black_box(&native_connection), &native_items);
+            assert!(results.iter().all(Result::is_ok));
+            results
+        })
+    });
     group.bench_function("wasm_instantiate_only", |b| {
         b.to_async(&tokio).iter(|| async { mparticle.instantiate_only().await.unwrap() })
     });
@@ -183,6 +214,8 @@ fn print_summary() {
         "mparticle/native_trigger_marketing_communication",
         "mparticle/wasm_instantiate_only",
         "echo/wasm_invoke",
+        "mparticle/wasm_batch_of_50",
+        "mparticle/native_batch_of_50",
     ];
     let medians: Vec<Option<f64>> = ids.iter().map(|id| median_ns(&dir, id)).collect();
     println!("\nmedians (criterion estimates in {}):", dir.display());
@@ -194,6 +227,15 @@ fn print_summary() {
     }
     if let (Some(wasm), Some(native)) = (medians[0], medians[1]) {
         println!("  wasm/native: {:.2}x (targets: wasm median <= 25 µs, <= 3x native)", wasm / native);
+    }
+    if let (Some(wasm), Some(native)) = (medians[4], medians[5]) {
+        let (wasm, native) = (wasm / BATCH as f64, native / BATCH as f64);
+        println!(
+            "  batched, per call: wasm {:.2} µs, native {:.2} µs, {:.2}x",
+            wasm / 1000.0,
+            native / 1000.0,
+            wasm / native
+        );
     }
 }
 

@@ -745,3 +745,31 @@ async fn a_batch_fails_its_bad_calls_alone_and_a_throttled_request_all_of_its_ca
     assert_eq!(env.batches().len(), 4);
     assert_eq!(env.emulator.stats().duplicates, 4);
 }
+
+#[tokio::test]
+async fn a_call_whose_batch_was_stopped_midway_is_told_to_retry() {
+    let env = Env::start().await;
+    let connection = Arc::new(env.good());
+    // Every request stalls, so that batches are in flight long enough to be stopped.
+    env.emulator.add_fault(FaultRule::stall(800).times(2).path_prefix("/v2/"));
+    let call = |key: &str| {
+        let (connector, connection) = (env.connector.clone(), connection.clone());
+        let (input, context) = (member_event(key), context(&format!("{key}/send"), 1));
+        tokio::spawn(async move {
+            connector.invoke_batched(&connection, "triggerMarketingCommunication", &input, &context).await
+        })
+    };
+    let first = call("a");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // b and c gather behind a's request; b, first in line, sends both, and is stopped while it waits.
+    let sender = call("b");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let passenger = call("c");
+    assert!(first.await.unwrap().result.is_ok());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sender.abort();
+    let error = passenger.await.unwrap().result.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Transient, "{error}");
+    assert!(error.to_string().contains("stopped before it finished"), "{error}");
+    assert_eq!(env.requests("POST /v2/bulkevents"), 1, "b and c went out together");
+}

@@ -51,10 +51,8 @@ impl Batcher {
         lock(&queue.pending).push(Pending { input: input.clone(), context: context.clone(), reply });
         loop {
             let turn = queue.turns.acquire().await.expect("the semaphore is never closed");
-            match answer.try_recv() {
-                Ok(invocation) => return invocation,
-                Err(oneshot::error::TryRecvError::Closed) => return cancelled(),
-                Err(oneshot::error::TryRecvError::Empty) => {}
+            if let Some(invocation) = answered(&mut answer) {
+                return invocation;
             }
             let batch: Vec<Pending> = {
                 let mut pending = lock(&queue.pending);
@@ -74,6 +72,10 @@ impl Batcher {
                 let _ = pending.reply.send(invocation);
             }
             drop(turn);
+            // Ours was in that batch, unless more than MAX_BATCH calls were queued ahead of it.
+            if let Some(invocation) = answered(&mut answer) {
+                return invocation;
+            }
         }
     }
 
@@ -85,6 +87,15 @@ impl Batcher {
         let queue = Arc::new(Queue { pending: Mutex::new(Vec::new()), turns: Semaphore::new(TURNS) });
         queues.insert(capability.to_string(), queue.clone());
         queue
+    }
+}
+
+/// The call's answer, if its batch has finished (or was dropped).
+fn answered(answer: &mut oneshot::Receiver<Invocation>) -> Option<Invocation> {
+    match answer.try_recv() {
+        Ok(invocation) => Some(invocation),
+        Err(oneshot::error::TryRecvError::Closed) => Some(cancelled()),
+        Err(oneshot::error::TryRecvError::Empty) => None,
     }
 }
 
