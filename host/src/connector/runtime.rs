@@ -442,6 +442,10 @@ impl Connector {
         capability: &str,
         items: &[(&Value, &InvocationContext)],
     ) -> Vec<Invocation> {
+        // One item (the batcher's common case on a quiet connection) is a plain `invoke`, validated there.
+        if let [(input, context)] = items {
+            return vec![self.invoke(connection, capability, input, context).await];
+        }
         let Some(batch_pre) = self.batch_pre.as_ref().filter(|_| self.batches(capability)) else {
             let mut results = Vec::with_capacity(items.len());
             for (input, context) in items {
@@ -465,10 +469,9 @@ impl Connector {
                 }
             }
         }
-        if let [(input, context)] = items
-            && !batch.is_empty()
-        {
-            return vec![self.invoke(connection, capability, input, context).await];
+        if batch.is_empty() {
+            // Every input was refused: nothing to instantiate for.
+            return results.into_iter().flatten().collect();
         }
         let sent = batch.len();
         let config = connection.resolved_config.expose_secret().to_string();
