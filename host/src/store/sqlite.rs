@@ -100,6 +100,55 @@ const SWEEP_HELD_INBOUND: &str = "UPDATE inbound SET status = 'held', lease_unti
      WHERE status = 'leased' AND next_attempt_at <= ?1 \
        AND connection IN (SELECT connection FROM held_connections)";
 
+/// The statuses of an open run (one that holds its key's order), as in the partial index `runs_open_by_key`.
+macro_rules! open_statuses {
+    () => {
+        "('queued', 'leased', 'held', 'dead')"
+    };
+}
+
+/// Re-marks the heads of the ordering keys in ?1 (a JSON array): each key's head is its smallest open `seq`, or
+/// none. Every statement that closes or reopens runs is followed by these two, for the runs' keys (migration
+/// 0003). The first clears a mark that is no longer on the smallest open run (a reopened older run takes over);
+/// the second marks the smallest open run. Each costs an index probe per key, and writes only rows that change.
+const REHEAD_KEYS: [&str; 2] = [
+    concat!(
+        "UPDATE runs SET head = 0 \
+         WHERE head = 1 AND ordering_key IN (SELECT value FROM json_each(?1)) \
+           AND seq IS NOT (SELECT MIN(o.seq) FROM runs o WHERE o.ordering_key = runs.ordering_key \
+                                                      AND o.status IN ",
+        open_statuses!(),
+        ")"
+    ),
+    concat!(
+        "UPDATE runs SET head = 1 \
+         WHERE head = 0 AND seq IN (SELECT (SELECT MIN(o.seq) FROM runs o WHERE o.ordering_key = k.value \
+                                                                     AND o.status IN ",
+        open_statuses!(),
+        ") FROM json_each(?1) k)"
+    ),
+];
+
+/// The keys among ?1 (a JSON array) that have a head, that is, an open run.
+const KEYS_WITH_HEAD: &str = "SELECT k.value FROM json_each(?1) k \
+     WHERE EXISTS (SELECT 1 FROM runs r INDEXED BY runs_head_by_key WHERE r.ordering_key = k.value AND r.head = 1)";
+
+/// The runs among ?1 (a JSON array of `[flow id, dedup key]`) that are already stored.
+const KNOWN_DEDUP_KEYS: &str = "SELECT j.value ->> 0, j.value ->> 1, r.id FROM json_each(?1) j \
+     JOIN runs r ON r.flow_id = j.value ->> 0 AND r.dedup_key = j.value ->> 1";
+
+/// Runs [`REHEAD_KEYS`] for `keys`.
+async fn rehead(conn: &mut SqliteConnection, keys: &[&str], operation: &'static str) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let keys = Value::from(keys).to_string();
+    for sql in REHEAD_KEYS {
+        sqlx::query(sql).bind(keys.as_str()).execute(&mut *conn).await.map_err(db(operation))?;
+    }
+    Ok(())
+}
+
 /// The embedded SQLite [`Store`].
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -364,12 +413,14 @@ struct Fresh<'a> {
     id: String,
     status: RunState,
     connections: Vec<&'a str>,
+    /// The first open run of its key: the key had none before this batch, and no earlier run of the batch has it.
+    head: bool,
 }
 
 /// Inserts runs inside the caller's write transaction and returns their ids, in order (the existing id for a
 /// run whose dedup key its flow already has, in the store or earlier in `runs`). Runs go in with multi-row
-/// `INSERT`s, in order, so their `seq` follows their order in `runs` and a batch of hundreds of runs costs a
-/// handful of statements.
+/// `INSERT`s, in order, so their `seq` follows their order in `runs`, and the dedup keys and key heads are looked
+/// up once for the whole batch: a batch of hundreds of runs costs a handful of statements.
 async fn insert_runs(conn: &mut SqliteConnection, runs: &[NewRun], now: i64) -> Result<Vec<String>, StoreError> {
     const OP: &str = "enqueuing runs";
     let held: HashSet<String> = sqlx::query_scalar("SELECT connection FROM held_connections")
@@ -378,41 +429,57 @@ async fn insert_runs(conn: &mut SqliteConnection, runs: &[NewRun], now: i64) -> 
         .map_err(db(OP))?
         .into_iter()
         .collect();
+    let dedup_keys: Vec<Value> = runs
+        .iter()
+        .filter_map(|run| Some(Value::from(vec![run.flow_id.as_str(), run.dedup_key.as_deref()?])))
+        .collect();
+    let mut keyed: HashMap<(String, String), String> = if dedup_keys.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query_as::<_, (String, String, String)>(KNOWN_DEDUP_KEYS)
+            .bind(Value::from(dedup_keys).to_string())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db(OP))?
+            .into_iter()
+            .map(|(flow_id, dedup_key, id)| ((flow_id, dedup_key), id))
+            .collect()
+    };
+    let ordering_keys: Vec<&str> = runs.iter().map(|run| run.ordering_key.as_str()).collect();
+    let mut has_head: HashSet<String> = sqlx::query_scalar(KEYS_WITH_HEAD)
+        .bind(Value::from(ordering_keys).to_string())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db(OP))?
+        .into_iter()
+        .collect();
     let mut ids = Vec::with_capacity(runs.len());
     let mut fresh = Vec::with_capacity(runs.len());
-    let mut keyed: HashMap<(&str, &str), String> = HashMap::new();
     for run in runs {
-        if let Some(key) = run.dedup_key.as_deref() {
-            let known = match keyed.get(&(run.flow_id.as_str(), key)) {
-                Some(id) => Some(id.clone()),
-                None => sqlx::query_scalar("SELECT id FROM runs WHERE flow_id = ?1 AND dedup_key = ?2")
-                    .bind(run.flow_id.as_str())
-                    .bind(key)
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(db(OP))?,
-            };
-            if let Some(id) = known {
-                ids.push(id);
-                continue;
-            }
+        let dedup = run.dedup_key.as_ref().map(|key| (run.flow_id.clone(), key.clone()));
+        if let Some(id) = dedup.as_ref().and_then(|dedup| keyed.get(dedup)) {
+            ids.push(id.clone());
+            continue;
         }
         let mut seen = HashSet::new();
         let connections: Vec<&str> =
             run.connections.iter().map(String::as_str).filter(|name| seen.insert(*name)).collect();
         let status =
             if connections.iter().any(|name| held.contains(*name)) { RunState::Held } else { RunState::Queued };
-        let id = uuid::Uuid::new_v4().to_string();
-        if let Some(key) = run.dedup_key.as_deref() {
-            keyed.insert((run.flow_id.as_str(), key), id.clone());
+        // Both states are open, so the run is its key's head if the key has no open run yet.
+        let head = has_head.insert(run.ordering_key.clone());
+        // Time-ordered (v7), so new ids land at the end of the id index instead of on a random page.
+        let id = uuid::Uuid::now_v7().to_string();
+        if let Some(dedup) = dedup {
+            keyed.insert(dedup, id.clone());
         }
         ids.push(id.clone());
-        fresh.push(Fresh { run, id, status, connections });
+        fresh.push(Fresh { run, id, status, connections, head });
     }
     for chunk in fresh.chunks(ROWS_PER_INSERT) {
         let mut insert = QueryBuilder::<Sqlite>::new(
             "INSERT INTO runs (id, flow_id, flow_version, connections, ordering_key, customer, dedup_key, event, \
-             status, next_attempt_at, created_at, updated_at) ",
+             status, next_attempt_at, created_at, updated_at, head) ",
         );
         insert.push_values(chunk, |mut row, new| {
             row.push_bind(new.id.clone())
@@ -426,7 +493,8 @@ async fn insert_runs(conn: &mut SqliteConnection, runs: &[NewRun], now: i64) -> 
                 .push_bind(new.status.as_str())
                 .push_bind(now)
                 .push_bind(now)
-                .push_bind(now);
+                .push_bind(now)
+                .push_bind(i64::from(new.head));
         });
         // RETURNING rows come in no promised order: match them by id.
         insert.push(" RETURNING id, seq");
@@ -490,34 +558,62 @@ async fn lease_lost(conn: &mut SqliteConnection, table: Leased, lease: &Lease) -
     }
 }
 
-/// The fenced update that completes a run; false when the lease is lost.
-async fn complete_run(
+/// The fenced updates of a batch of completions, in one statement. ?1 is a JSON array of `[id, worker, token,
+/// status, trace, error or null]`, ?2 now. Completing closes a run, so its head mark is cleared here and the
+/// caller re-marks the keys ([`rehead`]). The unary `+` keeps the planner from reading every leased run through
+/// `runs_due` and scanning the batch for each: the batch is walked and each run found by its id.
+const COMPLETE_RUNS: &str = "UPDATE runs SET status = c.value ->> 3, head = 0, trace = c.value ->> 4, \
+     last_error = COALESCE(c.value ->> 5, last_error), lease_until = NULL, updated_at = ?2 \
+     FROM json_each(?1) c \
+     WHERE runs.id = c.value ->> 0 AND +runs.status = 'leased' AND runs.lease_owner = c.value ->> 1 \
+       AND runs.leases = c.value ->> 2 \
+     RETURNING runs.id, runs.lease_owner, runs.leases, runs.ordering_key";
+
+/// A run to complete: its lease, how it ended, and its trace.
+type Closing<'a> = (&'a Lease, &'a Completion, &'a Value);
+
+/// Completes runs with one fenced update ([`COMPLETE_RUNS`]): for each, its ordering key, or none when its lease
+/// is lost (including the second of two completions of the same lease).
+async fn complete_runs(
     conn: &mut SqliteConnection,
-    lease: &Lease,
-    completion: &Completion,
-    trace: &Value,
+    runs: &[Closing<'_>],
     now: i64,
-) -> Result<bool, StoreError> {
-    let (status, error) = match completion {
-        Completion::Succeeded => (RunState::Succeeded, None),
-        Completion::Failed { error } => (RunState::Failed, Some(error.to_string())),
-    };
-    let done = sqlx::query(concat!(
-        "UPDATE runs SET status = ?4, trace = ?5, last_error = COALESCE(?6, last_error), lease_until = NULL, \
-         updated_at = ?7",
-        fenced!()
-    ))
-    .bind(lease.id.as_str())
-    .bind(lease.worker.as_str())
-    .bind(i64::from(lease.token))
-    .bind(status.as_str())
-    .bind(trace.to_string())
-    .bind(error)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(db("completing a run"))?;
-    Ok(done.rows_affected() > 0)
+) -> Result<Vec<Option<String>>, StoreError> {
+    if runs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let fence = |lease: &Lease| (lease.id.clone(), lease.worker.clone(), i64::from(lease.token));
+    // A join that matches a row twice updates it with either match, so a repeated lease goes in once; the
+    // repeat then finds its lease gone, as it would one statement later.
+    let mut seen = HashSet::new();
+    let rows: Vec<Value> = runs
+        .iter()
+        .filter(|(lease, ..)| seen.insert(fence(lease)))
+        .map(|(lease, completion, trace)| {
+            let (status, error) = match completion {
+                Completion::Succeeded => (RunState::Succeeded, None),
+                Completion::Failed { error } => (RunState::Failed, Some(error.to_string())),
+            };
+            Value::from(vec![
+                Value::from(lease.id.as_str()),
+                Value::from(lease.worker.as_str()),
+                Value::from(lease.token),
+                Value::from(status.as_str()),
+                Value::from(trace.to_string()),
+                Value::from(error),
+            ])
+        })
+        .collect();
+    let mut closed: HashMap<(String, String, i64), String> = sqlx::query_as(COMPLETE_RUNS)
+        .bind(Value::from(rows).to_string())
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("completing runs"))?
+        .into_iter()
+        .map(|(id, worker, token, key)| ((id, worker, token), key))
+        .collect();
+    Ok(runs.iter().map(|(lease, ..)| closed.remove(&fence(lease))).collect())
 }
 
 async fn insert_outbox(
@@ -639,11 +735,12 @@ impl Store for SqliteStore {
         const OP: &str = "completing a run";
         let now = now_ms();
         let mut tx = self.begin_write(OP).await?;
-        if !complete_run(&mut tx, lease, completion, trace, now).await? {
+        let Some(Some(key)) = complete_runs(&mut tx, &[(lease, completion, trace)], now).await?.pop() else {
             let error = lease_lost(&mut tx, Leased::Run, lease).await;
             tx.rollback().await.map_err(db(OP))?;
             return Err(error);
-        }
+        };
+        rehead(&mut tx, &[key.as_str()], OP).await?;
         insert_outbox(&mut tx, lease, emitted, now).await?;
         tx.commit().await.map_err(db(OP))
     }
@@ -651,25 +748,31 @@ impl Store for SqliteStore {
     async fn complete_many(&self, completions: &[RunCompletion]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         const OP: &str = "completing runs";
         let now = now_ms();
-        let mut results = Vec::with_capacity(completions.len());
+        let mut results: Vec<Result<(), StoreError>> = completions
+            .iter()
+            .map(|item| {
+                item.emitted.iter().enumerate().try_for_each(|(i, event)| {
+                    non_empty(&format!("emitted[{i}].event"), &event.event)?;
+                    non_empty(&format!("emitted[{i}].nodeId"), &event.node_id)
+                })
+            })
+            .collect();
+        let valid: Vec<(usize, &RunCompletion)> =
+            completions.iter().enumerate().filter(|(i, _)| results[*i].is_ok()).collect();
+        let closing: Vec<Closing> =
+            valid.iter().map(|(_, item)| (&item.lease, &item.completion, &item.trace)).collect();
         let mut tx = self.begin_write(OP).await?;
-        for item in completions {
-            let checked = item.emitted.iter().enumerate().try_for_each(|(i, event)| {
-                non_empty(&format!("emitted[{i}].event"), &event.event)?;
-                non_empty(&format!("emitted[{i}].nodeId"), &event.node_id)
-            });
-            if let Err(error) = checked {
-                results.push(Err(error));
-                continue;
+        // The fenced update first: only a run still held gets its outbox rows.
+        let closed = complete_runs(&mut tx, &closing, now).await?;
+        for ((i, item), key) in valid.iter().zip(&closed) {
+            if key.is_some() {
+                insert_outbox(&mut tx, &item.lease, &item.emitted, now).await?;
+            } else {
+                results[*i] = Err(lease_lost(&mut tx, Leased::Run, &item.lease).await);
             }
-            // The fenced update first: only a run still held gets its outbox rows.
-            if !complete_run(&mut tx, &item.lease, &item.completion, &item.trace, now).await? {
-                results.push(Err(lease_lost(&mut tx, Leased::Run, &item.lease).await));
-                continue;
-            }
-            insert_outbox(&mut tx, &item.lease, &item.emitted, now).await?;
-            results.push(Ok(()));
         }
+        let closed_keys: Vec<&str> = closed.iter().flatten().map(String::as_str).collect();
+        rehead(&mut tx, &closed_keys, OP).await?;
         tx.commit().await.map_err(db(OP))?;
         Ok(results)
     }
@@ -771,33 +874,44 @@ impl Store for SqliteStore {
     }
 
     async fn retry_now(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(concat!(
+        const OP: &str = "retrying a run";
+        let mut tx = self.begin_write(OP).await?;
+        // A failed run reopens, and may be older than its key's head.
+        let key: Option<String> = sqlx::query_scalar(concat!(
             "UPDATE runs SET status = CASE WHEN ",
             uses_held_connection!(),
             " THEN 'held' ELSE 'queued' END, \
              attempts = CASE WHEN status IN ('dead', 'failed') THEN 0 ELSE attempts END, \
              next_attempt_at = ?2, lease_until = NULL, updated_at = ?2 \
-             WHERE id = ?1 AND status IN ('dead', 'queued', 'held', 'failed')"
+             WHERE id = ?1 AND status IN ('dead', 'queued', 'held', 'failed') RETURNING ordering_key"
         ))
         .bind(id)
         .bind(now_ms())
-        .execute(&self.writer)
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(db("retrying a run"))?;
-        Ok(done.rows_affected() > 0)
+        .map_err(db(OP))?;
+        let Some(key) = key else { return Ok(false) };
+        rehead(&mut tx, &[key.as_str()], OP).await?;
+        tx.commit().await.map_err(db(OP))?;
+        Ok(true)
     }
 
     async fn drop_run(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE runs SET status = 'dropped', lease_until = NULL, updated_at = ?2 \
-             WHERE id = ?1 AND status IN ('queued', 'leased', 'held', 'dead')",
+        const OP: &str = "dropping a run";
+        let mut tx = self.begin_write(OP).await?;
+        let key: Option<String> = sqlx::query_scalar(
+            "UPDATE runs SET status = 'dropped', head = 0, lease_until = NULL, updated_at = ?2 \
+             WHERE id = ?1 AND status IN ('queued', 'leased', 'held', 'dead') RETURNING ordering_key",
         )
         .bind(id)
         .bind(now_ms())
-        .execute(&self.writer)
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(db("dropping a run"))?;
-        Ok(done.rows_affected() > 0)
+        .map_err(db(OP))?;
+        let Some(key) = key else { return Ok(false) };
+        rehead(&mut tx, &[key.as_str()], OP).await?;
+        tx.commit().await.map_err(db(OP))?;
+        Ok(true)
     }
 
     async fn outbox(&self, after_seq: i64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
@@ -1403,6 +1517,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lease_completed_twice_in_one_batch_counts_once_and_keeps_its_failure() {
+        let (_dir, store) = open().await;
+        store.enqueue(&[run("a"), run("b")]).await.unwrap();
+        let claimed = store.claim("w1", 10, now_ms(), LEASE).await.unwrap();
+        let completion = |run: &StoredRun, completion: Completion| RunCompletion {
+            lease: run.lease().unwrap(),
+            completion,
+            trace: json!({"run": run.id}),
+            emitted: vec![NewOutboxEvent { node_id: "n".into(), event: "point_add".into(), payload: json!({}) }],
+        };
+        let failed = Completion::Failed { error: json!({"kind": "invalid-input", "message": "no"}) };
+        let mut stale = completion(&claimed[1], Completion::Succeeded);
+        stale.lease.token += 1;
+        let results = store
+            .complete_many(&[
+                completion(&claimed[0], failed.clone()),
+                completion(&claimed[0], Completion::Succeeded),
+                stale,
+                completion(&claimed[1], Completion::Succeeded),
+            ])
+            .await
+            .unwrap();
+        assert!(results[0].is_ok() && results[3].is_ok(), "{results:?}");
+        assert!(results[1].as_ref().unwrap_err().is_lease_lost(), "{results:?}");
+        assert!(results[2].as_ref().unwrap_err().is_lease_lost(), "a wrong token: {results:?}");
+        let first = store.get(&claimed[0].id).await.unwrap().unwrap();
+        assert_eq!(
+            (first.status, first.last_error),
+            (RunState::Failed, Some(json!({"kind": "invalid-input", "message": "no"})))
+        );
+        assert_eq!(first.trace, Some(json!({"run": claimed[0].id})));
+        assert_eq!(store.get(&claimed[1].id).await.unwrap().unwrap().status, RunState::Succeeded);
+        assert_eq!(store.outbox(0, 10).await.unwrap().len(), 2, "one outbox row per completed run");
+    }
+
+    #[tokio::test]
     async fn holding_a_connection_keeps_its_runs_and_releasing_sends_them() {
         let (_dir, store) = open().await;
         // In flight on mparticle when it is disconnected, and a run whose worker will have died.
@@ -1602,6 +1752,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_batch_lookups_and_head_updates_walk_the_batch_and_probe_an_index() {
+        let (_dir, store) = open().await;
+        // The index each statement must search `runs` with.
+        let expected = [
+            (KNOWN_DEDUP_KEYS, "sqlite_autoindex_runs_2 (flow_id=? AND dedup_key=?)"),
+            (KEYS_WITH_HEAD, "runs_head_by_key (ordering_key=?)"),
+            (REHEAD_KEYS[0], "runs_head_by_key (ordering_key=?)"),
+            (REHEAD_KEYS[1], "INTEGER PRIMARY KEY (rowid=?)"),
+            (COMPLETE_RUNS, "sqlite_autoindex_runs_1 (id=?)"),
+        ];
+        for (sql, index) in expected {
+            let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .bind("[]")
+                .bind(0_i64)
+                .fetch_all(&store.writer)
+                .await
+                .unwrap();
+            let details: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+            // The batch (json_each) is the outer loop; `runs` is only ever searched, never scanned.
+            assert!(
+                details.iter().all(|d| !d.starts_with("SCAN") || d.contains("VIRTUAL TABLE")),
+                "{sql}: {details:#?}"
+            );
+            assert!(details.iter().any(|d| d.starts_with("SEARCH") && d.contains(index)), "{sql}: {details:#?}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_large_batch_keeps_its_order_and_de_duplicates_within_itself() {
         let (_dir, store) = open().await;
         let mut runs: Vec<NewRun> = (0..600).map(|i| run(&format!("c{i}"))).collect();
@@ -1624,5 +1802,89 @@ mod tests {
         assert_eq!(store.list(&on_other).await.unwrap().len(), 1);
         let on_mparticle = RunFilter { connection: Some("mparticle".into()), limit: 1000, ..Default::default() };
         assert_eq!(store.list(&on_mparticle).await.unwrap().len(), 599);
+    }
+
+    /// Runs whose `head` mark is wrong: a key's head must be exactly its smallest open run.
+    async fn misplaced_heads(store: &SqliteStore) -> Vec<(i64, String, String, i64)> {
+        sqlx::query_as(concat!(
+            "SELECT seq, ordering_key, status, head FROM runs r WHERE head IS NOT (status IN ",
+            open_statuses!(),
+            " AND seq = (SELECT MIN(o.seq) FROM runs o WHERE o.ordering_key = r.ordering_key AND o.status IN ",
+            open_statuses!(),
+            "))"
+        ))
+        .fetch_all(&store.writer)
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_operation_keeps_each_keys_head_on_its_first_open_run() {
+        let (_dir, store) = open().await;
+        // A fixed pseudo-random walk over every call that opens, closes or reopens runs.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let keys = ["a", "b", "c", "d"];
+        let mut leased: Vec<StoredRun> = Vec::new();
+        let mut ids: Vec<String> = Vec::new();
+        for step in 0..400 {
+            let what = next(9);
+            match what {
+                0 | 1 => {
+                    let batch: Vec<NewRun> = (0..next(6))
+                        .map(|i| {
+                            let mut new = run_for(keys[next(keys.len())], &[["mparticle", "crm"][next(2)]]);
+                            new.dedup_key = Some(format!("evt-{}", (step * 6 + i) % 350));
+                            new
+                        })
+                        .collect();
+                    ids.extend(store.enqueue(&batch).await.unwrap());
+                }
+                2 => leased.extend(store.claim("w", 1 + next(3), now_ms(), LEASE).await.unwrap()),
+                3 | 4 if !leased.is_empty() => {
+                    let run = leased.swap_remove(next(leased.len()));
+                    let completion = if what == 3 {
+                        Completion::Succeeded
+                    } else {
+                        Completion::Failed { error: json!({"kind": "invalid-input"}) }
+                    };
+                    store.complete(&run.lease().unwrap(), &completion, &json!({}), &[]).await.unwrap();
+                }
+                5 if !leased.is_empty() => {
+                    let run = leased.swap_remove(next(leased.len()));
+                    let lease = run.lease().unwrap();
+                    if next(2) == 0 {
+                        store.dead_letter(&lease, &json!({}), &json!({})).await.unwrap();
+                    } else {
+                        store.reschedule(&lease, now_ms(), &json!({}), None).await.unwrap();
+                    }
+                }
+                6 if !ids.is_empty() => {
+                    let id = &ids[next(ids.len())];
+                    // Dropping or retrying a leased run invalidates its lease; forget it.
+                    leased.retain(|run| &run.id != id);
+                    if next(2) == 0 {
+                        store.retry_now(id).await.unwrap();
+                    } else {
+                        store.drop_run(id).await.unwrap();
+                    }
+                }
+                7 => {
+                    store.hold_connection("crm").await.unwrap();
+                }
+                8 => {
+                    store.release_connection("crm").await.unwrap();
+                }
+                _ => {}
+            }
+            assert_eq!(misplaced_heads(&store).await, [], "after step {step} ({what})");
+        }
+        let counts = store.counts().await.unwrap().runs;
+        assert!(counts.succeeded > 0 && counts.failed > 0 && counts.dead > 0 && counts.dropped > 0, "{counts:?}");
     }
 }
