@@ -60,10 +60,10 @@ macro_rules! fenced {
 }
 
 /// Claim: due runs with no earlier open run of their key, oldest first. ?1 worker, ?2 lease until, ?3 now,
-/// ?4 limit. Such a run is its key's *head* (the smallest open seq of the key), which triggers keep marked
-/// (migration 0002); candidates are read in `seq` order from the partial index `runs_claimable`, which holds
-/// only heads, so a claim costs O(keys with open runs) at most, and stops after `limit`, however long each
-/// key's backlog is.
+/// ?4 limit. Such a run is its key's *head* (the smallest open seq of the key), which the statements that open
+/// and close runs keep marked (migrations 0002 and 0003, [`rehead`]). Candidates are read in `seq` order from
+/// the partial index `runs_claimable`, which holds only heads, so a claim costs O(keys with open runs) at most,
+/// and stops after `limit`, however long each key's backlog is.
 const CLAIM_RUNS: &str = concat!(
     "UPDATE runs SET status = 'leased', lease_owner = ?1, lease_until = ?2, next_attempt_at = ?2, \
      leases = leases + 1, updated_at = ?3 \
@@ -107,27 +107,25 @@ macro_rules! open_statuses {
     };
 }
 
-/// Re-marks the heads of the ordering keys in ?1 (a JSON array): each key's head is its smallest open `seq`, or
-/// none. Every statement that closes or reopens runs is followed by these two, for the runs' keys (migration
-/// 0003). The first clears a mark that is no longer on the smallest open run (a reopened older run takes over);
-/// the second marks the smallest open run. Each costs an index probe per key, and writes only rows that change.
-const REHEAD_KEYS: [&str; 2] = [
-    concat!(
-        "UPDATE runs SET head = 0 \
-         WHERE head = 1 AND ordering_key IN (SELECT value FROM json_each(?1)) \
-           AND seq IS NOT (SELECT MIN(o.seq) FROM runs o WHERE o.ordering_key = runs.ordering_key \
-                                                      AND o.status IN ",
-        open_statuses!(),
-        ")"
-    ),
-    concat!(
-        "UPDATE runs SET head = 1 \
-         WHERE head = 0 AND seq IN (SELECT (SELECT MIN(o.seq) FROM runs o WHERE o.ordering_key = k.value \
-                                                                     AND o.status IN ",
-        open_statuses!(),
-        ") FROM json_each(?1) k)"
-    ),
-];
+/// Clears the head mark of each key in ?1 (a JSON array) that is no longer on the key's smallest open run: the
+/// run closed, or an older run of the key reopened.
+const DEMOTE_STALE_HEADS: &str = concat!(
+    "UPDATE runs SET head = 0 \
+     WHERE head = 1 AND ordering_key IN (SELECT value FROM json_each(?1)) \
+       AND seq IS NOT (SELECT MIN(o.seq) FROM runs o WHERE o.ordering_key = runs.ordering_key \
+                                                  AND o.status IN ",
+    open_statuses!(),
+    ")"
+);
+
+/// Marks the smallest open run of each key in ?1 (a JSON array) as the key's head, where it is not yet.
+const PROMOTE_HEADS: &str = concat!(
+    "UPDATE runs SET head = 1 \
+     WHERE head = 0 AND seq IN (SELECT (SELECT MIN(o.seq) FROM runs o WHERE o.ordering_key = k.value \
+                                                                 AND o.status IN ",
+    open_statuses!(),
+    ") FROM json_each(?1) k)"
+);
 
 /// The keys among ?1 (a JSON array) that have a head, that is, an open run.
 const KEYS_WITH_HEAD: &str = "SELECT k.value FROM json_each(?1) k \
@@ -137,14 +135,31 @@ const KEYS_WITH_HEAD: &str = "SELECT k.value FROM json_each(?1) k \
 const KNOWN_DEDUP_KEYS: &str = "SELECT j.value ->> 0, j.value ->> 1, r.id FROM json_each(?1) j \
      JOIN runs r ON r.flow_id = j.value ->> 0 AND r.dedup_key = j.value ->> 1";
 
-/// Runs [`REHEAD_KEYS`] for `keys`.
+/// Re-marks the heads of `keys`: each key's head is its smallest open `seq`, or none (migration 0003). Every
+/// statement that closes or reopens runs is followed by this, for the runs' keys. Each statement costs an index
+/// probe per key and writes only rows that change.
 async fn rehead(conn: &mut SqliteConnection, keys: &[&str], operation: &'static str) -> Result<(), StoreError> {
-    if keys.is_empty() {
-        return Ok(());
+    for sql in [DEMOTE_STALE_HEADS, PROMOTE_HEADS] {
+        head_update(conn, sql, keys, operation).await?;
     }
-    let keys = Value::from(keys).to_string();
-    for sql in REHEAD_KEYS {
-        sqlx::query(sql).bind(keys.as_str()).execute(&mut *conn).await.map_err(db(operation))?;
+    Ok(())
+}
+
+/// [`rehead`] after completions, which clear their own runs' marks: closing a head leaves no stale mark, so only
+/// the promotion is left.
+async fn promote_heads(conn: &mut SqliteConnection, keys: &[&str], operation: &'static str) -> Result<(), StoreError> {
+    head_update(conn, PROMOTE_HEADS, keys, operation).await
+}
+
+async fn head_update(
+    conn: &mut SqliteConnection,
+    sql: &'static str,
+    keys: &[&str],
+    operation: &'static str,
+) -> Result<(), StoreError> {
+    if !keys.is_empty() {
+        let keys = Value::from(keys).to_string();
+        sqlx::query(sql).bind(keys).execute(&mut *conn).await.map_err(db(operation))?;
     }
     Ok(())
 }
@@ -180,9 +195,9 @@ impl SqliteStore {
             // 64 MiB of page cache per connection (SQLite's default is 2 MiB): claims walk the queue's
             // indexes, which otherwise are read back from the OS page by page.
             .pragma("cache_size", "-65536")
-            // Statement journals (SQLite keeps one for every write statement that fires a trigger, such as the
-            // key-head triggers of migration 0002) in memory rather than in a temporary file: a claim then costs
-            // half as much (BENCHMARKS.md, "What limits delivery").
+            // Statement journals (SQLite keeps one for a write statement that may fail midway, such as a
+            // multi-row update) in memory rather than in a temporary file: with the key-head triggers of
+            // migration 0002 a claim cost half as much (BENCHMARKS.md, "What limits delivery").
             .pragma("temp_store", "memory")
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new()
@@ -560,7 +575,7 @@ async fn lease_lost(conn: &mut SqliteConnection, table: Leased, lease: &Lease) -
 
 /// The fenced updates of a batch of completions, in one statement. ?1 is a JSON array of `[id, worker, token,
 /// status, trace, error or null]`, ?2 now. Completing closes a run, so its head mark is cleared here and the
-/// caller re-marks the keys ([`rehead`]). The unary `+` keeps the planner from reading every leased run through
+/// caller marks the keys' next runs ([`promote_heads`]). The unary `+` keeps the planner from reading every leased run through
 /// `runs_due` and scanning the batch for each: the batch is walked and each run found by its id.
 const COMPLETE_RUNS: &str = "UPDATE runs SET status = c.value ->> 3, head = 0, trace = c.value ->> 4, \
      last_error = COALESCE(c.value ->> 5, last_error), lease_until = NULL, updated_at = ?2 \
@@ -740,7 +755,7 @@ impl Store for SqliteStore {
             tx.rollback().await.map_err(db(OP))?;
             return Err(error);
         };
-        rehead(&mut tx, &[key.as_str()], OP).await?;
+        promote_heads(&mut tx, &[key.as_str()], OP).await?;
         insert_outbox(&mut tx, lease, emitted, now).await?;
         tx.commit().await.map_err(db(OP))
     }
@@ -772,7 +787,7 @@ impl Store for SqliteStore {
             }
         }
         let closed_keys: Vec<&str> = closed.iter().flatten().map(String::as_str).collect();
-        rehead(&mut tx, &closed_keys, OP).await?;
+        promote_heads(&mut tx, &closed_keys, OP).await?;
         tx.commit().await.map_err(db(OP))?;
         Ok(results)
     }
@@ -1758,8 +1773,8 @@ mod tests {
         let expected = [
             (KNOWN_DEDUP_KEYS, "sqlite_autoindex_runs_2 (flow_id=? AND dedup_key=?)"),
             (KEYS_WITH_HEAD, "runs_head_by_key (ordering_key=?)"),
-            (REHEAD_KEYS[0], "runs_head_by_key (ordering_key=?)"),
-            (REHEAD_KEYS[1], "INTEGER PRIMARY KEY (rowid=?)"),
+            (DEMOTE_STALE_HEADS, "runs_head_by_key (ordering_key=?)"),
+            (PROMOTE_HEADS, "INTEGER PRIMARY KEY (rowid=?)"),
             (COMPLETE_RUNS, "sqlite_autoindex_runs_1 (id=?)"),
         ];
         for (sql, index) in expected {
