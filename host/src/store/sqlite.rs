@@ -135,9 +135,10 @@ const KEYS_WITH_HEAD: &str = "SELECT k.value FROM json_each(?1) k \
 const KNOWN_DEDUP_KEYS: &str = "SELECT j.value ->> 0, j.value ->> 1, r.id FROM json_each(?1) j \
      JOIN runs r ON r.flow_id = j.value ->> 0 AND r.dedup_key = j.value ->> 1";
 
-/// Re-marks the heads of `keys`: each key's head is its smallest open `seq`, or none (migration 0003). Every
-/// statement that closes or reopens runs is followed by this, for the runs' keys. Each statement costs an index
-/// probe per key and writes only rows that change.
+/// Re-marks the heads of `keys`: each key's head is its smallest open `seq`, or none (migration 0003). A
+/// statement that reopens runs is followed by this, for the runs' keys; one that closes runs clears their own
+/// marks and is followed by [`promote_heads`]. Each statement costs an index probe per key and writes only rows
+/// that change.
 async fn rehead(conn: &mut SqliteConnection, keys: &[&str], operation: &'static str) -> Result<(), StoreError> {
     for sql in [DEMOTE_STALE_HEADS, PROMOTE_HEADS] {
         head_update(conn, sql, keys, operation).await?;
@@ -145,8 +146,8 @@ async fn rehead(conn: &mut SqliteConnection, keys: &[&str], operation: &'static 
     Ok(())
 }
 
-/// [`rehead`] after completions, which clear their own runs' marks: closing a head leaves no stale mark, so only
-/// the promotion is left.
+/// [`rehead`] after statements that close runs and clear their own marks (completions, drops): closing a run
+/// leaves no stale mark, so only the promotion is left.
 async fn promote_heads(conn: &mut SqliteConnection, keys: &[&str], operation: &'static str) -> Result<(), StoreError> {
     head_update(conn, PROMOTE_HEADS, keys, operation).await
 }
@@ -575,8 +576,8 @@ async fn lease_lost(conn: &mut SqliteConnection, table: Leased, lease: &Lease) -
 
 /// The fenced updates of a batch of completions, in one statement. ?1 is a JSON array of `[id, worker, token,
 /// status, trace, error or null]`, ?2 now. Completing closes a run, so its head mark is cleared here and the
-/// caller marks the keys' next runs ([`promote_heads`]). The unary `+` keeps the planner from reading every leased run through
-/// `runs_due` and scanning the batch for each: the batch is walked and each run found by its id.
+/// caller marks the keys' next runs ([`promote_heads`]). The unary `+` keeps the planner from reading every
+/// leased run through `runs_due` and scanning the batch for each: the batch is walked and each run found by id.
 const COMPLETE_RUNS: &str = "UPDATE runs SET status = c.value ->> 3, head = 0, trace = c.value ->> 4, \
      last_error = COALESCE(c.value ->> 5, last_error), lease_until = NULL, updated_at = ?2 \
      FROM json_each(?1) c \
@@ -743,21 +744,15 @@ impl Store for SqliteStore {
         trace: &Value,
         emitted: &[NewOutboxEvent],
     ) -> Result<(), StoreError> {
-        for (i, event) in emitted.iter().enumerate() {
-            non_empty(&format!("emitted[{i}].event"), &event.event)?;
-            non_empty(&format!("emitted[{i}].nodeId"), &event.node_id)?;
-        }
-        const OP: &str = "completing a run";
-        let now = now_ms();
-        let mut tx = self.begin_write(OP).await?;
-        let Some(Some(key)) = complete_runs(&mut tx, &[(lease, completion, trace)], now).await?.pop() else {
-            let error = lease_lost(&mut tx, Leased::Run, lease).await;
-            tx.rollback().await.map_err(db(OP))?;
-            return Err(error);
+        // One completion is a batch of one: the same checks, fenced update, outbox rows and next head.
+        let completion = RunCompletion {
+            lease: lease.clone(),
+            completion: completion.clone(),
+            trace: trace.clone(),
+            emitted: emitted.to_vec(),
         };
-        promote_heads(&mut tx, &[key.as_str()], OP).await?;
-        insert_outbox(&mut tx, lease, emitted, now).await?;
-        tx.commit().await.map_err(db(OP))
+        let mut results = self.complete_many(std::slice::from_ref(&completion)).await?;
+        results.pop().unwrap_or_else(|| Err(StoreError::invalid("completion", "no result for the completion")))
     }
 
     async fn complete_many(&self, completions: &[RunCompletion]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
@@ -914,17 +909,20 @@ impl Store for SqliteStore {
     async fn drop_run(&self, id: &str) -> Result<bool, StoreError> {
         const OP: &str = "dropping a run";
         let mut tx = self.begin_write(OP).await?;
-        let key: Option<String> = sqlx::query_scalar(
+        let key: Option<String> = sqlx::query_scalar(concat!(
             "UPDATE runs SET status = 'dropped', head = 0, lease_until = NULL, updated_at = ?2 \
-             WHERE id = ?1 AND status IN ('queued', 'leased', 'held', 'dead') RETURNING ordering_key",
-        )
+                 WHERE id = ?1 AND status IN ",
+            open_statuses!(),
+            " RETURNING ordering_key"
+        ))
         .bind(id)
         .bind(now_ms())
         .fetch_optional(&mut *tx)
         .await
         .map_err(db(OP))?;
         let Some(key) = key else { return Ok(false) };
-        rehead(&mut tx, &[key.as_str()], OP).await?;
+        // Like a completion, dropping clears the run's own mark; only the next run of its key is left to mark.
+        promote_heads(&mut tx, &[key.as_str()], OP).await?;
         tx.commit().await.map_err(db(OP))?;
         Ok(true)
     }
