@@ -234,7 +234,7 @@ async fn durable_service(
     writeln!(out, "-------------------------------------------------------------------------------------------")?;
     let dir = std::env::temp_dir().join(format!("flowhost-demo-{}", uuid::Uuid::new_v4().simple()));
     let store = Arc::new(SqliteStore::open(&dir.join("flowhost.db")).await?);
-    writeln!(out, "store: SQLite at {} (WAL, synchronous=FULL)\n", store.path().display())?;
+    writeln!(out, "store: SQLite at {} (WAL; accepted events fsynced)\n", store.path().display())?;
     let (config, secrets) = emulator_host_config(url, runtime);
     let host = Host::new(config, secrets).await?;
     // The demo's copy of point_add retries three times 200 ms apart, so that the dead letter shows quickly.

@@ -1,5 +1,5 @@
 //! Group commit of completions: runs that finish at about the same time are settled in one store transaction
-//! (one fsync), as accepted events are by [`GroupCommit`](super::group_commit::GroupCommit). Each caller
+//! (one round trip to the store), as accepted events are by [`GroupCommit`](super::group_commit::GroupCommit). Each caller
 //! still learns its own outcome, and only after the transaction has committed.
 
 use crate::store::{RunCompletion, Store, StoreError};

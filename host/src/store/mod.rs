@@ -62,7 +62,12 @@
 //!
 //! # For backend implementers
 //!
-//! - Every method is one transaction; `claim`/`claim_inbound` must be atomic against concurrent claimers.
+//! - Every method is atomic (SQLite's `claim` first sweeps expired leases on held connections, in a statement of
+//!   its own); `claim`/`claim_inbound` must be atomic against concurrent claimers.
+//! - Durability: what a caller was told is accepted must be on disk when the call returns: `enqueue`,
+//!   `record_inbound`, and operators' actions (`retry_now`, `drop_run`, `retry_inbound`, `hold_connection`,
+//!   `release_connection`). Claims and the lease holders' calls may reach the disk later, provided commits reach
+//!   it in order: losing the newest of them to a power loss only makes runs and messages go again.
 //!   In PostgreSQL: select the candidates (due, no earlier open run of the key, `ORDER BY seq LIMIT n`)
 //!   `FOR UPDATE SKIP LOCKED` and update them in the same statement or transaction; an earlier run that
 //!   another claimer has locked is still `queued` in the snapshot, so its key's later runs stay blocked.

@@ -1,11 +1,23 @@
-//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a committed transaction
-//! survives a crash or power loss.
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! What was accepted survives a crash or a power loss: an enqueue, a recorded inbound message and an operator's
+//! action commit with `synchronous=FULL` (the WAL is fsynced before the call returns). Lease bookkeeping (claims,
+//! checkpoints, lease renewals, completions, resends, dead letters, settling inbound messages) commits with
+//! `synchronous=NORMAL`: it survives the process crashing, and reaches the disk with the next synced commit or
+//! WAL checkpoint. The WAL is one file written in order, so syncing it makes every earlier commit durable too:
+//! a power loss can only forget the newest bookkeeping, whole transactions of it, and that only makes runs or
+//! messages go again (from an earlier checkpoint, with the same idempotency keys); nothing accepted is lost.
+//! In the store benchmark, syncing each of them cost a claim or a completion a quarter of its time (BENCHMARKS.md,
+//! "Fourth round").
 //!
 //! SQLite has one writer. All writes go through a pool of exactly one connection, and every multi-statement
-//! write runs in `BEGIN IMMEDIATE`, which takes the write lock before reading: a claim's read-then-update is
-//! atomic, and another process opening the same file (e.g. the CLI's `queue retry` while the server runs)
-//! waits for the busy timeout instead of failing on a stale snapshot. Reads use a separate small pool of
-//! read-only connections, which WAL lets run alongside the writer.
+//! write runs in `BEGIN IMMEDIATE`, which takes the write lock before reading, so another process opening the
+//! same file (e.g. the CLI's `queue retry` while the server runs) waits for the busy timeout instead of failing
+//! on a stale snapshot. A write statement on its own takes the write lock before it reads too, and is atomic
+//! with the triggers it fires: the hot paths (a claim, a batch of completions without outbox rows) are single
+//! statements without `BEGIN` and `COMMIT`, because under load each statement of a transaction is a round trip
+//! between the async task and SQLite's thread that costs more than the SQL (BENCHMARKS.md, "Fourth round").
+//! Reads use a separate small pool of read-only connections, which WAL lets run alongside the writer.
 
 use super::{
     Completion, ConnectionHold, DEFAULT_LIST_LIMIT, InboundFilter, InboundMessage, InboundOutcome, InboundState, Lease,
@@ -14,6 +26,7 @@ use super::{
 };
 use async_trait::async_trait;
 use serde_json::Value;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use std::collections::{HashMap, HashSet};
@@ -136,20 +149,14 @@ const KNOWN_DEDUP_KEYS: &str = "SELECT j.value ->> 0, j.value ->> 1, r.id FROM j
      JOIN runs r ON r.flow_id = j.value ->> 0 AND r.dedup_key = j.value ->> 1";
 
 /// Re-marks the heads of `keys`: each key's head is its smallest open `seq`, or none (migration 0003). A
-/// statement that reopens runs is followed by this, for the runs' keys; one that closes runs clears their own
-/// marks and is followed by [`promote_heads`]. Each statement costs an index probe per key and writes only rows
-/// that change.
+/// statement that reopens runs is followed by this, for the runs' keys. A statement that closes runs clears
+/// their own marks instead, and the trigger of migration 0004 marks each key's next run. Each statement costs an
+/// index probe per key and writes only rows that change.
 async fn rehead(conn: &mut SqliteConnection, keys: &[&str], operation: &'static str) -> Result<(), StoreError> {
     for sql in [DEMOTE_STALE_HEADS, PROMOTE_HEADS] {
         head_update(conn, sql, keys, operation).await?;
     }
     Ok(())
-}
-
-/// [`rehead`] after statements that close runs and clear their own marks (completions, drops): closing a run
-/// leaves no stale mark, so only the promotion is left.
-async fn promote_heads(conn: &mut SqliteConnection, keys: &[&str], operation: &'static str) -> Result<(), StoreError> {
-    head_update(conn, PROMOTE_HEADS, keys, operation).await
 }
 
 async fn head_update(
@@ -234,9 +241,44 @@ impl SqliteStore {
         self.writer.close().await;
     }
 
-    async fn begin_write(&self, operation: &'static str) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(db(operation))
+    /// Starts a write transaction whose commit reaches the disk as `commit` says.
+    async fn begin_write(
+        &self,
+        operation: &'static str,
+        commit: Commit,
+    ) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        // SQLite refuses to change `synchronous` inside a transaction, so it is set just before, in the same call.
+        let begin = match commit {
+            Commit::Synced => "PRAGMA synchronous = FULL; BEGIN IMMEDIATE",
+            Commit::Deferred => "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE",
+        };
+        self.writer.begin_with(begin).await.map_err(db(operation))
     }
+
+    /// The write connection, for statements that commit on their own as `commit` says. Every write sets its
+    /// own level, so none depends on what the previous write left on the connection.
+    async fn write_connection(
+        &self,
+        operation: &'static str,
+        commit: Commit,
+    ) -> Result<PoolConnection<Sqlite>, StoreError> {
+        let mut conn = self.writer.acquire().await.map_err(db(operation))?;
+        let pragma = match commit {
+            Commit::Synced => "PRAGMA synchronous = FULL",
+            Commit::Deferred => "PRAGMA synchronous = NORMAL",
+        };
+        sqlx::query(pragma).execute(&mut *conn).await.map_err(db(operation))?;
+        Ok(conn)
+    }
+}
+
+/// When a write's commit reaches the disk (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// fsynced before the call returns: what a caller was told is accepted, and operators' actions.
+    Synced,
+    /// Written to the WAL; fsynced with the next synced commit or checkpoint. Lease bookkeeping only.
+    Deferred,
 }
 
 fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -575,26 +617,22 @@ async fn lease_lost(conn: &mut SqliteConnection, table: Leased, lease: &Lease) -
 }
 
 /// The fenced updates of a batch of completions, in one statement. ?1 is a JSON array of `[id, worker, token,
-/// status, trace, error or null]`, ?2 now. Completing closes a run, so its head mark is cleared here and the
-/// caller marks the keys' next runs ([`promote_heads`]). The unary `+` keeps the planner from reading every
+/// status, trace, error or null]`, ?2 now. Completing closes a run, so its head mark is cleared here, and the
+/// trigger of migration 0004 marks its key's next run. The unary `+` keeps the planner from reading every
 /// leased run through `runs_due` and scanning the batch for each: the batch is walked and each run found by id.
 const COMPLETE_RUNS: &str = "UPDATE runs SET status = c.value ->> 3, head = 0, trace = c.value ->> 4, \
      last_error = COALESCE(c.value ->> 5, last_error), lease_until = NULL, updated_at = ?2 \
      FROM json_each(?1) c \
      WHERE runs.id = c.value ->> 0 AND +runs.status = 'leased' AND runs.lease_owner = c.value ->> 1 \
        AND runs.leases = c.value ->> 2 \
-     RETURNING runs.id, runs.lease_owner, runs.leases, runs.ordering_key";
+     RETURNING runs.id, runs.lease_owner, runs.leases";
 
 /// A run to complete: its lease, how it ended, and its trace.
 type Closing<'a> = (&'a Lease, &'a Completion, &'a Value);
 
-/// Completes runs with one fenced update ([`COMPLETE_RUNS`]): for each, its ordering key, or none when its lease
-/// is lost (including the second of two completions of the same lease).
-async fn complete_runs(
-    conn: &mut SqliteConnection,
-    runs: &[Closing<'_>],
-    now: i64,
-) -> Result<Vec<Option<String>>, StoreError> {
+/// Completes runs with one fenced update ([`COMPLETE_RUNS`]): for each, whether it was still held (false when its
+/// lease is lost, including the second of two completions of the same lease).
+async fn complete_runs(conn: &mut SqliteConnection, runs: &[Closing<'_>], now: i64) -> Result<Vec<bool>, StoreError> {
     if runs.is_empty() {
         return Ok(Vec::new());
     }
@@ -620,14 +658,13 @@ async fn complete_runs(
             ])
         })
         .collect();
-    let mut closed: HashMap<(String, String, i64), String> = sqlx::query_as(COMPLETE_RUNS)
+    let mut closed: HashSet<(String, String, i64)> = sqlx::query_as(COMPLETE_RUNS)
         .bind(Value::from(rows).to_string())
         .bind(now)
         .fetch_all(&mut *conn)
         .await
         .map_err(db("completing runs"))?
         .into_iter()
-        .map(|(id, worker, token, key)| ((id, worker, token), key))
         .collect();
     Ok(runs.iter().map(|(lease, ..)| closed.remove(&fence(lease))).collect())
 }
@@ -662,7 +699,7 @@ impl Store for SqliteStore {
         if runs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin_write("enqueuing runs").await?;
+        let mut tx = self.begin_write("enqueuing runs", Commit::Synced).await?;
         let ids = insert_runs(&mut tx, runs, now_ms()).await?;
         tx.commit().await.map_err(db("committing enqueued runs"))?;
         Ok(ids)
@@ -680,17 +717,19 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         const OP: &str = "claiming runs";
-        let mut tx = self.begin_write(OP).await?;
-        sqlx::query(SWEEP_HELD_RUNS).bind(now_ms).execute(&mut *tx).await.map_err(db(OP))?;
+        // Two statements, each atomic on its own (a write statement takes the write lock before it reads), and
+        // no transaction around them: every statement is a round trip to SQLite's thread, and under load the
+        // round trips cost more than the SQL. A lease expiring in between is swept at the next claim.
+        let mut conn = self.write_connection(OP, Commit::Deferred).await?;
+        sqlx::query(SWEEP_HELD_RUNS).bind(now_ms).execute(&mut *conn).await.map_err(db(OP))?;
         let rows: Vec<RunRow> = sqlx::query_as(CLAIM_RUNS)
             .bind(worker)
             .bind(add_ms(now_ms, lease))
             .bind(now_ms)
             .bind(clamp_claim(limit))
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db(OP))?;
-        tx.commit().await.map_err(db(OP))?;
         let mut runs: Vec<StoredRun> = convert(rows)?;
         runs.sort_by_key(|run| run.seq);
         Ok(runs)
@@ -698,7 +737,7 @@ impl Store for SqliteStore {
 
     async fn checkpoint(&self, lease: &Lease, checkpoint: &Value, lease_until_ms: i64) -> Result<(), StoreError> {
         const OP: &str = "saving a checkpoint";
-        let mut conn = self.writer.acquire().await.map_err(db(OP))?;
+        let mut conn = self.write_connection(OP, Commit::Deferred).await?;
         let done = sqlx::query(concat!(
             "UPDATE runs SET checkpoint = ?4, lease_until = ?5, next_attempt_at = ?5, updated_at = ?6",
             fenced!()
@@ -720,7 +759,7 @@ impl Store for SqliteStore {
 
     async fn extend_lease(&self, lease: &Lease, lease_until_ms: i64) -> Result<(), StoreError> {
         const OP: &str = "extending a lease";
-        let mut conn = self.writer.acquire().await.map_err(db(OP))?;
+        let mut conn = self.write_connection(OP, Commit::Deferred).await?;
         let done =
             sqlx::query(concat!("UPDATE runs SET lease_until = ?4, next_attempt_at = ?4, updated_at = ?5", fenced!()))
                 .bind(lease.id.as_str())
@@ -771,19 +810,32 @@ impl Store for SqliteStore {
             completions.iter().enumerate().filter(|(i, _)| results[*i].is_ok()).collect();
         let closing: Vec<Closing> =
             valid.iter().map(|(_, item)| (&item.lease, &item.completion, &item.trace)).collect();
-        let mut tx = self.begin_write(OP).await?;
-        // The fenced update first: only a run still held gets its outbox rows.
-        let closed = complete_runs(&mut tx, &closing, now).await?;
-        for ((i, item), key) in valid.iter().zip(&closed) {
-            if key.is_some() {
-                insert_outbox(&mut tx, &item.lease, &item.emitted, now).await?;
-            } else {
-                results[*i] = Err(lease_lost(&mut tx, Leased::Run, &item.lease).await);
+        let closed = if valid.iter().all(|(_, item)| item.emitted.is_empty()) {
+            // No outbox rows: the fenced update (and the trigger marking the keys' next heads) is one statement,
+            // atomic by itself, so it needs no transaction and its two extra round trips.
+            let mut conn = self.write_connection(OP, Commit::Deferred).await?;
+            complete_runs(&mut conn, &closing, now).await?
+        } else {
+            let mut tx = self.begin_write(OP, Commit::Deferred).await?;
+            // The fenced update first: only a run still held gets its outbox rows.
+            let closed = complete_runs(&mut tx, &closing, now).await?;
+            for ((_, item), closed) in valid.iter().zip(&closed) {
+                if *closed {
+                    insert_outbox(&mut tx, &item.lease, &item.emitted, now).await?;
+                }
+            }
+            tx.commit().await.map_err(db(OP))?;
+            closed
+        };
+        if closed.contains(&false) {
+            // Only to name what became of each lost lease; the completions are already committed.
+            let mut conn = self.reader.acquire().await.map_err(db("checking a lease"))?;
+            for ((i, item), closed) in valid.iter().zip(closed) {
+                if !closed {
+                    results[*i] = Err(lease_lost(&mut conn, Leased::Run, &item.lease).await);
+                }
             }
         }
-        let closed_keys: Vec<&str> = closed.iter().flatten().map(String::as_str).collect();
-        promote_heads(&mut tx, &closed_keys, OP).await?;
-        tx.commit().await.map_err(db(OP))?;
         Ok(results)
     }
 
@@ -795,7 +847,7 @@ impl Store for SqliteStore {
         checkpoint: Option<&Value>,
     ) -> Result<RunState, StoreError> {
         const OP: &str = "rescheduling a run";
-        let mut conn = self.writer.acquire().await.map_err(db(OP))?;
+        let mut conn = self.write_connection(OP, Commit::Deferred).await?;
         let status: Option<String> = sqlx::query_scalar(concat!(
             "UPDATE runs SET status = CASE WHEN ",
             uses_held_connection!(),
@@ -822,7 +874,7 @@ impl Store for SqliteStore {
 
     async fn dead_letter(&self, lease: &Lease, error: &Value, trace: &Value) -> Result<(), StoreError> {
         const OP: &str = "dead-lettering a run";
-        let mut conn = self.writer.acquire().await.map_err(db(OP))?;
+        let mut conn = self.write_connection(OP, Commit::Deferred).await?;
         let done = sqlx::query(concat!(
             "UPDATE runs SET status = 'dead', attempts = attempts + 1, last_error = ?4, trace = ?5, \
              lease_until = NULL, updated_at = ?6",
@@ -885,7 +937,7 @@ impl Store for SqliteStore {
 
     async fn retry_now(&self, id: &str) -> Result<bool, StoreError> {
         const OP: &str = "retrying a run";
-        let mut tx = self.begin_write(OP).await?;
+        let mut tx = self.begin_write(OP, Commit::Synced).await?;
         // A failed run reopens, and may be older than its key's head.
         let key: Option<String> = sqlx::query_scalar(concat!(
             "UPDATE runs SET status = CASE WHEN ",
@@ -908,23 +960,19 @@ impl Store for SqliteStore {
 
     async fn drop_run(&self, id: &str) -> Result<bool, StoreError> {
         const OP: &str = "dropping a run";
-        let mut tx = self.begin_write(OP).await?;
-        let key: Option<String> = sqlx::query_scalar(concat!(
+        let mut conn = self.write_connection(OP, Commit::Synced).await?;
+        // Dropping clears the run's own head mark, and the trigger of migration 0004 marks its key's next run.
+        let done = sqlx::query(concat!(
             "UPDATE runs SET status = 'dropped', head = 0, lease_until = NULL, updated_at = ?2 \
                  WHERE id = ?1 AND status IN ",
-            open_statuses!(),
-            " RETURNING ordering_key"
+            open_statuses!()
         ))
         .bind(id)
         .bind(now_ms())
-        .fetch_optional(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(db(OP))?;
-        let Some(key) = key else { return Ok(false) };
-        // Like a completion, dropping clears the run's own mark; only the next run of its key is left to mark.
-        promote_heads(&mut tx, &[key.as_str()], OP).await?;
-        tx.commit().await.map_err(db(OP))?;
-        Ok(true)
+        Ok(done.rows_affected() > 0)
     }
 
     async fn outbox(&self, after_seq: i64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
@@ -948,7 +996,7 @@ impl Store for SqliteStore {
         }
         const OP: &str = "recording an inbound message";
         let now = now_ms();
-        let mut tx = self.begin_write(OP).await?;
+        let mut tx = self.begin_write(OP, Commit::Synced).await?;
         if let Some(external_id) = &message.external_id {
             let existing: Option<String> =
                 sqlx::query_scalar("SELECT id FROM inbound WHERE connection = ?1 AND external_id = ?2")
@@ -996,7 +1044,7 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         const OP: &str = "claiming inbound messages";
-        let mut tx = self.begin_write(OP).await?;
+        let mut tx = self.begin_write(OP, Commit::Deferred).await?;
         sqlx::query(SWEEP_HELD_INBOUND).bind(now_ms).execute(&mut *tx).await.map_err(db(OP))?;
         let rows: Vec<InboundRow> = sqlx::query_as(CLAIM_INBOUND)
             .bind(worker)
@@ -1021,7 +1069,7 @@ impl Store for SqliteStore {
         validate_runs(runs)?;
         const OP: &str = "completing an inbound message";
         let now = now_ms();
-        let mut tx = self.begin_write(OP).await?;
+        let mut tx = self.begin_write(OP, Commit::Deferred).await?;
         let ids = insert_runs(&mut tx, runs, now).await?;
         let (status, detail) = match outcome {
             InboundOutcome::Processed { unmatched } => {
@@ -1087,6 +1135,8 @@ impl Store for SqliteStore {
     }
 
     async fn retry_inbound(&self, id: &str) -> Result<bool, StoreError> {
+        const OP: &str = "retrying an inbound message";
+        let mut conn = self.write_connection(OP, Commit::Synced).await?;
         let done = sqlx::query(
             "UPDATE inbound SET status = CASE WHEN EXISTS \
                  (SELECT 1 FROM held_connections h WHERE h.connection = inbound.connection) \
@@ -1096,9 +1146,9 @@ impl Store for SqliteStore {
         )
         .bind(id)
         .bind(now_ms())
-        .execute(&self.writer)
+        .execute(&mut *conn)
         .await
-        .map_err(db("retrying an inbound message"))?;
+        .map_err(db(OP))?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -1106,7 +1156,7 @@ impl Store for SqliteStore {
         non_empty("connection", connection)?;
         const OP: &str = "holding a connection";
         let now = now_ms();
-        let mut tx = self.begin_write(OP).await?;
+        let mut tx = self.begin_write(OP, Commit::Synced).await?;
         sqlx::query("INSERT INTO held_connections (connection, held_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
             .bind(connection)
             .bind(now)
@@ -1143,7 +1193,7 @@ impl Store for SqliteStore {
         non_empty("connection", connection)?;
         const OP: &str = "releasing a connection";
         let now = now_ms();
-        let mut tx = self.begin_write(OP).await?;
+        let mut tx = self.begin_write(OP, Commit::Synced).await?;
         sqlx::query("DELETE FROM held_connections WHERE connection = ?1")
             .bind(connection)
             .execute(&mut *tx)
@@ -1829,6 +1879,65 @@ mod tests {
         .fetch_all(&store.writer)
         .await
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn what_was_accepted_commits_synced_and_lease_bookkeeping_commits_deferred() {
+        let (_dir, store) = open().await;
+        // `PRAGMA synchronous` on the single write connection after each call: FULL (2) fsyncs at commit,
+        // NORMAL (1) leaves it to the next synced commit. Synced and deferred calls alternate, so each check
+        // sees the setting its own call made.
+        const SYNCED: i64 = 2;
+        const DEFERRED: i64 = 1;
+        let synchronous =
+            async || -> i64 { sqlx::query_scalar("PRAGMA synchronous").fetch_one(&store.writer).await.unwrap() };
+        let message = InboundMessage {
+            connection: "mp".into(),
+            source: "mparticle.webhook".into(),
+            external_id: None,
+            body: json!({"events": []}),
+        };
+        let mut seen = Vec::new();
+
+        store.claim("w", 10, now_ms(), LEASE).await.unwrap();
+        seen.push(("claim", synchronous().await, DEFERRED));
+        store.enqueue(&[run("a"), run("b"), run("c")]).await.unwrap();
+        seen.push(("enqueue", synchronous().await, SYNCED));
+        let [a, b, c]: [StoredRun; 3] = store.claim("w", 10, now_ms(), LEASE).await.unwrap().try_into().unwrap();
+        let (a, b, c) = (a.lease().unwrap(), b.lease().unwrap(), c.lease().unwrap());
+        store.hold_connection("crm").await.unwrap();
+        seen.push(("hold_connection", synchronous().await, SYNCED));
+        store.checkpoint(&a, &json!({}), add_ms(now_ms(), LEASE)).await.unwrap();
+        seen.push(("checkpoint", synchronous().await, DEFERRED));
+        store.release_connection("crm").await.unwrap();
+        seen.push(("release_connection", synchronous().await, SYNCED));
+        store.extend_lease(&a, add_ms(now_ms(), LEASE)).await.unwrap();
+        seen.push(("extend_lease", synchronous().await, DEFERRED));
+        let inbound = store.record_inbound(&message).await.unwrap();
+        seen.push(("record_inbound", synchronous().await, SYNCED));
+        store.complete(&a, &Completion::Failed { error: json!({}) }, &json!({}), &[]).await.unwrap();
+        seen.push(("complete", synchronous().await, DEFERRED));
+        store.retry_now(&a.id).await.unwrap();
+        seen.push(("retry_now", synchronous().await, SYNCED));
+        store.reschedule(&b, now_ms(), &json!({}), None).await.unwrap();
+        seen.push(("reschedule", synchronous().await, DEFERRED));
+        store.drop_run(&b.id).await.unwrap();
+        seen.push(("drop_run", synchronous().await, SYNCED));
+        store.dead_letter(&c, &json!({}), &json!({})).await.unwrap();
+        seen.push(("dead_letter", synchronous().await, DEFERRED));
+        store.retry_inbound(&inbound).await.unwrap();
+        seen.push(("retry_inbound", synchronous().await, SYNCED));
+        let [claimed]: [StoredInbound; 1] =
+            store.claim_inbound("in", 10, now_ms(), LEASE).await.unwrap().try_into().unwrap();
+        seen.push(("claim_inbound", synchronous().await, DEFERRED));
+        store.enqueue(&[run("d")]).await.unwrap();
+        seen.push(("enqueue", synchronous().await, SYNCED));
+        let processed = InboundOutcome::Processed { unmatched: None };
+        store.complete_inbound(&claimed.lease().unwrap(), &processed, &[run("e")]).await.unwrap();
+        seen.push(("complete_inbound", synchronous().await, DEFERRED));
+
+        let wrong: Vec<_> = seen.iter().filter(|(_, got, expected)| got != expected).collect();
+        assert!(wrong.is_empty(), "calls committed with the wrong `synchronous` (call, got, expected): {wrong:?}");
     }
 
     #[tokio::test]
