@@ -808,11 +808,14 @@ impl Store for SqliteStore {
             .collect();
         let valid: Vec<(usize, &RunCompletion)> =
             completions.iter().enumerate().filter(|(i, _)| results[*i].is_ok()).collect();
+        if valid.is_empty() {
+            return Ok(results);
+        }
         let closing: Vec<Closing> =
             valid.iter().map(|(_, item)| (&item.lease, &item.completion, &item.trace)).collect();
         let closed = if valid.iter().all(|(_, item)| item.emitted.is_empty()) {
             // No outbox rows: the fenced update (and the trigger marking the keys' next heads) is one statement,
-            // atomic by itself, so it needs no transaction and its two extra round trips.
+            // atomic by itself, so it needs no `BEGIN` and `COMMIT` round trips.
             let mut conn = self.write_connection(OP, Commit::Deferred).await?;
             complete_runs(&mut conn, &closing, now).await?
         } else {
