@@ -1,6 +1,6 @@
-//! Group commit of completions: runs that finish at about the same time are settled in one store transaction
-//! (one round trip to the store), as accepted events are by [`GroupCommit`](super::group_commit::GroupCommit). Each caller
-//! still learns its own outcome, and only after the transaction has committed.
+//! Group commit of completions: runs that finish at about the same time are settled in one store call (one
+//! atomic commit), as accepted events are by [`GroupCommit`](super::group_commit::GroupCommit). Each caller
+//! still learns its own outcome, and only after the commit.
 
 use crate::store::{RunCompletion, Store, StoreError};
 use std::sync::Arc;

@@ -14,9 +14,10 @@
 //! write runs in `BEGIN IMMEDIATE`, which takes the write lock before reading, so another process opening the
 //! same file (e.g. the CLI's `queue retry` while the server runs) waits for the busy timeout instead of failing
 //! on a stale snapshot. A write statement on its own takes the write lock before it reads too, and is atomic
-//! with the triggers it fires: the hot paths (a claim, a batch of completions without outbox rows) are single
-//! statements without `BEGIN` and `COMMIT`, because under load each statement of a transaction is a round trip
-//! between the async task and SQLite's thread that costs more than the SQL (BENCHMARKS.md, "Fourth round").
+//! with the triggers it fires: the hot paths (a claim, a batch of completions without outbox rows) are
+//! statements that commit on their own, without `BEGIN` and `COMMIT`, because under load each statement of a
+//! transaction is a round trip between the async task and SQLite's thread that costs more than the SQL
+//! (BENCHMARKS.md, "Fourth round").
 //! Reads use a separate small pool of read-only connections, which WAL lets run alongside the writer.
 
 use super::{
@@ -74,7 +75,7 @@ macro_rules! fenced {
 
 /// Claim: due runs with no earlier open run of their key, oldest first. ?1 worker, ?2 lease until, ?3 now,
 /// ?4 limit. Such a run is its key's *head* (the smallest open seq of the key), which the statements that open
-/// and close runs keep marked (migrations 0002 and 0003, [`rehead`]). Candidates are read in `seq` order from
+/// and close runs keep marked (migrations 0002 to 0004, [`rehead`]). Candidates are read in `seq` order from
 /// the partial index `runs_claimable`, which holds only heads, so a claim costs O(keys with open runs) at most,
 /// and stops after `limit`, however long each key's backlog is.
 const CLAIM_RUNS: &str = concat!(
@@ -153,21 +154,9 @@ const KNOWN_DEDUP_KEYS: &str = "SELECT j.value ->> 0, j.value ->> 1, r.id FROM j
 /// their own marks instead, and the trigger of migration 0004 marks each key's next run. Each statement costs an
 /// index probe per key and writes only rows that change.
 async fn rehead(conn: &mut SqliteConnection, keys: &[&str], operation: &'static str) -> Result<(), StoreError> {
+    let keys = Value::from(keys).to_string();
     for sql in [DEMOTE_STALE_HEADS, PROMOTE_HEADS] {
-        head_update(conn, sql, keys, operation).await?;
-    }
-    Ok(())
-}
-
-async fn head_update(
-    conn: &mut SqliteConnection,
-    sql: &'static str,
-    keys: &[&str],
-    operation: &'static str,
-) -> Result<(), StoreError> {
-    if !keys.is_empty() {
-        let keys = Value::from(keys).to_string();
-        sqlx::query(sql).bind(keys).execute(&mut *conn).await.map_err(db(operation))?;
+        sqlx::query(sql).bind(keys.as_str()).execute(&mut *conn).await.map_err(db(operation))?;
     }
     Ok(())
 }
