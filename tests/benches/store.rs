@@ -95,7 +95,7 @@ fn bench(c: &mut Criterion) {
                 tokio.block_on(store.enqueue(&new_runs(next, BATCH))).unwrap();
                 next += BATCH;
                 let started = Instant::now();
-                let runs = tokio.block_on(store.claim("bench", BATCH, now_ms(), lease)).unwrap();
+                let runs = tokio.block_on(store.claim("bench", BATCH, 1, now_ms(), lease)).unwrap();
                 total += started.elapsed();
                 assert_eq!(runs.len(), BATCH);
                 tokio.block_on(store.complete_many(&complete(runs))).unwrap();
@@ -109,7 +109,7 @@ fn bench(c: &mut Criterion) {
             for _ in 0..iters {
                 tokio.block_on(store.enqueue(&new_runs(next, BATCH))).unwrap();
                 next += BATCH;
-                let runs = tokio.block_on(store.claim("bench", BATCH, now_ms(), lease)).unwrap();
+                let runs = tokio.block_on(store.claim("bench", BATCH, 1, now_ms(), lease)).unwrap();
                 assert_eq!(runs.len(), BATCH);
                 let completions = complete(runs);
                 let started = Instant::now();

@@ -6,14 +6,14 @@ use crate::store::{RunCompletion, Store, StoreError};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-/// The most completions one transaction takes.
+/// The most callers one store call serves (each may bring several completions).
 const MAX_BATCH: usize = 256;
 
-type Reply = oneshot::Sender<Result<(), StoreError>>;
+type Reply = oneshot::Sender<Vec<Result<(), StoreError>>>;
 
 /// Hands completions to one committing task.
 pub(crate) struct CompletionBatch {
-    sender: mpsc::Sender<(RunCompletion, Reply)>,
+    sender: mpsc::Sender<(Vec<RunCompletion>, Reply)>,
 }
 
 impl CompletionBatch {
@@ -24,33 +24,39 @@ impl CompletionBatch {
         CompletionBatch { sender }
     }
 
-    /// Completes a run, in a transaction shared with concurrent callers.
-    pub async fn complete(&self, completion: RunCompletion) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        if self.sender.send((completion, reply)).await.is_err() {
-            return Err(StoreError::invalid("completion", "the service is shutting down"));
+    /// Completes runs in one store call, shared with concurrent callers, so they commit together or not at
+    /// all; one result per completion, in order.
+    pub async fn complete_all(&self, completions: Vec<RunCompletion>) -> Vec<Result<(), StoreError>> {
+        let count = completions.len();
+        let failed = |message: &str| (0..count).map(|_| Err(StoreError::invalid("completion", message))).collect();
+        if count == 0 {
+            return Vec::new();
         }
-        answer.await.unwrap_or_else(|_| Err(StoreError::invalid("completion", "the committing task stopped")))
+        let (reply, answer) = oneshot::channel();
+        if self.sender.send((completions, reply)).await.is_err() {
+            return failed("the service is shutting down");
+        }
+        answer.await.unwrap_or_else(|_| failed("the committing task stopped"))
     }
 }
 
-async fn commit_loop(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<(RunCompletion, Reply)>) {
+async fn commit_loop(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<(Vec<RunCompletion>, Reply)>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (completions, replies): (Vec<RunCompletion>, Vec<Reply>) = batch.drain(..).unzip();
-        match store.complete_many(&completions).await {
-            Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
-            }
+        let sizes: Vec<usize> = batch.iter().map(|(completions, _)| completions.len()).collect();
+        let (groups, replies): (Vec<Vec<RunCompletion>>, Vec<Reply>) = batch.drain(..).unzip();
+        let completions: Vec<RunCompletion> = groups.into_iter().flatten().collect();
+        let mut results = match store.complete_many(&completions).await {
+            Ok(results) => results,
             Err(error) => {
                 // Nothing was written: every run of the batch stays leased and is run again after its lease.
                 let message = error.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::invalid("completion", message.clone())));
-                }
+                completions.iter().map(|_| Err(StoreError::invalid("completion", message.clone()))).collect()
             }
+        }
+        .into_iter();
+        for (reply, size) in replies.into_iter().zip(sizes) {
+            let _ = reply.send(results.by_ref().take(size).collect());
         }
     }
 }

@@ -21,7 +21,8 @@
 //! ```text
 //!  enqueue ──> queued ──claim──> leased ──complete──> succeeded | failed
 //!               ^  ^               │ │ └──dead_letter──> dead ──retry_now──> queued
-//!               │  └──reschedule───┘ └──lease expires (crash) ──> claimable again
+//!               │  └──reschedule───┤ └──lease expires (crash) ──> claimable again
+//!               │  └──release──────┘ (not started)
 //!               └──release_connection── held <──hold_connection── queued
 //!  drop_run: queued | leased | held | dead ──> dropped (kept for the record)
 //! ```
@@ -37,9 +38,14 @@
 //!
 //! So a customer's message waiting for a resend — or dead-lettered, until an operator retries or drops
 //! it — holds that customer's later messages, and nobody else's. `succeeded`, `failed` (a permanent error,
-//! handled by the flow's error path) and `dropped` runs do not hold later runs. At most one run per key is
-//! leased at a time. (An operator retrying a `failed` run puts it back in the queue after later runs of its
-//! key may already have been delivered: that is the operator's explicit choice.)
+//! handled by the flow's error path) and `dropped` runs do not hold later runs. (An operator retrying a
+//! `failed` run puts it back in the queue after later runs of its key may already have been delivered: that
+//! is the operator's explicit choice.)
+//!
+//! One claim may take several runs of a key: a claimable run and the due runs right behind it, up to
+//! `per_key`. The leased runs of a key then belong to one worker and one claim. The worker runs them in `seq`
+//! order, completes the ones that finished together, and [`release`](Store::release)s the ones after a run
+//! that stopped (a resend, a dead letter), which wait behind it again.
 //!
 //! # Connections (disconnect)
 //!
@@ -595,14 +601,22 @@ pub trait Store: Send + Sync {
     async fn enqueue(&self, runs: &[NewRun]) -> Result<Vec<String>, StoreError>;
 
     /// Leases up to `limit` claimable runs (see the ordering rule) to `worker` until `now_ms + lease`, oldest
-    /// first. Atomic: two concurrent claimers never get the same run.
+    /// first, with up to `per_key` runs of a key (a claimable run and the due runs right behind it; every
+    /// key's first run is taken before any key's second). Atomic: two concurrent claimers never get the same
+    /// run. The caller runs a key's runs in `seq` order and [`release`](Store::release)s those it does not
+    /// start.
     async fn claim(
         &self,
         worker: &str,
         limit: usize,
+        per_key: usize,
         now_ms: i64,
         lease: Duration,
     ) -> Result<Vec<StoredRun>, StoreError>;
+
+    /// Gives back leased runs their holder did not start (an earlier run of their key stopped): they are due
+    /// again at once, still behind that run. Fenced: a lease that is no longer held is skipped.
+    async fn release(&self, leases: &[Lease]) -> Result<(), StoreError>;
 
     /// Saves the executor's progress and extends the lease to `lease_until_ms`. Like every lease-holder call,
     /// it succeeds while nobody else has claimed the run — even a little past `lease_until` — and fails with

@@ -10,7 +10,7 @@
 //! In the store benchmark, syncing each of them cost a claim or a completion a quarter of its time (BENCHMARKS.md,
 //! "Fourth round").
 //!
-//! SQLite has one writer. All writes go through a pool of exactly one connection, and every multi-statement
+//! SQLite has one writer. All writes take turns on one connection ([`Writer`]), and every multi-statement
 //! write runs in `BEGIN IMMEDIATE`, which takes the write lock before reading, so another process opening the
 //! same file (e.g. the CLI's `queue retry` while the server runs) waits for the busy timeout instead of failing
 //! on a stale snapshot. A write statement on its own takes the write lock before it reads too, and is atomic
@@ -26,21 +26,23 @@ use super::{
     StoreError, StoredInbound, StoredRun, add_ms, now_ms, validate_runs,
 };
 use async_trait::async_trait;
-use serde_json::Value;
-use sqlx::pool::PoolConnection;
+use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::{ConnectOptions, Connection, FromRow, QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 /// The schema migrations, embedded from `host/migrations/sqlite`.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// How long a write waits for another process holding the database's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write waits for its turn on the write connection.
+const WRITE_WAIT: Duration = Duration::from_secs(60);
 /// Read-only connections (WAL readers do not block the writer).
 const READERS: u32 = 4;
 
@@ -66,6 +68,13 @@ macro_rules! uses_held_connection {
     };
 }
 
+/// The statuses of an open run (one that holds its key's order), as in the partial index `runs_open_by_key`.
+macro_rules! open_statuses {
+    () => {
+        "('queued', 'leased', 'held', 'dead')"
+    };
+}
+
 /// The lease check of every lease-holder call: ?1 id, ?2 worker, ?3 token.
 macro_rules! fenced {
     () => {
@@ -73,19 +82,47 @@ macro_rules! fenced {
     };
 }
 
-/// Claim: due runs with no earlier open run of their key, oldest first. ?1 worker, ?2 lease until, ?3 now,
-/// ?4 limit. Such a run is its key's *head* (the smallest open seq of the key), which the statements that open
-/// and close runs keep marked (migrations 0002 to 0004, [`rehead`]). Candidates are read in `seq` order from
-/// the partial index `runs_claimable`, which holds only heads, so a claim costs O(keys with open runs) at most,
-/// and stops after `limit`, however long each key's backlog is.
+/// Claim: due runs with no earlier open run of their key, oldest first, each with up to `per_key - 1` of its
+/// key's runs right behind it. ?1 worker, ?2 lease until, ?3 now, ?4 limit, ?5 runs per key.
+///
+/// A run with no earlier open run of its key is the key's *head* (the smallest open `seq`), which the
+/// statements that open and close runs keep marked (migrations 0002 to 0004, [`rehead`]). Heads are read in
+/// `seq` order from the partial index `runs_claimable`, which holds only heads, so a claim costs O(keys with
+/// open runs) at most, and stops after `limit`, however long each key's backlog is. Behind each head, the next
+/// open runs of its key are read from `runs_open_by_key` (at most `per_key - 1`), and taken while each is due
+/// (an earlier run that is not, e.g. held or waiting for a resend, stops its key there). The limit takes every
+/// head before any key's second run, every second run before any third, and so on.
 const CLAIM_RUNS: &str = concat!(
-    "UPDATE runs SET status = 'leased', lease_owner = ?1, lease_until = ?2, next_attempt_at = ?2, \
-     leases = leases + 1, updated_at = ?3 \
-     WHERE seq IN (SELECT r.seq FROM runs r INDEXED BY runs_claimable \
+    "WITH heads AS (SELECT r.seq, r.ordering_key FROM runs r INDEXED BY runs_claimable \
         WHERE r.head = 1 AND r.status IN ('queued', 'leased') AND r.next_attempt_at <= ?3 \
-        ORDER BY r.seq LIMIT ?4) \
+        ORDER BY r.seq LIMIT ?4), \
+     behind AS (SELECT h.seq AS head, o.seq, (o.status IN ('queued', 'leased') AND o.next_attempt_at <= ?3) AS due \
+        FROM heads h JOIN runs o ON o.seq IN (SELECT x.seq FROM runs x INDEXED BY runs_open_by_key \
+            WHERE x.ordering_key = h.ordering_key AND x.status IN ",
+    open_statuses!(),
+    " AND x.seq > h.seq ORDER BY x.seq LIMIT ?5 - 1)), \
+     chosen AS (SELECT seq, 0 AS depth, seq AS head FROM heads \
+        UNION ALL SELECT seq, depth, head FROM (SELECT seq, head, MIN(due) OVER key_order AS unbroken, \
+                                                       row_number() OVER key_order AS depth \
+                                                FROM behind WINDOW key_order AS (PARTITION BY head ORDER BY seq)) \
+                  WHERE unbroken) \
+     UPDATE runs SET status = 'leased', lease_owner = ?1, lease_until = ?2, next_attempt_at = ?2, \
+     leases = leases + 1, updated_at = ?3 \
+     WHERE seq IN (SELECT seq FROM chosen ORDER BY depth, head LIMIT ?4) \
      RETURNING ",
     run_columns!()
+);
+
+/// Gives back leased runs that were not started: ?1 is a JSON array of `[id, worker, token]`, ?2 now. They are
+/// due at once (behind the open run that stopped their holder, so never a key's head), or held if one of their
+/// connections is.
+const RELEASE_RUNS: &str = concat!(
+    "UPDATE runs SET status = CASE WHEN ",
+    uses_held_connection!(),
+    " THEN 'held' ELSE 'queued' END, next_attempt_at = ?2, lease_until = NULL, updated_at = ?2 \
+     FROM json_each(?1) c \
+     WHERE runs.id = c.value ->> 0 AND +runs.status = 'leased' AND runs.lease_owner = c.value ->> 1 \
+       AND runs.leases = c.value ->> 2"
 );
 
 /// A run whose worker died while its connection is held becomes held rather than claimable. ?1 now.
@@ -113,13 +150,6 @@ const CLAIM_INBOUND: &str = concat!(
 const SWEEP_HELD_INBOUND: &str = "UPDATE inbound SET status = 'held', lease_until = NULL, updated_at = ?1 \
      WHERE status = 'leased' AND next_attempt_at <= ?1 \
        AND connection IN (SELECT connection FROM held_connections)";
-
-/// The statuses of an open run (one that holds its key's order), as in the partial index `runs_open_by_key`.
-macro_rules! open_statuses {
-    () => {
-        "('queued', 'leased', 'held', 'dead')"
-    };
-}
 
 /// Clears the head mark of each key in ?1 (a JSON array) that is no longer on the key's smallest open run: the
 /// run closed, or an older run of the key reopened.
@@ -163,14 +193,59 @@ async fn rehead(conn: &mut SqliteConnection, keys: &[&str], operation: &'static 
 
 /// The embedded SQLite [`Store`].
 pub struct SqliteStore {
-    writer: SqlitePool,
+    /// The one write connection; `None` once the store is closed.
+    writer: Mutex<Option<Writer>>,
     reader: SqlitePool,
+    /// How to open the write connection again (see [`Writer::crashed`]).
+    writer_options: SqliteConnectOptions,
     path: PathBuf,
 }
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// The write connection. Writes take turns on it behind an async mutex, which hands it straight to the next
+/// waiter. (A one-connection sqlx pool did the same with a spawned task that pinged the connection before the
+/// next caller got it: three waits for a busy runtime per hand-over, BENCHMARKS.md "Fifth round".)
+struct Writer {
+    conn: SqliteConnection,
+    /// The connection's worker thread has stopped (sqlx stops it when it cannot roll back a cancelled
+    /// transaction), so the next write opens a new connection instead of failing forever.
+    crashed: bool,
+}
+
+impl Writer {
+    /// Starts a transaction whose commit reaches the disk as `commit` says.
+    async fn begin(&mut self, operation: &'static str, commit: Commit) -> Result<Transaction<'_, Sqlite>, StoreError> {
+        // SQLite refuses to change `synchronous` inside a transaction, so it is set just before, in the same call.
+        let begin = match commit {
+            Commit::Synced => "PRAGMA synchronous = FULL; BEGIN IMMEDIATE",
+            Commit::Deferred => "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE",
+        };
+        match self.conn.begin_with(begin).await {
+            Ok(tx) => Ok(tx),
+            Err(e) => {
+                self.crashed = matches!(e, sqlx::Error::WorkerCrashed);
+                Err(db(operation)(e))
+            }
+        }
+    }
+
+    /// Readies the connection for statements that commit on their own as `commit` says. Every write sets its
+    /// own level, so none depends on what the previous write left on the connection.
+    async fn commit_statements(&mut self, operation: &'static str, commit: Commit) -> Result<(), StoreError> {
+        let pragma = match commit {
+            Commit::Synced => "PRAGMA synchronous = FULL",
+            Commit::Deferred => "PRAGMA synchronous = NORMAL",
+        };
+        if let Err(e) = sqlx::query(pragma).execute(&mut self.conn).await {
+            self.crashed = matches!(e, sqlx::Error::WorkerCrashed);
+            return Err(db(operation)(e));
+        }
+        Ok(())
     }
 }
 
@@ -197,26 +272,22 @@ impl SqliteStore {
             // migration 0002 a claim cost half as much (BENCHMARKS.md, "What limits delivery").
             .pragma("temp_store", "memory")
             .foreign_keys(true);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(60))
-            .connect_with(options.clone().create_if_missing(true))
-            .await
-            .map_err(|e| open_error(e.to_string()))?;
-        if let Err(e) = MIGRATOR.run(&writer).await {
-            writer.close().await;
+        let writer_options = options.clone().create_if_missing(true);
+        let mut conn = writer_options.connect().await.map_err(|e| open_error(e.to_string()))?;
+        if let Err(e) = MIGRATOR.run(&mut conn).await {
+            conn.close().await.ok();
             return Err(StoreError::Migrate(e.to_string()));
         }
         let reader = match SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await
         {
             Ok(reader) => reader,
             Err(e) => {
-                writer.close().await;
+                conn.close().await.ok();
                 return Err(open_error(e.to_string()));
             }
         };
-        Ok(SqliteStore { writer, reader, path: path.to_path_buf() })
+        let writer = Mutex::new(Some(Writer { conn, crashed: false }));
+        Ok(SqliteStore { writer, reader, writer_options, path: path.to_path_buf() })
     }
 
     /// The database file.
@@ -224,40 +295,40 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Closes the connections, waiting for calls in progress.
+    /// Closes the connections, waiting for calls in progress. Later calls fail.
     pub async fn close(&self) {
         self.reader.close().await;
-        self.writer.close().await;
+        if let Some(writer) = self.writer.lock().await.take()
+            && let Err(error) = writer.conn.close().await
+        {
+            tracing::warn!(%error, "closing the store's write connection");
+        }
     }
 
-    /// Starts a write transaction whose commit reaches the disk as `commit` says.
-    async fn begin_write(
-        &self,
-        operation: &'static str,
-        commit: Commit,
-    ) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        // SQLite refuses to change `synchronous` inside a transaction, so it is set just before, in the same call.
-        let begin = match commit {
-            Commit::Synced => "PRAGMA synchronous = FULL; BEGIN IMMEDIATE",
-            Commit::Deferred => "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE",
-        };
-        self.writer.begin_with(begin).await.map_err(db(operation))
+    /// Waits for the write connection (opening it again if its worker crashed).
+    async fn writer(&self, operation: &'static str) -> Result<MappedMutexGuard<'_, Writer>, StoreError> {
+        let guard = tokio::time::timeout(WRITE_WAIT, self.writer.lock())
+            .await
+            .map_err(|_| db(operation)(sqlx::Error::PoolTimedOut))?;
+        let mut writer =
+            MutexGuard::try_map(guard, Option::as_mut).map_err(|_| db(operation)(sqlx::Error::PoolClosed))?;
+        if writer.crashed {
+            tracing::warn!(operation, "the store's write connection had stopped; opening it again");
+            writer.conn = self.writer_options.connect().await.map_err(db(operation))?;
+            writer.crashed = false;
+        }
+        Ok(writer)
     }
 
-    /// The write connection, for statements that commit on their own as `commit` says. Every write sets its
-    /// own level, so none depends on what the previous write left on the connection.
+    /// The write connection, for statements that commit on their own as `commit` says.
     async fn write_connection(
         &self,
         operation: &'static str,
         commit: Commit,
-    ) -> Result<PoolConnection<Sqlite>, StoreError> {
-        let mut conn = self.writer.acquire().await.map_err(db(operation))?;
-        let pragma = match commit {
-            Commit::Synced => "PRAGMA synchronous = FULL",
-            Commit::Deferred => "PRAGMA synchronous = NORMAL",
-        };
-        sqlx::query(pragma).execute(&mut *conn).await.map_err(db(operation))?;
-        Ok(conn)
+    ) -> Result<MappedMutexGuard<'_, SqliteConnection>, StoreError> {
+        let mut writer = self.writer(operation).await?;
+        writer.commit_statements(operation, commit).await?;
+        Ok(MappedMutexGuard::map(writer, |writer| &mut writer.conn))
     }
 }
 
@@ -688,7 +759,8 @@ impl Store for SqliteStore {
         if runs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin_write("enqueuing runs", Commit::Synced).await?;
+        let mut writer = self.writer("enqueuing runs").await?;
+        let mut tx = writer.begin("enqueuing runs", Commit::Synced).await?;
         let ids = insert_runs(&mut tx, runs, now_ms()).await?;
         tx.commit().await.map_err(db("committing enqueued runs"))?;
         Ok(ids)
@@ -698,6 +770,7 @@ impl Store for SqliteStore {
         &self,
         worker: &str,
         limit: usize,
+        per_key: usize,
         now_ms: i64,
         lease: Duration,
     ) -> Result<Vec<StoredRun>, StoreError> {
@@ -716,12 +789,31 @@ impl Store for SqliteStore {
             .bind(add_ms(now_ms, lease))
             .bind(now_ms)
             .bind(clamp_claim(limit))
+            .bind(clamp_claim(per_key.max(1)))
             .fetch_all(&mut *conn)
             .await
             .map_err(db(OP))?;
+        drop(conn);
         let mut runs: Vec<StoredRun> = convert(rows)?;
         runs.sort_by_key(|run| run.seq);
         Ok(runs)
+    }
+
+    async fn release(&self, leases: &[Lease]) -> Result<(), StoreError> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        const OP: &str = "releasing runs";
+        let rows: Vec<Value> =
+            leases.iter().map(|lease| json!([lease.id.as_str(), lease.worker.as_str(), lease.token])).collect();
+        let mut conn = self.write_connection(OP, Commit::Deferred).await?;
+        sqlx::query(RELEASE_RUNS)
+            .bind(Value::from(rows).to_string())
+            .bind(now_ms())
+            .execute(&mut *conn)
+            .await
+            .map_err(db(OP))?;
+        Ok(())
     }
 
     async fn checkpoint(&self, lease: &Lease, checkpoint: &Value, lease_until_ms: i64) -> Result<(), StoreError> {
@@ -808,7 +900,8 @@ impl Store for SqliteStore {
             let mut conn = self.write_connection(OP, Commit::Deferred).await?;
             complete_runs(&mut conn, &closing, now).await?
         } else {
-            let mut tx = self.begin_write(OP, Commit::Deferred).await?;
+            let mut writer = self.writer(OP).await?;
+            let mut tx = writer.begin(OP, Commit::Deferred).await?;
             // The fenced update first: only a run still held gets its outbox rows.
             let closed = complete_runs(&mut tx, &closing, now).await?;
             for ((_, item), closed) in valid.iter().zip(&closed) {
@@ -929,7 +1022,8 @@ impl Store for SqliteStore {
 
     async fn retry_now(&self, id: &str) -> Result<bool, StoreError> {
         const OP: &str = "retrying a run";
-        let mut tx = self.begin_write(OP, Commit::Synced).await?;
+        let mut writer = self.writer(OP).await?;
+        let mut tx = writer.begin(OP, Commit::Synced).await?;
         // A failed run reopens, and may be older than its key's head.
         let key: Option<String> = sqlx::query_scalar(concat!(
             "UPDATE runs SET status = CASE WHEN ",
@@ -988,7 +1082,8 @@ impl Store for SqliteStore {
         }
         const OP: &str = "recording an inbound message";
         let now = now_ms();
-        let mut tx = self.begin_write(OP, Commit::Synced).await?;
+        let mut writer = self.writer(OP).await?;
+        let mut tx = writer.begin(OP, Commit::Synced).await?;
         if let Some(external_id) = &message.external_id {
             let existing: Option<String> =
                 sqlx::query_scalar("SELECT id FROM inbound WHERE connection = ?1 AND external_id = ?2")
@@ -1036,7 +1131,8 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         const OP: &str = "claiming inbound messages";
-        let mut tx = self.begin_write(OP, Commit::Deferred).await?;
+        let mut writer = self.writer(OP).await?;
+        let mut tx = writer.begin(OP, Commit::Deferred).await?;
         sqlx::query(SWEEP_HELD_INBOUND).bind(now_ms).execute(&mut *tx).await.map_err(db(OP))?;
         let rows: Vec<InboundRow> = sqlx::query_as(CLAIM_INBOUND)
             .bind(worker)
@@ -1061,7 +1157,8 @@ impl Store for SqliteStore {
         validate_runs(runs)?;
         const OP: &str = "completing an inbound message";
         let now = now_ms();
-        let mut tx = self.begin_write(OP, Commit::Deferred).await?;
+        let mut writer = self.writer(OP).await?;
+        let mut tx = writer.begin(OP, Commit::Deferred).await?;
         let ids = insert_runs(&mut tx, runs, now).await?;
         let (status, detail) = match outcome {
             InboundOutcome::Processed { unmatched } => {
@@ -1148,7 +1245,8 @@ impl Store for SqliteStore {
         non_empty("connection", connection)?;
         const OP: &str = "holding a connection";
         let now = now_ms();
-        let mut tx = self.begin_write(OP, Commit::Synced).await?;
+        let mut writer = self.writer(OP).await?;
+        let mut tx = writer.begin(OP, Commit::Synced).await?;
         sqlx::query("INSERT INTO held_connections (connection, held_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
             .bind(connection)
             .bind(now)
@@ -1185,7 +1283,8 @@ impl Store for SqliteStore {
         non_empty("connection", connection)?;
         const OP: &str = "releasing a connection";
         let now = now_ms();
-        let mut tx = self.begin_write(OP, Commit::Synced).await?;
+        let mut writer = self.writer(OP).await?;
+        let mut tx = writer.begin(OP, Commit::Synced).await?;
         sqlx::query("DELETE FROM held_connections WHERE connection = ?1")
             .bind(connection)
             .execute(&mut *tx)
@@ -1259,10 +1358,17 @@ mod tests {
     use crate::store::RunCounts;
     use serde_json::json;
     use sqlx::AssertSqlSafe;
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 
     const LEASE: Duration = Duration::from_secs(30);
+
+    impl SqliteStore {
+        /// The write connection as the last write left it.
+        async fn test_writer(&self) -> MappedMutexGuard<'_, SqliteConnection> {
+            MappedMutexGuard::map(self.writer("testing").await.unwrap(), |writer| &mut writer.conn)
+        }
+    }
 
     async fn open() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -1299,11 +1405,11 @@ mod tests {
         let deduped = NewRun { dedup_key: Some("evt-1".into()), ..run("carol") };
         let ids = store.enqueue(&[run("alice"), run("bob"), deduped.clone()]).await.unwrap();
         assert_eq!(ids.len(), 3);
-        let claimed = store.claim("w1", 1, now_ms(), LEASE).await.unwrap();
+        let claimed = store.claim("w1", 1, 1, now_ms(), LEASE).await.unwrap();
         let lease = claimed[0].lease().unwrap();
         store.checkpoint(&lease, &json!({"done": ["send"]}), now_ms() + 60_000).await.unwrap();
         store.hold_connection("other").await.unwrap();
-        // Simulate a crash: no close, just drop the pools.
+        // Simulate a crash: no close, just drop the connections.
         drop(store);
 
         let store = SqliteStore::open(&path).await.unwrap();
@@ -1330,13 +1436,13 @@ mod tests {
         let ids = store.enqueue(&[run("a"), run("b"), run("a"), run("c"), run("b")]).await.unwrap();
         let now = now_ms();
 
-        let first = store.claim("w1", 10, now, LEASE).await.unwrap();
+        let first = store.claim("w1", 10, 1, now, LEASE).await.unwrap();
         assert_eq!(customers(&first), ["a", "b", "c"], "one run per key, oldest first");
         assert_eq!(
             first.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
             [&ids[0], &ids[1], &ids[3]].map(|s| s.clone())
         );
-        assert!(store.claim("w2", 10, now, LEASE).await.unwrap().is_empty(), "later runs wait for leased ones");
+        assert!(store.claim("w2", 10, 1, now, LEASE).await.unwrap().is_empty(), "later runs wait for leased ones");
 
         // a1 fails and waits a minute for its resend; b1 and c1 succeed.
         let state = store
@@ -1347,21 +1453,94 @@ mod tests {
         for run in &first[1..] {
             store.complete(&run.lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
         }
-        let next = store.claim("w1", 10, now + 1, LEASE).await.unwrap();
+        let next = store.claim("w1", 10, 1, now + 1, LEASE).await.unwrap();
         assert_eq!(customers(&next), ["b"], "b2 goes; a2 waits behind a1's resend");
         store.complete(&next[0].lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
-        assert!(store.claim("w1", 10, now + 2, LEASE).await.unwrap().is_empty());
+        assert!(store.claim("w1", 10, 1, now + 2, LEASE).await.unwrap().is_empty());
 
         // The resend is due: a1 first (with its attempt counted and checkpoint kept), then a2.
-        let resend = store.claim("w1", 10, now + 60_000, LEASE).await.unwrap();
+        let resend = store.claim("w1", 10, 1, now + 60_000, LEASE).await.unwrap();
         assert_eq!(resend.len(), 1);
         assert_eq!(resend[0].id, ids[0]);
         assert_eq!((resend[0].attempts, resend[0].leases), (1, 2));
         assert_eq!(resend[0].checkpoint, Some(json!({"n": 1})));
         assert_eq!(resend[0].last_error, Some(json!({"kind": "transient"})));
         store.complete(&resend[0].lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
-        let last = store.claim("w1", 10, now + 60_001, LEASE).await.unwrap();
+        let last = store.claim("w1", 10, 1, now + 60_001, LEASE).await.unwrap();
         assert_eq!(last.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [ids[2].as_str()]);
+    }
+
+    #[tokio::test]
+    async fn a_claim_takes_a_keys_due_runs_in_order_up_to_per_key_and_every_head_first() {
+        let (_dir, store) = open().await;
+        store.enqueue(&[run("a"), run("a"), run("b"), run("a"), run("a"), run("c"), run("b")]).await.unwrap();
+        // Within the limit, every key's first run comes before any key's second: a1, b1, c1, then a2.
+        let first = store.claim("w1", 4, 3, now_ms(), LEASE).await.unwrap();
+        assert_eq!(customers(&first), ["a", "a", "b", "c"]);
+        assert_eq!(first.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 6]);
+        assert!(first.iter().all(|r| r.status == RunState::Leased && r.lease_owner.as_deref() == Some("w1")));
+        // a3 is right behind a2 but over the limit; nobody else may take it while a1 and a2 are out.
+        assert!(store.claim("w2", 10, 3, now_ms(), LEASE).await.unwrap().is_empty());
+
+        // Once a key's claimed runs are done, its next ones go, up to `per_key` of them.
+        for claimed in &first {
+            store.complete(&claimed.lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
+        }
+        let second = store.claim("w2", 10, 2, now_ms(), LEASE).await.unwrap();
+        assert_eq!(second.iter().map(|r| r.seq).collect::<Vec<_>>(), [4, 5, 7]);
+        assert_eq!(misplaced_heads(&store).await, []);
+    }
+
+    #[tokio::test]
+    async fn a_claim_stops_each_key_at_a_run_that_is_not_due_and_released_runs_wait_behind_it() {
+        let (_dir, store) = open().await;
+        store.hold_connection("crm").await.unwrap();
+        // a3 uses the held connection: it is open but not due, so a4 must not overtake it.
+        store.enqueue(&[run("a"), run("a"), run_for("a", &["mparticle", "crm"]), run("a"), run("b")]).await.unwrap();
+        let claimed = store.claim("w1", 10, 4, now_ms(), LEASE).await.unwrap();
+        assert_eq!(claimed.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 5]);
+
+        // a1 needs a resend, so its holder gives a2 back: a2 is queued behind a1 again, not claimable.
+        let (a1, a2) = (claimed[0].lease().unwrap(), claimed[1].lease().unwrap());
+        let due = now_ms() + 10_000;
+        store.reschedule(&a1, due, &json!({"kind": "transient"}), None).await.unwrap();
+        store.release(std::slice::from_ref(&a2)).await.unwrap();
+        let a2_now = store.get(&a2.id).await.unwrap().unwrap();
+        assert_eq!((a2_now.status, a2_now.lease_until, a2_now.attempts), (RunState::Queued, None, 0));
+        assert!(store.claim("w2", 10, 4, now_ms(), LEASE).await.unwrap().is_empty(), "a1 waits; a2 behind it");
+        // A release is fenced: once given back, the old lease can do nothing more.
+        let error = store.complete(&a2, &Completion::Succeeded, &json!({}), &[]).await.unwrap_err();
+        assert!(error.is_lease_lost(), "{error}");
+        store.release(std::slice::from_ref(&a2)).await.unwrap();
+
+        // When a1 is due again it goes with a2, and stops before the held a3.
+        let again = store.claim("w2", 10, 4, due, LEASE).await.unwrap();
+        assert_eq!(again.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+        // Released while its connection is held, a run becomes held.
+        store.release(&[again[1].lease().unwrap()]).await.unwrap();
+        assert_eq!(store.get(&a2.id).await.unwrap().unwrap().status, RunState::Queued);
+        store.release_connection("crm").await.unwrap();
+        let held = store.enqueue(&[run_for("c", &["crm"])]).await.unwrap();
+        let [c]: [StoredRun; 1] = store.claim("w3", 10, 4, now_ms(), LEASE).await.unwrap().try_into().unwrap();
+        assert_eq!(c.id, held[0]);
+        store.hold_connection("crm").await.unwrap();
+        store.release(&[c.lease().unwrap()]).await.unwrap();
+        assert_eq!(store.get(&c.id).await.unwrap().unwrap().status, RunState::Held);
+        assert_eq!(misplaced_heads(&store).await, []);
+    }
+
+    #[tokio::test]
+    async fn a_claimed_keys_runs_whose_lease_expired_are_claimed_again_together() {
+        let (_dir, store) = open().await;
+        store.enqueue(&[run("a"), run("a"), run("a")]).await.unwrap();
+        let now = now_ms();
+        let old = store.claim("w1", 10, 3, now, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(old.len(), 3);
+        assert!(store.claim("w2", 10, 3, now + 999, LEASE).await.unwrap().is_empty());
+        let taken = store.claim("w2", 10, 3, now + 1_000, LEASE).await.unwrap();
+        assert_eq!(taken.iter().map(|r| (r.seq, r.leases)).collect::<Vec<_>>(), [(1, 2), (2, 2), (3, 2)]);
+        let error = store.complete(&old[1].lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await;
+        assert!(error.unwrap_err().is_lease_lost());
     }
 
     #[tokio::test]
@@ -1369,7 +1548,7 @@ mod tests {
         let (_dir, store) = open().await;
         let ids = store.enqueue(&[run("a"), run("a"), run("z")]).await.unwrap();
         let now = now_ms();
-        let claimed = store.claim("w1", 10, now, LEASE).await.unwrap();
+        let claimed = store.claim("w1", 10, 1, now, LEASE).await.unwrap();
         assert_eq!(customers(&claimed), ["a", "z"]);
         store.dead_letter(&claimed[0].lease().unwrap(), &json!({"status": 503}), &json!({"nodes": []})).await.unwrap();
         store.complete(&claimed[1].lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
@@ -1378,11 +1557,11 @@ mod tests {
         assert_eq!((dead.status, dead.attempts), (RunState::Dead, 1));
         assert_eq!(dead.last_error, Some(json!({"status": 503})));
         assert_eq!(store.counts().await.unwrap().runs.dead, 1);
-        assert!(store.claim("w1", 10, now + 3_600_000, LEASE).await.unwrap().is_empty(), "a2 waits behind dead a1");
+        assert!(store.claim("w1", 10, 1, now + 3_600_000, LEASE).await.unwrap().is_empty(), "a2 waits behind dead a1");
 
         // An operator retries it: due now, with fresh attempts.
         assert!(store.retry_now(&ids[0]).await.unwrap());
-        let again = store.claim("w1", 10, now_ms(), LEASE).await.unwrap();
+        let again = store.claim("w1", 10, 1, now_ms(), LEASE).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!((again[0].id.as_str(), again[0].attempts), (ids[0].as_str(), 0));
         store.dead_letter(&again[0].lease().unwrap(), &json!({"status": 503}), &json!({})).await.unwrap();
@@ -1393,7 +1572,7 @@ mod tests {
         assert!(!store.retry_now(&ids[2]).await.unwrap(), "a succeeded run is not retried");
         assert!(!store.retry_now("no-such-run").await.unwrap());
         assert_eq!(store.get(&ids[0]).await.unwrap().unwrap().status, RunState::Dropped);
-        let next = store.claim("w1", 10, now_ms(), LEASE).await.unwrap();
+        let next = store.claim("w1", 10, 1, now_ms(), LEASE).await.unwrap();
         assert_eq!(next.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [ids[1].as_str()]);
     }
 
@@ -1402,13 +1581,13 @@ mod tests {
         let (_dir, store) = open().await;
         let ids = store.enqueue(&[run("a")]).await.unwrap();
         let now = now_ms();
-        let old = store.claim("w1", 10, now, Duration::from_secs(1)).await.unwrap();
+        let old = store.claim("w1", 10, 1, now, Duration::from_secs(1)).await.unwrap();
         let old_lease = old[0].lease().unwrap();
         store.checkpoint(&old_lease, &json!({"step": 1}), now + 1_000).await.unwrap();
-        assert!(store.claim("w2", 10, now + 999, LEASE).await.unwrap().is_empty(), "the lease still holds");
+        assert!(store.claim("w2", 10, 1, now + 999, LEASE).await.unwrap().is_empty(), "the lease still holds");
 
         // w1 crashed: after the lease expires, w2 takes the run over from w1's checkpoint.
-        let taken = store.claim("w2", 10, now + 1_000, LEASE).await.unwrap();
+        let taken = store.claim("w2", 10, 1, now + 1_000, LEASE).await.unwrap();
         assert_eq!(taken.len(), 1);
         assert_eq!((taken[0].lease_owner.as_deref(), taken[0].leases), (Some("w2"), 2));
         assert_eq!(taken[0].checkpoint, Some(json!({"step": 1})));
@@ -1428,7 +1607,7 @@ mod tests {
 
         // Fencing is by claim, not by name: a worker re-using the name w1 gets a new token.
         store.extend_lease(&taken[0].lease().unwrap(), now + 2_000).await.unwrap();
-        let third = store.claim("w1", 10, now + 2_000, LEASE).await.unwrap();
+        let third = store.claim("w1", 10, 1, now + 2_000, LEASE).await.unwrap();
         assert_eq!(third[0].leases, 3);
         assert!(store.checkpoint(&old_lease, &json!({}), now + 9_000).await.unwrap_err().is_lease_lost());
         store.complete(&third[0].lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
@@ -1453,7 +1632,7 @@ mod tests {
             workers.push(tokio::spawn(async move {
                 let worker = format!("w{w}");
                 loop {
-                    let claimed = store.claim(&worker, 7, now_ms(), LEASE).await.unwrap();
+                    let claimed = store.claim(&worker, 7, 1, now_ms(), LEASE).await.unwrap();
                     if claimed.is_empty() {
                         let counts = store.counts().await.unwrap();
                         if counts.runs.queued + counts.runs.leased == 0 {
@@ -1486,7 +1665,7 @@ mod tests {
     async fn completing_writes_the_run_and_its_outbox_events_together() {
         let (_dir, store) = open().await;
         let ids = store.enqueue(&[run("a"), run("b")]).await.unwrap();
-        let claimed = store.claim("w1", 10, now_ms(), LEASE).await.unwrap();
+        let claimed = store.claim("w1", 10, 1, now_ms(), LEASE).await.unwrap();
         let emitted = [
             NewOutboxEvent { node_id: "emit_points".into(), event: "point_add".into(), payload: json!({"points": 5}) },
             NewOutboxEvent { node_id: "emit_reward".into(), event: "reward_claim".into(), payload: json!({"id": 7}) },
@@ -1526,22 +1705,22 @@ mod tests {
     async fn a_failed_run_retried_by_the_operator_becomes_the_head_of_its_key_again() {
         let (_dir, store) = open().await;
         let ids = store.enqueue(&[run("a"), run("a")]).await.unwrap();
-        let first = store.claim("w", 10, now_ms(), LEASE).await.unwrap();
+        let first = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
         assert_eq!(first.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [ids[0].clone()], "only the head");
         let failed = Completion::Failed { error: json!({"kind": "permanent"}) };
         store.complete(&first[0].lease().unwrap(), &failed, &json!({}), &[]).await.unwrap();
         // A failed run does not hold its key: the second run is the head now.
         let later = store.enqueue(&[run("a")]).await.unwrap();
-        let second = store.claim("w", 10, now_ms(), LEASE).await.unwrap();
+        let second = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
         assert_eq!(second.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [ids[1].clone()]);
         store.complete(&second[0].lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
         // The operator retries the failed first run: it is earlier than the queued third, so it goes first and
         // the third waits behind it.
         assert!(store.retry_now(&ids[0]).await.unwrap());
-        let third = store.claim("w", 10, now_ms(), LEASE).await.unwrap();
+        let third = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
         assert_eq!(third.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [ids[0].clone()]);
         store.complete(&third[0].lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
-        let last = store.claim("w", 10, now_ms(), LEASE).await.unwrap();
+        let last = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
         assert_eq!(last.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), later);
     }
 
@@ -1549,7 +1728,7 @@ mod tests {
     async fn completions_share_a_transaction_and_a_lost_lease_fails_only_its_own() {
         let (_dir, store) = open().await;
         let ids = store.enqueue(&[run("a"), run("b"), run("c")]).await.unwrap();
-        let claimed = store.claim("w1", 10, now_ms(), LEASE).await.unwrap();
+        let claimed = store.claim("w1", 10, 1, now_ms(), LEASE).await.unwrap();
         // The second run is taken away (dropped by an operator) before its completion arrives.
         assert!(store.drop_run(&ids[1]).await.unwrap());
         let emitted = vec![NewOutboxEvent { node_id: "n".into(), event: "point_add".into(), payload: json!({}) }];
@@ -1575,7 +1754,7 @@ mod tests {
     async fn a_lease_completed_twice_in_one_batch_counts_once_and_keeps_its_failure() {
         let (_dir, store) = open().await;
         store.enqueue(&[run("a"), run("b")]).await.unwrap();
-        let claimed = store.claim("w1", 10, now_ms(), LEASE).await.unwrap();
+        let claimed = store.claim("w1", 10, 1, now_ms(), LEASE).await.unwrap();
         let completion = |run: &StoredRun, completion: Completion| RunCompletion {
             lease: run.lease().unwrap(),
             completion,
@@ -1613,8 +1792,8 @@ mod tests {
         // In flight on mparticle when it is disconnected, and a run whose worker will have died.
         let ids = store.enqueue(&[run("inflight"), run("crashed")]).await.unwrap();
         let now = now_ms();
-        let inflight = store.claim("w1", 1, now, LEASE).await.unwrap().remove(0);
-        let crashed = store.claim("w-dead", 1, now, Duration::from_secs(5)).await.unwrap().remove(0);
+        let inflight = store.claim("w1", 1, 1, now, LEASE).await.unwrap().remove(0);
+        let crashed = store.claim("w-dead", 1, 1, now, Duration::from_secs(5)).await.unwrap().remove(0);
         assert_eq!(crashed.id, ids[1]);
         let queued = store
             .enqueue(&[run("a"), run("b"), run_for("c", &["other"]), run_for("d", &["other", "mparticle"])])
@@ -1627,7 +1806,7 @@ mod tests {
         assert_eq!(store.held_connections().await.unwrap(), ["mparticle"]);
 
         // Only the run on the other connection goes; the crashed run is held once its lease expires.
-        let claimed = store.claim("w2", 10, now + 10_000, LEASE).await.unwrap();
+        let claimed = store.claim("w2", 10, 1, now + 10_000, LEASE).await.unwrap();
         assert_eq!(customers(&claimed), ["c"]);
         assert_eq!(store.get(&ids[1]).await.unwrap().unwrap().status, RunState::Held);
         // New runs for the held connection are held on arrival; the in-flight one is held on reschedule.
@@ -1650,7 +1829,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(listed.len(), 6, "held runs are kept and reported");
-        assert!(store.claim("w2", 10, now_ms() + 1_000, LEASE).await.unwrap().is_empty());
+        assert!(store.claim("w2", 10, 1, now_ms() + 1_000, LEASE).await.unwrap().is_empty());
 
         // d also uses `other`: holding and releasing `other` must not free it while mparticle is held.
         store.hold_connection("other").await.unwrap();
@@ -1660,7 +1839,7 @@ mod tests {
         let released = store.release_connection("mparticle").await.unwrap();
         assert_eq!(released.runs, 6);
         assert!(store.held_connections().await.unwrap().is_empty());
-        let claimed = store.claim("w2", 10, now + 20_000, LEASE).await.unwrap();
+        let claimed = store.claim("w2", 10, 1, now + 20_000, LEASE).await.unwrap();
         assert_eq!(customers(&claimed), ["inflight", "crashed", "a", "b", "d", "e"]);
         assert_eq!(claimed[0].attempts, 1);
     }
@@ -1744,7 +1923,7 @@ mod tests {
         );
         let flow = RunFilter { flow_id: Some("profile-sync".into()), ..Default::default() };
         assert_eq!(store.list(&flow).await.unwrap().len(), 1);
-        store.claim("w", 10, now_ms(), LEASE).await.unwrap();
+        store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
         let statuses = RunFilter { statuses: vec![RunState::Leased, RunState::Dead], ..Default::default() };
         assert_eq!(customers(&store.list(&statuses).await.unwrap()), ["bob", "alice"]);
     }
@@ -1754,7 +1933,7 @@ mod tests {
         let (_dir, store) = open().await;
         store.enqueue(&(0..7).map(|i| run(&format!("c{i}"))).collect::<Vec<_>>()).await.unwrap();
         let now = now_ms();
-        let c = store.claim("w", 6, now, LEASE).await.unwrap();
+        let c = store.claim("w", 6, 1, now, LEASE).await.unwrap();
         let lease = |i: usize| c[i].lease().unwrap();
         store.complete(&lease(0), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
         store.complete(&lease(1), &Completion::Failed { error: json!("bad") }, &json!({}), &[]).await.unwrap();
@@ -1779,10 +1958,10 @@ mod tests {
         let error = store.enqueue(&[run("a"), NewRun { ordering_key: String::new(), ..run("b") }]).await.unwrap_err();
         assert!(matches!(&error, StoreError::Invalid { field, .. } if field == "runs[1].orderingKey"), "{error}");
         assert_eq!(store.counts().await.unwrap().runs.queued, 0, "all or nothing");
-        assert!(store.claim("", 1, 0, LEASE).await.is_err());
+        assert!(store.claim("", 1, 1, 0, LEASE).await.is_err());
 
         let ids = store.enqueue(&[run("a")]).await.unwrap();
-        sqlx::query("UPDATE runs SET event = '{not json'").execute(&store.writer).await.unwrap();
+        sqlx::query("UPDATE runs SET event = '{not json'").execute(&mut *store.test_writer().await).await.unwrap();
         let error = store.get(&ids[0]).await.unwrap_err();
         assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
         assert!(error.to_string().contains(&ids[0]), "{error}");
@@ -1790,7 +1969,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn claim_reads_only_the_heads_of_the_keys_in_order() {
+    async fn a_crashed_write_connection_is_opened_again_and_a_closed_store_refuses_writes() {
+        let (_dir, store) = open().await;
+        // A temporary table lives only as long as its connection.
+        sqlx::query("CREATE TEMP TABLE marker (x)").execute(&mut *store.test_writer().await).await.unwrap();
+        store.writer.lock().await.as_mut().unwrap().crashed = true;
+        store.enqueue(&[run("a")]).await.unwrap();
+        let markers: i64 = sqlx::query_scalar("SELECT count(*) FROM temp.sqlite_master WHERE name = 'marker'")
+            .fetch_one(&mut *store.test_writer().await)
+            .await
+            .unwrap();
+        assert_eq!(markers, 0, "the write went through a new connection");
+        assert!(!store.writer.lock().await.as_ref().unwrap().crashed);
+        assert_eq!(store.counts().await.unwrap().runs.queued, 1);
+
+        store.close().await;
+        let error = store.enqueue(&[run("b")]).await.unwrap_err();
+        assert!(error.to_string().contains("while enqueuing runs"), "{error}");
+        let error = store.claim("w", 1, 1, now_ms(), LEASE).await.unwrap_err();
+        assert!(error.to_string().contains("while claiming runs"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn claim_reads_only_the_heads_of_the_keys_in_order_and_the_runs_right_behind_them() {
         let (_dir, store) = open().await;
         let plan: Vec<(i64, i64, i64, String)> =
             sqlx::query_as(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {CLAIM_RUNS}")))
@@ -1798,12 +1999,24 @@ mod tests {
                 .bind(1_i64)
                 .bind(0_i64)
                 .bind(1_i64)
-                .fetch_all(&store.writer)
+                .bind(1_i64)
+                .fetch_all(&mut *store.test_writer().await)
                 .await
                 .unwrap();
-        let details: BTreeMap<usize, String> = plan.into_iter().enumerate().map(|(i, row)| (i, row.3)).collect();
-        assert!(details.values().any(|d| d.contains("runs_claimable")), "{details:#?}");
-        assert!(!details.values().any(|d| d.contains("TEMP B-TREE")), "no sort of all candidates: {details:#?}");
+        let details: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+        // Heads in `seq` order straight from their index: no sort of all candidates.
+        assert!(details.contains(&"SCAN r USING INDEX runs_claimable"), "{details:#?}");
+        // The runs behind each head: a range of its key's open runs.
+        assert!(details.contains(&"SEARCH x USING INDEX runs_open_by_key (ordering_key=? AND seq>?)"), "{details:#?}");
+        // `runs` itself is only ever searched; the only scans are of the heads' index and of the small
+        // intermediate results (the claimed heads and the runs behind them, at most `limit * per_key`).
+        let scans: Vec<&&str> = details.iter().filter(|d| d.starts_with("SCAN")).collect();
+        assert!(
+            scans.iter().all(|d| d.contains("runs_claimable")
+                || d.contains("subquery")
+                || ["SCAN h", "SCAN heads", "SCAN chosen"].contains(d)),
+            "{details:#?}"
+        );
     }
 
     #[tokio::test]
@@ -1821,7 +2034,7 @@ mod tests {
             let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
                 .bind("[]")
                 .bind(0_i64)
-                .fetch_all(&store.writer)
+                .fetch_all(&mut *store.test_writer().await)
                 .await
                 .unwrap();
             let details: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
@@ -1868,7 +2081,7 @@ mod tests {
             open_statuses!(),
             "))"
         ))
-        .fetch_all(&store.writer)
+        .fetch_all(&mut *store.test_writer().await)
         .await
         .unwrap()
     }
@@ -1881,8 +2094,9 @@ mod tests {
         // sees the setting its own call made.
         const SYNCED: i64 = 2;
         const DEFERRED: i64 = 1;
-        let synchronous =
-            async || -> i64 { sqlx::query_scalar("PRAGMA synchronous").fetch_one(&store.writer).await.unwrap() };
+        let synchronous = async || -> i64 {
+            sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut *store.test_writer().await).await.unwrap()
+        };
         let message = InboundMessage {
             connection: "mp".into(),
             source: "mparticle.webhook".into(),
@@ -1891,11 +2105,11 @@ mod tests {
         };
         let mut seen = Vec::new();
 
-        store.claim("w", 10, now_ms(), LEASE).await.unwrap();
+        store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
         seen.push(("claim", synchronous().await, DEFERRED));
         store.enqueue(&[run("a"), run("b"), run("c")]).await.unwrap();
         seen.push(("enqueue", synchronous().await, SYNCED));
-        let [a, b, c]: [StoredRun; 3] = store.claim("w", 10, now_ms(), LEASE).await.unwrap().try_into().unwrap();
+        let [a, b, c]: [StoredRun; 3] = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap().try_into().unwrap();
         let (a, b, c) = (a.lease().unwrap(), b.lease().unwrap(), c.lease().unwrap());
         store.hold_connection("crm").await.unwrap();
         seen.push(("hold_connection", synchronous().await, SYNCED));
@@ -1959,7 +2173,7 @@ mod tests {
                         .collect();
                     ids.extend(store.enqueue(&batch).await.unwrap());
                 }
-                2 => leased.extend(store.claim("w", 1 + next(3), now_ms(), LEASE).await.unwrap()),
+                2 => leased.extend(store.claim("w", 1 + next(3), 1 + next(3), now_ms(), LEASE).await.unwrap()),
                 3 | 4 if !leased.is_empty() => {
                     let run = leased.swap_remove(next(leased.len()));
                     let completion = if what == 3 {
@@ -1972,10 +2186,10 @@ mod tests {
                 5 if !leased.is_empty() => {
                     let run = leased.swap_remove(next(leased.len()));
                     let lease = run.lease().unwrap();
-                    if next(2) == 0 {
-                        store.dead_letter(&lease, &json!({}), &json!({})).await.unwrap();
-                    } else {
-                        store.reschedule(&lease, now_ms(), &json!({}), None).await.unwrap();
+                    match next(3) {
+                        0 => store.dead_letter(&lease, &json!({}), &json!({})).await.unwrap(),
+                        1 => drop(store.reschedule(&lease, now_ms(), &json!({}), None).await.unwrap()),
+                        _ => store.release(&[lease]).await.unwrap(),
                     }
                 }
                 6 if !ids.is_empty() => {
