@@ -19,6 +19,8 @@
 //! transaction is a round trip between the async task and SQLite's thread that costs more than the SQL
 //! (BENCHMARKS.md, "Fourth round").
 //! Reads use a separate small pool of read-only connections, which WAL lets run alongside the writer.
+//! A third connection copies the WAL into the database file in the background ([`checkpoint_loop`]), so that
+//! the writer's commits do not stall on checkpoints.
 
 use super::{
     Completion, ConnectionHold, DEFAULT_LIST_LIMIT, InboundFilter, InboundMessage, InboundOutcome, InboundState, Lease,
@@ -35,6 +37,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use tokio_util::sync::CancellationToken;
 
 /// The schema migrations, embedded from `host/migrations/sqlite`.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -45,6 +48,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_WAIT: Duration = Duration::from_secs(60);
 /// Read-only connections (WAL readers do not block the writer).
 const READERS: u32 = 4;
+/// How often the background checkpointer copies the WAL's new pages into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// WAL pages after which the writer checkpoints by itself (SQLite's default is 1,000): only a safety net for a
+/// checkpointer that falls behind, since a checkpoint at commit stalls every write behind it.
+const WRITER_CHECKPOINT_PAGES: &str = "16384";
 
 macro_rules! run_columns {
     () => {
@@ -196,6 +204,9 @@ pub struct SqliteStore {
     /// The one write connection; `None` once the store is closed.
     writer: Mutex<Option<Writer>>,
     reader: SqlitePool,
+    /// Stops the background checkpointer ([`checkpoint_loop`]), whose task `close` waits for.
+    checkpointer: CancellationToken,
+    checkpointer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// How to open the write connection again (see [`Writer::crashed`]).
     writer_options: SqliteConnectOptions,
     path: PathBuf,
@@ -272,7 +283,8 @@ impl SqliteStore {
             // migration 0002 a claim cost half as much (BENCHMARKS.md, "What limits delivery").
             .pragma("temp_store", "memory")
             .foreign_keys(true);
-        let writer_options = options.clone().create_if_missing(true);
+        let writer_options =
+            options.clone().create_if_missing(true).pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES);
         let mut conn = writer_options.connect().await.map_err(|e| open_error(e.to_string()))?;
         if let Err(e) = MIGRATOR.run(&mut conn).await {
             conn.close().await.ok();
@@ -286,8 +298,24 @@ impl SqliteStore {
                 return Err(open_error(e.to_string()));
             }
         };
-        let writer = Mutex::new(Some(Writer { conn, crashed: false }));
-        Ok(SqliteStore { writer, reader, writer_options, path: path.to_path_buf() })
+        let checkpoint_conn = match writer_options.connect().await {
+            Ok(checkpoint_conn) => checkpoint_conn,
+            Err(e) => {
+                reader.close().await;
+                conn.close().await.ok();
+                return Err(open_error(e.to_string()));
+            }
+        };
+        let checkpointer = CancellationToken::new();
+        let checkpointer_task = tokio::spawn(checkpoint_loop(checkpoint_conn, checkpointer.clone()));
+        Ok(SqliteStore {
+            writer: Mutex::new(Some(Writer { conn, crashed: false })),
+            reader,
+            checkpointer,
+            checkpointer_task: Mutex::new(Some(checkpointer_task)),
+            writer_options,
+            path: path.to_path_buf(),
+        })
     }
 
     /// The database file.
@@ -297,6 +325,10 @@ impl SqliteStore {
 
     /// Closes the connections, waiting for calls in progress. Later calls fail.
     pub async fn close(&self) {
+        self.checkpointer.cancel();
+        if let Some(task) = self.checkpointer_task.lock().await.take() {
+            task.await.ok();
+        }
         self.reader.close().await;
         if let Some(writer) = self.writer.lock().await.take()
             && let Err(error) = writer.conn.close().await
@@ -330,6 +362,30 @@ impl SqliteStore {
         writer.commit_statements(operation, commit).await?;
         Ok(MappedMutexGuard::map(writer, |writer| &mut writer.conn))
     }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.checkpointer.cancel();
+    }
+}
+
+/// Copies the WAL's new pages into the database file every [`CHECKPOINT_EVERY`], on a connection of its own,
+/// so that the writer does not: a checkpoint at commit (SQLite's default, every 1,000 pages) stalled every
+/// write behind it, about 10 % of the delivered rate (BENCHMARKS.md, "Fifth round"). `PASSIVE` never waits
+/// for the writer or for readers; the next write starts the WAL over once everything in it is copied.
+async fn checkpoint_loop(mut conn: SqliteConnection, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+            _ = stop.cancelled() => break,
+        }
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut conn).await {
+            // The writer's own checkpoints still bound the WAL.
+            tracing::warn!(%error, "background WAL checkpoint failed");
+        }
+    }
+    conn.close().await.ok();
 }
 
 /// When a write's commit reaches the disk (see the module documentation).
@@ -1988,6 +2044,24 @@ mod tests {
         assert!(error.to_string().contains("while enqueuing runs"), "{error}");
         let error = store.claim("w", 1, 1, now_ms(), LEASE).await.unwrap_err();
         assert!(error.to_string().contains("while claiming runs"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_background_checkpoint_copies_the_wal_into_the_database_file() {
+        let (dir, store) = open().await;
+        let file = dir.path().join("data/queue/flowhost.db");
+        let before = std::fs::metadata(&file).unwrap().len();
+        let runs: Vec<NewRun> = (0..500).map(|i| run(&format!("c{}", i % 50))).collect();
+        store.enqueue(&runs).await.unwrap();
+        // The writer checkpoints only past WRITER_CHECKPOINT_PAGES, far more than this: the file grows only if
+        // the background checkpointer copies the pages.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::metadata(&file).unwrap().len() <= before {
+            assert!(std::time::Instant::now() < deadline, "the database file never grew past {before} bytes");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        store.close().await;
+        assert!(store.checkpointer_task.lock().await.is_none(), "close waits for the checkpointer");
     }
 
     #[tokio::test]
