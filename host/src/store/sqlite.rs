@@ -433,6 +433,17 @@ impl Decoder<'_> {
         text.map(|text| self.json(field, text)).transpose()
     }
 
+    /// A run's trace: zstd-compressed JSON ([`pack_trace`]), or JSON text as written before compression.
+    fn trace(&self, stored: &[u8]) -> Result<Value, StoreError> {
+        let bad = |message: String| corrupt(self.what, self.id, "trace", message);
+        if stored.starts_with(&ZSTD_MAGIC) {
+            let json = zstd::decode_all(stored).map_err(|e| bad(format!("cannot decompress: {e}")))?;
+            serde_json::from_slice(&json).map_err(|e| bad(format!("not JSON: {e}")))
+        } else {
+            serde_json::from_slice(stored).map_err(|e| bad(format!("not JSON: {e}")))
+        }
+    }
+
     fn strings(&self, field: &str, text: &str) -> Result<Vec<String>, StoreError> {
         serde_json::from_str(text)
             .map_err(|e| corrupt(self.what, self.id, field, format!("not a JSON array of strings: {e}")))
@@ -466,7 +477,7 @@ struct RunRow {
     lease_until: Option<i64>,
     checkpoint: Option<String>,
     last_error: Option<String>,
-    trace: Option<String>,
+    trace: Option<Vec<u8>>,
     created_at: i64,
     updated_at: i64,
 }
@@ -484,7 +495,7 @@ impl TryFrom<RunRow> for StoredRun {
             leases: d.count("leases", row.leases)?,
             checkpoint: d.opt_json("checkpoint", row.checkpoint.as_deref())?,
             last_error: d.opt_json("last_error", row.last_error.as_deref())?,
-            trace: d.opt_json("trace", row.trace.as_deref())?,
+            trace: row.trace.as_deref().map(|stored| d.trace(stored)).transpose()?,
             seq: row.seq,
             flow_id: row.flow_id,
             flow_version: row.flow_version,
@@ -733,26 +744,43 @@ async fn lease_lost(conn: &mut SqliteConnection, table: Leased, lease: &Lease) -
 }
 
 /// The fenced updates of a batch of completions, in one statement. ?1 is a JSON array of `[id, worker, token,
-/// status, trace, error or null]`, ?2 now. Completing closes a run, so its head mark is cleared here, and the
+/// status, trace (hex of [`pack_trace`]), error or null]`, ?2 now. Completing closes a run, so its head mark is cleared here, and the
 /// trigger of migration 0004 marks its key's next run. The unary `+` keeps the planner from reading every
 /// leased run through `runs_due` and scanning the batch for each: the batch is walked and each run found by id.
-const COMPLETE_RUNS: &str = "UPDATE runs SET status = c.value ->> 3, head = 0, trace = c.value ->> 4, \
+const COMPLETE_RUNS: &str = "UPDATE runs SET status = c.value ->> 3, head = 0, trace = unhex(c.value ->> 4), \
      last_error = COALESCE(c.value ->> 5, last_error), lease_until = NULL, updated_at = ?2 \
      FROM json_each(?1) c \
      WHERE runs.id = c.value ->> 0 AND +runs.status = 'leased' AND runs.lease_owner = c.value ->> 1 \
        AND runs.leases = c.value ->> 2 \
      RETURNING runs.id, runs.lease_owner, runs.leases";
 
+/// The first bytes of a zstd frame; JSON text never starts with them.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// A trace as stored: zstd-compressed JSON. A trace is about 1.3 KB of JSON that compresses to about half, and
+/// the bytes a completion adds to its run's row are most of what the writer writes for a run: storing no trace
+/// at all delivered 28 % more (BENCHMARKS.md, "Fifth round").
+fn pack_trace(trace: &Value) -> Vec<u8> {
+    let json = trace.to_string();
+    // Compressing a slice into a buffer sized by zstd's bound cannot fail; keep the JSON if it ever does.
+    zstd::bulk::compress(json.as_bytes(), TRACE_ZSTD_LEVEL).unwrap_or_else(|_| json.into_bytes())
+}
+
+/// zstd's default level: on a trace, as fast as level 1 and a little smaller.
+const TRACE_ZSTD_LEVEL: i32 = 3;
+
 /// A run to complete: its lease, how it ended, and its trace.
 type Closing<'a> = (&'a Lease, &'a Completion, &'a Value);
 
-/// Completes runs with one fenced update ([`COMPLETE_RUNS`]): for each, whether it was still held (false when its
-/// lease is lost, including the second of two completions of the same lease).
-async fn complete_runs(conn: &mut SqliteConnection, runs: &[Closing<'_>], now: i64) -> Result<Vec<bool>, StoreError> {
-    if runs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let fence = |lease: &Lease| (lease.id.clone(), lease.worker.clone(), i64::from(lease.token));
+/// A lease as [`COMPLETE_RUNS`] returns it: id, worker, token.
+type Fence = (String, String, i64);
+
+fn fence(lease: &Lease) -> Fence {
+    (lease.id.clone(), lease.worker.clone(), i64::from(lease.token))
+}
+
+/// The ?1 of [`COMPLETE_RUNS`] for a batch: built (traces compressed) before the write connection is taken.
+fn closing_batch(runs: &[Closing<'_>]) -> String {
     // A join that matches a row twice updates it with either match, so a repeated lease goes in once; the
     // repeat then finds its lease gone, as it would one statement later.
     let mut seen = HashSet::new();
@@ -764,18 +792,32 @@ async fn complete_runs(conn: &mut SqliteConnection, runs: &[Closing<'_>], now: i
                 Completion::Succeeded => (RunState::Succeeded, None),
                 Completion::Failed { error } => (RunState::Failed, Some(error.to_string())),
             };
-            Value::from(vec![
-                Value::from(lease.id.as_str()),
-                Value::from(lease.worker.as_str()),
-                Value::from(lease.token),
-                Value::from(status.as_str()),
-                Value::from(trace.to_string()),
-                Value::from(error),
+            json!([
+                lease.id.as_str(),
+                lease.worker.as_str(),
+                lease.token,
+                status.as_str(),
+                hex::encode(pack_trace(trace)),
+                error
             ])
         })
         .collect();
-    let mut closed: HashSet<(String, String, i64)> = sqlx::query_as(COMPLETE_RUNS)
-        .bind(Value::from(rows).to_string())
+    Value::from(rows).to_string()
+}
+
+/// Completes runs with one fenced update ([`COMPLETE_RUNS`], `batch` from [`closing_batch`]): for each, whether
+/// it was still held (false when its lease is lost, including the second of two completions of the same lease).
+async fn complete_runs(
+    conn: &mut SqliteConnection,
+    runs: &[Closing<'_>],
+    batch: &str,
+    now: i64,
+) -> Result<Vec<bool>, StoreError> {
+    if runs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut closed: HashSet<Fence> = sqlx::query_as(COMPLETE_RUNS)
+        .bind(batch)
         .bind(now)
         .fetch_all(&mut *conn)
         .await
@@ -950,16 +992,17 @@ impl Store for SqliteStore {
         }
         let closing: Vec<Closing> =
             valid.iter().map(|(_, item)| (&item.lease, &item.completion, &item.trace)).collect();
+        let batch = closing_batch(&closing);
         let closed = if valid.iter().all(|(_, item)| item.emitted.is_empty()) {
             // No outbox rows: the fenced update (and the trigger marking the keys' next heads) is one statement,
             // atomic by itself, so it needs no `BEGIN` and `COMMIT` round trips.
             let mut conn = self.write_connection(OP, Commit::Deferred).await?;
-            complete_runs(&mut conn, &closing, now).await?
+            complete_runs(&mut conn, &closing, &batch, now).await?
         } else {
             let mut writer = self.writer(OP).await?;
             let mut tx = writer.begin(OP, Commit::Deferred).await?;
             // The fenced update first: only a run still held gets its outbox rows.
-            let closed = complete_runs(&mut tx, &closing, now).await?;
+            let closed = complete_runs(&mut tx, &closing, &batch, now).await?;
             for ((_, item), closed) in valid.iter().zip(&closed) {
                 if *closed {
                     insert_outbox(&mut tx, &item.lease, &item.emitted, now).await?;
@@ -1025,7 +1068,7 @@ impl Store for SqliteStore {
         .bind(lease.worker.as_str())
         .bind(i64::from(lease.token))
         .bind(error.to_string())
-        .bind(trace.to_string())
+        .bind(pack_trace(trace))
         .bind(now_ms())
         .execute(&mut *conn)
         .await
@@ -2062,6 +2105,47 @@ mod tests {
         }
         store.close().await;
         assert!(store.checkpointer_task.lock().await.is_none(), "close waits for the checkpointer");
+    }
+
+    #[tokio::test]
+    async fn traces_are_stored_compressed_and_text_traces_still_read() {
+        let (_dir, store) = open().await;
+        let ids = store.enqueue(&[run("a"), run("b"), run("c")]).await.unwrap();
+        let [a, b, _c]: [StoredRun; 3] = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap().try_into().unwrap();
+        let log: Vec<Value> = (0..20).map(|i| json!({"level": "info", "message": format!("sent batch {i}")})).collect();
+        let trace = json!({"nodes": [{"nodeId": "send", "log": log}]});
+        store.complete(&a.lease().unwrap(), &Completion::Succeeded, &trace, &[]).await.unwrap();
+        store.dead_letter(&b.lease().unwrap(), &json!({"kind": "transient"}), &trace).await.unwrap();
+        for id in &ids[..2] {
+            assert_eq!(store.get(id).await.unwrap().unwrap().trace, Some(trace.clone()), "{id}");
+            let (kind, size): (String, i64) =
+                sqlx::query_as("SELECT typeof(trace), length(trace) FROM runs WHERE id = ?1")
+                    .bind(id.as_str())
+                    .fetch_one(&mut *store.test_writer().await)
+                    .await
+                    .unwrap();
+            assert_eq!(kind, "blob");
+            assert!((size as usize) < trace.to_string().len() / 2, "{size} bytes for {}", trace.to_string().len());
+        }
+
+        // A trace written as JSON text (before compression) reads as before; a damaged one is an error.
+        sqlx::query("UPDATE runs SET trace = ?2 WHERE id = ?1")
+            .bind(ids[2].as_str())
+            .bind(r#"{"nodes": []}"#)
+            .execute(&mut *store.test_writer().await)
+            .await
+            .unwrap();
+        assert_eq!(store.get(&ids[2]).await.unwrap().unwrap().trace, Some(json!({"nodes": []})));
+        let mut damaged = pack_trace(&trace);
+        damaged.truncate(damaged.len() / 2);
+        sqlx::query("UPDATE runs SET trace = ?2 WHERE id = ?1")
+            .bind(ids[2].as_str())
+            .bind(damaged)
+            .execute(&mut *store.test_writer().await)
+            .await
+            .unwrap();
+        let error = store.get(&ids[2]).await.unwrap_err();
+        assert!(matches!(&error, StoreError::Corrupt { what, .. } if what.contains("column trace")), "{error}");
     }
 
     #[tokio::test]
