@@ -1,7 +1,9 @@
 //! The run worker: claims due runs from the store (up to a few consecutive runs of each ordering key), executes
 //! each key's runs in order, durably, and settles each one: complete (with its emitted events to the outbox),
-//! reschedule (a resend, with backoff and Retry-After), or dead-letter. A run is renewed while it executes, and checkpointed before each connector call that follows
-//! a finished one, so a crash repeats at most the call that was in flight (with the same idempotency key).
+//! reschedule (a resend, with backoff and Retry-After), or dead-letter. A run is renewed while it executes, and
+//! checkpointed before each connector call that follows a finished one, so a crash repeats at most the call
+//! that was in flight (with the same idempotency key), and the runs of its key that finished before it in the
+//! same turn but were not yet recorded done.
 
 use super::service::Shared;
 use crate::flow::{Checkpoint, CheckpointSink, NodeError, Outcome, Run, Stop};
