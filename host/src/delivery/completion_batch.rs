@@ -60,3 +60,63 @@ async fn commit_loop(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<(Vec<Ru
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Completion, NewRun, RunState, SqliteStore, now_ms};
+    use serde_json::json;
+    use std::time::Duration;
+
+    fn run(customer: &str) -> NewRun {
+        NewRun {
+            flow_id: "loyalty-to-mparticle".into(),
+            flow_version: "1".into(),
+            connections: vec!["mparticle".into()],
+            ordering_key: format!("loyalty-to-mparticle/{customer}"),
+            customer: Some(customer.into()),
+            event: json!({"customer": customer}),
+            dedup_key: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_groups_each_get_their_own_results_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("flowhost.db")).await.unwrap());
+        let ids = store.enqueue(&[run("a"), run("a"), run("b"), run("c"), run("c")]).await.unwrap();
+        let claimed = store.claim("w", 10, 2, now_ms(), Duration::from_secs(30)).await.unwrap();
+        assert_eq!(claimed.len(), 5);
+        let completion = |index: usize, token_offset: u32| {
+            let mut lease = claimed[index].lease().unwrap();
+            lease.token += token_offset;
+            RunCompletion { lease, completion: Completion::Succeeded, trace: json!({"run": index}), emitted: vec![] }
+        };
+        let batch = Arc::new(CompletionBatch::new(store.clone()));
+        // Three callers at once: a's two runs, b's run with a lease that is not the current one, c's two runs.
+        let groups = [
+            vec![completion(0, 0), completion(1, 0)],
+            vec![completion(2, 1)],
+            vec![completion(3, 0), completion(4, 0)],
+        ];
+        let calls: Vec<_> = groups
+            .into_iter()
+            .map(|group| {
+                let batch = batch.clone();
+                tokio::spawn(async move { batch.complete_all(group).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for call in calls {
+            results.push(call.await.unwrap().iter().map(|result| result.is_ok()).collect::<Vec<_>>());
+        }
+        assert_eq!(results, [vec![true, true], vec![false], vec![true, true]]);
+        let mut states = Vec::new();
+        for id in &ids {
+            states.push(store.get(id).await.unwrap().unwrap().status);
+        }
+        let (done, leased) = (RunState::Succeeded, RunState::Leased);
+        assert_eq!(states, [done, done, leased, done, done], "only b's completion was refused");
+        assert!(batch.complete_all(Vec::new()).await.is_empty());
+    }
+}
