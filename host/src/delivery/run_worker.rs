@@ -76,7 +76,8 @@ pub(crate) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
     }
 }
 
-/// Claimed runs grouped by ordering key: each group in `seq` order, the groups in the order of their first run.
+/// Claimed runs grouped by ordering key, keeping the claim's order (oldest first, as `Store::claim` returns
+/// them): each group in `seq` order, the groups in the order of their first run.
 fn by_key(runs: Vec<StoredRun>) -> Vec<Vec<StoredRun>> {
     let mut group_of: HashMap<String, usize> = HashMap::new();
     let mut groups: Vec<Vec<StoredRun>> = Vec::new();
@@ -88,9 +89,6 @@ fn by_key(runs: Vec<StoredRun>) -> Vec<Vec<StoredRun>> {
                 groups.push(vec![run]);
             }
         }
-    }
-    for group in &mut groups {
-        group.sort_by_key(|run| run.seq);
     }
     groups
 }
@@ -143,11 +141,12 @@ async fn commit(shared: &Shared, finished: Vec<Finished>) {
     if finished.is_empty() {
         return;
     }
-    let (done, completions): (Vec<(i64, Run)>, Vec<RunCompletion>) =
-        finished.into_iter().map(|done| ((done.created_at, done.trace), done.completion)).unzip();
-    let ids: Vec<String> = completions.iter().map(|completion| completion.lease.id.clone()).collect();
+    let (done, completions): (Vec<(String, i64, Run)>, Vec<RunCompletion>) = finished
+        .into_iter()
+        .map(|done| ((done.completion.lease.id.clone(), done.created_at, done.trace), done.completion))
+        .unzip();
     let mut results = shared.completions.complete_all(completions).await.into_iter();
-    for ((created_at, trace), id) in done.into_iter().zip(ids) {
+    for (id, created_at, trace) in done {
         let result = results.next().unwrap_or_else(|| Err(StoreError::invalid("completion", "no result")));
         if settle(&id, result) {
             shared.metrics.finished(&trace, created_at);
