@@ -11,6 +11,7 @@
 //!
 //! Nothing leaves loopback. Timing figures are reported, never asserted.
 
+use crate::delivery::TraceRetention;
 use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use mparticle_emulator::{EmulatorConfig, FaultRule, RunningEmulator};
@@ -40,6 +41,8 @@ pub struct BenchOptions {
     pub in_flight: usize,
     /// Show a progress bar.
     pub progress: bool,
+    /// Which runs keep their trace (`[delivery] traces`).
+    pub traces: TraceRetention,
 }
 
 impl BenchOptions {
@@ -53,6 +56,7 @@ impl BenchOptions {
             service_concurrency: 256,
             in_flight: 1000,
             progress: true,
+            traces: TraceRetention::All,
         }
     }
 
@@ -69,6 +73,7 @@ pub struct BenchReport {
     pub events: usize,
     pub customers: usize,
     pub connections: usize,
+    pub traces: TraceRetention,
     pub cold_start_empty_cache_ms: f64,
     pub cold_start_warm_cache_ms: f64,
     pub accepted_per_second: f64,
@@ -89,7 +94,7 @@ pub struct BenchReport {
 impl BenchReport {
     pub fn to_text(&self) -> String {
         format!(
-            "flowhost bench: {} events, {} customers, {} connections\n\
+            "flowhost bench: {} events, {} customers, {} connections, traces kept: {}\n\
              cold start to first delivery: {:.0} ms with an empty compile cache, {:.0} ms with a warm one\n\
              accepted: {:.0} events/s; accept latency p50 {:.1} ms, p99 {:.1} ms (per POST of a batch of events)\n\
              delivered: {:.0} events/s (counted by the emulator: {} batches in {} Events API requests, {} duplicates)\n\
@@ -98,6 +103,7 @@ impl BenchReport {
             self.events,
             self.customers,
             self.connections,
+            self.traces,
             self.cold_start_empty_cache_ms,
             self.cold_start_warm_cache_ms,
             self.accepted_per_second,
@@ -143,8 +149,13 @@ async fn phases(
     // Cold start, twice: an empty compile cache, then the cache the first start filled.
     let mut cold = Vec::new();
     for (round, name) in ["empty", "warm"].into_iter().enumerate() {
-        let service =
-            ServiceDir::create(&work.join(format!("cold-{name}")), emulator, keys, options.service_concurrency)?;
+        let service = ServiceDir::create(
+            &work.join(format!("cold-{name}")),
+            emulator,
+            keys,
+            options.service_concurrency,
+            options.traces,
+        )?;
         let started = Instant::now();
         let server = service.start(flowhost, &cache)?;
         let before = emulator.handle().stats().accepted;
@@ -155,7 +166,7 @@ async fn phases(
     }
 
     // Throughput.
-    let service = ServiceDir::create(&work.join("load"), emulator, keys, options.service_concurrency)?;
+    let service = ServiceDir::create(&work.join("load"), emulator, keys, options.service_concurrency, options.traces)?;
     let server = service.start(flowhost, &cache)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss_mb = rss_mb(server.child.id(), "VmRSS").unwrap_or(0.0);
@@ -225,7 +236,7 @@ async fn phases(
     drop(server);
 
     // Memory with many invocations in flight: mParticle holds every request for a while.
-    let service = ServiceDir::create(&work.join("memory"), emulator, keys, options.in_flight)?;
+    let service = ServiceDir::create(&work.join("memory"), emulator, keys, options.in_flight, options.traces)?;
     let server = service.start(flowhost, &cache)?;
     emulator.handle().set_faults(vec![FaultRule::stall(1500).fraction(1.0).path_prefix("/v2/")]);
     let events: Vec<Value> =
@@ -250,6 +261,7 @@ async fn phases(
         events: options.events,
         customers: options.customers,
         connections: options.connections,
+        traces: options.traces,
         cold_start_empty_cache_ms: cold[0],
         cold_start_warm_cache_ms: cold[1],
         accepted_per_second: options.events as f64 / accepted_secs,
@@ -309,11 +321,12 @@ impl ServiceDir {
         emulator: &RunningEmulator,
         keys: &[(String, String)],
         concurrency: usize,
+        traces: TraceRetention,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir.join("flows"))?;
         let url = emulator.url();
         let mut config = format!(
-            "listen = \"127.0.0.1:0\"\nstore = \"flowhost.db\"\nflows = [\"flows\"]\n\n[delivery]\nconcurrency = {concurrency}\n\n[connectors]\nallow_private = true\n"
+            "listen = \"127.0.0.1:0\"\nstore = \"flowhost.db\"\nflows = [\"flows\"]\n\n[delivery]\nconcurrency = {concurrency}\ntraces = \"{traces}\"\n\n[connectors]\nallow_private = true\n"
         );
         let mut secrets = Vec::new();
         for (brand, (key, secret)) in keys.iter().enumerate() {

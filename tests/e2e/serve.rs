@@ -67,6 +67,13 @@ config = {{ eventsApiUrl = "{url}/v2", authUrl = "{url}/oauth/token", platformAp
         ServiceDir { dir }
     }
 
+    /// Adds a line to the config's `[delivery]` section.
+    fn delivery(self, line: &str) -> Self {
+        let text = std::fs::read_to_string(self.config()).unwrap();
+        std::fs::write(self.config(), text.replacen("[delivery]\n", &format!("[delivery]\n{line}\n"), 1)).unwrap();
+        self
+    }
+
     fn config(&self) -> PathBuf {
         self.dir.path().join("flowhost.toml")
     }
@@ -488,7 +495,9 @@ async fn resend_queue_dead_letters_and_operator_retry_and_drop() {
     let handle = emulator.handle();
     let mut flow: Value = serde_json::from_str(&repo_flow("point-add-to-mparticle.json")).unwrap();
     flow["nodes"][0]["retry"] = json!({"maxAttempts": 3, "initialDelayMs": 50, "jitter": 0});
-    let service = ServiceDir::new(&emulator, &[("point-add.json", flow.to_string())], "");
+    // Runs that succeed keep no trace; the dead letters below keep theirs.
+    let service =
+        ServiceDir::new(&emulator, &[("point-add.json", flow.to_string())], "").delivery("traces = \"failures\"");
     let server = service.start();
     let base = server.url.clone();
 
@@ -551,6 +560,13 @@ async fn resend_queue_dead_letters_and_operator_retry_and_drop() {
     .await;
     let delivered = delivered_points(&handle.batches());
     assert_eq!(delivered, [("cust-a".to_string(), 1), ("cust-a".to_string(), 2)]);
+    let retried = get(format!("{base}/v1/runs/{first}")).await;
+    assert_eq!(retried["status"], "succeeded", "{retried}");
+    assert_eq!(
+        retried["trace"],
+        Value::Null,
+        "a run that succeeded keeps no trace, nor shows its checkpoint: {retried}"
+    );
     let dropped = get(format!("{base}/v1/runs/{third}")).await;
     assert_eq!(dropped["status"], "dropped");
     let (status, _) = send(client().delete(format!("{base}/v1/queue/{third}"))).await;

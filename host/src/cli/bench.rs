@@ -1,6 +1,7 @@
-//! `flowhost bench [--quick] [--events N] [--json]`: the end-to-end load test (see `crate::bench`).
+//! `flowhost bench [--quick] [--events N] [--traces all|failures] [--json]`: the end-to-end load test (see `crate::bench`).
 
 use crate::bench::{BenchOptions, run as run_bench};
+use crate::delivery::TraceRetention;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -24,6 +25,9 @@ pub struct BenchArgs {
     /// Events per request.
     #[arg(long, default_value_t = 50)]
     batch: usize,
+    /// Which runs keep their trace, as `[delivery] traces` in flowhost.toml.
+    #[arg(long, value_enum, default_value_t = TraceRetention::All)]
+    traces: TraceRetention,
     /// Print the figures as JSON.
     #[arg(long)]
     json: bool,
@@ -38,6 +42,7 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<ExitCo
     options.connections = args.connections;
     options.clients = args.clients;
     options.batch = args.batch.max(1);
+    options.traces = args.traces;
     options.progress = !args.json;
     let flowhost = std::env::current_exe()?;
     let report = run_bench(&flowhost, &options).await?;

@@ -12,5 +12,5 @@ pub mod service;
 pub use inbound_worker::DEFAULT_CUSTOMER_IDENTITY;
 pub use service::{
     AcceptError, AcceptedEvent, AcceptedRun, ConnectionError, InboundConnection, InboundError, InboundReceipt,
-    LoyaltyEvent, Service, ServiceConfig, ServiceError,
+    LoyaltyEvent, Service, ServiceConfig, ServiceError, TraceRetention,
 };

@@ -226,7 +226,8 @@ async fn execute(shared: &Shared, run: &StoredRun, lease: &Lease, held: &[Lease]
                     payload: e.payload.clone(),
                 })
                 .collect();
-            let trace_json = trace_value(&trace);
+            let kept = shared.config.traces.keeps(trace.error.is_none());
+            let trace_json = if kept { trace_value(&trace) } else { Value::Null };
             let completion = RunCompletion { lease: lease.clone(), completion, trace: trace_json, emitted };
             return Some(Finished { created_at: run.created_at, trace, completion });
         }

@@ -34,6 +34,45 @@ pub struct ServiceConfig {
     /// How often idle workers look for due work (resends coming due, expired leases).
     pub idle_poll: Duration,
     pub group_commit: GroupCommitConfig,
+    /// Which finished runs keep their trace (every node's input, output, attempts and log).
+    pub traces: TraceRetention,
+}
+
+/// Which runs keep their trace once they end. A trace is most of what a completion writes, so keeping only the
+/// traces of runs that did not succeed lets one SQLite writer deliver more (BENCHMARKS.md, "Sixth round"). A
+/// run that succeeded keeps everything else: its event, status, attempts and times.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceRetention {
+    /// Every run that ends keeps its trace.
+    #[default]
+    All,
+    /// Only runs that failed or were dead-lettered keep their trace.
+    Failures,
+}
+
+impl TraceRetention {
+    /// Whether a run that ended this way keeps its trace.
+    pub fn keeps(self, succeeded: bool) -> bool {
+        match self {
+            TraceRetention::All => true,
+            TraceRetention::Failures => !succeeded,
+        }
+    }
+
+    /// The name in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TraceRetention::All => "all",
+            TraceRetention::Failures => "failures",
+        }
+    }
+}
+
+impl std::fmt::Display for TraceRetention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Default for ServiceConfig {
@@ -44,6 +83,7 @@ impl Default for ServiceConfig {
             lease: Duration::from_secs(30),
             idle_poll: Duration::from_millis(100),
             group_commit: GroupCommitConfig::default(),
+            traces: TraceRetention::All,
         }
     }
 }

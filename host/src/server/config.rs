@@ -12,6 +12,7 @@
 //! concurrency = 256
 //! lease_seconds = 30
 //! shutdown_grace_seconds = 10
+//! traces = "all"                        # or "failures": runs that succeeded keep no trace
 //!
 //! [retry]                               # the default policy of connector nodes, as in flows
 //! maxAttempts = 6
@@ -29,7 +30,7 @@
 use crate::HostConfig;
 use crate::connector::secrets::secret_reference;
 use crate::connector::{RuntimeConfig, SecretStore};
-use crate::delivery::{InboundConnection, ServiceConfig};
+use crate::delivery::{InboundConnection, ServiceConfig, TraceRetention};
 use crate::flow::RetryPolicy;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -76,6 +77,9 @@ pub struct DeliverySection {
     pub lease_seconds: u64,
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: u64,
+    /// `"all"` (the default) or `"failures"`: runs that succeeded keep no trace.
+    #[serde(default)]
+    pub traces: TraceRetention,
 }
 
 impl Default for DeliverySection {
@@ -84,6 +88,7 @@ impl Default for DeliverySection {
             concurrency: default_concurrency(),
             lease_seconds: default_lease(),
             shutdown_grace_seconds: default_grace(),
+            traces: TraceRetention::default(),
         }
     }
 }
@@ -238,6 +243,7 @@ impl ServeConfig {
         ServiceConfig {
             concurrency: self.delivery.concurrency,
             lease: Duration::from_secs(self.delivery.lease_seconds),
+            traces: self.delivery.traces,
             ..ServiceConfig::default()
         }
     }
@@ -279,6 +285,7 @@ mod tests {
             flows = ["flows"]
             [delivery]
             concurrency = 8
+            traces = "failures"
             [retry]
             maxAttempts = 4
             [connections.mparticle]
@@ -288,6 +295,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.delivery.concurrency, 8);
+        assert_eq!(config.service_config().traces, TraceRetention::Failures);
+        let defaults = ServeConfig::parse("flows = [\"f\"]\n").unwrap();
+        assert_eq!(defaults.service_config().traces, TraceRetention::All);
         assert_eq!(config.retry.as_ref().unwrap().max_attempts, 4);
         let secrets = SecretStore::from_pairs([("TOKEN", "t0ken")]);
         let inbound = config.inbound_connections(&secrets).unwrap();
@@ -303,6 +313,8 @@ mod tests {
         assert!(ServeConfig::parse("flows = []").unwrap_err().contains("flows"));
         let bad_retry = ServeConfig::parse("flows = [\"f\"]\n[retry]\nmaxAttempts = 0\n").unwrap_err();
         assert!(bad_retry.contains("maxAttempts"), "{bad_retry}");
+        let bad_traces = ServeConfig::parse("flows = [\"f\"]\n[delivery]\ntraces = \"some\"\n").unwrap_err();
+        assert!(bad_traces.contains("traces") && bad_traces.contains("failures"), "{bad_traces}");
         let inline = ServeConfig::parse("flows = [\"f\"]\n[connections.m]\ninbound_token = \"plain\"\n").unwrap();
         let error = inline.inbound_connections(&secrets).unwrap_err();
         assert!(error.contains("secret reference") && !error.contains("plain"), "{error}");

@@ -242,7 +242,13 @@ async fn get_run(State(state): State<ApiState>, Path(id): Path<String>) -> Respo
         Ok(Some(run)) => {
             let mut value = run_summary(&run);
             value["event"] = run.event;
-            value["trace"] = run.trace.or(run.checkpoint.map(|c| json!({"checkpoint": c}))).unwrap_or(Value::Null);
+            // A run not ended yet shows its progress so far; one that succeeded with `delivery.traces =
+            // "failures"` has no trace, and its last checkpoint would be mistaken for one.
+            value["trace"] = match (run.trace, run.checkpoint) {
+                (Some(trace), _) => trace,
+                (None, Some(checkpoint)) if run.status != RunState::Succeeded => json!({"checkpoint": checkpoint}),
+                _ => Value::Null,
+            };
             Json(value).into_response()
         }
         Ok(None) => error(StatusCode::NOT_FOUND, format!("run {id} not found")),

@@ -360,6 +360,7 @@ pub enum Completion {
 pub struct RunCompletion {
     pub lease: Lease,
     pub completion: Completion,
+    /// `null` when the trace is not kept: the run then reads back with no trace.
     pub trace: Value,
     pub emitted: Vec<NewOutboxEvent>,
 }
@@ -626,8 +627,8 @@ pub trait Store: Send + Sync {
     /// Extends the lease to `lease_until_ms` (a heartbeat during a long node).
     async fn extend_lease(&self, lease: &Lease, lease_until_ms: i64) -> Result<(), StoreError>;
 
-    /// Ends the run as succeeded or failed, with its trace, and writes the events it emitted to the outbox,
-    /// in one transaction.
+    /// Ends the run as succeeded or failed, with its trace (`null`: none kept), and writes the events it
+    /// emitted to the outbox, in one transaction.
     async fn complete(
         &self,
         lease: &Lease,
@@ -651,8 +652,8 @@ pub trait Store: Send + Sync {
         checkpoint: Option<&Value>,
     ) -> Result<RunState, StoreError>;
 
-    /// Retries exhausted: attempts + 1, `dead` with its error and trace, kept until an operator retries or
-    /// drops it (and holding its ordering key until then).
+    /// Retries exhausted: attempts + 1, `dead` with its error and trace (`null`: none kept), kept until an
+    /// operator retries or drops it (and holding its ordering key until then).
     async fn dead_letter(&self, lease: &Lease, error: &Value, trace: &Value) -> Result<(), StoreError>;
 
     async fn get(&self, id: &str) -> Result<Option<StoredRun>, StoreError>;

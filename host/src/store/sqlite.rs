@@ -744,7 +744,7 @@ async fn lease_lost(conn: &mut SqliteConnection, table: Leased, lease: &Lease) -
 }
 
 /// The fenced updates of a batch of completions, in one statement. ?1 is a JSON array of `[id, worker, token,
-/// status, trace (hex of [`pack_trace`]), error or null]`, ?2 now. Completing closes a run, so its head mark is
+/// status, trace (hex of [`pack_trace`]) or null, error or null]`, ?2 now. Completing closes a run, so its head mark is
 /// cleared here, and the trigger of migration 0004 marks its key's next run. The unary `+` keeps the planner
 /// from reading every leased run through `runs_due` and scanning the batch for each: the batch is walked and
 /// each run found by id.
@@ -760,11 +760,14 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// A trace as stored: zstd-compressed JSON. A trace is about 1.3 KB of JSON that compresses to about half, and
 /// the bytes a completion adds to its run's row are most of what the writer writes for a run: storing no trace
-/// at all delivered 28 % more (BENCHMARKS.md, "Fifth round").
-fn pack_trace(trace: &Value) -> Vec<u8> {
+/// at all delivered 28 % more (BENCHMARKS.md, "Fifth round"). A `null` trace (not kept) is stored as `NULL`.
+fn pack_trace(trace: &Value) -> Option<Vec<u8>> {
+    if trace.is_null() {
+        return None;
+    }
     let json = trace.to_string();
     // Compressing a slice into a buffer sized by zstd's bound cannot fail; keep the JSON if it ever does.
-    zstd::bulk::compress(json.as_bytes(), TRACE_ZSTD_LEVEL).unwrap_or_else(|_| json.into_bytes())
+    Some(zstd::bulk::compress(json.as_bytes(), TRACE_ZSTD_LEVEL).unwrap_or_else(|_| json.into_bytes()))
 }
 
 /// zstd's default level: on a trace, as fast as level 1 and a little smaller.
@@ -798,7 +801,7 @@ fn closing_batch(runs: &[Closing<'_>]) -> String {
                 lease.worker.as_str(),
                 lease.token,
                 status.as_str(),
-                hex::encode(pack_trace(trace)),
+                pack_trace(trace).map(hex::encode),
                 error
             ])
         })
@@ -2109,10 +2112,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn traces_are_stored_compressed_and_text_traces_still_read() {
+    async fn traces_are_stored_compressed_or_not_at_all_and_text_traces_still_read() {
         let (_dir, store) = open().await;
-        let ids = store.enqueue(&[run("a"), run("b"), run("c")]).await.unwrap();
-        let [a, b, _c]: [StoredRun; 3] = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap().try_into().unwrap();
+        let ids = store.enqueue(&[run("a"), run("b"), run("c"), run("d")]).await.unwrap();
+        let [a, b, _c, d]: [StoredRun; 4] = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap().try_into().unwrap();
         let log: Vec<Value> = (0..20).map(|i| json!({"level": "info", "message": format!("sent batch {i}")})).collect();
         let trace = json!({"nodes": [{"nodeId": "send", "log": log}]});
         store.complete(&a.lease().unwrap(), &Completion::Succeeded, &trace, &[]).await.unwrap();
@@ -2128,6 +2131,15 @@ mod tests {
             assert_eq!(kind, "blob");
             assert!((size as usize) < trace.to_string().len() / 2, "{size} bytes for {}", trace.to_string().len());
         }
+        // A trace not kept (`null`) is no trace at all, not the JSON `null`.
+        store.complete(&d.lease().unwrap(), &Completion::Succeeded, &Value::Null, &[]).await.unwrap();
+        assert_eq!(store.get(&ids[3]).await.unwrap().unwrap().trace, None);
+        let (kind,): (String,) = sqlx::query_as("SELECT typeof(trace) FROM runs WHERE id = ?1")
+            .bind(ids[3].as_str())
+            .fetch_one(&mut *store.test_writer().await)
+            .await
+            .unwrap();
+        assert_eq!(kind, "null");
 
         // A trace written as JSON text (before compression) reads as before; a damaged one is an error.
         sqlx::query("UPDATE runs SET trace = ?2 WHERE id = ?1")
@@ -2137,7 +2149,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.get(&ids[2]).await.unwrap().unwrap().trace, Some(json!({"nodes": []})));
-        let mut damaged = pack_trace(&trace);
+        let mut damaged = pack_trace(&trace).unwrap();
         damaged.truncate(damaged.len() / 2);
         sqlx::query("UPDATE runs SET trace = ?2 WHERE id = ?1")
             .bind(ids[2].as_str())
