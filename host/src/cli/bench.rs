@@ -1,4 +1,5 @@
-//! `flowhost bench [--quick] [--events N] [--traces all|failures] [--json]`: the end-to-end load test (see `crate::bench`).
+//! `flowhost bench [--quick] [--events N] [--traces all|failures] [--json]`: the end-to-end load test
+//! (see `crate::bench`).
 
 use crate::bench::{BenchOptions, run as run_bench};
 use crate::delivery::TraceRetention;
