@@ -744,10 +744,10 @@ async fn lease_lost(conn: &mut SqliteConnection, table: Leased, lease: &Lease) -
 }
 
 /// The fenced updates of a batch of completions, in one statement. ?1 is a JSON array of `[id, worker, token,
-/// status, trace (hex of [`pack_trace`]) or null, error or null]`, ?2 now. Completing closes a run, so its head mark is
-/// cleared here, and the trigger of migration 0004 marks its key's next run. The unary `+` keeps the planner
-/// from reading every leased run through `runs_due` and scanning the batch for each: the batch is walked and
-/// each run found by id.
+/// status, trace (hex of [`pack_trace`]) or null, error or null]`, ?2 now. Completing closes a run, so its head
+/// mark is cleared here, and the trigger of migration 0004 marks its key's next run. The unary `+` keeps the
+/// planner from reading every leased run through `runs_due` and scanning the batch for each: the batch is
+/// walked and each run found by id.
 const COMPLETE_RUNS: &str = "UPDATE runs SET status = c.value ->> 3, head = 0, trace = unhex(c.value ->> 4), \
      last_error = COALESCE(c.value ->> 5, last_error), lease_until = NULL, updated_at = ?2 \
      FROM json_each(?1) c \
