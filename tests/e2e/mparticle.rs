@@ -6,7 +6,7 @@ use crate::test_runtime_with;
 use flowhost::builtin::MPARTICLE;
 use flowhost::connector::{
     ConfigError, Connection, ConnectionOptions, Connector, ErrorKind, HttpLimits, Invocation, InvocationContext,
-    InvokeError, Runtime, SecretStore,
+    InvokeError, LogSource, Runtime, SecretStore,
 };
 use mparticle_emulator::{
     DEMO_API_KEY, DEMO_API_SECRET, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, EmulatorConfig, FaultRule, RecordedBatch,
@@ -744,6 +744,39 @@ async fn a_batch_fails_its_bad_calls_alone_and_a_throttled_request_all_of_its_ca
     assert_eq!(env.requests("POST /v2/bulkevents"), 3);
     assert_eq!(env.batches().len(), 4);
     assert_eq!(env.emulator.stats().duplicates, 4);
+}
+
+#[tokio::test]
+async fn a_batch_that_runs_out_of_memory_runs_each_call_alone() {
+    let env = Env::start().await;
+    let c = env.good();
+    // 100 calls (a full batch) of about 120 KB each: together far over the test runtime's 32 MiB, each alone well under.
+    let inputs: Vec<Value> = (0..100)
+        .map(|i| {
+            let mut input = member_event(&format!("m{i}"));
+            let payload: serde_json::Map<String, Value> =
+                (0..30).map(|a| (format!("a{a}"), json!(format!("{i}-{a}-").repeat(1000)[..3900]))).collect();
+            input["properties"]["payload"] = Value::Object(payload);
+            input
+        })
+        .collect();
+    let contexts: Vec<InvocationContext> = (0..100).map(|i| context(&format!("run-{i}/send"), 1)).collect();
+    let items: Vec<(&Value, &InvocationContext)> = inputs.iter().zip(&contexts).collect();
+
+    let sent = env.connector.invoke_batch(&c, "triggerMarketingCommunication", &items).await;
+    assert_eq!(sent.len(), 100);
+    for (i, invocation) in sent.iter().enumerate() {
+        assert_no_secrets(invocation);
+        let output = invocation.result.as_ref().unwrap_or_else(|e| panic!("call {i}: {e}\n{:#?}", invocation.log));
+        assert_eq!(output["endpoint"], "events", "call {i} ran alone");
+        let note = &invocation.log[0];
+        assert!(note.message.contains("100 calls of triggerMarketingCommunication together reached the memory limit"));
+        assert_eq!(note.source, LogSource::Host);
+    }
+    let recorded = env.batches();
+    assert_eq!(recorded.len(), 100, "each call's batch reached mParticle once");
+    let attributes = recorded[7].batch["events"][0]["data"]["custom_attributes"].as_object().unwrap();
+    assert_eq!((attributes.len(), attributes["a3"].as_str().unwrap().len()), (30, 3900));
 }
 
 #[tokio::test]

@@ -24,6 +24,11 @@ mod batch {
     });
 }
 
+/// Instances live for one invocation (or one `invoke-batch`), so a bump allocator is enough and cheaper.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: InvocationArena = InvocationArena::new();
+
 struct MParticle;
 
 impl batch::Guest for MParticle {

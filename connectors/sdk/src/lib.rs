@@ -24,6 +24,9 @@ extern crate self as flowhost_connector_sdk;
 
 pub use wit_bindgen;
 
+mod arena;
+pub use arena::InvocationArena;
+
 /// The bindings generated from `wit/v0.1.0` (package `flowhost:connector@0.1.0`).
 #[allow(clippy::too_many_arguments)] // generated code
 pub mod bindings {

@@ -475,11 +475,30 @@ impl Connector {
         }
         let sent = batch.len();
         let config = connection.resolved_config.expose_secret().to_string();
-        let capability = capability.to_string();
+        let batch_capability = capability.to_string();
         let outcome = run_sandboxed(&self.runtime, batch_pre, self.scope(connection), move |instance, store| {
-            Box::pin(async move { instance.call_invoke_batch(store, &capability, &config, &batch).await })
+            Box::pin(async move { instance.call_invoke_batch(store, &batch_capability, &config, &batch).await })
         })
         .await;
+        if matches!(outcome.result, Err(InvokeError::MemoryLimit { .. })) {
+            // Many calls together can need more memory than any one alone: run each alone rather than fail
+            // them all. A call whose request went out before the memory ran out is sent again with the same
+            // idempotency key, as on any retry.
+            let note = format!(
+                "{sent} calls of {capability} together reached the memory limit ({} MiB); this call ran alone",
+                self.runtime.limits.memory_bytes >> 20
+            );
+            for (result, (input, context)) in results.iter_mut().zip(items) {
+                if result.is_none() {
+                    let mut invocation = self.invoke(connection, capability, input, context).await;
+                    let line =
+                        LogLine { at_ms: 0, level: LogLevel::Warn, source: LogSource::Host, message: note.clone() };
+                    invocation.log.insert(0, line);
+                    *result = Some(invocation);
+                }
+            }
+            return results.into_iter().flatten().collect();
+        }
         let mut outputs = split_batch(outcome, sent, connection.redactor()).into_iter();
         results
             .into_iter()

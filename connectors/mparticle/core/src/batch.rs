@@ -7,7 +7,9 @@ use crate::validate::{
     self, CUSTOM_EVENT_TYPES, IDENTITY_TYPES, MAX_ATTRIBUTES, MAX_BATCHES_PER_REQUEST, MAX_NAME_CHARS, MAX_VALUE_CHARS,
     RESERVED_USER_ATTRIBUTES,
 };
+use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use uuid::Uuid;
 
 /// The namespace of the connector's name-based (v5) UUIDs:
@@ -45,12 +47,27 @@ impl EventsEndpoint {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventsPayload {
     pub endpoint: EventsEndpoint,
-    /// The batches, in order, with `environment` and `source_request_id` filled in.
-    pub batches: Vec<Value>,
-    /// The `source_request_id` of each batch.
+    /// The `source_request_id` of each batch, in order: one per batch.
     pub source_request_ids: Vec<String>,
-    /// The request body: the batch (`/events`) or the JSON array of batches (`/bulkevents`).
+    /// The request body: the batch (`/events`) or the JSON array of batches (`/bulkevents`), with
+    /// `environment` and `source_request_id` filled in.
     pub body: Vec<u8>,
+}
+
+impl EventsPayload {
+    /// How many batches the body holds.
+    pub fn batch_count(&self) -> usize {
+        self.source_request_ids.len()
+    }
+
+    /// The batches, parsed back from the body (for inspection and tests; sending uses the body as is).
+    pub fn batches(&self) -> Vec<Value> {
+        match serde_json::from_slice(&self.body) {
+            Ok(Value::Array(batches)) if self.endpoint == EventsEndpoint::BulkEvents => batches,
+            Ok(batch) => vec![batch],
+            Err(_) => Vec::new(),
+        }
+    }
 }
 
 /// The `source_request_id` for the batch of an invocation (`index` None) or for batch `index` of a bulk
@@ -81,8 +98,8 @@ fn require_key(idempotency_key: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The `identityType`/`identityValue` pair of a loyalty input, as `user_identities`.
-fn identity(props: &Map<String, Value>, problems: &mut Problems) -> Option<Map<String, Value>> {
+/// The `identityType`/`identityValue` pair of a loyalty input: the batch's `user_identities`.
+fn identity<'a>(props: &'a Map<String, Value>, problems: &mut Problems) -> Option<Identity<'a>> {
     let identity_type = problems.optional_string(props, "identityType").unwrap_or("customer_id");
     let known = IDENTITY_TYPES.contains(&identity_type);
     if !known {
@@ -92,7 +109,67 @@ fn identity(props: &Map<String, Value>, problems: &mut Problems) -> Option<Map<S
         );
     }
     let value = problems.required_string(props, "identityValue")?;
-    known.then(|| Map::from_iter([(identity_type.to_string(), Value::String(value.to_string()))]))
+    known.then_some(Identity { identity_type, value })
+}
+
+/// `user_identities` with one identity: `{"<identity type>": "<value>"}`.
+#[derive(Debug, Clone, Copy)]
+struct Identity<'a> {
+    identity_type: &'a str,
+    value: &'a str,
+}
+
+impl Serialize for Identity<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map([(self.identity_type, self.value)])
+    }
+}
+
+impl Identity<'_> {
+    fn to_map(self) -> Map<String, Value> {
+        Map::from_iter([(self.identity_type.to_string(), Value::String(self.value.to_string()))])
+    }
+}
+
+// The `triggerMarketingCommunication` batch, serialized straight from the input's strings: it is the hot path
+// of the loyalty integration, and building `Value` maps first cost more than the rest of the call.
+#[derive(Serialize)]
+struct MarketingBatch<'a> {
+    source_request_id: &'a str,
+    environment: &'static str,
+    user_identities: Identity<'a>,
+    events: [CustomEvent<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct CustomEvent<'a> {
+    event_type: &'static str,
+    data: CustomEventData<'a>,
+}
+
+#[derive(Serialize)]
+struct CustomEventData<'a> {
+    event_name: &'a str,
+    custom_event_type: &'a str,
+    source_message_id: String,
+    #[serde(skip_serializing_if = "Attributes::is_empty")]
+    custom_attributes: Attributes<'a>,
+}
+
+/// Custom attributes, serialized as an object in the input's order.
+#[derive(Default)]
+struct Attributes<'a>(Vec<(&'a str, Cow<'a, str>)>);
+
+impl Attributes<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Attributes<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
+    }
 }
 
 /// The batch of `triggerMarketingCommunication`: one `custom_event` named `eventName` of type `eventType`
@@ -133,61 +210,64 @@ pub fn build_marketing_event_batch(
     require_key(idempotency_key)?;
 
     let id = source_request_id(idempotency_key, None);
-    let mut data = Map::new();
-    data.insert("event_name".into(), event_name.into());
-    data.insert("custom_event_type".into(), event_type.into());
-    data.insert("source_message_id".into(), source_message_id(&id, 0).into());
-    if !attributes.is_empty() {
-        data.insert("custom_attributes".into(), Value::Object(attributes));
-    }
-    let mut event = Map::new();
-    event.insert("event_type".into(), "custom_event".into());
-    event.insert("data".into(), Value::Object(data));
-    let mut batch = Map::new();
-    batch.insert("source_request_id".into(), id.clone().into());
-    batch.insert("environment".into(), environment.as_str().into());
-    batch.insert("user_identities".into(), Value::Object(identities));
-    batch.insert("events".into(), Value::Array(vec![Value::Object(event)]));
-    single(Value::Object(batch), id, &size_pointer(props, "payload"))
+    let batch = MarketingBatch {
+        source_request_id: &id,
+        environment: environment.as_str(),
+        user_identities: identities,
+        events: [CustomEvent {
+            event_type: "custom_event",
+            data: CustomEventData {
+                event_name,
+                custom_event_type: event_type,
+                source_message_id: source_message_id(&id, 0),
+                custom_attributes: attributes,
+            },
+        }],
+    };
+    let body = serde_json::to_vec(&batch).map_err(|e| Error::permanent(format!("could not encode the batch: {e}")))?;
+    single_body(body, id, || size_pointer(props, "payload"))
 }
 
 /// `payload`: key -> string, number or boolean, converted to the string custom attributes of the event.
-fn payload_attributes(props: &Map<String, Value>, problems: &mut Problems) -> Map<String, Value> {
-    let at = pointer(PROPERTIES, "payload");
+fn payload_attributes<'a>(props: &'a Map<String, Value>, problems: &mut Problems) -> Attributes<'a> {
+    let at = || pointer(PROPERTIES, "payload");
     let payload = match props.get("payload") {
-        None | Some(Value::Null) => return Map::new(),
+        None | Some(Value::Null) => return Attributes::default(),
         Some(Value::Object(payload)) => payload,
         Some(other) => {
-            problems.add(at, format!("must be an object of key -> value, not {}", kind(other)));
-            return Map::new();
+            problems.add(at(), format!("must be an object of key -> value, not {}", kind(other)));
+            return Attributes::default();
         }
     };
     if payload.len() > MAX_ATTRIBUTES {
         problems.add(
-            &at,
+            at(),
             format!("has {} keys; mParticle accepts at most {MAX_ATTRIBUTES} attributes per event", payload.len()),
         );
     }
-    let mut attributes = Map::new();
+    let mut attributes = Vec::with_capacity(payload.len());
     for (name, value) in payload {
-        let here = pointer(&at, name);
-        validate::check_name(name, &here, &mut problems.0);
+        // The pointer is only built for a problem: this loop runs for every attribute of every event.
+        let here = || pointer(&at(), name);
+        if let Some(problem) = validate::name_problem(name) {
+            problems.add(here(), problem);
+        }
         let text = match value {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
+            Value::String(s) => Cow::Borrowed(s.as_str()),
+            Value::Number(n) => Cow::Owned(n.to_string()),
+            Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
             other => {
-                problems.add(here, format!("must be a string, number or boolean, not {}", kind(other)));
+                problems.add(here(), format!("must be a string, number or boolean, not {}", kind(other)));
                 continue;
             }
         };
         if let Some(n) = too_long(&text, MAX_VALUE_CHARS) {
-            problems.add(here, format!("the value is {n} characters; mParticle accepts at most {MAX_VALUE_CHARS}"));
+            problems.add(here(), format!("the value is {n} characters; mParticle accepts at most {MAX_VALUE_CHARS}"));
             continue;
         }
-        attributes.insert(name.clone(), Value::String(text));
+        attributes.push((name.as_str(), text));
     }
-    attributes
+    Attributes(attributes)
 }
 
 /// The batch of `syncUserAttributes`: `user_attributes` (and `deleted_user_attributes` for null values) for
@@ -211,14 +291,14 @@ pub fn build_user_attributes_batch(
     let mut batch = Map::new();
     batch.insert("source_request_id".into(), id.clone().into());
     batch.insert("environment".into(), environment.as_str().into());
-    batch.insert("user_identities".into(), Value::Object(identities));
+    batch.insert("user_identities".into(), Value::Object(identities.to_map()));
     if !set.is_empty() {
         batch.insert("user_attributes".into(), Value::Object(set));
     }
     if !deleted.is_empty() {
         batch.insert("deleted_user_attributes".into(), Value::Array(deleted));
     }
-    single(Value::Object(batch), id, &size_pointer(props, "attributes"))
+    single(Value::Object(batch), id, || size_pointer(props, "attributes"))
 }
 
 /// `attributes`, split into the attributes to set and the names to delete (null values). `$` names must be
@@ -390,7 +470,7 @@ pub fn build_upload_event_batches(
     match endpoint {
         EventsEndpoint::Events => {
             let batch = filled.pop().expect("one batch");
-            single(batch, ids.pop().expect("one id"), &base)
+            single(batch, ids.pop().expect("one id"), || base)
         }
         EventsEndpoint::BulkEvents => {
             bulk(filled, ids, &batches.iter().map(|(at, _)| at.as_str()).collect::<Vec<_>>(), &base)
@@ -406,14 +486,26 @@ fn size_pointer(props: &Map<String, Value>, field: &str) -> String {
     }
 }
 
-/// A payload of one batch for `/events`, checked against the batch size limit.
-fn single(batch: Value, id: String, at: &str) -> Result<EventsPayload, Error> {
-    debug_assert!(validate::validate_batch(&batch, "").is_empty(), "{:?}", validate::validate_batch(&batch, ""));
+/// A payload of one batch for `/events`, checked against the batch size limit; `at` is where a batch that
+/// is too large is blamed.
+fn single(batch: Value, id: String, at: impl FnOnce() -> String) -> Result<EventsPayload, Error> {
     let body = serde_json::to_vec(&batch).map_err(|e| Error::permanent(format!("could not encode the batch: {e}")))?;
-    if let Some(error) = validate::check_batch_size(body.len(), at) {
-        return Err(Error::InvalidInput(vec![error]));
+    single_body(body, id, at)
+}
+
+/// [`single`] for a batch already serialized.
+fn single_body(body: Vec<u8>, id: String, at: impl FnOnce() -> String) -> Result<EventsPayload, Error> {
+    #[cfg(debug_assertions)]
+    {
+        let batch: Value = serde_json::from_slice(&body).expect("a batch this module serialized");
+        let problems = validate::validate_batch(&batch, "");
+        assert!(problems.is_empty(), "built an invalid batch: {problems:?}");
     }
-    Ok(EventsPayload { endpoint: EventsEndpoint::Events, batches: vec![batch], source_request_ids: vec![id], body })
+    // The pointer is only built for a batch over the limit.
+    if body.len() > validate::MAX_BATCH_BYTES {
+        return Err(Error::InvalidInput(validate::check_batch_size(body.len(), &at()).into_iter().collect()));
+    }
+    Ok(EventsPayload { endpoint: EventsEndpoint::Events, source_request_ids: vec![id], body })
 }
 
 /// A payload of several batches for `/bulkevents`, checked against the batch and request size limits.
@@ -437,5 +529,5 @@ fn bulk(batches: Vec<Value>, ids: Vec<String>, pointers: &[&str], base: &str) ->
     if !errors.is_empty() {
         return Err(Error::InvalidInput(errors));
     }
-    Ok(EventsPayload { endpoint: EventsEndpoint::BulkEvents, batches, source_request_ids: ids, body })
+    Ok(EventsPayload { endpoint: EventsEndpoint::BulkEvents, source_request_ids: ids, body })
 }

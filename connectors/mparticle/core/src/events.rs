@@ -42,7 +42,7 @@ pub fn send(host: &mut dyn Host, config: &Config, capability: &str, payload: &Ev
         Level::Info,
         &format!(
             "{capability}: sending {} batch(es) ({} bytes) to {}, source_request_id {}",
-            payload.batches.len(),
+            payload.batch_count(),
             payload.body.len(),
             payload.endpoint.path(),
             payload.source_request_ids.first().map(String::as_str).unwrap_or_default()
@@ -69,7 +69,7 @@ pub fn send_together(
             results.push(send(host, config, capability, payload));
             continue;
         }
-        let batches: usize = group.iter().map(|p| p.batches.len()).sum();
+        let batches: usize = group.iter().map(|p| p.batch_count()).sum();
         let mut body = Vec::with_capacity(group.iter().map(|p| p.body.len() + 1).sum::<usize>() + 1);
         body.push(b'[');
         for (i, payload) in group.iter().enumerate() {
@@ -101,7 +101,7 @@ fn pack(payloads: &[&EventsPayload]) -> Vec<std::ops::Range<usize>> {
     let mut groups = Vec::new();
     let (mut start, mut batches, mut bytes) = (0, 0, 2);
     for (i, payload) in payloads.iter().enumerate() {
-        let more_batches = payload.batches.len();
+        let more_batches = payload.batch_count();
         let more_bytes = batches_text(payload).len() + 1;
         if i > start && (batches + more_batches > MAX_BATCHES_PER_REQUEST || bytes + more_bytes > MAX_REQUEST_BYTES) {
             groups.push(start..i);
@@ -152,7 +152,7 @@ fn output(status: u16, payload: &EventsPayload, endpoint: EventsEndpoint) -> Val
         "status": status,
         "sourceRequestId": payload.source_request_ids.first(),
         "sourceRequestIds": payload.source_request_ids,
-        "batches": payload.batches.len(),
+        "batches": payload.batch_count(),
         "endpoint": endpoint.name(),
     })
 }
@@ -171,7 +171,6 @@ pub fn check(host: &mut dyn Host, config: &Config) -> Result<(), Error> {
         endpoint: EventsEndpoint::Events,
         body: batch.to_string().into_bytes(),
         source_request_ids: vec![probe_source_request_id()],
-        batches: vec![batch],
     };
     let call = Call { capability: "check (Events API)", idempotency: Idempotency::Safe };
     let response = http::send(host, request(config, credentials, payload.endpoint, payload.body))

@@ -11,6 +11,10 @@ pub fn pointer(base: &str, token: &str) -> String {
     let mut out = String::with_capacity(base.len() + token.len() + 1);
     out.push_str(base);
     out.push('/');
+    if !token.contains(['~', '/']) {
+        out.push_str(token);
+        return out;
+    }
     for c in token.chars() {
         match c {
             '~' => out.push_str("~0"),
@@ -69,19 +73,19 @@ impl Problems {
 
     /// A required non-empty string field of `properties`.
     pub fn required_string<'a>(&mut self, properties: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
-        let at = pointer(PROPERTIES, name);
+        let at = || pointer(PROPERTIES, name);
         match properties.get(name) {
             Some(Value::String(s)) if !s.trim().is_empty() => Some(s.as_str()),
             Some(Value::String(_)) => {
-                self.add(at, "must not be empty");
+                self.add(at(), "must not be empty");
                 None
             }
             None | Some(Value::Null) => {
-                self.add(at, "is required");
+                self.add(at(), "is required");
                 None
             }
             Some(other) => {
-                self.add(at, format!("must be a string, not {}", kind(other)));
+                self.add(at(), format!("must be a string, not {}", kind(other)));
                 None
             }
         }

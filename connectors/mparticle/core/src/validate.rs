@@ -258,13 +258,18 @@ pub(crate) fn check_list(list: &[Value], at: &str, errors: &mut Vec<FieldError>)
 
 /// An attribute name: not empty, at most 256 characters.
 pub(crate) fn check_name(name: &str, at: &str, errors: &mut Vec<FieldError>) {
+    if let Some(problem) = name_problem(name) {
+        errors.push(FieldError::new(at, problem));
+    }
+}
+
+/// What is wrong with an attribute name, if anything.
+pub(crate) fn name_problem(name: &str) -> Option<String> {
     if name.is_empty() {
-        errors.push(FieldError::new(at, "an attribute name must not be empty"));
-    } else if let Some(n) = too_long(name, MAX_NAME_CHARS) {
-        errors.push(FieldError::new(
-            at,
-            format!("the attribute name is {n} characters; mParticle accepts at most {MAX_NAME_CHARS}"),
-        ));
+        Some("an attribute name must not be empty".to_string())
+    } else {
+        too_long(name, MAX_NAME_CHARS)
+            .map(|n| format!("the attribute name is {n} characters; mParticle accepts at most {MAX_NAME_CHARS}"))
     }
 }
 

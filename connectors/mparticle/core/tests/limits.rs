@@ -154,7 +154,7 @@ fn dollar_names_must_be_reserved_attributes() {
     let payload =
         attributes(json!({"$age": 42, "$FirstName": "Ada", "$LASTNAME": "Lovelace", "tier": "gold"})).unwrap();
     assert_eq!(
-        payload.batches[0]["user_attributes"],
+        payload.batches()[0]["user_attributes"],
         json!({"$age": 42, "$firstname": "Ada", "$lastname": "Lovelace", "tier": "gold"})
     );
     refused(
@@ -168,8 +168,8 @@ fn dollar_names_must_be_reserved_attributes() {
         "second time",
     );
     let payload = attributes(json!({"$mobile": null, "old": null})).unwrap();
-    assert_eq!(payload.batches[0]["deleted_user_attributes"], json!(["$mobile", "old"]));
-    assert!(payload.batches[0].get("user_attributes").is_none());
+    assert_eq!(payload.batches()[0]["deleted_user_attributes"], json!(["$mobile", "old"]));
+    assert!(payload.batches()[0].get("user_attributes").is_none());
 }
 
 #[test]
@@ -188,7 +188,7 @@ fn user_attribute_inputs_are_checked() {
 fn a_bulk_request_has_at_most_100_batches() {
     let batch = json!({"user_identities": {"customer_id": "1"}});
     let payload = upload(Value::Array(vec![batch.clone(); 100])).unwrap();
-    assert_eq!(payload.batches.len(), 100);
+    assert_eq!(payload.batches().len(), 100);
     refused(upload(Value::Array(vec![batch; 101])), "/properties/eventBatch", "101 batches");
     refused(upload(json!([])), "/properties/eventBatch", "at least one batch");
 }

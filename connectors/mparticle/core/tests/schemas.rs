@@ -200,14 +200,19 @@ fn marketing_event_batches_validate() {
                 json!({"eventName": "e", "eventType": event_type, "identityType": "email", "identityValue": "a@b.c", "payload": {"n": 1}}),
             );
             let payload = mparticle_core::build_marketing_event_batch(&input, environment, "key").unwrap();
-            assert_valid(&validator, &payload.batches[0], event_type);
+            assert_valid(&validator, &payload.batches()[0], event_type);
         }
     }
     for input in inputs {
         let payload = mparticle_core::build_marketing_event_batch(&input, Environment::Production, "key").unwrap();
-        assert_valid(&validator, &payload.batches[0], "marketing event");
+        assert_valid(&validator, &payload.batches()[0], "marketing event");
         let sent: Value = serde_json::from_slice(&payload.body).unwrap();
-        assert_eq!(sent, payload.batches[0], "the body is the batch");
+        let props = &input["properties"];
+        assert_eq!(sent["events"][0]["data"]["event_name"], props["eventName"]);
+        let identity_type = props["identityType"].as_str().unwrap_or("customer_id");
+        assert_eq!(sent["user_identities"], json!({ identity_type: props["identityValue"] }));
+        let attributes = sent["events"][0]["data"].get("custom_attributes").and_then(Value::as_object);
+        assert_eq!(attributes.map_or(0, |a| a.len()), props["payload"].as_object().map_or(0, |p| p.len()));
     }
 }
 
@@ -226,7 +231,7 @@ fn user_attribute_batches_validate() {
     let only_deletes = wrap(json!({"identityValue": "1", "attributes": {"a": null, "b": null}}));
     for input in [profile_sync(), wrap(json!({"identityValue": "1", "attributes": attributes})), only_deletes] {
         let payload = mparticle_core::build_user_attributes_batch(&input, Environment::Development, "key").unwrap();
-        assert_valid(&validator, &payload.batches[0], "user attributes");
+        assert_valid(&validator, &payload.batches()[0], "user attributes");
     }
 }
 
@@ -248,7 +253,7 @@ fn uploaded_batches_validate_including_the_official_sample() {
             "key",
         )
         .unwrap();
-        assert_valid(&validator, &payload.batches[0], "uploaded batch");
+        assert_valid(&validator, &payload.batches()[0], "uploaded batch");
     }
     let kept = mparticle_core::build_upload_event_batches(
         &wrap(json!({"eventBatch": sample})),
@@ -256,8 +261,8 @@ fn uploaded_batches_validate_including_the_official_sample() {
         "key",
     )
     .unwrap();
-    assert_eq!(kept.batches[0]["source_request_id"], sample["source_request_id"]);
-    assert_eq!(kept.batches[0]["environment"], sample["environment"]);
+    assert_eq!(kept.batches()[0]["source_request_id"], sample["source_request_id"]);
+    assert_eq!(kept.batches()[0]["environment"], sample["environment"]);
 
     // A bulk request, checked with the official bulk schema (which refers to the batch schema by its $id).
     let bulk = json!([without_ids, {"user_identities": {"customer_id": "1"}}, {"mpid": 42, "events": null}]);
