@@ -132,7 +132,7 @@ impl Identity<'_> {
 }
 
 // The `triggerMarketingCommunication` batch, serialized straight from the input's strings: it is the hot path
-// of the loyalty integration, and building `Value` maps first cost more than the rest of the call.
+// of the loyalty integration, and building `Value` maps first took about half of a native call.
 #[derive(Serialize)]
 struct MarketingBatch<'a> {
     source_request_id: &'a str,
