@@ -126,7 +126,8 @@ fn bench(c: &mut Criterion) {
     };
     let mut host = NativeHost::default();
     let native_output = mparticle_core::invoke(&mut host, CAPABILITY, &native_connection, &input, &native_context);
-    assert_eq!(native_output.unwrap(), wasm_output, "native and wasm give the same output");
+    let native_output: Value = serde_json::from_str(&native_output.unwrap()).expect("the output is JSON");
+    assert_eq!(native_output, wasm_output, "native and wasm give the same output");
     assert_eq!(host.requests, 1);
 
     let mut group = c.benchmark_group("mparticle");

@@ -79,8 +79,7 @@ impl batch::Guest for MParticle {
     ) -> Result<String, ConnectorError> {
         let connection = parse_connection(&connection)?;
         let input = parse_input(&input)?;
-        let output = core::invoke(&mut WitHost, &capability, &connection, &input, &to_core(context)).map_err(to_wit)?;
-        Ok(output.to_string())
+        core::invoke(&mut WitHost, &capability, &connection, &input, &to_core(context)).map_err(to_wit)
     }
 
     fn batched_capabilities() -> Vec<String> {
@@ -112,10 +111,7 @@ impl batch::Guest for MParticle {
         results
             .into_iter()
             .map(|result| {
-                result.unwrap_or_else(|| match outputs.next().expect("one output per parsed input") {
-                    Ok(output) => Ok(output.to_string()),
-                    Err(error) => Err(to_wit(error)),
-                })
+                result.unwrap_or_else(|| outputs.next().expect("one output per parsed input").map_err(to_wit))
             })
             .collect()
     }

@@ -76,16 +76,21 @@ impl EventsPayload {
 pub fn source_request_id(idempotency_key: &str, index: Option<usize>) -> String {
     match index {
         None => match Uuid::try_parse(idempotency_key.trim()) {
-            Ok(uuid) => uuid.hyphenated().to_string(),
-            Err(_) => Uuid::new_v5(&ID_NAMESPACE, idempotency_key.as_bytes()).hyphenated().to_string(),
+            Ok(uuid) => text(uuid),
+            Err(_) => text(Uuid::new_v5(&ID_NAMESPACE, idempotency_key.as_bytes())),
         },
-        Some(i) => Uuid::new_v5(&ID_NAMESPACE, format!("{idempotency_key}#{i}").as_bytes()).hyphenated().to_string(),
+        Some(i) => text(Uuid::new_v5(&ID_NAMESPACE, format!("{idempotency_key}#{i}").as_bytes())),
     }
 }
 
 /// The `source_message_id` of event `index` of the batch with `source_request_id`.
 pub fn source_message_id(source_request_id: &str, index: usize) -> String {
-    Uuid::new_v5(&ID_NAMESPACE, format!("{source_request_id}/event/{index}").as_bytes()).hyphenated().to_string()
+    text(Uuid::new_v5(&ID_NAMESPACE, format!("{source_request_id}/event/{index}").as_bytes()))
+}
+
+/// A UUID's hyphenated lower-case text, encoded directly rather than through `core::fmt` (two per event).
+fn text(uuid: Uuid) -> String {
+    uuid.hyphenated().encode_lower(&mut Uuid::encode_buffer()).to_owned()
 }
 
 fn require_key(idempotency_key: &str) -> Result<(), Error> {

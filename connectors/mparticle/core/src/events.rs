@@ -8,7 +8,8 @@ use crate::http::{self, Call, Idempotency, REQUEST_TIMEOUT_MS};
 use crate::validate::{MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::json;
 
 /// The `Authorization` header value: `Basic base64(apiKey:apiSecret)`.
 pub fn basic_auth(credentials: &EventsCredentials) -> String {
@@ -35,9 +36,10 @@ pub fn request(
     }
 }
 
-/// Sends `payload` and returns the capability output `{"status", "sourceRequestId", "sourceRequestIds",
-/// "batches", "endpoint"}`. Re-sending is safe: every batch carries a stable `source_request_id`.
-pub fn send(host: &mut dyn Host, config: &Config, capability: &str, payload: &EventsPayload) -> Result<Value, Error> {
+/// Sends `payload` and returns the capability output, as JSON text: `{"status", "sourceRequestId",
+/// "sourceRequestIds", "batches", "endpoint"}`. Re-sending is safe: every batch carries a stable
+/// `source_request_id`.
+pub fn send(host: &mut dyn Host, config: &Config, capability: &str, payload: &EventsPayload) -> Result<String, Error> {
     host.log(
         Level::Info,
         &format!(
@@ -49,7 +51,7 @@ pub fn send(host: &mut dyn Host, config: &Config, capability: &str, payload: &Ev
         ),
     );
     let status = post(host, config, capability, payload.endpoint, payload.body.clone())?;
-    Ok(output(status, payload, payload.endpoint))
+    output(status, payload, payload.endpoint)
 }
 
 /// Sends the payloads of several calls of `capability` together, as few `/bulkevents` requests as
@@ -61,7 +63,7 @@ pub fn send_together(
     config: &Config,
     capability: &str,
     payloads: &[&EventsPayload],
-) -> Vec<Result<Value, Error>> {
+) -> Vec<Result<String, Error>> {
     let mut results = Vec::with_capacity(payloads.len());
     for group in pack(payloads) {
         let group = &payloads[group];
@@ -89,7 +91,7 @@ pub fn send_together(
             ),
         );
         match post(host, config, capability, EventsEndpoint::BulkEvents, body) {
-            Ok(status) => results.extend(group.iter().map(|p| Ok(output(status, p, EventsEndpoint::BulkEvents)))),
+            Ok(status) => results.extend(group.iter().map(|p| output(status, p, EventsEndpoint::BulkEvents))),
             Err(error) => results.extend(group.iter().map(|_| Err(error.clone()))),
         }
     }
@@ -147,14 +149,26 @@ fn post(
 }
 
 /// A call's output: the status, its own `source_request_id`s and batch count, and the endpoint it went to.
-fn output(status: u16, payload: &EventsPayload, endpoint: EventsEndpoint) -> Value {
-    json!({
-        "status": status,
-        "sourceRequestId": payload.source_request_ids.first(),
-        "sourceRequestIds": payload.source_request_ids,
-        "batches": payload.batch_count(),
-        "endpoint": endpoint.name(),
-    })
+/// Serialized straight from the payload's strings: it is made for every event the loyalty integration sends.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SentOutput<'a> {
+    status: u16,
+    source_request_id: Option<&'a str>,
+    source_request_ids: &'a [String],
+    batches: usize,
+    endpoint: &'static str,
+}
+
+fn output(status: u16, payload: &EventsPayload, endpoint: EventsEndpoint) -> Result<String, Error> {
+    let output = SentOutput {
+        status,
+        source_request_id: payload.source_request_ids.first().map(String::as_str),
+        source_request_ids: &payload.source_request_ids,
+        batches: payload.batch_count(),
+        endpoint: endpoint.name(),
+    };
+    serde_json::to_string(&output).map_err(|e| Error::permanent(format!("could not encode the output: {e}")))
 }
 
 /// The `source_request_id` of the connection check's probe batch; fixed, so mParticle keeps at most one.

@@ -83,14 +83,15 @@ fn missing_text(error: Option<Error>) -> String {
     }
 }
 
-/// Runs one capability. `input` is shaped like the DaVinci wrapper: `{"properties": {...}}`.
+/// Runs one capability and returns its output as JSON text (as the WIT contract hands it back). `input` is
+/// shaped like the DaVinci wrapper: `{"properties": {...}}`.
 pub fn invoke(
     host: &mut dyn Host,
     capability: &str,
     connection: &Value,
     input: &Value,
     context: &Context,
-) -> Result<Value, Error> {
+) -> Result<String, Error> {
     let config = Config::parse(connection)?;
     invoke_with(host, &config, capability, input, context)
 }
@@ -104,7 +105,7 @@ pub fn invoke_batch(
     capability: &str,
     connection: &Value,
     items: &[(Value, Context)],
-) -> Vec<Result<Value, Error>> {
+) -> Vec<Result<String, Error>> {
     let config = match Config::parse(connection) {
         Ok(config) => config,
         Err(error) => return vec![Err(error); items.len()],
@@ -140,7 +141,7 @@ fn invoke_with(
     capability: &str,
     input: &Value,
     context: &Context,
-) -> Result<Value, Error> {
+) -> Result<String, Error> {
     log_retries(host, capability, [context]);
     match capability {
         "createAccount"
@@ -148,7 +149,7 @@ fn invoke_with(
         | "updateAccount"
         | "deleteAccount"
         | "getAudiences"
-        | "getCalculatedAttributes" => platform::invoke(host, config, capability, input),
+        | "getCalculatedAttributes" => platform::invoke(host, config, capability, input).map(|o| o.to_string()),
         _ if EVENT_CAPABILITIES.contains(&capability) => {
             config.require_events()?;
             let payload = build_events_payload(capability, input, config.environment, &context.idempotency_key)?;

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use mparticle_core::validate::{MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES};
-use mparticle_core::{Error, invoke_batch, source_request_id};
+use mparticle_core::{Error, source_request_id};
 use serde_json::{Value, json};
 
 fn point_add_for(member: &str) -> Value {

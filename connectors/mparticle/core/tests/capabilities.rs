@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use mparticle_core::{Error, Level, Method, TransportError, check, invoke};
+use mparticle_core::{Error, Level, Method, TransportError, check};
 use serde_json::{Value, json};
 
 fn account_envelope(id: u64, name: &str) -> String {

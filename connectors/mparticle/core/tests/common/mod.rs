@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use mparticle_core::{Context, Host, HttpRequest, HttpResponse, Level, TransportError};
+use mparticle_core::{Context, Error, Host, HttpRequest, HttpResponse, Level, TransportError};
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
 
@@ -147,4 +147,30 @@ pub fn profile_sync() -> Value {
         "attributes": {"$FirstName": "Ada", "$zip": "10016", "tier": "gold", "points_balance": 1200,
                        "vip": false, "interests": ["travel", "food"], "old_segment": null},
     }))
+}
+
+/// [`mparticle_core::invoke`] with its output (JSON text) parsed, to inspect.
+pub fn invoke(
+    host: &mut dyn Host,
+    capability: &str,
+    connection: &Value,
+    input: &Value,
+    context: &Context,
+) -> Result<Value, Error> {
+    mparticle_core::invoke(host, capability, connection, input, context).map(|output| parse_output(&output))
+}
+
+/// [`mparticle_core::invoke_batch`] with each output parsed.
+pub fn invoke_batch(
+    host: &mut dyn Host,
+    capability: &str,
+    connection: &Value,
+    items: &[(Value, Context)],
+) -> Vec<Result<Value, Error>> {
+    let results = mparticle_core::invoke_batch(host, capability, connection, items);
+    results.into_iter().map(|result| result.map(|output| parse_output(&output))).collect()
+}
+
+fn parse_output(output: &str) -> Value {
+    serde_json::from_str(output).unwrap_or_else(|e| panic!("the output is not JSON ({e}): {output}"))
 }
