@@ -229,8 +229,7 @@ pub fn build_marketing_event_batch(
             },
         }],
     };
-    let body = serde_json::to_vec(&batch).map_err(|e| Error::permanent(format!("could not encode the batch: {e}")))?;
-    single_body(body, id, || size_pointer(props, "payload"))
+    single(encode(&batch)?, id, || size_pointer(props, "payload"))
 }
 
 /// `payload`: key -> string, number or boolean, converted to the string custom attributes of the event.
@@ -303,7 +302,7 @@ pub fn build_user_attributes_batch(
     if !deleted.is_empty() {
         batch.insert("deleted_user_attributes".into(), Value::Array(deleted));
     }
-    single(Value::Object(batch), id, || size_pointer(props, "attributes"))
+    single(encode(&Value::Object(batch))?, id, || size_pointer(props, "attributes"))
 }
 
 /// `attributes`, split into the attributes to set and the names to delete (null values). `$` names must be
@@ -475,7 +474,7 @@ pub fn build_upload_event_batches(
     match endpoint {
         EventsEndpoint::Events => {
             let batch = filled.pop().expect("one batch");
-            single(batch, ids.pop().expect("one id"), || base)
+            single(encode(&batch)?, ids.pop().expect("one id"), || base)
         }
         EventsEndpoint::BulkEvents => {
             bulk(filled, ids, &batches.iter().map(|(at, _)| at.as_str()).collect::<Vec<_>>(), &base)
@@ -491,15 +490,14 @@ fn size_pointer(props: &Map<String, Value>, field: &str) -> String {
     }
 }
 
-/// A payload of one batch for `/events`, checked against the batch size limit; `at` is where a batch that
-/// is too large is blamed.
-fn single(batch: Value, id: String, at: impl FnOnce() -> String) -> Result<EventsPayload, Error> {
-    let body = serde_json::to_vec(&batch).map_err(|e| Error::permanent(format!("could not encode the batch: {e}")))?;
-    single_body(body, id, at)
+/// A batch as JSON text.
+fn encode(batch: &impl Serialize) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(batch).map_err(|e| Error::permanent(format!("could not encode the batch: {e}")))
 }
 
-/// [`single`] for a batch already serialized.
-fn single_body(body: Vec<u8>, id: String, at: impl FnOnce() -> String) -> Result<EventsPayload, Error> {
+/// A payload of one batch (`body`, encoded) for `/events`, checked against the batch size limit; `at` is where
+/// a batch that is too large is blamed.
+fn single(body: Vec<u8>, id: String, at: impl FnOnce() -> String) -> Result<EventsPayload, Error> {
     #[cfg(debug_assertions)]
     {
         let batch: Value = serde_json::from_slice(&body).expect("a batch this module serialized");
