@@ -84,6 +84,7 @@
 //! - `enqueue` keeps the order of its input in `seq`.
 
 mod sqlite;
+mod wal_sync;
 
 pub use sqlite::SqliteStore;
 
@@ -580,6 +581,9 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// The write committed but could not be made durable: the caller must not report it as accepted.
+    #[error("cannot make {operation} durable: syncing {path} failed: {message}")]
+    Sync { operation: &'static str, path: String, message: String },
 }
 
 impl StoreError {

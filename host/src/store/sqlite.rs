@@ -1,14 +1,20 @@
 //! The embedded store: one SQLite file in WAL mode.
 //!
 //! What was accepted survives a crash or a power loss: an enqueue, a recorded inbound message and an operator's
-//! action commit with `synchronous=FULL` (the WAL is fsynced before the call returns). Lease bookkeeping (claims,
-//! checkpoints, lease renewals, completions, resends, dead letters, settling inbound messages) commits with
-//! `synchronous=NORMAL`: it survives the process crashing, and reaches the disk with the next synced commit or
-//! WAL checkpoint. The WAL is one file written in order, so syncing it makes every earlier commit durable too:
-//! a power loss can only forget the newest bookkeeping, whole transactions of it, and that only makes runs or
+//! action return only once the WAL is fsynced. Every write commits with `synchronous=NORMAL` (no fsync inside
+//! the commit); those that must be durable then sync the WAL after handing the write connection to the next
+//! writer ([`WalSync`]), so no writer waits for the disk, and concurrent accepts share one fsync. Lease
+//! bookkeeping (claims, checkpoints, lease renewals, completions, resends, dead letters, settling inbound
+//! messages) does not sync: it survives the process crashing, and reaches the disk with the next sync or WAL
+//! checkpoint. The WAL is one file written in order, so syncing it makes every earlier commit durable too: a
+//! power loss can only forget the newest bookkeeping, whole transactions of it, and that only makes runs or
 //! messages go again (from an earlier checkpoint, with the same idempotency keys); nothing accepted is lost.
 //! In the store benchmark, syncing each of them cost a claim or a completion a quarter of its time (BENCHMARKS.md,
 //! "Fourth round").
+//!
+//! A claim sees accepts whose sync may still be running, so it waits for the ones it can see to be durable
+//! before it returns ([`WalSync::last_issued`]): a run is never worked on, nor delivered, before its accept
+//! could survive a power loss.
 //!
 //! SQLite has one writer. All writes take turns on one connection ([`Writer`]), and every multi-statement
 //! write runs in `BEGIN IMMEDIATE`, which takes the write lock before reading, so another process opening the
@@ -22,6 +28,7 @@
 //! A third connection copies the WAL into the database file in the background ([`checkpoint_loop`]), so that
 //! the writer's commits do not stall on checkpoints.
 
+use super::wal_sync::WalSync;
 use super::{
     Completion, ConnectionHold, DEFAULT_LIST_LIMIT, InboundFilter, InboundMessage, InboundOutcome, InboundState, Lease,
     MAX_LIST_LIMIT, NewOutboxEvent, NewRun, OutboxEvent, QueueCounts, RunCompletion, RunFilter, RunState, Store,
@@ -209,6 +216,8 @@ pub struct SqliteStore {
     checkpointer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// How to open the write connection again (see [`Writer::crashed`]).
     writer_options: SqliteConnectOptions,
+    /// Makes accepted writes durable once the write connection has moved on.
+    wal: WalSync,
     path: PathBuf,
 }
 
@@ -229,34 +238,15 @@ struct Writer {
 }
 
 impl Writer {
-    /// Starts a transaction whose commit reaches the disk as `commit` says.
-    async fn begin(&mut self, operation: &'static str, commit: Commit) -> Result<Transaction<'_, Sqlite>, StoreError> {
-        // SQLite refuses to change `synchronous` inside a transaction, so it is set just before, in the same call.
-        let begin = match commit {
-            Commit::Synced => "PRAGMA synchronous = FULL; BEGIN IMMEDIATE",
-            Commit::Deferred => "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE",
-        };
-        match self.conn.begin_with(begin).await {
+    /// Starts a transaction that takes the database's write lock at once.
+    async fn begin(&mut self, operation: &'static str) -> Result<Transaction<'_, Sqlite>, StoreError> {
+        match self.conn.begin_with("BEGIN IMMEDIATE").await {
             Ok(tx) => Ok(tx),
             Err(e) => {
                 self.crashed = matches!(e, sqlx::Error::WorkerCrashed);
                 Err(db(operation)(e))
             }
         }
-    }
-
-    /// Readies the connection for statements that commit on their own as `commit` says. Every write sets its
-    /// own level, so none depends on what the previous write left on the connection.
-    async fn commit_statements(&mut self, operation: &'static str, commit: Commit) -> Result<(), StoreError> {
-        let pragma = match commit {
-            Commit::Synced => "PRAGMA synchronous = FULL",
-            Commit::Deferred => "PRAGMA synchronous = NORMAL",
-        };
-        if let Err(e) = sqlx::query(pragma).execute(&mut self.conn).await {
-            self.crashed = matches!(e, sqlx::Error::WorkerCrashed);
-            return Err(db(operation)(e));
-        }
-        Ok(())
     }
 }
 
@@ -273,11 +263,14 @@ impl SqliteStore {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            // No fsync inside commits: accepted writes sync the WAL themselves, after the commit (`WalSync`).
+            .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
-            // 64 MiB of page cache per connection (SQLite's default is 2 MiB): claims walk the queue's
-            // indexes, which otherwise are read back from the OS page by page.
-            .pragma("cache_size", "-65536")
+            // 8 MiB of page cache per connection (SQLite's default is 2 MiB). Claims read only the keys' heads
+            // (migration 0002), so the hot pages are few; 64 MiB made every commit slower (SQLite walks the
+            // cache's hash table when a transaction ends): a claim or a completion cost a fifth more
+            // (BENCHMARKS.md, "Ninth round").
+            .pragma("cache_size", "-8192")
             // Statement journals (SQLite keeps one for a write statement that may fail midway, such as a
             // multi-row update) in memory rather than in a temporary file: with the key-head triggers of
             // migration 0002 a claim cost half as much (BENCHMARKS.md, "What limits delivery").
@@ -289,6 +282,11 @@ impl SqliteStore {
         if let Err(e) = MIGRATOR.run(&mut conn).await {
             conn.close().await.ok();
             return Err(StoreError::Migrate(e.to_string()));
+        }
+        let wal = WalSync::new(path);
+        if let Err(message) = make_durable_at_open(&wal, path).await {
+            conn.close().await.ok();
+            return Err(open_error(message));
         }
         let reader = match SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await
         {
@@ -314,6 +312,7 @@ impl SqliteStore {
             checkpointer,
             checkpointer_task: Mutex::new(Some(checkpointer_task)),
             writer_options,
+            wal,
             path: path.to_path_buf(),
         })
     }
@@ -352,14 +351,28 @@ impl SqliteStore {
         Ok(writer)
     }
 
-    /// The write connection, for statements that commit on their own as `commit` says.
+    /// Makes the write just committed with `writer` (the write connection's guard) durable: the connection goes
+    /// to the next writer first, and this call returns once the WAL is synced (see [`WalSync`]).
+    async fn sync_after<Guard>(&self, writer: Guard, operation: &'static str) -> Result<(), StoreError> {
+        let ticket = self.wal.ticket();
+        drop(writer);
+        self.wal.sync(ticket, operation).await
+    }
+
+    /// Returns once every durable write that `writer` could see is durable (some may still be syncing), after
+    /// giving the write connection to the next writer.
+    async fn sync_seen<Guard>(&self, writer: Guard, operation: &'static str) -> Result<(), StoreError> {
+        let seen = self.wal.last_issued();
+        drop(writer);
+        self.wal.sync(seen, operation).await
+    }
+
+    /// The write connection, for statements that commit on their own.
     async fn write_connection(
         &self,
         operation: &'static str,
-        commit: Commit,
     ) -> Result<MappedMutexGuard<'_, SqliteConnection>, StoreError> {
-        let mut writer = self.writer(operation).await?;
-        writer.commit_statements(operation, commit).await?;
+        let writer = self.writer(operation).await?;
         Ok(MappedMutexGuard::map(writer, |writer| &mut writer.conn))
     }
 }
@@ -388,13 +401,24 @@ async fn checkpoint_loop(mut conn: SqliteConnection, stop: CancellationToken) {
     conn.close().await.ok();
 }
 
-/// When a write's commit reaches the disk (see the module documentation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Commit {
-    /// fsynced before the call returns: what a caller was told is accepted, and operators' actions.
-    Synced,
-    /// Written to the WAL; fsynced with the next synced commit or checkpoint. Lease bookkeeping only.
-    Deferred,
+/// Syncs what is in the WAL when the store opens (an earlier process may have committed without syncing, then
+/// stopped), and the directory, so that the database and WAL files' own entries survive a power loss: SQLite
+/// syncs the directory of a new WAL only at its first sync, which `synchronous=NORMAL` leaves to a checkpoint.
+async fn make_durable_at_open(wal: &WalSync, database: &Path) -> Result<(), String> {
+    wal.sync_now("opening the store").await.map_err(|e| e.to_string())?;
+    #[cfg(unix)]
+    {
+        let dir = match database.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            Some(parent) => parent.to_path_buf(),
+            None => PathBuf::from("."),
+        };
+        let shown = dir.display().to_string();
+        let synced = tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all());
+        synced.await.map_err(|e| e.to_string())?.map_err(|e| format!("cannot sync the directory {shown}: {e}"))?;
+    }
+    #[cfg(not(unix))]
+    let _ = database;
+    Ok(())
 }
 
 fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -861,10 +885,12 @@ impl Store for SqliteStore {
         if runs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut writer = self.writer("enqueuing runs").await?;
-        let mut tx = writer.begin("enqueuing runs", Commit::Synced).await?;
+        const OP: &str = "enqueuing runs";
+        let mut writer = self.writer(OP).await?;
+        let mut tx = writer.begin(OP).await?;
         let ids = insert_runs(&mut tx, runs, now_ms()).await?;
         tx.commit().await.map_err(db("committing enqueued runs"))?;
+        self.sync_after(writer, OP).await?;
         Ok(ids)
     }
 
@@ -884,7 +910,7 @@ impl Store for SqliteStore {
         // Two statements, each atomic on its own (a write statement takes the write lock before it reads), and
         // no transaction around them: every statement is a round trip to SQLite's thread, and under load the
         // round trips cost more than the SQL. A lease expiring in between is swept at the next claim.
-        let mut conn = self.write_connection(OP, Commit::Deferred).await?;
+        let mut conn = self.write_connection(OP).await?;
         sqlx::query(SWEEP_HELD_RUNS).bind(now_ms).execute(&mut *conn).await.map_err(db(OP))?;
         let rows: Vec<RunRow> = sqlx::query_as(CLAIM_RUNS)
             .bind(worker)
@@ -895,7 +921,8 @@ impl Store for SqliteStore {
             .fetch_all(&mut *conn)
             .await
             .map_err(db(OP))?;
-        drop(conn);
+        // The claimed runs' accepts may still be syncing: work starts once they are durable.
+        self.sync_seen(conn, OP).await?;
         let mut runs: Vec<StoredRun> = convert(rows)?;
         runs.sort_by_key(|run| run.seq);
         Ok(runs)
@@ -908,7 +935,7 @@ impl Store for SqliteStore {
         const OP: &str = "releasing runs";
         let rows: Vec<Value> =
             leases.iter().map(|lease| json!([lease.id.as_str(), lease.worker.as_str(), lease.token])).collect();
-        let mut conn = self.write_connection(OP, Commit::Deferred).await?;
+        let mut conn = self.write_connection(OP).await?;
         sqlx::query(RELEASE_RUNS)
             .bind(Value::from(rows).to_string())
             .bind(now_ms())
@@ -920,7 +947,7 @@ impl Store for SqliteStore {
 
     async fn checkpoint(&self, lease: &Lease, checkpoint: &Value, lease_until_ms: i64) -> Result<(), StoreError> {
         const OP: &str = "saving a checkpoint";
-        let mut conn = self.write_connection(OP, Commit::Deferred).await?;
+        let mut conn = self.write_connection(OP).await?;
         let done = sqlx::query(concat!(
             "UPDATE runs SET checkpoint = ?4, lease_until = ?5, next_attempt_at = ?5, updated_at = ?6",
             fenced!()
@@ -942,7 +969,7 @@ impl Store for SqliteStore {
 
     async fn extend_lease(&self, lease: &Lease, lease_until_ms: i64) -> Result<(), StoreError> {
         const OP: &str = "extending a lease";
-        let mut conn = self.write_connection(OP, Commit::Deferred).await?;
+        let mut conn = self.write_connection(OP).await?;
         let done =
             sqlx::query(concat!("UPDATE runs SET lease_until = ?4, next_attempt_at = ?4, updated_at = ?5", fenced!()))
                 .bind(lease.id.as_str())
@@ -1000,11 +1027,11 @@ impl Store for SqliteStore {
         let closed = if valid.iter().all(|(_, item)| item.emitted.is_empty()) {
             // No outbox rows: the fenced update (and the trigger marking the keys' next heads) is one statement,
             // atomic by itself, so it needs no `BEGIN` and `COMMIT` round trips.
-            let mut conn = self.write_connection(OP, Commit::Deferred).await?;
+            let mut conn = self.write_connection(OP).await?;
             complete_runs(&mut conn, &closing, &batch, now).await?
         } else {
             let mut writer = self.writer(OP).await?;
-            let mut tx = writer.begin(OP, Commit::Deferred).await?;
+            let mut tx = writer.begin(OP).await?;
             // The fenced update first: only a run still held gets its outbox rows.
             let closed = complete_runs(&mut tx, &closing, &batch, now).await?;
             for ((_, item), closed) in valid.iter().zip(&closed) {
@@ -1035,7 +1062,7 @@ impl Store for SqliteStore {
         checkpoint: Option<&Value>,
     ) -> Result<RunState, StoreError> {
         const OP: &str = "rescheduling a run";
-        let mut conn = self.write_connection(OP, Commit::Deferred).await?;
+        let mut conn = self.write_connection(OP).await?;
         let status: Option<String> = sqlx::query_scalar(concat!(
             "UPDATE runs SET status = CASE WHEN ",
             uses_held_connection!(),
@@ -1062,7 +1089,7 @@ impl Store for SqliteStore {
 
     async fn dead_letter(&self, lease: &Lease, error: &Value, trace: &Value) -> Result<(), StoreError> {
         const OP: &str = "dead-lettering a run";
-        let mut conn = self.write_connection(OP, Commit::Deferred).await?;
+        let mut conn = self.write_connection(OP).await?;
         let done = sqlx::query(concat!(
             "UPDATE runs SET status = 'dead', attempts = attempts + 1, last_error = ?4, trace = ?5, \
              lease_until = NULL, updated_at = ?6",
@@ -1126,7 +1153,7 @@ impl Store for SqliteStore {
     async fn retry_now(&self, id: &str) -> Result<bool, StoreError> {
         const OP: &str = "retrying a run";
         let mut writer = self.writer(OP).await?;
-        let mut tx = writer.begin(OP, Commit::Synced).await?;
+        let mut tx = writer.begin(OP).await?;
         // A failed run reopens, and may be older than its key's head.
         let key: Option<String> = sqlx::query_scalar(concat!(
             "UPDATE runs SET status = CASE WHEN ",
@@ -1144,12 +1171,13 @@ impl Store for SqliteStore {
         let Some(key) = key else { return Ok(false) };
         rehead(&mut tx, &[key.as_str()], OP).await?;
         tx.commit().await.map_err(db(OP))?;
+        self.sync_after(writer, OP).await?;
         Ok(true)
     }
 
     async fn drop_run(&self, id: &str) -> Result<bool, StoreError> {
         const OP: &str = "dropping a run";
-        let mut conn = self.write_connection(OP, Commit::Synced).await?;
+        let mut conn = self.write_connection(OP).await?;
         // Dropping clears the run's own head mark, and the trigger of migration 0004 marks its key's next run.
         let done = sqlx::query(concat!(
             "UPDATE runs SET status = 'dropped', head = 0, lease_until = NULL, updated_at = ?2 \
@@ -1161,7 +1189,11 @@ impl Store for SqliteStore {
         .execute(&mut *conn)
         .await
         .map_err(db(OP))?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.sync_after(conn, OP).await?;
+        Ok(true)
     }
 
     async fn outbox(&self, after_seq: i64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
@@ -1186,7 +1218,7 @@ impl Store for SqliteStore {
         const OP: &str = "recording an inbound message";
         let now = now_ms();
         let mut writer = self.writer(OP).await?;
-        let mut tx = writer.begin(OP, Commit::Synced).await?;
+        let mut tx = writer.begin(OP).await?;
         if let Some(external_id) = &message.external_id {
             let existing: Option<String> =
                 sqlx::query_scalar("SELECT id FROM inbound WHERE connection = ?1 AND external_id = ?2")
@@ -1197,6 +1229,8 @@ impl Store for SqliteStore {
                     .map_err(db(OP))?;
             if let Some(id) = existing {
                 tx.rollback().await.map_err(db(OP))?;
+                // Recorded by an earlier call, whose sync may still be running.
+                self.sync_seen(writer, OP).await?;
                 return Ok(id);
             }
         }
@@ -1219,6 +1253,7 @@ impl Store for SqliteStore {
         .await
         .map_err(db(OP))?;
         tx.commit().await.map_err(db(OP))?;
+        self.sync_after(writer, OP).await?;
         Ok(id)
     }
 
@@ -1235,7 +1270,7 @@ impl Store for SqliteStore {
         }
         const OP: &str = "claiming inbound messages";
         let mut writer = self.writer(OP).await?;
-        let mut tx = writer.begin(OP, Commit::Deferred).await?;
+        let mut tx = writer.begin(OP).await?;
         sqlx::query(SWEEP_HELD_INBOUND).bind(now_ms).execute(&mut *tx).await.map_err(db(OP))?;
         let rows: Vec<InboundRow> = sqlx::query_as(CLAIM_INBOUND)
             .bind(worker)
@@ -1246,6 +1281,8 @@ impl Store for SqliteStore {
             .await
             .map_err(db(OP))?;
         tx.commit().await.map_err(db(OP))?;
+        // As for runs: a message is worked on once its recording is durable.
+        self.sync_seen(writer, OP).await?;
         let mut messages: Vec<StoredInbound> = convert(rows)?;
         messages.sort_by_key(|message| message.seq);
         Ok(messages)
@@ -1261,7 +1298,7 @@ impl Store for SqliteStore {
         const OP: &str = "completing an inbound message";
         let now = now_ms();
         let mut writer = self.writer(OP).await?;
-        let mut tx = writer.begin(OP, Commit::Deferred).await?;
+        let mut tx = writer.begin(OP).await?;
         let ids = insert_runs(&mut tx, runs, now).await?;
         let (status, detail) = match outcome {
             InboundOutcome::Processed { unmatched } => {
@@ -1328,7 +1365,7 @@ impl Store for SqliteStore {
 
     async fn retry_inbound(&self, id: &str) -> Result<bool, StoreError> {
         const OP: &str = "retrying an inbound message";
-        let mut conn = self.write_connection(OP, Commit::Synced).await?;
+        let mut conn = self.write_connection(OP).await?;
         let done = sqlx::query(
             "UPDATE inbound SET status = CASE WHEN EXISTS \
                  (SELECT 1 FROM held_connections h WHERE h.connection = inbound.connection) \
@@ -1341,7 +1378,11 @@ impl Store for SqliteStore {
         .execute(&mut *conn)
         .await
         .map_err(db(OP))?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.sync_after(conn, OP).await?;
+        Ok(true)
     }
 
     async fn hold_connection(&self, connection: &str) -> Result<ConnectionHold, StoreError> {
@@ -1349,7 +1390,7 @@ impl Store for SqliteStore {
         const OP: &str = "holding a connection";
         let now = now_ms();
         let mut writer = self.writer(OP).await?;
-        let mut tx = writer.begin(OP, Commit::Synced).await?;
+        let mut tx = writer.begin(OP).await?;
         sqlx::query("INSERT INTO held_connections (connection, held_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
             .bind(connection)
             .bind(now)
@@ -1379,6 +1420,7 @@ impl Store for SqliteStore {
         .map_err(db(OP))?
         .rows_affected();
         tx.commit().await.map_err(db(OP))?;
+        self.sync_after(writer, OP).await?;
         Ok(ConnectionHold { runs, inbound })
     }
 
@@ -1387,7 +1429,7 @@ impl Store for SqliteStore {
         const OP: &str = "releasing a connection";
         let now = now_ms();
         let mut writer = self.writer(OP).await?;
-        let mut tx = writer.begin(OP, Commit::Synced).await?;
+        let mut tx = writer.begin(OP).await?;
         sqlx::query("DELETE FROM held_connections WHERE connection = ?1")
             .bind(connection)
             .execute(&mut *tx)
@@ -1416,6 +1458,7 @@ impl Store for SqliteStore {
         .map_err(db(OP))?
         .rows_affected();
         tx.commit().await.map_err(db(OP))?;
+        self.sync_after(writer, OP).await?;
         Ok(ConnectionHold { runs, inbound })
     }
 
@@ -2258,16 +2301,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn what_was_accepted_commits_synced_and_lease_bookkeeping_commits_deferred() {
+    async fn what_was_accepted_is_synced_before_returning_and_lease_bookkeeping_is_not() {
         let (_dir, store) = open().await;
-        // `PRAGMA synchronous` on the single write connection after each call: FULL (2) fsyncs at commit,
-        // NORMAL (1) leaves it to the next synced commit. Synced and deferred calls alternate, so each check
-        // sees the setting its own call made.
-        const SYNCED: i64 = 2;
-        const DEFERRED: i64 = 1;
-        let synchronous = async || -> i64 {
-            sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut *store.test_writer().await).await.unwrap()
-        };
+        // Fsyncs of the WAL during each call: one for each call that accepted something (calls run one at a
+        // time, so none shares another's), none for lease bookkeeping, whose commits reach the disk with the
+        // next sync or checkpoint.
+        const SYNCED: u64 = 1;
+        const DEFERRED: u64 = 0;
         let message = InboundMessage {
             connection: "mp".into(),
             source: "mparticle.webhook".into(),
@@ -2275,46 +2315,98 @@ mod tests {
             body: json!({"events": []}),
         };
         let mut seen = Vec::new();
+        let mut syncs = store.wal.syncs();
+        let mut synced = |call: &'static str, expected: u64| {
+            let now = store.wal.syncs();
+            seen.push((call, now - syncs, expected));
+            syncs = now;
+        };
 
         store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
-        seen.push(("claim", synchronous().await, DEFERRED));
+        synced("claim", DEFERRED);
         store.enqueue(&[run("a"), run("b"), run("c")]).await.unwrap();
-        seen.push(("enqueue", synchronous().await, SYNCED));
+        synced("enqueue", SYNCED);
         let [a, b, c]: [StoredRun; 3] = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap().try_into().unwrap();
+        synced("claim (its runs' accept already durable)", DEFERRED);
         let (a, b, c) = (a.lease().unwrap(), b.lease().unwrap(), c.lease().unwrap());
         store.hold_connection("crm").await.unwrap();
-        seen.push(("hold_connection", synchronous().await, SYNCED));
+        synced("hold_connection", SYNCED);
+        let held = store.record_inbound(&InboundMessage { connection: "crm".into(), ..message.clone() }).await.unwrap();
+        synced("record_inbound", SYNCED);
+        assert!(store.retry_inbound(&held).await.unwrap());
+        synced("retry_inbound", SYNCED);
         store.checkpoint(&a, &json!({}), add_ms(now_ms(), LEASE)).await.unwrap();
-        seen.push(("checkpoint", synchronous().await, DEFERRED));
+        synced("checkpoint", DEFERRED);
         store.release_connection("crm").await.unwrap();
-        seen.push(("release_connection", synchronous().await, SYNCED));
+        synced("release_connection", SYNCED);
         store.extend_lease(&a, add_ms(now_ms(), LEASE)).await.unwrap();
-        seen.push(("extend_lease", synchronous().await, DEFERRED));
+        synced("extend_lease", DEFERRED);
         let inbound = store.record_inbound(&message).await.unwrap();
-        seen.push(("record_inbound", synchronous().await, SYNCED));
+        synced("record_inbound", SYNCED);
         store.complete(&a, &Completion::Failed { error: json!({}) }, &json!({}), &[]).await.unwrap();
-        seen.push(("complete", synchronous().await, DEFERRED));
+        synced("complete", DEFERRED);
         store.retry_now(&a.id).await.unwrap();
-        seen.push(("retry_now", synchronous().await, SYNCED));
+        synced("retry_now", SYNCED);
         store.reschedule(&b, now_ms(), &json!({}), None).await.unwrap();
-        seen.push(("reschedule", synchronous().await, DEFERRED));
+        synced("reschedule", DEFERRED);
         store.drop_run(&b.id).await.unwrap();
-        seen.push(("drop_run", synchronous().await, SYNCED));
+        synced("drop_run", SYNCED);
         store.dead_letter(&c, &json!({}), &json!({})).await.unwrap();
-        seen.push(("dead_letter", synchronous().await, DEFERRED));
-        store.retry_inbound(&inbound).await.unwrap();
-        seen.push(("retry_inbound", synchronous().await, SYNCED));
-        let [claimed]: [StoredInbound; 1] =
+        synced("dead_letter", DEFERRED);
+        let [_held, claimed]: [StoredInbound; 2] =
             store.claim_inbound("in", 10, now_ms(), LEASE).await.unwrap().try_into().unwrap();
-        seen.push(("claim_inbound", synchronous().await, DEFERRED));
+        synced("claim_inbound", DEFERRED);
         store.enqueue(&[run("d")]).await.unwrap();
-        seen.push(("enqueue", synchronous().await, SYNCED));
+        synced("enqueue", SYNCED);
         let processed = InboundOutcome::Processed { unmatched: None };
         store.complete_inbound(&claimed.lease().unwrap(), &processed, &[run("e")]).await.unwrap();
-        seen.push(("complete_inbound", synchronous().await, DEFERRED));
+        synced("complete_inbound", DEFERRED);
+        // Calls that change nothing have nothing to make durable.
+        assert!(!store.drop_run(&b.id).await.unwrap());
+        synced("drop_run of a dropped run", DEFERRED);
+        assert!(!store.retry_inbound(&inbound).await.unwrap());
+        synced("retry_inbound of a message being processed", DEFERRED);
 
         let wrong: Vec<_> = seen.iter().filter(|(_, got, expected)| got != expected).collect();
-        assert!(wrong.is_empty(), "calls committed with the wrong `synchronous` (call, got, expected): {wrong:?}");
+        assert!(wrong.is_empty(), "calls with the wrong number of WAL syncs (call, got, expected): {wrong:?}");
+        // No commit fsyncs by itself: that is what lets the next writer go on while an accept syncs.
+        let synchronous: i64 =
+            sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut *store.test_writer().await).await.unwrap();
+        assert_eq!(synchronous, 1, "the write connection commits with synchronous=NORMAL");
+    }
+
+    #[tokio::test]
+    async fn a_claim_returns_once_the_accepts_it_can_see_are_durable() {
+        let (_dir, store) = open().await;
+        store.enqueue(&[run("a"), run("b")]).await.unwrap();
+        let before = store.wal.syncs();
+        // An accept that committed and has not synced yet (its caller is still on its way to the sync).
+        let pending = store.wal.ticket();
+        assert_eq!(store.claim("w", 1, 1, now_ms(), LEASE).await.unwrap().len(), 1);
+        assert_eq!(store.wal.syncs(), before + 1, "the claim synced the WAL before handing its run out");
+        store.wal.sync(pending, "test").await.unwrap();
+        assert_eq!(store.wal.syncs(), before + 1, "and the accept then found itself durable");
+        assert_eq!(store.claim("w", 1, 1, now_ms(), LEASE).await.unwrap().len(), 1);
+        assert_eq!(store.wal.syncs(), before + 1, "nothing new to make durable");
+
+        // Inbound messages the same way.
+        let message = InboundMessage {
+            connection: "mp".into(),
+            source: "mparticle.webhook".into(),
+            external_id: Some("m-1".into()),
+            body: json!({"events": []}),
+        };
+        let id = store.record_inbound(&message).await.unwrap();
+        let pending = store.wal.ticket();
+        let before = store.wal.syncs();
+        assert_eq!(store.record_inbound(&message).await.unwrap(), id, "a repeat returns the recorded message");
+        assert_eq!(store.wal.syncs(), before + 1, "once what it found is durable");
+        assert!(store.wal.sync(pending, "test").await.is_ok());
+        let pending = store.wal.ticket();
+        assert_eq!(store.claim_inbound("in", 10, now_ms(), LEASE).await.unwrap().len(), 1);
+        assert_eq!(store.wal.syncs(), before + 2);
+        store.wal.sync(pending, "test").await.unwrap();
+        assert_eq!(store.wal.syncs(), before + 2);
     }
 
     #[tokio::test]
