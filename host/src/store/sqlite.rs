@@ -791,7 +791,19 @@ fn pack_trace(trace: &Value) -> Option<Vec<u8>> {
     }
     let json = trace.to_string();
     // Compressing a slice into a buffer sized by zstd's bound cannot fail; keep the JSON if it ever does.
-    Some(zstd::bulk::compress(json.as_bytes(), TRACE_ZSTD_LEVEL).unwrap_or_else(|_| json.into_bytes()))
+    let packed = TRACE_COMPRESSOR.with_borrow_mut(|compressor| match compressor {
+        Ok(compressor) => compressor.compress(json.as_bytes()).ok(),
+        Err(_) => None,
+    });
+    Some(packed.unwrap_or_else(|| json.into_bytes()))
+}
+
+thread_local! {
+    /// One zstd context per thread, reused: `zstd::bulk::compress` created one, with its tables, for every
+    /// trace (`ZSTD_createCCtx` and zeroed allocations in the service's profile). A batch of 50 completions
+    /// in the store benchmark went from 4.5–5.3 to 3.9–4.0 ms (BENCHMARKS.md, "Ninth round").
+    static TRACE_COMPRESSOR: std::cell::RefCell<std::io::Result<zstd::bulk::Compressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Compressor::new(TRACE_ZSTD_LEVEL));
 }
 
 /// zstd's default level: on a trace, as fast as level 1 and a little smaller.
