@@ -405,7 +405,7 @@ async fn checkpoint_loop(mut conn: SqliteConnection, stop: CancellationToken) {
 /// stopped), and the directory, so that the database and WAL files' own entries survive a power loss: SQLite
 /// syncs the directory of a new WAL only at its first sync, which `synchronous=NORMAL` leaves to a checkpoint.
 async fn make_durable_at_open(wal: &WalSync, database: &Path) -> Result<(), String> {
-    wal.sync_now("opening the store").await.map_err(|e| e.to_string())?;
+    wal.sync(wal.ticket(), "opening the store").await.map_err(|e| e.to_string())?;
     #[cfg(unix)]
     {
         let dir = match database.parent().filter(|parent| !parent.as_os_str().is_empty()) {

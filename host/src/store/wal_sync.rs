@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Mutex;
 
 /// A commit's place in the WAL, among the commits that asked to be durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Ticket(u64);
 
 /// Syncs one database's WAL file for the commits that ask for it, sharing each fsync among its waiters.
@@ -71,13 +71,6 @@ impl WalSync {
         self.sync_file(operation).await?;
         self.durable.fetch_max(covers, Ordering::SeqCst);
         Ok(())
-    }
-
-    /// Syncs the WAL whatever was issued: at open, so that what an earlier process committed but had not
-    /// synced when it stopped is durable before it is worked on.
-    pub(super) async fn sync_now(&self, operation: &'static str) -> Result<(), StoreError> {
-        let _turn = self.turn.lock().await;
-        self.sync_file(operation).await
     }
 
     /// Fsyncs done so far.
