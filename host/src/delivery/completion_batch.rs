@@ -90,7 +90,12 @@ mod tests {
         let completion = |index: usize, token_offset: u32| {
             let mut lease = claimed[index].lease().unwrap();
             lease.token += token_offset;
-            RunCompletion { lease, completion: Completion::Succeeded, trace: json!({"run": index}), emitted: vec![] }
+            RunCompletion {
+                lease,
+                completion: Completion::Succeeded,
+                trace: serde_json::value::to_raw_value(&json!({"run": index})).ok(),
+                emitted: vec![],
+            }
         };
         let batch = Arc::new(CompletionBatch::new(store.clone()));
         // Three callers at once: a's two runs, b's run with a lease that is not the current one, c's two runs.

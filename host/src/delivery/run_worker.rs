@@ -227,7 +227,8 @@ async fn execute(shared: &Shared, run: &StoredRun, lease: &Lease, held: &[Lease]
                 })
                 .collect();
             let kept = shared.config.traces.keeps(trace.error.is_none());
-            let trace_json = if kept { trace_value(&trace) } else { Value::Null };
+            // Serialized once, straight from the trace's types: no `Value` tree is built for the store.
+            let trace_json = if kept { serde_json::value::to_raw_value(&trace).ok() } else { None };
             let completion = RunCompletion { lease: lease.clone(), completion, trace: trace_json, emitted };
             return Some(Finished { created_at: run.created_at, trace, completion });
         }

@@ -91,6 +91,7 @@ pub use sqlite::SqliteStore;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -357,12 +358,15 @@ pub enum Completion {
 }
 
 /// One run's completion, for [`Store::complete_many`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct RunCompletion {
     pub lease: Lease,
     pub completion: Completion,
-    /// `null` when the trace is not kept: the run then reads back with no trace.
-    pub trace: Value,
+    /// The trace as JSON text (`serde_json::value::to_raw_value`), or `None` when it is not kept: the run then
+    /// reads back with no trace. Text rather than a `Value`, so that a worker serializes its trace once, straight
+    /// from its own types, instead of building a `Value` tree and serializing that (BENCHMARKS.md, "Tenth
+    /// round").
+    pub trace: Option<Box<RawValue>>,
     pub emitted: Vec<NewOutboxEvent>,
 }
 

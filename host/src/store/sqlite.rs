@@ -35,6 +35,7 @@ use super::{
     StoreError, StoredInbound, StoredRun, add_ms, now_ms, validate_runs,
 };
 use async_trait::async_trait;
+use serde_json::value::{RawValue, to_raw_value};
 use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, FromRow, QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Transaction};
@@ -64,7 +65,8 @@ const WRITER_CHECKPOINT_PAGES: &str = "16384";
 macro_rules! run_columns {
     () => {
         "id, seq, flow_id, flow_version, connections, ordering_key, customer, dedup_key, event, status, attempts, \
-         leases, next_attempt_at, lease_owner, lease_until, checkpoint, last_error, trace, created_at, updated_at"
+         leases, next_attempt_at, lease_owner, lease_until, checkpoint, last_error, trace, trace_block, trace_slot, \
+         created_at, updated_at"
     };
 }
 
@@ -186,13 +188,33 @@ const PROMOTE_HEADS: &str = concat!(
     ") FROM json_each(?1) k)"
 );
 
-/// The keys among ?1 (a JSON array) that have a head, that is, an open run.
-const KEYS_WITH_HEAD: &str = "SELECT k.value FROM json_each(?1) k \
-     WHERE EXISTS (SELECT 1 FROM runs r INDEXED BY runs_head_by_key WHERE r.ordering_key = k.value AND r.head = 1)";
+/// The keys among ?2 (a JSON array) that have a head, that is, an open run: `'head', key`.
+macro_rules! keys_with_head {
+    () => {
+        "SELECT 'head', k.value, NULL, NULL FROM json_each(?2) k \
+         WHERE EXISTS (SELECT 1 FROM runs r INDEXED BY runs_head_by_key WHERE r.ordering_key = k.value AND r.head = 1)"
+    };
+}
 
-/// The runs among ?1 (a JSON array of `[flow id, dedup key]`) that are already stored.
-const KNOWN_DEDUP_KEYS: &str = "SELECT j.value ->> 0, j.value ->> 1, r.id FROM json_each(?1) j \
-     JOIN runs r ON r.flow_id = j.value ->> 0 AND r.dedup_key = j.value ->> 1";
+/// The runs among ?1 (a JSON array of `[flow id, dedup key]`) that are already stored: `'dedup', flow id, dedup
+/// key, run id`.
+macro_rules! known_dedup_keys {
+    () => {
+        "SELECT 'dedup', j.value ->> 0, j.value ->> 1, r.id FROM json_each(?1) j \
+         JOIN runs r ON r.flow_id = j.value ->> 0 AND r.dedup_key = j.value ->> 1"
+    };
+}
+
+/// What an enqueue reads before it inserts, in one statement: each statement of a transaction is a round trip
+/// between the task holding the write connection and SQLite's thread, and under load the round trips, not the
+/// SQL, are most of the time the connection is held. Rows: `'held', connection` for each held connection, then
+/// [`known_dedup_keys`] and [`keys_with_head`].
+const ENQUEUE_LOOKUPS: &str = concat!(
+    "SELECT 'held', connection, NULL, NULL FROM held_connections UNION ALL ",
+    known_dedup_keys!(),
+    " UNION ALL ",
+    keys_with_head!()
+);
 
 /// Re-marks the heads of `keys`: each key's head is its smallest open `seq`, or none (migration 0003). A
 /// statement that reopens runs is followed by this, for the runs' keys. A statement that closes runs clears
@@ -336,6 +358,12 @@ impl SqliteStore {
         }
     }
 
+    /// Runs as read, with the traces they point into from the trace blocks.
+    async fn stored_runs(&self, rows: Vec<RunRow>) -> Result<Vec<StoredRun>, StoreError> {
+        let blocks = read_trace_blocks(&self.reader, &rows).await?;
+        rows.into_iter().map(|row| row.into_run(&blocks)).collect()
+    }
+
     /// Waits for the write connection (opening it again if its worker crashed).
     async fn writer(&self, operation: &'static str) -> Result<MappedMutexGuard<'_, Writer>, StoreError> {
         let guard = tokio::time::timeout(WRITE_WAIT, self.writer.lock())
@@ -460,12 +488,23 @@ impl Decoder<'_> {
     /// A run's trace: zstd-compressed JSON ([`pack_trace`]), or JSON text as written before compression.
     fn trace(&self, stored: &[u8]) -> Result<Value, StoreError> {
         let bad = |message: String| corrupt(self.what, self.id, "trace", message);
-        if stored.starts_with(&ZSTD_MAGIC) {
-            let json = zstd::decode_all(stored).map_err(|e| bad(format!("cannot decompress: {e}")))?;
-            serde_json::from_slice(&json).map_err(|e| bad(format!("not JSON: {e}")))
-        } else {
-            serde_json::from_slice(stored).map_err(|e| bad(format!("not JSON: {e}")))
-        }
+        let json = decompress(stored).map_err(bad)?;
+        serde_json::from_slice(&json).map_err(|e| bad(format!("not JSON: {e}")))
+    }
+
+    /// Trace `slot` of trace block `block` (migration 0005).
+    fn trace_in_block(&self, blocks: &TraceBlocks, block: i64, slot: i64) -> Result<Value, StoreError> {
+        let bad = |message: String| corrupt(self.what, self.id, "trace", message);
+        let traces = match blocks.get(&block) {
+            None => return Err(bad(format!("trace block {block} does not exist"))),
+            Some(Err(message)) => return Err(bad(format!("trace block {block} {message}"))),
+            Some(Ok(traces)) => traces,
+        };
+        let trace = usize::try_from(slot)
+            .ok()
+            .and_then(|slot| traces.get(slot))
+            .ok_or_else(|| bad(format!("trace block {block} has no trace {slot}")))?;
+        serde_json::from_str(trace.get()).map_err(|e| bad(format!("not JSON: {e}")))
     }
 
     fn strings(&self, field: &str, text: &str) -> Result<Vec<String>, StoreError> {
@@ -502,15 +541,21 @@ struct RunRow {
     checkpoint: Option<String>,
     last_error: Option<String>,
     trace: Option<Vec<u8>>,
+    trace_block: Option<i64>,
+    trace_slot: Option<i64>,
     created_at: i64,
     updated_at: i64,
 }
 
-impl TryFrom<RunRow> for StoredRun {
-    type Error = StoreError;
-
-    fn try_from(row: RunRow) -> Result<Self, StoreError> {
+impl RunRow {
+    /// The run as stored, its trace taken from its row or from `blocks` (which [`read_trace_blocks`] loaded).
+    fn into_run(self, blocks: &TraceBlocks) -> Result<StoredRun, StoreError> {
+        let row = self;
         let d = Decoder { what: "run", id: &row.id };
+        let trace = match (row.trace_block, row.trace_slot) {
+            (Some(block), Some(slot)) => Some(d.trace_in_block(blocks, block, slot)?),
+            _ => row.trace.as_deref().map(|stored| d.trace(stored)).transpose()?,
+        };
         Ok(StoredRun {
             connections: d.strings("connections", &row.connections)?,
             event: d.json("event", &row.event)?,
@@ -519,7 +564,7 @@ impl TryFrom<RunRow> for StoredRun {
             leases: d.count("leases", row.leases)?,
             checkpoint: d.opt_json("checkpoint", row.checkpoint.as_deref())?,
             last_error: d.opt_json("last_error", row.last_error.as_deref())?,
-            trace: row.trace.as_deref().map(|stored| d.trace(stored)).transpose()?,
+            trace,
             seq: row.seq,
             flow_id: row.flow_id,
             flow_version: row.flow_version,
@@ -628,40 +673,36 @@ struct Fresh<'a> {
 
 /// Inserts runs inside the caller's write transaction and returns their ids, in order (the existing id for a
 /// run whose dedup key its flow already has, in the store or earlier in `runs`). Runs go in with multi-row
-/// `INSERT`s, in order, so their `seq` follows their order in `runs`, and the dedup keys and key heads are looked
-/// up once for the whole batch: a batch of hundreds of runs costs a handful of statements.
+/// `INSERT`s, in order, so their `seq` follows their order in `runs`, and the held connections, dedup keys and key
+/// heads are looked up once for the whole batch ([`ENQUEUE_LOOKUPS`]): a batch of up to 256 runs is two statements.
 async fn insert_runs(conn: &mut SqliteConnection, runs: &[NewRun], now: i64) -> Result<Vec<String>, StoreError> {
     const OP: &str = "enqueuing runs";
-    let held: HashSet<String> = sqlx::query_scalar("SELECT connection FROM held_connections")
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db(OP))?
-        .into_iter()
-        .collect();
     let dedup_keys: Vec<Value> = runs
         .iter()
         .filter_map(|run| Some(Value::from(vec![run.flow_id.as_str(), run.dedup_key.as_deref()?])))
         .collect();
-    let mut keyed: HashMap<(String, String), String> = if dedup_keys.is_empty() {
-        HashMap::new()
-    } else {
-        sqlx::query_as::<_, (String, String, String)>(KNOWN_DEDUP_KEYS)
-            .bind(Value::from(dedup_keys).to_string())
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db(OP))?
-            .into_iter()
-            .map(|(flow_id, dedup_key, id)| ((flow_id, dedup_key), id))
-            .collect()
-    };
     let ordering_keys: Vec<&str> = runs.iter().map(|run| run.ordering_key.as_str()).collect();
-    let mut has_head: HashSet<String> = sqlx::query_scalar(KEYS_WITH_HEAD)
+    let found: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(ENQUEUE_LOOKUPS)
+        .bind(Value::from(dedup_keys).to_string())
         .bind(Value::from(ordering_keys).to_string())
         .fetch_all(&mut *conn)
         .await
-        .map_err(db(OP))?
-        .into_iter()
-        .collect();
+        .map_err(db(OP))?;
+    let (mut held, mut keyed, mut has_head) = (HashSet::new(), HashMap::new(), HashSet::new());
+    for (kind, name, dedup_key, id) in found {
+        match (kind.as_str(), dedup_key, id) {
+            ("held", ..) => {
+                held.insert(name);
+            }
+            ("dedup", Some(dedup_key), Some(id)) => {
+                keyed.insert((name, dedup_key), id);
+            }
+            ("head", ..) => {
+                has_head.insert(name);
+            }
+            _ => {}
+        }
+    }
     let mut ids = Vec::with_capacity(runs.len());
     let mut fresh = Vec::with_capacity(runs.len());
     for run in runs {
@@ -705,26 +746,8 @@ async fn insert_runs(conn: &mut SqliteConnection, runs: &[NewRun], now: i64) -> 
                 .push_bind(now)
                 .push_bind(i64::from(new.head));
         });
-        // RETURNING rows come in no promised order: match them by id.
-        insert.push(" RETURNING id, seq");
-        let inserted: HashMap<String, i64> =
-            insert.build_query_as::<(String, i64)>().fetch_all(&mut *conn).await.map_err(db(OP))?.into_iter().collect();
-        let mut links = Vec::new();
-        for new in chunk {
-            let seq = *inserted.get(&new.id).ok_or_else(|| StoreError::Corrupt {
-                what: format!("run {}", new.id),
-                message: "the database did not return the inserted run".into(),
-            })?;
-            links.extend(new.connections.iter().map(|name| (*name, seq)));
-        }
-        // 2 values a row: the same chunk size keeps far below the limit.
-        for links in links.chunks(ROWS_PER_INSERT * 4) {
-            let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO run_connections (connection, run_seq) ");
-            insert.push_values(links, |mut row, (name, seq)| {
-                row.push_bind(name.to_string()).push_bind(*seq);
-            });
-            insert.build().execute(&mut *conn).await.map_err(db(OP))?;
-        }
+        // Their `run_connections` rows go in with them (a trigger of migration 0005).
+        insert.build().execute(&mut *conn).await.map_err(db(OP))?;
     }
     Ok(ids)
 }
@@ -768,11 +791,12 @@ async fn lease_lost(conn: &mut SqliteConnection, table: Leased, lease: &Lease) -
 }
 
 /// The fenced updates of a batch of completions, in one statement. ?1 is a JSON array of `[id, worker, token,
-/// status, trace (hex of [`pack_trace`]) or null, error or null]`, ?2 now. Completing closes a run, so its head
-/// mark is cleared here, and the trigger of migration 0004 marks its key's next run. The unary `+` keeps the
-/// planner from reading every leased run through `runs_due` and scanning the batch for each: the batch is
-/// walked and each run found by id.
-const COMPLETE_RUNS: &str = "UPDATE runs SET status = c.value ->> 3, head = 0, trace = unhex(c.value ->> 4), \
+/// status, trace slot or null, error or null]`, ?2 now, ?3 the batch's trace block or null (a run's trace is
+/// its slot of the block). Completing closes a run, so its head mark is cleared here, and the trigger of
+/// migration 0004 marks its key's next run. The unary `+` keeps the planner from reading every leased run
+/// through `runs_due` and scanning the batch for each: the batch is walked and each run found by id.
+const COMPLETE_RUNS: &str = "UPDATE runs SET status = c.value ->> 3, head = 0, trace = NULL, \
+     trace_block = iif(c.value ->> 4 IS NULL, NULL, ?3), trace_slot = c.value ->> 4, \
      last_error = COALESCE(c.value ->> 5, last_error), lease_until = NULL, updated_at = ?2 \
      FROM json_each(?1) c \
      WHERE runs.id = c.value ->> 0 AND +runs.status = 'leased' AND runs.lease_owner = c.value ->> 1 \
@@ -782,20 +806,55 @@ const COMPLETE_RUNS: &str = "UPDATE runs SET status = c.value ->> 3, head = 0, t
 /// The first bytes of a zstd frame; JSON text never starts with them.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
-/// A trace as stored: zstd-compressed JSON. A trace is about 1.3 KB of JSON that compresses to about half, and
-/// the bytes a completion adds to its run's row are most of what the writer writes for a run: storing no trace
-/// at all delivered 28 % more (BENCHMARKS.md, "Fifth round"). A `null` trace (not kept) is stored as `NULL`.
+/// A trace stored in its run's row (a dead letter's): zstd-compressed JSON. A `null` trace (not kept) is stored
+/// as `NULL`. Completions store their traces together instead ([`closing_batch`]).
 fn pack_trace(trace: &Value) -> Option<Vec<u8>> {
     if trace.is_null() {
         return None;
     }
-    let json = trace.to_string();
-    // Compressing a slice into a buffer sized by zstd's bound cannot fail; keep the JSON if it ever does.
+    Some(compress(trace.to_string().into_bytes()))
+}
+
+/// JSON compressed with zstd. Compressing a slice into a buffer sized by zstd's bound cannot fail; the JSON is
+/// kept as it is if it ever does ([`decompress`] reads both).
+fn compress(json: Vec<u8>) -> Vec<u8> {
     let packed = TRACE_COMPRESSOR.with_borrow_mut(|compressor| match compressor {
-        Ok(compressor) => compressor.compress(json.as_bytes()).ok(),
+        Ok(compressor) => compressor.compress(&json).ok(),
         Err(_) => None,
     });
-    Some(packed.unwrap_or_else(|| json.into_bytes()))
+    packed.unwrap_or(json)
+}
+
+/// The JSON of a stored trace or trace block: zstd-compressed, or JSON text (JSON never starts with zstd's magic
+/// number).
+fn decompress(stored: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+    if stored.starts_with(&ZSTD_MAGIC) {
+        zstd::decode_all(stored).map(Into::into).map_err(|e| format!("cannot decompress: {e}"))
+    } else {
+        Ok(stored.into())
+    }
+}
+
+/// Trace blocks by id (migration 0005), each decompressed and split into its traces, or why it could not be.
+type TraceBlocks = HashMap<i64, Result<Vec<Box<RawValue>>, String>>;
+
+/// Loads the trace blocks that `rows` point into, each once.
+async fn read_trace_blocks(reader: &SqlitePool, rows: &[RunRow]) -> Result<TraceBlocks, StoreError> {
+    let ids: HashSet<i64> = rows.iter().filter_map(|row| row.trace_block).collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let stored: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT id, traces FROM trace_blocks WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(Value::from(ids.into_iter().collect::<Vec<_>>()).to_string())
+            .fetch_all(reader)
+            .await
+            .map_err(db("reading traces"))?;
+    let unpack = |stored: &[u8]| {
+        let json = decompress(stored)?;
+        serde_json::from_slice(&json).map_err(|e| format!("is not a JSON array of traces: {e}"))
+    };
+    Ok(stored.into_iter().map(|(id, stored)| (id, unpack(&stored))).collect())
 }
 
 thread_local! {
@@ -809,8 +868,8 @@ thread_local! {
 /// zstd's default level: on a trace, as fast as level 1 and a little smaller.
 const TRACE_ZSTD_LEVEL: i32 = 3;
 
-/// A run to complete: its lease, how it ended, and its trace.
-type Closing<'a> = (&'a Lease, &'a Completion, &'a Value);
+/// A run to complete: its lease, how it ended, and its trace (JSON text), if kept.
+type Closing<'a> = (&'a Lease, &'a Completion, Option<&'a RawValue>);
 
 /// A lease as [`COMPLETE_RUNS`] returns it: id, worker, token.
 type Fence = (String, String, i64);
@@ -819,11 +878,23 @@ fn fence(lease: &Lease) -> Fence {
     (lease.id.clone(), lease.worker.clone(), i64::from(lease.token))
 }
 
-/// The ?1 of [`COMPLETE_RUNS`] for a batch: built (traces compressed) before the write connection is taken.
-fn closing_batch(runs: &[Closing<'_>]) -> String {
+/// A batch of completions as [`COMPLETE_RUNS`] takes it: ?1, and the batch's trace block, if any trace is kept.
+/// Built (the traces compressed) before the write connection is taken.
+struct ClosingBatch {
+    rows: String,
+    traces: Option<Vec<u8>>,
+}
+
+/// The traces of a batch go into one trace block: one zstd frame of a JSON array, each run pointing at its slot.
+/// Traces of a flow's runs are alike (the same nodes, keys, connector logs), so together they compress far
+/// better than one by one, and the writer appends one row instead of rewriting each run's row with its trace
+/// (BENCHMARKS.md, "Tenth round"). A `null` trace (not kept) gets no slot.
+fn closing_batch(runs: &[Closing<'_>]) -> ClosingBatch {
     // A join that matches a row twice updates it with either match, so a repeated lease goes in once; the
     // repeat then finds its lease gone, as it would one statement later.
     let mut seen = HashSet::new();
+    let mut traces = String::from("[");
+    let mut slots = 0;
     let rows: Vec<Value> = runs
         .iter()
         .filter(|(lease, ..)| seen.insert(fence(lease)))
@@ -832,17 +903,28 @@ fn closing_batch(runs: &[Closing<'_>]) -> String {
                 Completion::Succeeded => (RunState::Succeeded, None),
                 Completion::Failed { error } => (RunState::Failed, Some(error.to_string())),
             };
-            json!([
-                lease.id.as_str(),
-                lease.worker.as_str(),
-                lease.token,
-                status.as_str(),
-                pack_trace(trace).map(hex::encode),
-                error
-            ])
+            let slot = trace.map(|trace| {
+                if slots > 0 {
+                    traces.push(',');
+                }
+                traces.push_str(trace.get());
+                slots += 1;
+                slots - 1
+            });
+            json!([lease.id.as_str(), lease.worker.as_str(), lease.token, status.as_str(), slot, error])
         })
         .collect();
-    Value::from(rows).to_string()
+    traces.push(']');
+    ClosingBatch { rows: Value::from(rows).to_string(), traces: (slots > 0).then(|| compress(traces.into_bytes())) }
+}
+
+/// Appends a batch's trace block, returning its id.
+async fn insert_trace_block(conn: &mut SqliteConnection, traces: &[u8]) -> Result<i64, StoreError> {
+    sqlx::query_scalar("INSERT INTO trace_blocks (traces) VALUES (?1) RETURNING id")
+        .bind(traces)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db("storing traces"))
 }
 
 /// Completes runs with one fenced update ([`COMPLETE_RUNS`], `batch` from [`closing_batch`]): for each, whether
@@ -851,6 +933,7 @@ async fn complete_runs(
     conn: &mut SqliteConnection,
     runs: &[Closing<'_>],
     batch: &str,
+    trace_block: Option<i64>,
     now: i64,
 ) -> Result<Vec<bool>, StoreError> {
     if runs.is_empty() {
@@ -859,6 +942,7 @@ async fn complete_runs(
     let mut closed: HashSet<Fence> = sqlx::query_as(COMPLETE_RUNS)
         .bind(batch)
         .bind(now)
+        .bind(trace_block)
         .fetch_all(&mut *conn)
         .await
         .map_err(db("completing runs"))?
@@ -935,7 +1019,7 @@ impl Store for SqliteStore {
             .map_err(db(OP))?;
         // The claimed runs' accepts may still be syncing: work starts once they are durable.
         self.sync_seen(conn, OP).await?;
-        let mut runs: Vec<StoredRun> = convert(rows)?;
+        let mut runs = self.stored_runs(rows).await?;
         runs.sort_by_key(|run| run.seq);
         Ok(runs)
     }
@@ -1006,12 +1090,12 @@ impl Store for SqliteStore {
         emitted: &[NewOutboxEvent],
     ) -> Result<(), StoreError> {
         // One completion is a batch of one: the same checks, fenced update, outbox rows and next head.
-        let completion = RunCompletion {
-            lease: lease.clone(),
-            completion: completion.clone(),
-            trace: trace.clone(),
-            emitted: emitted.to_vec(),
+        let trace = match trace {
+            Value::Null => None,
+            trace => Some(to_raw_value(trace).map_err(|e| StoreError::invalid("trace", e.to_string()))?),
         };
+        let completion =
+            RunCompletion { lease: lease.clone(), completion: completion.clone(), trace, emitted: emitted.to_vec() };
         let mut results = self.complete_many(std::slice::from_ref(&completion)).await?;
         results.pop().unwrap_or_else(|| Err(StoreError::invalid("completion", "no result for the completion")))
     }
@@ -1034,18 +1118,27 @@ impl Store for SqliteStore {
             return Ok(results);
         }
         let closing: Vec<Closing> =
-            valid.iter().map(|(_, item)| (&item.lease, &item.completion, &item.trace)).collect();
+            valid.iter().map(|(_, item)| (&item.lease, &item.completion, item.trace.as_deref())).collect();
         let batch = closing_batch(&closing);
         let closed = if valid.iter().all(|(_, item)| item.emitted.is_empty()) {
-            // No outbox rows: the fenced update (and the trigger marking the keys' next heads) is one statement,
-            // atomic by itself, so it needs no `BEGIN` and `COMMIT` round trips.
+            // No outbox rows: the trace block and the fenced update (with the trigger marking the keys' next heads)
+            // are a statement each, each atomic by itself, with no `BEGIN` and `COMMIT` round trips. A crash
+            // between the two leaves a block nothing points to, which costs only its bytes.
             let mut conn = self.write_connection(OP).await?;
-            complete_runs(&mut conn, &closing, &batch, now).await?
+            let trace_block = match &batch.traces {
+                Some(traces) => Some(insert_trace_block(&mut conn, traces).await?),
+                None => None,
+            };
+            complete_runs(&mut conn, &closing, &batch.rows, trace_block, now).await?
         } else {
             let mut writer = self.writer(OP).await?;
             let mut tx = writer.begin(OP).await?;
+            let trace_block = match &batch.traces {
+                Some(traces) => Some(insert_trace_block(&mut tx, traces).await?),
+                None => None,
+            };
             // The fenced update first: only a run still held gets its outbox rows.
-            let closed = complete_runs(&mut tx, &closing, &batch, now).await?;
+            let closed = complete_runs(&mut tx, &closing, &batch.rows, trace_block, now).await?;
             for ((_, item), closed) in valid.iter().zip(&closed) {
                 if *closed {
                     insert_outbox(&mut tx, &item.lease, &item.emitted, now).await?;
@@ -1104,6 +1197,7 @@ impl Store for SqliteStore {
         let mut conn = self.write_connection(OP).await?;
         let done = sqlx::query(concat!(
             "UPDATE runs SET status = 'dead', attempts = attempts + 1, last_error = ?4, trace = ?5, \
+             trace_block = NULL, trace_slot = NULL, \
              lease_until = NULL, updated_at = ?6",
             fenced!()
         ))
@@ -1128,7 +1222,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(db("reading a run"))?;
-        row.map(StoredRun::try_from).transpose()
+        Ok(self.stored_runs(Vec::from_iter(row)).await?.pop())
     }
 
     async fn list(&self, filter: &RunFilter) -> Result<Vec<StoredRun>, StoreError> {
@@ -1159,7 +1253,7 @@ impl Store for SqliteStore {
         }
         query.push(" ORDER BY seq DESC LIMIT ").push_bind(clamp_limit(filter.limit));
         let rows: Vec<RunRow> = query.build_query_as().fetch_all(&self.reader).await.map_err(db("listing runs"))?;
-        convert(rows)
+        self.stored_runs(rows).await
     }
 
     async fn retry_now(&self, id: &str) -> Result<bool, StoreError> {
@@ -1895,7 +1989,7 @@ mod tests {
             .map(|run| RunCompletion {
                 lease: run.lease().unwrap(),
                 completion: Completion::Succeeded,
-                trace: json!({"run": run.id}),
+                trace: to_raw_value(&json!({"run": run.id})).ok(),
                 emitted: emitted.clone(),
             })
             .collect();
@@ -1916,7 +2010,7 @@ mod tests {
         let completion = |run: &StoredRun, completion: Completion| RunCompletion {
             lease: run.lease().unwrap(),
             completion,
-            trace: json!({"run": run.id}),
+            trace: to_raw_value(&json!({"run": run.id})).ok(),
             emitted: vec![NewOutboxEvent { node_id: "n".into(), event: "point_add".into(), payload: json!({}) }],
         };
         let failed = Completion::Failed { error: json!({"kind": "invalid-input", "message": "no"}) };
@@ -2177,24 +2271,38 @@ mod tests {
         store.dead_letter(&b.lease().unwrap(), &json!({"kind": "transient"}), &trace).await.unwrap();
         for id in &ids[..2] {
             assert_eq!(store.get(id).await.unwrap().unwrap().trace, Some(trace.clone()), "{id}");
-            let (kind, size): (String, i64) =
-                sqlx::query_as("SELECT typeof(trace), length(trace) FROM runs WHERE id = ?1")
-                    .bind(id.as_str())
-                    .fetch_one(&mut *store.test_writer().await)
-                    .await
-                    .unwrap();
-            assert_eq!(kind, "blob");
-            assert!((size as usize) < trace.to_string().len() / 2, "{size} bytes for {}", trace.to_string().len());
         }
-        // A trace not kept (`null`) is no trace at all, not the JSON `null`.
+        // A dead letter's trace is compressed in its row; a completion's is in a trace block.
+        let (kind, size): (String, i64) = sqlx::query_as("SELECT typeof(trace), length(trace) FROM runs WHERE id = ?1")
+            .bind(ids[1].as_str())
+            .fetch_one(&mut *store.test_writer().await)
+            .await
+            .unwrap();
+        assert_eq!(kind, "blob");
+        assert!((size as usize) < trace.to_string().len() / 2, "{size} bytes for {}", trace.to_string().len());
+        let (block, size): (i64, i64) = sqlx::query_as(
+            "SELECT b.id, length(b.traces) FROM runs r JOIN trace_blocks b ON b.id = r.trace_block WHERE r.id = ?1",
+        )
+        .bind(ids[0].as_str())
+        .fetch_one(&mut *store.test_writer().await)
+        .await
+        .unwrap();
+        assert!((size as usize) < trace.to_string().len() / 2, "block {block}: {size} bytes");
+
+        // A trace not kept (`null`) is no trace at all, not the JSON `null`, and needs no block.
         store.complete(&d.lease().unwrap(), &Completion::Succeeded, &Value::Null, &[]).await.unwrap();
         assert_eq!(store.get(&ids[3]).await.unwrap().unwrap().trace, None);
-        let (kind,): (String,) = sqlx::query_as("SELECT typeof(trace) FROM runs WHERE id = ?1")
+        let stored: (String, Option<i64>) = sqlx::query_as("SELECT typeof(trace), trace_block FROM runs WHERE id = ?1")
             .bind(ids[3].as_str())
             .fetch_one(&mut *store.test_writer().await)
             .await
             .unwrap();
-        assert_eq!(kind, "null");
+        assert_eq!(stored, ("null".to_string(), None));
+        let (blocks,): (i64,) = sqlx::query_as("SELECT count(*) FROM trace_blocks")
+            .fetch_one(&mut *store.test_writer().await)
+            .await
+            .unwrap();
+        assert_eq!(blocks, 1);
 
         // A trace written as JSON text (before compression) reads as before; a damaged one is an error.
         sqlx::query("UPDATE runs SET trace = ?2 WHERE id = ?1")
@@ -2214,6 +2322,83 @@ mod tests {
             .unwrap();
         let error = store.get(&ids[2]).await.unwrap_err();
         assert!(matches!(&error, StoreError::Corrupt { what, .. } if what.contains("column trace")), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_completions_shares_one_trace_block_and_each_run_reads_its_own_trace() {
+        let (_dir, store) = open().await;
+        let keys = ["a", "b", "c", "d", "e", "f"];
+        let ids = store.enqueue(&keys.map(run)).await.unwrap();
+        let claimed = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
+        let trace_of = |run: &StoredRun| json!({"id": run.id, "nodes": [{"nodeId": "send", "output": {"status": 202}, "log": ["sent"]}]});
+        // Every run but the fifth keeps its trace; the sixth fails for good; the first is repeated in the batch.
+        let mut completions: Vec<RunCompletion> = claimed
+            .iter()
+            .enumerate()
+            .map(|(i, run)| RunCompletion {
+                lease: run.lease().unwrap(),
+                completion: if i == 5 { Completion::Failed { error: json!("refused") } } else { Completion::Succeeded },
+                trace: (i != 4).then(|| to_raw_value(&trace_of(run)).unwrap()),
+                emitted: Vec::new(),
+            })
+            .collect();
+        completions.push(completions[0].clone());
+        let results = store.complete_many(&completions).await.unwrap();
+        assert!(results[..6].iter().all(Result::is_ok), "{results:?}");
+        assert!(results[6].as_ref().is_err_and(StoreError::is_lease_lost), "{:?}", results[6]);
+
+        let (blocks, slots): (i64, String) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM trace_blocks), json_group_array(trace_slot) FROM (SELECT trace_slot FROM runs ORDER BY seq)",
+        )
+        .fetch_one(&mut *store.test_writer().await)
+        .await
+        .unwrap();
+        assert_eq!((blocks, slots.as_str()), (1, "[0,1,2,3,null,4]"));
+        for (run, id) in claimed.iter().zip(&ids) {
+            let expected = (run.id != ids[4]).then(|| trace_of(run));
+            assert_eq!(store.get(id).await.unwrap().unwrap().trace, expected, "{id}");
+        }
+        // A listing reads each block once for all its runs; the failed run keeps its error beside its trace.
+        let listed = store.list(&RunFilter::default()).await.unwrap();
+        assert_eq!(listed.len(), 6);
+        for run in &listed {
+            let claimed = claimed.iter().find(|c| c.id == run.id).unwrap();
+            assert_eq!(run.trace, (run.id != ids[4]).then(|| trace_of(claimed)), "{}", run.id);
+        }
+        assert_eq!(listed[0].last_error, Some(json!("refused")));
+
+        // Retried by an operator, the failed run is claimed with its old trace and completed with a new one in a
+        // new block; a dead letter then writes its trace in the row and drops the block reference.
+        assert!(store.retry_now(&ids[5]).await.unwrap());
+        let again = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
+        assert_eq!(again[0].trace, Some(trace_of(&claimed[5])));
+        let newer = json!({"attempt": 2});
+        store.complete(&again[0].lease().unwrap(), &Completion::Succeeded, &newer, &[]).await.unwrap();
+        assert_eq!(store.get(&ids[5]).await.unwrap().unwrap().trace, Some(newer));
+        sqlx::query("UPDATE runs SET status = 'failed' WHERE id = ?1")
+            .bind(ids[5].as_str())
+            .execute(&mut *store.test_writer().await)
+            .await
+            .unwrap();
+        assert!(store.retry_now(&ids[5]).await.unwrap());
+        let again = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
+        let dead = json!({"attempt": 3});
+        store.dead_letter(&again[0].lease().unwrap(), &json!({"kind": "transient"}), &dead).await.unwrap();
+        assert_eq!(store.get(&ids[5]).await.unwrap().unwrap().trace, Some(dead));
+
+        // A damaged block or a missing one is an error naming the run, its trace and the block.
+        sqlx::query("UPDATE trace_blocks SET traces = x'28b52ffd0000' WHERE id = (SELECT min(id) FROM trace_blocks)")
+            .execute(&mut *store.test_writer().await)
+            .await
+            .unwrap();
+        let error = store.get(&ids[0]).await.unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Corrupt { what, message } if what.contains("column trace") && message.contains("trace block")),
+            "{error}"
+        );
+        sqlx::query("DELETE FROM trace_blocks").execute(&mut *store.test_writer().await).await.unwrap();
+        let error = store.list(&RunFilter::default()).await.unwrap_err();
+        assert!(error.to_string().contains("does not exist"), "{error}");
     }
 
     #[tokio::test]
@@ -2250,8 +2435,8 @@ mod tests {
         let (_dir, store) = open().await;
         // The index each statement must search `runs` with.
         let expected = [
-            (KNOWN_DEDUP_KEYS, "sqlite_autoindex_runs_2 (flow_id=? AND dedup_key=?)"),
-            (KEYS_WITH_HEAD, "runs_head_by_key (ordering_key=?)"),
+            (known_dedup_keys!(), "sqlite_autoindex_runs_2 (flow_id=? AND dedup_key=?)"),
+            (keys_with_head!(), "runs_head_by_key (ordering_key=?)"),
             (DEMOTE_STALE_HEADS, "runs_head_by_key (ordering_key=?)"),
             (PROMOTE_HEADS, "INTEGER PRIMARY KEY (rowid=?)"),
             (COMPLETE_RUNS, "sqlite_autoindex_runs_1 (id=?)"),
