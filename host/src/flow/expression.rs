@@ -12,6 +12,8 @@ use std::sync::Arc;
 pub struct Expression {
     source: String,
     program: Arc<cel::Program>,
+    /// Every identifier in the expression (macro-bound ones too): the scope variables it may read.
+    identifiers: Arc<[String]>,
 }
 
 impl std::fmt::Debug for Expression {
@@ -70,11 +72,51 @@ thread_local! {
     static ROOT: cel::Context<'static, 'static> = cel::Context::default();
 }
 
+/// The context the expressions of one render are evaluated in. A scope variable goes into it the first time an
+/// expression reads it, and then serves every later expression: putting a variable into a CEL context copies
+/// it whole, and copying every variable for every expression was most of the cost of rendering a node's
+/// input (BENCHMARKS.md, "Tenth round").
+struct Evaluation<'r, 's> {
+    context: cel::Context<'r, 'static>,
+    scope: &'s Scope,
+    added: Vec<&'static str>,
+}
+
+impl<'r, 's> Evaluation<'r, 's> {
+    fn new(root: &'r cel::Context<'static, 'static>, scope: &'s Scope) -> Self {
+        Evaluation { context: root.new_inner_scope(), scope, added: Vec::new() }
+    }
+
+    fn evaluate(&mut self, expression: &Expression) -> Result<Value, String> {
+        for (name, value) in &self.scope.variables {
+            if !self.added.contains(name) && expression.identifiers.iter().any(|id| id == name) {
+                self.context.add_variable_from_value(*name, value.clone());
+                self.added.push(name);
+            }
+        }
+        let source = &expression.source;
+        let value = expression.program.execute(&self.context).map_err(|e| format!("{source}: {e}"))?;
+        value.json().map_err(|e| format!("{source}: the result cannot be expressed as JSON: {e:?}"))
+    }
+}
+
 impl Expression {
     pub fn compile(source: &str) -> Result<Self, String> {
         let program =
             cel::Program::compile(source.trim()).map_err(|e| format!("invalid expression {source:?}: {e}"))?;
-        Ok(Expression { source: source.trim().to_string(), program: Arc::new(program) })
+        let mut identifiers = Vec::new();
+        walk(&program.expression().expr, &mut |expr| {
+            if let Expr::Ident(name) = expr
+                && !identifiers.contains(name)
+            {
+                identifiers.push(name.clone());
+            }
+        });
+        Ok(Expression {
+            source: source.trim().to_string(),
+            program: Arc::new(program),
+            identifiers: identifiers.into(),
+        })
     }
 
     pub fn source(&self) -> &str {
@@ -82,15 +124,7 @@ impl Expression {
     }
 
     pub fn evaluate(&self, scope: &Scope) -> Result<Value, String> {
-        let value = ROOT.with(|root| {
-            let mut context = root.new_inner_scope();
-            for (name, value) in &scope.variables {
-                context.add_variable_from_value(*name, value.clone());
-            }
-            self.program.execute(&context)
-        });
-        let value = value.map_err(|e| format!("{}: {e}", self.source))?;
-        value.json().map_err(|e| format!("{}: the result cannot be expressed as JSON: {e:?}", self.source))
+        ROOT.with(|root| Evaluation::new(root, scope).evaluate(self))
     }
 
     /// The top-level variables the expression reads (`trigger`, `nodes`, `item`, …), not counting the
@@ -259,15 +293,22 @@ impl Template {
     }
 
     pub fn render(&self, scope: &Scope) -> Result<Value, String> {
+        match self {
+            Template::Literal(value) => Ok(value.clone()),
+            _ => ROOT.with(|root| self.render_in(&mut Evaluation::new(root, scope))),
+        }
+    }
+
+    fn render_in(&self, evaluation: &mut Evaluation) -> Result<Value, String> {
         Ok(match self {
             Template::Literal(value) => value.clone(),
-            Template::Expression(expression) => expression.evaluate(scope)?,
+            Template::Expression(expression) => evaluation.evaluate(expression)?,
             Template::Text(parts) => {
                 let mut text = String::new();
                 for part in parts {
                     match part {
                         Part::Text(t) => text.push_str(t),
-                        Part::Expression(e) => match e.evaluate(scope)? {
+                        Part::Expression(e) => match evaluation.evaluate(e)? {
                             Value::String(s) => text.push_str(&s),
                             Value::Null => {}
                             other => text.push_str(&other.to_string()),
@@ -276,11 +317,13 @@ impl Template {
                 }
                 Value::String(text)
             }
-            Template::Array(items) => Value::Array(items.iter().map(|t| t.render(scope)).collect::<Result<_, _>>()?),
+            Template::Array(items) => {
+                Value::Array(items.iter().map(|t| t.render_in(evaluation)).collect::<Result<_, _>>()?)
+            }
             Template::Object(entries) => {
                 let mut map = Map::new();
                 for (key, template) in entries {
-                    map.insert(key.clone(), template.render(scope)?);
+                    map.insert(key.clone(), template.render_in(evaluation)?);
                 }
                 Value::Object(map)
             }
@@ -432,6 +475,28 @@ mod tests {
                 "tier": "gold", "plain": "no braces", "list": [true, 1]
             })
         );
+    }
+
+    #[test]
+    fn a_render_puts_each_variable_in_its_context_once_and_only_the_ones_read() {
+        // Macro-bound names that are also scope variables, a variable read only by a later expression, and one
+        // the scope lacks: the shared context must give each expression what it read on its own.
+        let mut scope = scope();
+        scope.set("item", &json!({"sku": "x-1"}));
+        let template = Template::compile(&json!({
+            "first": "{{ trigger.tags.map(item, item + '!') }}",
+            "outer": "{{ item.sku }}",
+            "mixed": "{{ [1, 2].exists(item, item == 2) && item.sku == 'x-1' }}",
+            "later": "{{ nodes.lookup.output.tier }}",
+        }))
+        .unwrap();
+        assert_eq!(
+            template.render(&scope).unwrap(),
+            json!({"first": ["a!", "b!"], "outer": "x-1", "mixed": true, "later": "gold"})
+        );
+        let missing = Template::compile(&json!(["{{ trigger.points }}", "{{ vars.limit }}"])).unwrap();
+        let error = missing.render(&scope).unwrap_err();
+        assert!(error.contains("vars.limit") && error.contains("vars"), "{error}");
     }
 
     #[test]
