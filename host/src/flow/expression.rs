@@ -478,7 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn a_render_puts_each_variable_in_its_context_once_and_only_the_ones_read() {
+    fn a_render_shares_one_context_and_each_expression_sees_what_it_reads() {
         // Macro-bound names that are also scope variables, a variable read only by a later expression, and one
         // the scope lacks: the shared context must give each expression what it read on its own.
         let mut scope = scope();

@@ -550,7 +550,7 @@ struct RunRow {
 impl RunRow {
     /// The run as stored, its trace taken from its row or from `blocks` (which [`read_trace_blocks`] loaded).
     fn into_run(self, blocks: &TraceBlocks) -> Result<StoredRun, StoreError> {
-        let row = self;
+        let row = self; // the fields move out one by one below
         let d = Decoder { what: "run", id: &row.id };
         let trace = match (row.trace_block, row.trace_slot) {
             (Some(block), Some(slot)) => Some(d.trace_in_block(blocks, block, slot)?),
@@ -658,7 +658,7 @@ fn convert<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>,
     rows.into_iter().map(T::try_from).collect()
 }
 
-/// Rows per multi-row `INSERT` (12 bound values each, far below SQLite's limit of 32766).
+/// Rows per multi-row `INSERT` (13 bound values each, far below SQLite's limit of 32766).
 const ROWS_PER_INSERT: usize = 256;
 
 /// A run about to be inserted.
