@@ -927,20 +927,25 @@ async fn insert_trace_block(conn: &mut SqliteConnection, traces: &[u8]) -> Resul
         .map_err(db("storing traces"))
 }
 
-/// Completes runs with one fenced update ([`COMPLETE_RUNS`], `batch` from [`closing_batch`]): for each, whether
-/// it was still held (false when its lease is lost, including the second of two completions of the same lease).
+/// Stores the batch's trace block, if it has one, and completes its runs with one fenced update
+/// ([`COMPLETE_RUNS`], `batch` from [`closing_batch`]): for each, whether it was still held (false when its lease
+/// is lost, including the second of two completions of the same lease). Each is a statement of its own: outside
+/// a transaction, a crash between the two leaves a block nothing points to, which costs only its bytes.
 async fn complete_runs(
     conn: &mut SqliteConnection,
     runs: &[Closing<'_>],
-    batch: &str,
-    trace_block: Option<i64>,
+    batch: &ClosingBatch,
     now: i64,
 ) -> Result<Vec<bool>, StoreError> {
     if runs.is_empty() {
         return Ok(Vec::new());
     }
+    let trace_block = match &batch.traces {
+        Some(traces) => Some(insert_trace_block(conn, traces).await?),
+        None => None,
+    };
     let mut closed: HashSet<Fence> = sqlx::query_as(COMPLETE_RUNS)
-        .bind(batch)
+        .bind(batch.rows.as_str())
         .bind(now)
         .bind(trace_block)
         .fetch_all(&mut *conn)
@@ -1122,23 +1127,14 @@ impl Store for SqliteStore {
         let batch = closing_batch(&closing);
         let closed = if valid.iter().all(|(_, item)| item.emitted.is_empty()) {
             // No outbox rows: the trace block and the fenced update (with the trigger marking the keys' next heads)
-            // are a statement each, each atomic by itself, with no `BEGIN` and `COMMIT` round trips. A crash
-            // between the two leaves a block nothing points to, which costs only its bytes.
+            // are a statement each, each atomic by itself, with no `BEGIN` and `COMMIT` round trips.
             let mut conn = self.write_connection(OP).await?;
-            let trace_block = match &batch.traces {
-                Some(traces) => Some(insert_trace_block(&mut conn, traces).await?),
-                None => None,
-            };
-            complete_runs(&mut conn, &closing, &batch.rows, trace_block, now).await?
+            complete_runs(&mut conn, &closing, &batch, now).await?
         } else {
             let mut writer = self.writer(OP).await?;
             let mut tx = writer.begin(OP).await?;
-            let trace_block = match &batch.traces {
-                Some(traces) => Some(insert_trace_block(&mut tx, traces).await?),
-                None => None,
-            };
             // The fenced update first: only a run still held gets its outbox rows.
-            let closed = complete_runs(&mut tx, &closing, &batch.rows, trace_block, now).await?;
+            let closed = complete_runs(&mut tx, &closing, &batch, now).await?;
             for ((_, item), closed) in valid.iter().zip(&closed) {
                 if *closed {
                     insert_outbox(&mut tx, &item.lease, &item.emitted, now).await?;
