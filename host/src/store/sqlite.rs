@@ -188,33 +188,29 @@ const PROMOTE_HEADS: &str = concat!(
     ") FROM json_each(?1) k)"
 );
 
-/// The keys among ?2 (a JSON array) that have a head, that is, an open run: `'head', key`.
-macro_rules! keys_with_head {
-    () => {
-        "SELECT 'head', k.value, NULL, NULL FROM json_each(?2) k \
-         WHERE EXISTS (SELECT 1 FROM runs r INDEXED BY runs_head_by_key WHERE r.ordering_key = k.value AND r.head = 1)"
-    };
-}
+/// The runs among ?1 (a JSON array of `[flow id, dedup key]`) that are already stored: flow id, dedup key, run id.
+/// An enqueue reads them before it inserts: a run's id never changes, and a dedup key stored meanwhile by another
+/// process fails the insert on the `UNIQUE (flow_id, dedup_key)` constraint rather than storing the run twice.
+const KNOWN_DEDUP_KEYS: &str = "SELECT j.value ->> 0, j.value ->> 1, r.id FROM json_each(?1) j \
+     JOIN runs r ON r.flow_id = j.value ->> 0 AND r.dedup_key = j.value ->> 1";
 
-/// The runs among ?1 (a JSON array of `[flow id, dedup key]`) that are already stored: `'dedup', flow id, dedup
-/// key, run id`.
-macro_rules! known_dedup_keys {
-    () => {
-        "SELECT 'dedup', j.value ->> 0, j.value ->> 1, r.id FROM json_each(?1) j \
-         JOIN runs r ON r.flow_id = j.value ->> 0 AND r.dedup_key = j.value ->> 1"
-    };
-}
-
-/// What an enqueue reads before it inserts, in one statement: each statement of a transaction is a round trip
-/// between the task holding the write connection and SQLite's thread, and under load the round trips, not the
-/// SQL, are most of the time the connection is held. Rows: `'held', connection` for each held connection, then
-/// [`known_dedup_keys`] and [`keys_with_head`].
-const ENQUEUE_LOOKUPS: &str = concat!(
-    "SELECT 'held', connection, NULL, NULL FROM held_connections UNION ALL ",
-    known_dedup_keys!(),
-    " UNION ALL ",
-    keys_with_head!()
-);
+/// Inserts runs from the `VALUES` list that follows: `(position in the batch, id, flow id, flow version,
+/// connections, ordering key, customer, dedup key, event, now, first of its key in the batch)`, in that order.
+///
+/// The statement itself reads what another process (`flowhost queue retry` or `drop`) may change: whether the
+/// run's key already has a head (an open run), and whether one of its connections is held. A write statement
+/// holds the write lock before it reads, and SQLite reads every row of an `INSERT ... SELECT` that reads its own
+/// table before inserting any, so one such statement needs no transaction around it: no `BEGIN` and `COMMIT`
+/// round trips, and no statement journal, which SQLite keeps for a multi-row write inside a transaction.
+const INSERT_RUNS: &str = "INSERT INTO runs (id, flow_id, flow_version, connections, ordering_key, customer, \
+     dedup_key, event, status, next_attempt_at, created_at, updated_at, head) \
+     SELECT column2, column3, column4, column5, column6, column7, column8, column9, \
+        CASE WHEN EXISTS (SELECT 1 FROM json_each(column5) c JOIN held_connections h ON h.connection = c.value) \
+             THEN 'held' ELSE 'queued' END, \
+        column10, column10, column10, \
+        column11 AND NOT EXISTS (SELECT 1 FROM runs r INDEXED BY runs_head_by_key \
+                                 WHERE r.ordering_key = column6 AND r.head = 1) \
+     FROM (";
 
 /// Re-marks the heads of `keys`: each key's head is its smallest open `seq`, or none (migration 0003). A
 /// statement that reopens runs is followed by this, for the runs' keys. A statement that closes runs clears
@@ -658,53 +654,41 @@ fn convert<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>,
     rows.into_iter().map(T::try_from).collect()
 }
 
-/// Rows per multi-row `INSERT` (13 bound values each, far below SQLite's limit of 32766).
+/// Rows per multi-row `INSERT` (11 bound values each, far below SQLite's limit of 32766).
 const ROWS_PER_INSERT: usize = 256;
 
 /// A run about to be inserted.
 struct Fresh<'a> {
     run: &'a NewRun,
     id: String,
-    status: RunState,
-    connections: Vec<&'a str>,
-    /// The first open run of its key: the key had none before this batch, and no earlier run of the batch has it.
-    head: bool,
+    /// Its connections, each once, as a JSON array.
+    connections: String,
+    /// No earlier run of the batch has its key (it is the key's head if the key has no open run).
+    first_of_key: bool,
 }
 
-/// Inserts runs inside the caller's write transaction and returns their ids, in order (the existing id for a
-/// run whose dedup key its flow already has, in the store or earlier in `runs`). Runs go in with multi-row
-/// `INSERT`s, in order, so their `seq` follows their order in `runs`, and the held connections, dedup keys and key
-/// heads are looked up once for the whole batch ([`ENQUEUE_LOOKUPS`]): a batch of up to 256 runs is two statements.
+/// Inserts runs and returns their ids, in order (the existing id for a run whose dedup key its flow already has, in
+/// the store or earlier in `runs`). Runs go in with multi-row `INSERT`s ([`INSERT_RUNS`]), in order, so their `seq`
+/// follows their order in `runs`, after one lookup of the batch's dedup keys ([`KNOWN_DEDUP_KEYS`]). Up to
+/// [`ROWS_PER_INSERT`] runs are one `INSERT`, which is atomic by itself; more need the caller's transaction.
 async fn insert_runs(conn: &mut SqliteConnection, runs: &[NewRun], now: i64) -> Result<Vec<String>, StoreError> {
     const OP: &str = "enqueuing runs";
     let dedup_keys: Vec<Value> = runs
         .iter()
         .filter_map(|run| Some(Value::from(vec![run.flow_id.as_str(), run.dedup_key.as_deref()?])))
         .collect();
-    let ordering_keys: Vec<&str> = runs.iter().map(|run| run.ordering_key.as_str()).collect();
-    let found: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(ENQUEUE_LOOKUPS)
-        .bind(Value::from(dedup_keys).to_string())
-        .bind(Value::from(ordering_keys).to_string())
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db(OP))?;
-    let (mut held, mut keyed, mut has_head) = (HashSet::new(), HashMap::new(), HashSet::new());
-    for (kind, name, dedup_key, id) in found {
-        match (kind.as_str(), dedup_key, id) {
-            ("held", ..) => {
-                held.insert(name);
-            }
-            ("dedup", Some(dedup_key), Some(id)) => {
-                keyed.insert((name, dedup_key), id);
-            }
-            ("head", ..) => {
-                has_head.insert(name);
-            }
-            _ => {}
-        }
+    let mut keyed: HashMap<(String, String), String> = HashMap::new();
+    if !dedup_keys.is_empty() {
+        let found: Vec<(String, String, String)> = sqlx::query_as(KNOWN_DEDUP_KEYS)
+            .bind(Value::from(dedup_keys).to_string())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db(OP))?;
+        keyed.extend(found.into_iter().map(|(flow_id, dedup_key, id)| ((flow_id, dedup_key), id)));
     }
     let mut ids = Vec::with_capacity(runs.len());
     let mut fresh = Vec::with_capacity(runs.len());
+    let mut keys_seen = HashSet::new();
     for run in runs {
         let dedup = run.dedup_key.as_ref().map(|key| (run.flow_id.clone(), key.clone()));
         if let Some(id) = dedup.as_ref().and_then(|dedup| keyed.get(dedup)) {
@@ -714,38 +698,33 @@ async fn insert_runs(conn: &mut SqliteConnection, runs: &[NewRun], now: i64) -> 
         let mut seen = HashSet::new();
         let connections: Vec<&str> =
             run.connections.iter().map(String::as_str).filter(|name| seen.insert(*name)).collect();
-        let status =
-            if connections.iter().any(|name| held.contains(*name)) { RunState::Held } else { RunState::Queued };
-        // Both states are open, so the run is its key's head if the key has no open run yet.
-        let head = has_head.insert(run.ordering_key.clone());
+        let first_of_key = keys_seen.insert(run.ordering_key.as_str());
         // Time-ordered (v7), so new ids land at the end of the id index instead of on a random page.
         let id = uuid::Uuid::now_v7().to_string();
         if let Some(dedup) = dedup {
             keyed.insert(dedup, id.clone());
         }
         ids.push(id.clone());
-        fresh.push(Fresh { run, id, status, connections, head });
+        fresh.push(Fresh { run, id, connections: Value::from(connections).to_string(), first_of_key });
     }
+    let mut position = 0_i64;
     for chunk in fresh.chunks(ROWS_PER_INSERT) {
-        let mut insert = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO runs (id, flow_id, flow_version, connections, ordering_key, customer, dedup_key, event, \
-             status, next_attempt_at, created_at, updated_at, head) ",
-        );
+        let mut insert = QueryBuilder::<Sqlite>::new(INSERT_RUNS);
         insert.push_values(chunk, |mut row, new| {
-            row.push_bind(new.id.clone())
+            position += 1;
+            row.push_bind(position)
+                .push_bind(new.id.clone())
                 .push_bind(new.run.flow_id.clone())
                 .push_bind(new.run.flow_version.clone())
-                .push_bind(Value::from(new.connections.clone()).to_string())
+                .push_bind(new.connections.clone())
                 .push_bind(new.run.ordering_key.clone())
                 .push_bind(new.run.customer.clone())
                 .push_bind(new.run.dedup_key.clone())
                 .push_bind(new.run.event.to_string())
-                .push_bind(new.status.as_str())
                 .push_bind(now)
-                .push_bind(now)
-                .push_bind(now)
-                .push_bind(i64::from(new.head));
+                .push_bind(new.first_of_key);
         });
+        insert.push(") ORDER BY column1");
         // Their `run_connections` rows go in with them (a trigger of migration 0005).
         insert.build().execute(&mut *conn).await.map_err(db(OP))?;
     }
@@ -987,6 +966,13 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         const OP: &str = "enqueuing runs";
+        if runs.len() <= ROWS_PER_INSERT {
+            // One `INSERT`, atomic by itself and reading what it depends on ([`INSERT_RUNS`]): no transaction.
+            let mut conn = self.write_connection(OP).await?;
+            let ids = insert_runs(&mut conn, runs, now_ms()).await?;
+            self.sync_after(conn, OP).await?;
+            return Ok(ids);
+        }
         let mut writer = self.writer(OP).await?;
         let mut tx = writer.begin(OP).await?;
         let ids = insert_runs(&mut tx, runs, now_ms()).await?;
@@ -2429,10 +2415,12 @@ mod tests {
     #[tokio::test]
     async fn the_batch_lookups_and_head_updates_walk_the_batch_and_probe_an_index() {
         let (_dir, store) = open().await;
+        let insert_one_run =
+            format!("{INSERT_RUNS}VALUES (1, 'id', 'f', '1', '[]', 'k', NULL, NULL, '{{}}', 0, 1)) ORDER BY column1");
         // The index each statement must search `runs` with.
         let expected = [
-            (known_dedup_keys!(), "sqlite_autoindex_runs_2 (flow_id=? AND dedup_key=?)"),
-            (keys_with_head!(), "runs_head_by_key (ordering_key=?)"),
+            (KNOWN_DEDUP_KEYS, "sqlite_autoindex_runs_2 (flow_id=? AND dedup_key=?)"),
+            (&insert_one_run, "runs_head_by_key (ordering_key=?)"),
             (DEMOTE_STALE_HEADS, "runs_head_by_key (ordering_key=?)"),
             (PROMOTE_HEADS, "INTEGER PRIMARY KEY (rowid=?)"),
             (COMPLETE_RUNS, "sqlite_autoindex_runs_1 (id=?)"),
@@ -2445,11 +2433,11 @@ mod tests {
                 .await
                 .unwrap();
             let details: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
-            // The batch (json_each) is the outer loop; `runs` is only ever searched, never scanned.
-            assert!(
-                details.iter().all(|d| !d.starts_with("SCAN") || d.contains("VIRTUAL TABLE")),
-                "{sql}: {details:#?}"
-            );
+            // The batch (json_each, or the `VALUES` of an insert) is the outer loop; `runs` is only ever searched,
+            // never scanned.
+            let scans_the_batch =
+                |d: &str| d.contains("VIRTUAL TABLE") || d.contains("CONSTANT ROW") || d.contains("(subquery-");
+            assert!(details.iter().all(|d| !d.starts_with("SCAN") || scans_the_batch(d)), "{sql}: {details:#?}");
             assert!(details.iter().any(|d| d.starts_with("SEARCH") && d.contains(index)), "{sql}: {details:#?}");
         }
     }
