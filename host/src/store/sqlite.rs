@@ -80,8 +80,21 @@ macro_rules! inbound_columns {
 /// True when the run (`runs` row in scope) uses a held connection.
 macro_rules! uses_held_connection {
     () => {
-        "EXISTS (SELECT 1 FROM run_connections rc JOIN held_connections h ON h.connection = rc.connection \
-         WHERE rc.run_seq = runs.seq)"
+        "EXISTS (SELECT 1 FROM json_each(runs.connections) c JOIN held_connections h ON h.connection = c.value)"
+    };
+}
+
+/// True when the run (`runs` row in scope) uses the connection bound at `$n` (e.g. "?1"): one of the flows that
+/// have used the connection (migration 0006), found through `runs_by_flow`, and the run's own list has it.
+macro_rules! uses_connection {
+    ($n:literal) => {
+        concat!(
+            "runs.flow_id IN (SELECT fc.flow_id FROM flow_connections fc WHERE fc.connection = ",
+            $n,
+            ") AND EXISTS (SELECT 1 FROM json_each(runs.connections) c WHERE c.value = ",
+            $n,
+            ")"
+        )
     };
 }
 
@@ -236,7 +249,61 @@ pub struct SqliteStore {
     writer_options: SqliteConnectOptions,
     /// Makes accepted writes durable once the write connection has moved on.
     wal: WalSync,
+    flow_connections: KnownFlowConnections,
     path: PathBuf,
+}
+
+/// The (flow, connection) pairs this process knows are in `flow_connections` (migration 0006). Pairs are never
+/// deleted, so an insert of runs writes only the pairs it brings that are not known yet: after the first runs of
+/// each flow, none.
+#[derive(Default)]
+struct KnownFlowConnections(std::sync::Mutex<HashMap<String, HashSet<String>>>);
+
+/// Pairs of (connection, flow id) to store.
+type FlowConnectionPairs = Vec<(String, String)>;
+
+impl KnownFlowConnections {
+    /// The pairs of `runs` not known to be stored, each once.
+    fn unknown(&self, runs: &[NewRun]) -> FlowConnectionPairs {
+        let known = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pairs = FlowConnectionPairs::new();
+        for run in runs {
+            let flow_known = known.get(&run.flow_id);
+            for connection in &run.connections {
+                if !flow_known.is_some_and(|names| names.contains(connection))
+                    && !pairs.iter().any(|(c, f)| c == connection && f == &run.flow_id)
+                {
+                    pairs.push((connection.clone(), run.flow_id.clone()));
+                }
+            }
+        }
+        pairs
+    }
+
+    /// Records pairs as stored, once what wrote them has committed.
+    fn learn(&self, pairs: FlowConnectionPairs) {
+        let mut known = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (connection, flow_id) in pairs {
+            known.entry(flow_id).or_default().insert(connection);
+        }
+    }
+}
+
+/// Stores (connection, flow id) pairs in `flow_connections`, if not there yet: before the runs that have them.
+async fn store_flow_connections(conn: &mut SqliteConnection, pairs: &FlowConnectionPairs) -> Result<(), StoreError> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<Value> = pairs.iter().map(|(connection, flow_id)| json!([connection, flow_id])).collect();
+    sqlx::query(
+        "INSERT OR IGNORE INTO flow_connections (connection, flow_id) \
+         SELECT j.value ->> 0, j.value ->> 1 FROM json_each(?1) j",
+    )
+    .bind(Value::from(rows).to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(db("storing the connections of flows"))?;
+    Ok(())
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -331,6 +398,7 @@ impl SqliteStore {
             checkpointer_task: Mutex::new(Some(checkpointer_task)),
             writer_options,
             wal,
+            flow_connections: KnownFlowConnections::default(),
             path: path.to_path_buf(),
         })
     }
@@ -725,7 +793,6 @@ async fn insert_runs(conn: &mut SqliteConnection, runs: &[NewRun], now: i64) -> 
                 .push_bind(new.first_of_key);
         });
         insert.push(") ORDER BY column1");
-        // Their `run_connections` rows go in with them (a trigger of migration 0005).
         insert.build().execute(&mut *conn).await.map_err(db(OP))?;
     }
     Ok(ids)
@@ -968,15 +1035,22 @@ impl Store for SqliteStore {
         const OP: &str = "enqueuing runs";
         if runs.len() <= ROWS_PER_INSERT {
             // One `INSERT`, atomic by itself and reading what it depends on ([`INSERT_RUNS`]): no transaction.
+            // The flows' new connections, if any, commit first: a pair without its runs is harmless.
+            let pairs = self.flow_connections.unknown(runs);
             let mut conn = self.write_connection(OP).await?;
+            store_flow_connections(&mut conn, &pairs).await?;
             let ids = insert_runs(&mut conn, runs, now_ms()).await?;
+            self.flow_connections.learn(pairs);
             self.sync_after(conn, OP).await?;
             return Ok(ids);
         }
+        let pairs = self.flow_connections.unknown(runs);
         let mut writer = self.writer(OP).await?;
         let mut tx = writer.begin(OP).await?;
+        store_flow_connections(&mut tx, &pairs).await?;
         let ids = insert_runs(&mut tx, runs, now_ms()).await?;
         tx.commit().await.map_err(db("committing enqueued runs"))?;
+        self.flow_connections.learn(pairs);
         self.sync_after(writer, OP).await?;
         Ok(ids)
     }
@@ -1219,7 +1293,10 @@ impl Store for SqliteStore {
             query.push(" AND ordering_key = ").push_bind(key.clone());
         }
         if let Some(connection) = &filter.connection {
-            query.push(" AND seq IN (SELECT run_seq FROM run_connections WHERE connection = ");
+            // As [`uses_connection`], with the name bound twice.
+            query.push(" AND runs.flow_id IN (SELECT fc.flow_id FROM flow_connections fc WHERE fc.connection = ");
+            query.push_bind(connection.clone());
+            query.push(") AND EXISTS (SELECT 1 FROM json_each(runs.connections) c WHERE c.value = ");
             query.push_bind(connection.clone()).push(")");
         }
         if !filter.statuses.is_empty() {
@@ -1385,8 +1462,10 @@ impl Store for SqliteStore {
         validate_runs(runs)?;
         const OP: &str = "completing an inbound message";
         let now = now_ms();
+        let pairs = self.flow_connections.unknown(runs);
         let mut writer = self.writer(OP).await?;
         let mut tx = writer.begin(OP).await?;
+        store_flow_connections(&mut tx, &pairs).await?;
         let ids = insert_runs(&mut tx, runs, now).await?;
         let (status, detail) = match outcome {
             InboundOutcome::Processed { unmatched } => {
@@ -1415,6 +1494,7 @@ impl Store for SqliteStore {
             return Err(error);
         }
         tx.commit().await.map_err(db(OP))?;
+        self.flow_connections.learn(pairs);
         Ok(ids)
     }
 
@@ -1486,11 +1566,12 @@ impl Store for SqliteStore {
             .await
             .map_err(db(OP))?;
         // Queued runs, and runs whose worker died (expired lease); live leases finish their attempt.
-        let runs = sqlx::query(
+        let runs = sqlx::query(concat!(
             "UPDATE runs SET status = 'held', lease_until = NULL, updated_at = ?2 \
              WHERE (status = 'queued' OR (status = 'leased' AND next_attempt_at <= ?2)) \
-               AND seq IN (SELECT run_seq FROM run_connections WHERE connection = ?1)",
-        )
+               AND ",
+            uses_connection!("?1")
+        ))
         .bind(connection)
         .bind(now)
         .execute(&mut *tx)
@@ -1525,8 +1606,9 @@ impl Store for SqliteStore {
             .map_err(db(OP))?;
         let runs = sqlx::query(concat!(
             "UPDATE runs SET status = 'queued', next_attempt_at = MAX(next_attempt_at, ?2), updated_at = ?2 \
-             WHERE status = 'held' AND seq IN (SELECT run_seq FROM run_connections WHERE connection = ?1) \
-               AND NOT ",
+             WHERE status = 'held' AND ",
+            uses_connection!("?1"),
+            " AND NOT ",
             uses_held_connection!()
         ))
         .bind(connection)
@@ -2076,6 +2158,90 @@ mod tests {
         let claimed = store.claim("w2", 10, 1, now + 20_000, LEASE).await.unwrap();
         assert_eq!(customers(&claimed), ["inflight", "crashed", "a", "b", "d", "e"]);
         assert_eq!(claimed[0].attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn a_flows_connections_are_stored_once_and_only_once_its_runs_are_committed() {
+        let (dir, store) = open().await;
+        let pairs = || async {
+            let rows: Vec<(String, String)> =
+                sqlx::query_as("SELECT connection, flow_id FROM flow_connections ORDER BY connection, flow_id")
+                    .fetch_all(&mut *store.test_writer().await)
+                    .await
+                    .unwrap();
+            rows
+        };
+        let mut other_flow = run_for("o", &["other", "other"]);
+        other_flow.flow_id = "reward-to-mparticle".into();
+        store.enqueue(&[run("a"), run("b"), other_flow]).await.unwrap();
+        let expected = [("mparticle", "loyalty-to-mparticle"), ("other", "reward-to-mparticle")]
+            .map(|(connection, flow)| (connection.to_string(), flow.to_string()));
+        assert_eq!(pairs().await, expected);
+
+        // A pair written by a transaction that rolled back is not taken as stored: the stale settlement of an
+        // inbound message enqueues nothing, and the next enqueue of that pair writes it.
+        store
+            .record_inbound(&InboundMessage {
+                connection: "mp".into(),
+                source: "mparticle.webhook".into(),
+                external_id: None,
+                body: json!({}),
+            })
+            .await
+            .unwrap();
+        let now = now_ms();
+        let stale = store.claim_inbound("in", 1, now, Duration::from_millis(1)).await.unwrap().remove(0);
+        store.claim_inbound("in", 1, now + 10, LEASE).await.unwrap();
+        let mut new_pair = run_for("n", &["braze"]);
+        new_pair.flow_id = "new-flow".into();
+        let outcome = InboundOutcome::Processed { unmatched: None };
+        let lost = store.complete_inbound(&stale.lease().unwrap(), &outcome, &[new_pair.clone()]).await;
+        assert!(lost.unwrap_err().is_lease_lost());
+        assert_eq!(pairs().await.len(), 2, "rolled back with the settlement");
+        let id = store.enqueue(&[new_pair]).await.unwrap().remove(0);
+        assert!(pairs().await.contains(&("braze".to_string(), "new-flow".to_string())));
+        assert_eq!(store.hold_connection("braze").await.unwrap().runs, 1);
+        assert_eq!(store.get(&id).await.unwrap().unwrap().status, RunState::Held);
+
+        // Another process (a new store on the same file) knows none of them yet, and writing them again is harmless.
+        let again = SqliteStore::open(&dir.path().join("data/queue/flowhost.db")).await.unwrap();
+        again.enqueue(&[run("c")]).await.unwrap();
+        assert_eq!(pairs().await.len(), 3);
+        again.close().await;
+    }
+
+    #[tokio::test]
+    async fn runs_stored_before_flow_connections_are_still_found_by_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flowhost.db");
+        // A store as migration 0005 left it, with a run on two connections (its `run_connections` rows written by
+        // that migration's trigger) and one on a third.
+        let mut conn = SqliteConnectOptions::new().filename(&path).create_if_missing(true).connect().await.unwrap();
+        MIGRATOR.run_to(5, &mut conn).await.unwrap();
+        for (id, key, connections) in [("r1", "a", r#"["mparticle","other"]"#), ("r2", "b", r#"["braze"]"#)] {
+            sqlx::query(
+                "INSERT INTO runs (id, flow_id, flow_version, connections, ordering_key, event, status, \
+                 next_attempt_at, created_at, updated_at, head) VALUES (?1, 'f', '1', ?3, ?2, '{}', 'queued', 0, 0, 0, 1)",
+            )
+            .bind(id)
+            .bind(key)
+            .bind(connections)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+        conn.close().await.unwrap();
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let on = |connection: &str| RunFilter { connection: Some(connection.into()), ..Default::default() };
+        let ids = |runs: Vec<StoredRun>| runs.into_iter().map(|run| run.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.list(&on("other")).await.unwrap()), ["r1"]);
+        assert_eq!(ids(store.list(&on("braze")).await.unwrap()), ["r2"]);
+        assert!(store.list(&on("nothing")).await.unwrap().is_empty());
+        assert_eq!(store.hold_connection("mparticle").await.unwrap().runs, 1);
+        assert_eq!(store.get("r1").await.unwrap().unwrap().status, RunState::Held);
+        assert_eq!(store.get("r2").await.unwrap().unwrap().status, RunState::Queued);
+        assert_eq!(store.release_connection("mparticle").await.unwrap().runs, 1);
     }
 
     #[tokio::test]
