@@ -129,18 +129,37 @@ impl Redactor {
         text
     }
 
-    /// Redacts every string in a JSON value.
+    fn holds_a_secret(&self, text: &str) -> bool {
+        self.secrets.iter().any(|secret| text.contains(secret.expose_secret()))
+    }
+
+    /// Redacts every string in a JSON value, keys included.
     pub fn redact_json(&self, value: &Value) -> Value {
+        let mut value = value.clone();
+        self.redact_json_in_place(&mut value);
+        value
+    }
+
+    /// Rewrites only the strings that hold a secret: a traced value rarely has one, and rebuilding every map
+    /// and string of it cost more than the copy itself.
+    fn redact_json_in_place(&self, value: &mut Value) {
         if self.secrets.is_empty() {
-            return value.clone();
+            return;
         }
         match value {
-            Value::String(s) => Value::String(self.redact(s)),
-            Value::Array(items) => Value::Array(items.iter().map(|v| self.redact_json(v)).collect()),
-            Value::Object(map) => {
-                Value::Object(map.iter().map(|(k, v)| (self.redact(k), self.redact_json(v))).collect())
+            Value::String(text) => {
+                if self.holds_a_secret(text) {
+                    *text = self.redact(text);
+                }
             }
-            other => other.clone(),
+            Value::Array(items) => items.iter_mut().for_each(|item| self.redact_json_in_place(item)),
+            Value::Object(map) => {
+                if map.keys().any(|key| self.holds_a_secret(key)) {
+                    *map = std::mem::take(map).into_iter().map(|(key, item)| (self.redact(&key), item)).collect();
+                }
+                map.values_mut().for_each(|item| self.redact_json_in_place(item));
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
         }
     }
 }
@@ -179,5 +198,14 @@ mod tests {
         assert_eq!(redactor.redact("abc stays"), "abc stays");
         let value = redactor.redact_json(&json!({"a": ["x hunter2-secret"]}));
         assert_eq!(value, json!({"a": ["x [REDACTED]"]}));
+        // Keys too, at any depth; everything else, and the order of keys, stays as it was.
+        let traced = json!({"z": 1, "hunter2-secret": {"k": "hunter2-secret", "n": [true, null, 2.5]}, "a": "abc"});
+        let redacted = redactor.redact_json(&traced);
+        assert_eq!(redacted, json!({"z": 1, "[REDACTED]": {"k": "[REDACTED]", "n": [true, null, 2.5]}, "a": "abc"}));
+        let keys: Vec<&String> = redacted.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["z", "[REDACTED]", "a"]);
+        let clean = json!({"b": 2, "a": ["plain", {"c": "text"}]});
+        assert_eq!(redactor.redact_json(&clean), clean);
+        assert_eq!(Redactor::new(Vec::new()).redact_json(&traced), traced);
     }
 }

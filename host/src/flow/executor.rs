@@ -310,7 +310,7 @@ impl LoadedFlow {
             return match &record.error {
                 None => {
                     let output = record.output.clone().unwrap_or(Value::Null);
-                    state.results.insert(node.id.clone(), json!({"status": "succeeded", "output": output}));
+                    state.results.insert(node.id.clone(), succeeded(output));
                     Ok(record.trace.next.clone())
                 }
                 Some(failure) => Err(Halt::Failed(failure.clone())),
@@ -339,36 +339,40 @@ impl LoadedFlow {
         let result = self.perform(node, state, frame, emit, &mut trace).await;
         trace.duration_ms = started.elapsed().as_millis() as u64;
         let is_call = matches!(node.action, CompiledAction::Connector { .. });
-        match &result {
+        let result = match result {
             Ok((next, output)) => {
                 trace.next = next.clone();
                 trace.output = output.as_ref().map(|o| self.redactor.redact_json(o));
-                state.results.insert(node.id.clone(), json!({"status": "succeeded", "output": output}));
+                state.results.insert(node.id.clone(), succeeded(output.unwrap_or(Value::Null)));
                 if is_call {
                     let output = trace.output.clone();
                     state.record_call(path, CallRecord { trace: trace.clone(), output, error: None });
                 }
+                Ok(next)
             }
             Err(Halt::Failed(failure)) => {
                 trace.status = NodeStatus::Failed;
                 trace.next = node.on_error.clone();
-                let mut failure = failure.clone();
-                failure.message = self.redactor.redact(&failure.message);
-                trace.error = Some(failure.clone());
+                let mut redacted = failure.clone();
+                redacted.message = self.redactor.redact(&redacted.message);
+                trace.error = Some(redacted.clone());
                 if is_call && !trace.attempts.is_empty() {
-                    state.record_call(path, CallRecord { trace: trace.clone(), output: None, error: Some(failure) });
+                    state.record_call(path, CallRecord { trace: trace.clone(), output: None, error: Some(redacted) });
                 }
+                Err(Halt::Failed(failure))
             }
-            Err(Halt::Stopped(Stop::Resend { error, .. } | Stop::Exhausted { error })) => {
-                trace.status = NodeStatus::Failed;
-                let mut failure = error.clone();
-                failure.message = self.redactor.redact(&failure.message);
-                trace.error = Some(failure);
+            Err(halt) => {
+                if let Halt::Stopped(Stop::Resend { error, .. } | Stop::Exhausted { error }) = &halt {
+                    trace.status = NodeStatus::Failed;
+                    let mut failure = error.clone();
+                    failure.message = self.redactor.redact(&failure.message);
+                    trace.error = Some(failure);
+                }
+                Err(halt)
             }
-            Err(Halt::Stopped(Stop::Aborted { .. })) => {}
-        }
+        };
         state.traces[slot] = trace;
-        result.map(|(next, _)| next)
+        result
     }
 
     async fn perform(
@@ -564,6 +568,15 @@ struct Frame {
     index: usize,
     /// Identifies the iteration in idempotency keys: `loop/3`, or `outer/1/inner/3` when nested.
     key_prefix: String,
+}
+
+/// A node's result as `nodes.<id>` shows it, for a node that succeeded. (Built directly: `json!` would serialize
+/// the output into a new value rather than move it.)
+fn succeeded(output: Value) -> Value {
+    let mut result = Map::new();
+    result.insert("status".into(), "succeeded".into());
+    result.insert("output".into(), output);
+    Value::Object(result)
 }
 
 /// The path of a node execution in idempotency keys: its id, prefixed by the iterations it runs in.
