@@ -207,23 +207,26 @@ const PROMOTE_HEADS: &str = concat!(
 const KNOWN_DEDUP_KEYS: &str = "SELECT j.value ->> 0, j.value ->> 1, r.id FROM json_each(?1) j \
      JOIN runs r ON r.flow_id = j.value ->> 0 AND r.dedup_key = j.value ->> 1";
 
-/// Inserts runs from the `VALUES` list that follows: `(position in the batch, id, flow id, flow version,
-/// connections, ordering key, customer, dedup key, event, now, first of its key in the batch)`, in that order.
+/// Inserts runs, in order, from ?1, a JSON array of `[id, flow id, flow version, connections (JSON text), ordering key,
+/// customer, dedup key, event (JSON text), first of its key in the batch]`; ?2 is now.
 ///
 /// The statement itself reads what another process (`flowhost queue retry` or `drop`) may change: whether the
 /// run's key already has a head (an open run), and whether one of its connections is held. A write statement
 /// holds the write lock before it reads, and SQLite reads every row of an `INSERT ... SELECT` that reads its own
-/// table before inserting any, so one such statement needs no transaction around it: no `BEGIN` and `COMMIT`
-/// round trips, and no statement journal, which SQLite keeps for a multi-row write inside a transaction.
+/// table before inserting any, so it needs no transaction around it: no `BEGIN` and `COMMIT` round trips, and no
+/// statement journal, which SQLite keeps for a multi-row write inside a transaction. Its text is the same for any
+/// number of runs, so it is prepared once: a `VALUES` list made one statement per batch size, each prepared
+/// again once more sizes had pushed it out of sqlx's statement cache.
 const INSERT_RUNS: &str = "INSERT INTO runs (id, flow_id, flow_version, connections, ordering_key, customer, \
      dedup_key, event, status, next_attempt_at, created_at, updated_at, head) \
-     SELECT column2, column3, column4, column5, column6, column7, column8, column9, \
-        CASE WHEN EXISTS (SELECT 1 FROM json_each(column5) c JOIN held_connections h ON h.connection = c.value) \
+     SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5, j.value ->> 6, \
+        j.value ->> 7, \
+        CASE WHEN EXISTS (SELECT 1 FROM json_each(j.value ->> 3) c JOIN held_connections h ON h.connection = c.value) \
              THEN 'held' ELSE 'queued' END, \
-        column10, column10, column10, \
-        column11 AND NOT EXISTS (SELECT 1 FROM runs r INDEXED BY runs_head_by_key \
-                                 WHERE r.ordering_key = column6 AND r.head = 1) \
-     FROM (";
+        ?2, ?2, ?2, \
+        (j.value ->> 8) AND NOT EXISTS (SELECT 1 FROM runs r INDEXED BY runs_head_by_key \
+                                        WHERE r.ordering_key = j.value ->> 4 AND r.head = 1) \
+     FROM json_each(?1) j ORDER BY j.key";
 
 /// Re-marks the heads of `keys`: each key's head is its smallest open `seq`, or none (migration 0003). A
 /// statement that reopens runs is followed by this, for the runs' keys. A statement that closes runs clears
@@ -722,23 +725,14 @@ fn convert<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>,
     rows.into_iter().map(T::try_from).collect()
 }
 
-/// Rows per multi-row `INSERT` (11 bound values each, far below SQLite's limit of 32766).
-const ROWS_PER_INSERT: usize = 256;
-
-/// A run about to be inserted.
-struct Fresh<'a> {
-    run: &'a NewRun,
-    id: String,
-    /// Its connections, each once, as a JSON array.
-    connections: String,
-    /// No earlier run of the batch has its key (it is the key's head if the key has no open run).
-    first_of_key: bool,
-}
+/// A run about to be inserted, as a row of [`INSERT_RUNS`]: id, flow id, flow version, connections (each once, as
+/// JSON text), ordering key, customer, dedup key, event (JSON text), and whether no earlier run of the batch has its
+/// key (it is then the key's head if the key has no open run).
+type FreshRow<'a> = (String, &'a str, &'a str, String, &'a str, Option<&'a str>, Option<&'a str>, String, bool);
 
 /// Inserts runs and returns their ids, in order (the existing id for a run whose dedup key its flow already has, in
-/// the store or earlier in `runs`). Runs go in with multi-row `INSERT`s ([`INSERT_RUNS`]), in order, so their `seq`
-/// follows their order in `runs`, after one lookup of the batch's dedup keys ([`KNOWN_DEDUP_KEYS`]). Up to
-/// [`ROWS_PER_INSERT`] runs are one `INSERT`, which is atomic by itself; more need the caller's transaction.
+/// the store or earlier in `runs`). Runs go in with one `INSERT` ([`INSERT_RUNS`]), atomic by itself, in order, so
+/// their `seq` follows their order in `runs`, after one lookup of the batch's dedup keys ([`KNOWN_DEDUP_KEYS`]).
 async fn insert_runs(conn: &mut SqliteConnection, runs: &[NewRun], now: i64) -> Result<Vec<String>, StoreError> {
     const OP: &str = "enqueuing runs";
     let dedup_keys: Vec<Value> = runs
@@ -755,7 +749,7 @@ async fn insert_runs(conn: &mut SqliteConnection, runs: &[NewRun], now: i64) -> 
         keyed.extend(found.into_iter().map(|(flow_id, dedup_key, id)| ((flow_id, dedup_key), id)));
     }
     let mut ids = Vec::with_capacity(runs.len());
-    let mut fresh = Vec::with_capacity(runs.len());
+    let mut fresh: Vec<FreshRow> = Vec::with_capacity(runs.len());
     let mut keys_seen = HashSet::new();
     for run in runs {
         let dedup = run.dedup_key.as_ref().map(|key| (run.flow_id.clone(), key.clone()));
@@ -773,27 +767,21 @@ async fn insert_runs(conn: &mut SqliteConnection, runs: &[NewRun], now: i64) -> 
             keyed.insert(dedup, id.clone());
         }
         ids.push(id.clone());
-        fresh.push(Fresh { run, id, connections: Value::from(connections).to_string(), first_of_key });
+        fresh.push((
+            id,
+            run.flow_id.as_str(),
+            run.flow_version.as_str(),
+            Value::from(connections).to_string(),
+            run.ordering_key.as_str(),
+            run.customer.as_deref(),
+            run.dedup_key.as_deref(),
+            run.event.to_string(),
+            first_of_key,
+        ));
     }
-    let mut position = 0_i64;
-    for chunk in fresh.chunks(ROWS_PER_INSERT) {
-        let mut insert = QueryBuilder::<Sqlite>::new(INSERT_RUNS);
-        insert.push_values(chunk, |mut row, new| {
-            position += 1;
-            row.push_bind(position)
-                .push_bind(new.id.clone())
-                .push_bind(new.run.flow_id.clone())
-                .push_bind(new.run.flow_version.clone())
-                .push_bind(new.connections.clone())
-                .push_bind(new.run.ordering_key.clone())
-                .push_bind(new.run.customer.clone())
-                .push_bind(new.run.dedup_key.clone())
-                .push_bind(new.run.event.to_string())
-                .push_bind(now)
-                .push_bind(new.first_of_key);
-        });
-        insert.push(") ORDER BY column1");
-        insert.build().execute(&mut *conn).await.map_err(db(OP))?;
+    if !fresh.is_empty() {
+        let rows = serde_json::to_string(&fresh).map_err(|e| StoreError::invalid("runs", e.to_string()))?;
+        sqlx::query(INSERT_RUNS).bind(rows).bind(now).execute(&mut *conn).await.map_err(db(OP))?;
     }
     Ok(ids)
 }
@@ -1033,25 +1021,14 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         const OP: &str = "enqueuing runs";
-        if runs.len() <= ROWS_PER_INSERT {
-            // One `INSERT`, atomic by itself and reading what it depends on ([`INSERT_RUNS`]): no transaction.
-            // The flows' new connections, if any, commit first: a pair without its runs is harmless.
-            let pairs = self.flow_connections.unknown(runs);
-            let mut conn = self.write_connection(OP).await?;
-            store_flow_connections(&mut conn, &pairs).await?;
-            let ids = insert_runs(&mut conn, runs, now_ms()).await?;
-            self.flow_connections.learn(pairs);
-            self.sync_after(conn, OP).await?;
-            return Ok(ids);
-        }
+        // The flows' new connections, if any, commit first (a pair without its runs is harmless); then one `INSERT`,
+        // atomic by itself and reading what it depends on ([`INSERT_RUNS`]): no transaction.
         let pairs = self.flow_connections.unknown(runs);
-        let mut writer = self.writer(OP).await?;
-        let mut tx = writer.begin(OP).await?;
-        store_flow_connections(&mut tx, &pairs).await?;
-        let ids = insert_runs(&mut tx, runs, now_ms()).await?;
-        tx.commit().await.map_err(db("committing enqueued runs"))?;
+        let mut conn = self.write_connection(OP).await?;
+        store_flow_connections(&mut conn, &pairs).await?;
+        let ids = insert_runs(&mut conn, runs, now_ms()).await?;
         self.flow_connections.learn(pairs);
-        self.sync_after(writer, OP).await?;
+        self.sync_after(conn, OP).await?;
         Ok(ids)
     }
 
@@ -2581,12 +2558,11 @@ mod tests {
     #[tokio::test]
     async fn the_batch_lookups_and_head_updates_walk_the_batch_and_probe_an_index() {
         let (_dir, store) = open().await;
-        let insert_one_run =
-            format!("{INSERT_RUNS}VALUES (1, 'id', 'f', '1', '[]', 'k', NULL, NULL, '{{}}', 0, 1)) ORDER BY column1");
+
         // The index each statement must search `runs` with.
         let expected = [
             (KNOWN_DEDUP_KEYS, "sqlite_autoindex_runs_2 (flow_id=? AND dedup_key=?)"),
-            (&insert_one_run, "runs_head_by_key (ordering_key=?)"),
+            (INSERT_RUNS, "runs_head_by_key (ordering_key=?)"),
             (DEMOTE_STALE_HEADS, "runs_head_by_key (ordering_key=?)"),
             (PROMOTE_HEADS, "INTEGER PRIMARY KEY (rowid=?)"),
             (COMPLETE_RUNS, "sqlite_autoindex_runs_1 (id=?)"),
