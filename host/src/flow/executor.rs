@@ -650,16 +650,16 @@ impl<'a> RunState<'a> {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn scope(&self, vars: &Value, frame: Option<&Frame>) -> Scope {
+    fn scope<'s>(&'s self, vars: &'s Value, frame: Option<&'s Frame>) -> Scope<'s> {
         let mut scope = Scope::default();
         scope.set("trigger", &self.trigger);
         scope.set("vars", vars);
-        scope.set("nodes", &Value::Object(self.results.clone()));
-        scope.set("run", &json!({"id": self.run_id}));
+        scope.set_owned("nodes", Value::Object(self.results.clone()));
+        scope.set_owned("run", json!({"id": self.run_id}));
         scope.set("error", &self.error);
         if let Some(frame) = frame {
             scope.set("item", &frame.item);
-            scope.set("index", &json!(frame.index));
+            scope.set_owned("index", json!(frame.index));
         }
         scope
     }

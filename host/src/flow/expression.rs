@@ -5,6 +5,7 @@
 
 use cel::common::ast::{Expr, IdedExpr};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// A compiled CEL expression.
@@ -14,6 +15,8 @@ pub struct Expression {
     program: Arc<cel::Program>,
     /// Every identifier in the expression (macro-bound ones too): the scope variables it may read.
     identifiers: Arc<[String]>,
+    /// For a plain path such as `trigger.customer.id`: the variable, then the fields.
+    path: Option<Arc<[String]>>,
 }
 
 impl std::fmt::Debug for Expression {
@@ -30,18 +33,40 @@ pub struct NodeReference {
     pub field: Option<String>,
 }
 
-/// The variables an expression is evaluated over.
+/// The variables an expression is evaluated over, as JSON. A variable is converted for CEL only when an expression
+/// other than a plain path reads it ([`Evaluation`]). Before, every variable of every node's scope was converted,
+/// read or not, and `nodes` holds every earlier node's result: 2 % of the service's runtime threads with a one-node
+/// flow (BENCHMARKS.md, "Eleventh round"), and growing with each node of a longer one.
 #[derive(Default)]
-pub struct Scope {
-    pub variables: Vec<(&'static str, cel::Value)>,
+pub struct Scope<'a> {
+    variables: Vec<(&'static str, Cow<'a, Value>)>,
 }
 
-impl Scope {
-    /// Converts a JSON value for use as a variable.
-    pub fn set(&mut self, name: &'static str, value: &Value) {
-        let value = json_to_cel(value);
+impl<'a> Scope<'a> {
+    /// Sets a variable to a value the scope borrows.
+    pub fn set(&mut self, name: &'static str, value: &'a Value) {
+        self.put(name, Cow::Borrowed(value));
+    }
+
+    /// Sets a variable to a value the scope owns.
+    pub fn set_owned(&mut self, name: &'static str, value: Value) {
+        self.put(name, Cow::Owned(value));
+    }
+
+    fn put(&mut self, name: &'static str, value: Cow<'a, Value>) {
         self.variables.retain(|(n, _)| *n != name);
         self.variables.push((name, value));
+    }
+
+    /// The value at a plain path (variable, then fields), if every step of it is there.
+    fn at_path(&self, path: &[String]) -> Option<&Value> {
+        let (variable, fields) = path.split_first()?;
+        let (_, value) = self.variables.iter().find(|(name, _)| name == variable)?;
+        let mut value: &Value = value;
+        for field in fields {
+            value = value.as_object()?.get(field)?;
+        }
+        Some(value)
     }
 }
 
@@ -76,21 +101,26 @@ thread_local! {
 /// expression reads it, and then serves every later expression: putting a variable into a CEL context copies
 /// it whole, and copying every variable for every expression was most of the cost of rendering a node's
 /// input (BENCHMARKS.md, "Tenth round").
-struct Evaluation<'r, 's> {
+struct Evaluation<'r, 's, 'a> {
     context: cel::Context<'r, 'static>,
-    scope: &'s Scope,
+    scope: &'s Scope<'a>,
     added: Vec<&'static str>,
 }
 
-impl<'r, 's> Evaluation<'r, 's> {
-    fn new(root: &'r cel::Context<'static, 'static>, scope: &'s Scope) -> Self {
+impl<'r, 's, 'a> Evaluation<'r, 's, 'a> {
+    fn new(root: &'r cel::Context<'static, 'static>, scope: &'s Scope<'a>) -> Self {
         Evaluation { context: root.new_inner_scope(), scope, added: Vec::new() }
     }
 
     fn evaluate(&mut self, expression: &Expression) -> Result<Value, String> {
+        // A plain path whose every step is there is read straight from the JSON: CEL would give the same value. A
+        // step that is missing, or not an object, goes to CEL for its error.
+        if let Some(value) = expression.path.as_deref().and_then(|path| self.scope.at_path(path)) {
+            return Ok(value.clone());
+        }
         for (name, value) in &self.scope.variables {
             if !self.added.contains(name) && expression.identifiers.iter().any(|id| id == name) {
-                self.context.add_variable_from_value(*name, value.clone());
+                self.context.add_variable_from_value(*name, json_to_cel(value));
                 self.added.push(name);
             }
         }
@@ -112,10 +142,12 @@ impl Expression {
                 identifiers.push(name.clone());
             }
         });
+        let path = plain_path(&program.expression().expr).map(Arc::from);
         Ok(Expression {
             source: source.trim().to_string(),
             program: Arc::new(program),
             identifiers: identifiers.into(),
+            path,
         })
     }
 
@@ -150,6 +182,19 @@ impl Expression {
         let mut found = Vec::new();
         collect_node_references(self.program.expression(), None, &mut found);
         found
+    }
+}
+
+/// `variable.field.field…` as the variable and its fields; `None` for any other expression.
+fn plain_path(expr: &Expr) -> Option<Vec<String>> {
+    match expr {
+        Expr::Ident(name) => Some(vec![name.clone()]),
+        Expr::Select(select) if !select.test => {
+            let mut path = plain_path(&select.operand.expr)?;
+            path.push(select.field.clone());
+            Some(path)
+        }
+        _ => None,
     }
 }
 
@@ -447,10 +492,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn scope() -> Scope {
+    fn scope() -> Scope<'static> {
         let mut scope = Scope::default();
-        scope.set("trigger", &json!({"customer": "c-1", "points": 120, "tags": ["a", "b"], "ratio": 0.5}));
-        scope.set("nodes", &json!({"lookup": {"output": {"tier": "gold"}}}));
+        scope.set_owned("trigger", json!({"customer": "c-1", "points": 120, "tags": ["a", "b"], "ratio": 0.5}));
+        scope.set_owned("nodes", json!({"lookup": {"output": {"tier": "gold"}}}));
         scope
     }
 
@@ -482,7 +527,7 @@ mod tests {
         // Macro-bound names that are also scope variables, a variable read only by a later expression, and one
         // the scope lacks: the shared context must give each expression what it read on its own.
         let mut scope = scope();
-        scope.set("item", &json!({"sku": "x-1"}));
+        scope.set_owned("item", json!({"sku": "x-1"}));
         let template = Template::compile(&json!({
             "first": "{{ trigger.tags.map(item, item + '!') }}",
             "outer": "{{ item.sku }}",
@@ -497,6 +542,43 @@ mod tests {
         let missing = Template::compile(&json!(["{{ trigger.points }}", "{{ vars.limit }}"])).unwrap();
         let error = missing.render(&scope).unwrap_err();
         assert!(error.contains("vars.limit") && error.contains("vars"), "{error}");
+    }
+
+    #[test]
+    fn a_plain_path_is_read_from_the_json_and_gives_what_cel_gives() {
+        let mut scope = scope();
+        let big = json!({"id": 18446744073709551615_u64, "f": 1.0, "deep": {"a": [1, {"b": null}], "s": "x"}});
+        scope.set("item", &big);
+        let with_cel = |source: &str| {
+            let mut expression = Expression::compile(source).unwrap();
+            expression.path = None;
+            expression.evaluate(&scope)
+        };
+        for source in [
+            "trigger",
+            "trigger.points",
+            "trigger.ratio",
+            "trigger.tags",
+            "item.id",
+            "item.f",
+            "item.deep",
+            "item.deep.a",
+            "item.deep.s",
+            "nodes.lookup.output",
+        ] {
+            let expression = Expression::compile(source).unwrap();
+            assert!(expression.path.is_some(), "{source} is a plain path");
+            assert_eq!(expression.evaluate(&scope), with_cel(source), "{source}");
+        }
+        // Not plain paths: an index, a presence test, arithmetic.
+        for source in ["trigger.tags[0]", "has(trigger.points)", "trigger.points + 1", "item.deep.a[1].b"] {
+            assert!(Expression::compile(source).unwrap().path.is_none(), "{source}");
+        }
+        // A step that is missing, or not an object, is CEL's error.
+        for source in ["trigger.nope", "nope.x", "trigger.tags.first", "item.deep.s.x", "trigger.points.x"] {
+            let error = Expression::compile(source).unwrap().evaluate(&scope).unwrap_err();
+            assert_eq!(Err(error), with_cel(source), "{source}");
+        }
     }
 
     #[test]
