@@ -84,8 +84,9 @@ macro_rules! uses_held_connection {
     };
 }
 
-/// True when the run (`runs` row in scope) uses the connection bound at `$n` (e.g. "?1"): one of the flows that
-/// have used the connection (migration 0006), found through `runs_by_flow`, and the run's own list has it.
+/// True when the run (`runs` row in scope) uses the connection bound at `$n` (e.g. "?1"): it is a run of one of the
+/// flows that have used the connection (migration 0006; the index `runs_by_flow` finds those), and its own list
+/// has it.
 macro_rules! uses_connection {
     ($n:literal) => {
         concat!(
@@ -207,8 +208,8 @@ const PROMOTE_HEADS: &str = concat!(
 const KNOWN_DEDUP_KEYS: &str = "SELECT j.value ->> 0, j.value ->> 1, r.id FROM json_each(?1) j \
      JOIN runs r ON r.flow_id = j.value ->> 0 AND r.dedup_key = j.value ->> 1";
 
-/// Inserts runs, in order, from ?1, a JSON array of `[id, flow id, flow version, connections (JSON text), ordering key,
-/// customer, dedup key, event (JSON text), first of its key in the batch]`; ?2 is now.
+/// Inserts runs, in order, from ?1, a JSON array of `[id, flow id, flow version, connections (JSON text), ordering
+/// key, customer, dedup key, event (JSON text), first of its key in the batch]`; ?2 is now.
 ///
 /// The statement itself reads what another process (`flowhost queue retry` or `drop`) may change: whether the
 /// run's key already has a head (an open run), and whether one of its connections is held. A write statement
@@ -221,7 +222,8 @@ const INSERT_RUNS: &str = "INSERT INTO runs (id, flow_id, flow_version, connecti
      dedup_key, event, status, next_attempt_at, created_at, updated_at, head) \
      SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5, j.value ->> 6, \
         j.value ->> 7, \
-        CASE WHEN EXISTS (SELECT 1 FROM json_each(j.value ->> 3) c JOIN held_connections h ON h.connection = c.value) \
+        CASE WHEN EXISTS (SELECT 1 FROM json_each(j.value ->> 3) c \
+                          JOIN held_connections h ON h.connection = c.value) \
              THEN 'held' ELSE 'queued' END, \
         ?2, ?2, ?2, \
         (j.value ->> 8) AND NOT EXISTS (SELECT 1 FROM runs r INDEXED BY runs_head_by_key \
@@ -2198,7 +2200,8 @@ mod tests {
         for (id, key, connections) in [("r1", "a", r#"["mparticle","other"]"#), ("r2", "b", r#"["braze"]"#)] {
             sqlx::query(
                 "INSERT INTO runs (id, flow_id, flow_version, connections, ordering_key, event, status, \
-                 next_attempt_at, created_at, updated_at, head) VALUES (?1, 'f', '1', ?3, ?2, '{}', 'queued', 0, 0, 0, 1)",
+                 next_attempt_at, created_at, updated_at, head) \
+                 VALUES (?1, 'f', '1', ?3, ?2, '{}', 'queued', 0, 0, 0, 1)",
             )
             .bind(id)
             .bind(key)
