@@ -533,11 +533,13 @@ mod tests {
             "outer": "{{ item.sku }}",
             "mixed": "{{ [1, 2].exists(item, item == 2) && item.sku == 'x-1' }}",
             "later": "{{ nodes.lookup.output.tier }}",
+            // Not a plain path, so CEL reads `nodes` from the shared context, where no earlier expression put it.
+            "latest": "{{ nodes.lookup.output.tier + '!' }}",
         }))
         .unwrap();
         assert_eq!(
             template.render(&scope).unwrap(),
-            json!({"first": ["a!", "b!"], "outer": "x-1", "mixed": true, "later": "gold"})
+            json!({"first": ["a!", "b!"], "outer": "x-1", "mixed": true, "later": "gold", "latest": "gold!"})
         );
         let missing = Template::compile(&json!(["{{ trigger.points }}", "{{ vars.limit }}"])).unwrap();
         let error = missing.render(&scope).unwrap_err();
