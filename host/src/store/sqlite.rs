@@ -368,7 +368,7 @@ impl SqliteStore {
             .foreign_keys(true);
         let writer_options =
             options.clone().create_if_missing(true).pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES);
-        let mut conn = writer_options.connect().await.map_err(|e| open_error(e.to_string()))?;
+        let mut conn = connect(&writer_options).await.map_err(|e| open_error(e.to_string()))?;
         if let Err(e) = MIGRATOR.run(&mut conn).await {
             conn.close().await.ok();
             return Err(StoreError::Migrate(e.to_string()));
@@ -378,7 +378,11 @@ impl SqliteStore {
             conn.close().await.ok();
             return Err(open_error(message));
         }
-        let reader = match SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await
+        let reader = match SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .after_connect(|conn, _| Box::pin(plan_without_bound_values(conn)))
+            .connect_with(options.read_only(true))
+            .await
         {
             Ok(reader) => reader,
             Err(e) => {
@@ -386,7 +390,7 @@ impl SqliteStore {
                 return Err(open_error(e.to_string()));
             }
         };
-        let checkpoint_conn = match writer_options.connect().await {
+        let checkpoint_conn = match connect(&writer_options).await {
             Ok(checkpoint_conn) => checkpoint_conn,
             Err(e) => {
                 reader.close().await;
@@ -442,7 +446,7 @@ impl SqliteStore {
             MutexGuard::try_map(guard, Option::as_mut).map_err(|_| db(operation)(sqlx::Error::PoolClosed))?;
         if writer.crashed {
             tracing::warn!(operation, "the store's write connection had stopped; opening it again");
-            writer.conn = self.writer_options.connect().await.map_err(db(operation))?;
+            writer.conn = connect(&self.writer_options).await.map_err(db(operation))?;
             writer.crashed = false;
         }
         Ok(writer)
@@ -484,6 +488,41 @@ impl Drop for SqliteStore {
 /// so that the writer does not: a checkpoint at commit (SQLite's default, every 1,000 pages) stalled every
 /// write behind it, about 10 % of the delivered rate (BENCHMARKS.md, "Fifth round"). `PASSIVE` never waits
 /// for the writer or for readers; the next write starts the WAL over once everything in it is copied.
+/// Opens a connection of the store (the writer, or the checkpointer's), set up as [`plan_without_bound_values`].
+async fn connect(options: &SqliteConnectOptions) -> Result<SqliteConnection, sqlx::Error> {
+    let mut conn = options.connect().await?;
+    plan_without_bound_values(&mut conn).await?;
+    Ok(conn)
+}
+
+/// Turns on SQLite's query planner stability guarantee for the connection: a statement's plan never depends on
+/// the values bound to it. Without it SQLite reads some bound values while planning (a `LIMIT ?`, a parameter
+/// compared with a partial index's condition) and prepares the statement again, inside `step`, whenever a value
+/// it read changes: the claim's limit changes with every claim, and re-preparing was 7.7 % of SQLite's threads
+/// under load (BENCHMARKS.md, "Twelfth round"). The plans the store relies on are checked by tests, and they are
+/// the plans this gives.
+async fn plan_without_bound_values(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    use libsqlite3_sys::{SQLITE_DBCONFIG_ENABLE_QPSG, SQLITE_OK, sqlite3_db_config};
+    let mut handle = conn.lock_handle().await?;
+    let mut enabled: std::ffi::c_int = 0;
+    // SAFETY: the handle is an open connection, locked for this call. SQLITE_DBCONFIG_ENABLE_QPSG takes an int (1:
+    // on) and a pointer to an int, where SQLite writes the setting now in force.
+    let code = unsafe {
+        sqlite3_db_config(
+            handle.as_raw_handle().as_ptr(),
+            SQLITE_DBCONFIG_ENABLE_QPSG,
+            1 as std::ffi::c_int,
+            &mut enabled,
+        )
+    };
+    if code != SQLITE_OK || enabled != 1 {
+        return Err(sqlx::Error::Configuration(
+            format!("SQLite refused the query planner stability guarantee (code {code})").into(),
+        ));
+    }
+    Ok(())
+}
+
 async fn checkpoint_loop(mut conn: SqliteConnection, stop: CancellationToken) {
     loop {
         tokio::select! {
@@ -2527,6 +2566,89 @@ mod tests {
         sqlx::query("DELETE FROM trace_blocks").execute(&mut *store.test_writer().await).await.unwrap();
         let error = store.list(&RunFilter::default()).await.unwrap_err();
         assert!(error.to_string().contains("does not exist"), "{error}");
+    }
+
+    /// How many times the connection's cached statements have been prepared again (`SQLITE_STMTSTATUS_REPREPARE`).
+    async fn repreparations(conn: &mut SqliteConnection) -> i32 {
+        use libsqlite3_sys::{SQLITE_STMTSTATUS_REPREPARE, sqlite3_next_stmt, sqlite3_stmt_status};
+        let mut handle = conn.lock_handle().await.unwrap();
+        let db = handle.as_raw_handle().as_ptr();
+        let mut total = 0;
+        // SAFETY: the connection is locked for this call; its statements are only read.
+        unsafe {
+            let mut statement = sqlite3_next_stmt(db, std::ptr::null_mut());
+            while !statement.is_null() {
+                total += sqlite3_stmt_status(statement, SQLITE_STMTSTATUS_REPREPARE, 0);
+                statement = sqlite3_next_stmt(db, statement);
+            }
+        }
+        total
+    }
+
+    /// Whether the connection has the query planner stability guarantee on.
+    async fn plans_without_bound_values(conn: &mut SqliteConnection) -> bool {
+        let mut handle = conn.lock_handle().await.unwrap();
+        let mut enabled: std::ffi::c_int = -1;
+        // SAFETY: as in `plan_without_bound_values`; -1 reads the setting without changing it.
+        let code = unsafe {
+            libsqlite3_sys::sqlite3_db_config(
+                handle.as_raw_handle().as_ptr(),
+                libsqlite3_sys::SQLITE_DBCONFIG_ENABLE_QPSG,
+                -1 as std::ffi::c_int,
+                &mut enabled,
+            )
+        };
+        code == libsqlite3_sys::SQLITE_OK && enabled == 1
+    }
+
+    #[tokio::test]
+    async fn statements_are_prepared_once_whatever_values_are_bound() {
+        let (_dir, store) = open().await;
+        let keys: Vec<String> = (0..12).map(|i| format!("c{i}")).collect();
+        let runs: Vec<NewRun> = keys.iter().chain(&keys).map(|key| run(key)).collect();
+        store.enqueue(&runs).await.unwrap();
+        assert!(plans_without_bound_values(&mut *store.test_writer().await).await);
+        assert!(plans_without_bound_values(&mut store.reader.acquire().await.unwrap()).await);
+        // The migrations' statements were prepared again after the schema they changed; nothing since should be.
+        let before = repreparations(&mut *store.test_writer().await).await;
+        let lease = Duration::from_secs(30);
+        // Claims and completions of different sizes, as under load: each binds other values to the same statements.
+        for limit in [1, 3, 2, 5] {
+            let claimed = store.claim("w", limit, 2, now_ms(), lease).await.unwrap();
+            assert!(!claimed.is_empty());
+            let completions: Vec<RunCompletion> = claimed
+                .iter()
+                .map(|run| RunCompletion {
+                    lease: run.lease().unwrap(),
+                    completion: Completion::Succeeded,
+                    trace: to_raw_value(&json!({"run": run.id})).ok(),
+                    emitted: vec![],
+                })
+                .collect();
+            assert!(store.complete_many(&completions).await.unwrap().iter().all(Result::is_ok));
+        }
+        assert_eq!(repreparations(&mut *store.test_writer().await).await, before);
+
+        // Why it matters: without the planner's stability guarantee, SQLite reads the claim's bound limit while
+        // planning, and prepares the claim again each time the limit changes.
+        {
+            let mut writer = store.test_writer().await;
+            let mut handle = writer.lock_handle().await.unwrap();
+            // SAFETY: as in `plan_without_bound_values`, turning the option off.
+            let code = unsafe {
+                libsqlite3_sys::sqlite3_db_config(
+                    handle.as_raw_handle().as_ptr(),
+                    libsqlite3_sys::SQLITE_DBCONFIG_ENABLE_QPSG,
+                    0 as std::ffi::c_int,
+                    std::ptr::null_mut::<std::ffi::c_int>(),
+                )
+            };
+            assert_eq!(code, libsqlite3_sys::SQLITE_OK);
+        }
+        for limit in [1, 3] {
+            store.claim("w", limit, 1, now_ms(), lease).await.unwrap();
+        }
+        assert!(repreparations(&mut *store.test_writer().await).await > before);
     }
 
     #[tokio::test]
