@@ -1,11 +1,16 @@
 /// mimalloc rather than glibc's malloc: under load the service allocates and frees on many threads, and glibc's
 /// arenas (`_int_malloc`, `_int_free`, `malloc_consolidate`) took about a fifth of its CPU (BENCHMARKS.md,
-/// "Sixth round"). A platform embedding the library chooses its own allocator.
+/// "Sixth round"). SQLite allocates through it too (see `main`). A platform embedding the library chooses its own
+/// allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     disable_transparent_huge_pages();
+    // SAFETY: nothing has used SQLite yet, and no other thread is running.
+    if let Err(error) = unsafe { flowhost::store::use_the_global_allocator_for_sqlite() } {
+        eprintln!("warning: SQLite keeps the C library's allocator: {error}");
+    }
     flowhost::cli::main()
 }
 

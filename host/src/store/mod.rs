@@ -84,9 +84,11 @@
 //! - `enqueue` keeps the order of its input in `seq`.
 
 mod sqlite;
+mod sqlite_memory;
 mod wal_sync;
 
 pub use sqlite::SqliteStore;
+pub use sqlite_memory::use_the_global_allocator_for_sqlite;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
