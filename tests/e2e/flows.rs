@@ -2,7 +2,7 @@
 //! executor's semantics with the echo connector (branches, loops, emits, failures, retries).
 
 use flowhost::connector::{RuntimeConfig, SandboxLimits, SecretStore};
-use flowhost::flow::{Checkpoint, CheckpointSink, NodeStatus, Outcome, RunStatus, Stop, flow_schema};
+use flowhost::flow::{Checkpoint, CheckpointSink, NodeStatus, NodeTrace, Outcome, RunStatus, Stop, flow_schema};
 use flowhost::{Host, HostConfig};
 use flowhost_tests::components;
 use serde_json::{Value, json};
@@ -213,6 +213,30 @@ async fn error_edges_and_the_flow_handler() {
 }
 
 #[tokio::test]
+async fn a_call_the_flow_handler_reaches_again_is_replayed_not_made_twice() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = host_with_echo(cache.path()).await;
+    let mut first = echo_node("first", "n={{ trigger.n }}");
+    first["next"] = json!("stop");
+    let mut text: Value =
+        serde_json::from_str(&echo_flow(json!([first, {"id": "stop", "fail": {"message": "no"}}]))).unwrap();
+    text["onError"] = json!("first");
+    let flow = host.load(&text.to_string()).unwrap();
+    let saved = Saved::default();
+    let Outcome::Finished(run) =
+        flow.execute_durable("run-1".into(), json!({"n": 3}), Checkpoint::default(), Some(&saved)).await
+    else {
+        panic!("expected the run to finish")
+    };
+    assert_eq!(run.status, RunStatus::Failed);
+    let firsts: Vec<&NodeTrace> = run.nodes.iter().filter(|node| node.node_id == "first").collect();
+    assert_eq!(firsts.len(), 2, "the handler ran the node again");
+    // Replayed from the run's own record: the same trace, and no checkpoint saved, as one is before a new call.
+    assert_eq!(serde_json::to_value(firsts[0]).unwrap(), serde_json::to_value(firsts[1]).unwrap());
+    assert!(saved.0.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn expression_failures_name_the_node_and_the_expression() {
     let cache = tempfile::tempdir().unwrap();
     let host = host_with_echo(cache.path()).await;
@@ -325,6 +349,12 @@ async fn durable_runs_stop_for_resends_and_replay_their_checkpoint() {
     assert_eq!(run.status, RunStatus::Incomplete);
     assert_eq!(checkpoint.calls.keys().collect::<Vec<_>>(), ["each/0/say", "each/1/say", "first"]);
     assert_eq!(checkpoint.failed_attempts["flaky"].len(), 1);
+    // Each record is its node's trace, with what expressions saw of the call.
+    let first_trace = run.nodes.iter().find(|node| node.node_id == "first").unwrap();
+    let record = &checkpoint.calls["first"];
+    assert_eq!(serde_json::to_value(&record.trace).unwrap(), serde_json::to_value(first_trace).unwrap());
+    assert!(record.output.is_some() && record.error.is_none());
+    assert_eq!(record.output, first_trace.output);
     // Saved before each call that followed a finished one, never after the last.
     let saves = saved.0.lock().unwrap().iter().map(|c| c.calls.len()).collect::<Vec<_>>();
     assert_eq!(saves, [1, 2, 3]);

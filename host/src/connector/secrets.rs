@@ -140,9 +140,10 @@ impl Redactor {
         value
     }
 
-    /// Rewrites only the strings that hold a secret: a traced value rarely has one, and rebuilding every map
-    /// and string of it cost more than the copy itself.
-    fn redact_json_in_place(&self, value: &mut Value) {
+    /// Redacts every string in a JSON value, keys included, where it is. Rewrites only the strings that hold a
+    /// secret: a traced value rarely has one, and rebuilding every map and string of it cost more than the copy
+    /// itself.
+    pub fn redact_json_in_place(&self, value: &mut Value) {
         if self.secrets.is_empty() {
             return;
         }

@@ -102,7 +102,7 @@ async fn execute_in_order(shared: &Shared, runs: Vec<StoredRun>, mut permits: Ve
     let mut finished: Vec<Finished> = Vec::new();
     let mut waiting = runs.into_iter();
     let mut stopped_at = None;
-    for run in waiting.by_ref() {
+    for mut run in waiting.by_ref() {
         let Some(lease) = run.lease() else { continue };
         if run.lease_until.is_none_or(|until| until < add_ms(now_ms(), shared.config.lease * 2 / 3)) {
             // It waited behind its key's earlier runs long enough for its lease to run low: renew it first.
@@ -113,7 +113,9 @@ async fn execute_in_order(shared: &Shared, runs: Vec<StoredRun>, mut permits: Ve
             }
         }
         let held: Vec<Lease> = finished.iter().map(|done| done.completion.lease.clone()).collect();
-        let outcome = execute(shared, &run, &lease, &held).await;
+        // The flow gets the event itself, not a copy: nothing else reads it.
+        let event = std::mem::take(&mut run.event);
+        let outcome = execute(shared, &run, event, &lease, &held).await;
         permits.pop();
         match outcome {
             Some(done) => finished.push(done),
@@ -182,8 +184,9 @@ impl CheckpointSink for LeasedSink<'_> {
 
 /// Executes one claimed run. A run that finished is returned for its key's commit; any other outcome is
 /// settled here (resend, dead letter), or left to the lease (a lost lease, a checkpoint not saved), and is
-/// `None`. `held` are the key's finished runs waiting for that commit, whose leases the heartbeat renews too.
-async fn execute(shared: &Shared, run: &StoredRun, lease: &Lease, held: &[Lease]) -> Option<Finished> {
+/// `None`. `event` is the run's event, taken out of `run`. `held` are the key's finished runs waiting for that
+/// commit, whose leases the heartbeat renews too.
+async fn execute(shared: &Shared, run: &StoredRun, event: Value, lease: &Lease, held: &[Lease]) -> Option<Finished> {
     let active = shared.active();
     let Some(flow) = active.by_id.get(&run.flow_id).cloned() else {
         let error = json!({"message": format!("flow {} is not loaded; the run waits for it", run.flow_id)});
@@ -205,7 +208,7 @@ async fn execute(shared: &Shared, run: &StoredRun, lease: &Lease, held: &[Lease]
     let sink = LeasedSink { shared, lease };
     let heartbeat = heartbeat(shared, lease, held);
     let outcome = tokio::select! {
-        outcome = flow.execute_durable(run.id.clone(), run.event.clone(), checkpoint, Some(&sink)) => outcome,
+        outcome = flow.execute_durable(run.id.clone(), event, checkpoint, Some(&sink)) => outcome,
         lost = heartbeat => {
             tracing::warn!(run = %run.id, error = %lost, "stopped a run whose lease was lost");
             return None;

@@ -206,6 +206,7 @@ impl LoadedFlow {
         match self.run_to_end(&mut state, &|_| {}).await {
             Ok(run) => Outcome::Finished(run),
             Err(stop) => {
+                state.record_pending_calls();
                 let checkpoint = std::mem::take(&mut state.memo);
                 Outcome::Stopped { stop, run: self.finish(state, Err(None)), checkpoint }
             }
@@ -256,7 +257,12 @@ impl LoadedFlow {
             status,
             started_at: state.started_at,
             duration_ms: state.started.elapsed().as_millis() as u64,
-            trigger: self.redactor.redact_json(&state.trigger),
+            trigger: {
+                // The run's own copy of the event: redacted where it is, not copied again.
+                let mut trigger = state.trigger;
+                self.redactor.redact_json_in_place(&mut trigger);
+                trigger
+            },
             nodes: state.traces,
             emitted: state.emitted,
             error,
@@ -304,6 +310,10 @@ impl LoadedFlow {
         emit: &(dyn Fn(&EmittedEvent) + Send + Sync),
     ) -> Result<Option<String>, Halt> {
         let path = node_path(frame, &node.id);
+        if state.pending_calls.iter().any(|(pending, ..)| *pending == path) {
+            // A node reached again in the same execution (through an error handler) replays its call too.
+            state.record_pending_calls();
+        }
         if let Some(record) = state.memo.calls.get(&path) {
             // Replaying a resumed run: this call was made before; its result stands.
             state.traces.push(record.trace.clone());
@@ -345,8 +355,7 @@ impl LoadedFlow {
                 trace.output = output.as_ref().map(|o| self.redactor.redact_json(o));
                 state.results.insert(node.id.clone(), succeeded(output.unwrap_or(Value::Null)));
                 if is_call {
-                    let output = trace.output.clone();
-                    state.record_call(path, CallRecord { trace: trace.clone(), output, error: None });
+                    state.record_call(path, slot, true);
                 }
                 Ok(next)
             }
@@ -355,9 +364,9 @@ impl LoadedFlow {
                 trace.next = node.on_error.clone();
                 let mut redacted = failure.clone();
                 redacted.message = self.redactor.redact(&redacted.message);
-                trace.error = Some(redacted.clone());
+                trace.error = Some(redacted);
                 if is_call && !trace.attempts.is_empty() {
-                    state.record_call(path, CallRecord { trace: trace.clone(), output: None, error: Some(redacted) });
+                    state.record_call(path, slot, false);
                 }
                 Err(Halt::Failed(failure))
             }
@@ -602,6 +611,10 @@ struct RunState<'a> {
     error: Value,
     /// The calls made so far (and those replayed), for durable runs.
     memo: Checkpoint,
+    /// Calls made since `memo` was last brought up to date: each one's path, its trace's slot in `traces`, and
+    /// whether it succeeded. Its record is built from its trace only when a checkpoint is saved or returned, so
+    /// a run that ends without another call copies none of its traces.
+    pending_calls: Vec<(String, usize, bool)>,
     /// Whether `memo` has calls that are not saved yet.
     unsaved: bool,
     sink: Option<&'a dyn CheckpointSink>,
@@ -621,15 +634,27 @@ impl<'a> RunState<'a> {
             steps: 0,
             error: Value::Null,
             memo,
+            pending_calls: Vec::new(),
             unsaved: false,
             sink,
         }
     }
 
-    fn record_call(&mut self, path: String, record: CallRecord) {
+    /// Records a finished call of a durable run: the call whose trace is (or will be, once its node ends) at `slot`
+    /// of `traces`. What expressions saw of it is in that trace: its output if it succeeded, else its error.
+    fn record_call(&mut self, path: String, slot: usize, succeeded: bool) {
         if let Mode::Durable = self.mode {
-            self.memo.calls.insert(path, record);
+            self.pending_calls.push((path, slot, succeeded));
             self.unsaved = true;
+        }
+    }
+
+    /// Brings `memo` up to date with the calls recorded since, from their traces.
+    fn record_pending_calls(&mut self) {
+        for (path, slot, succeeded) in self.pending_calls.drain(..) {
+            let Some(trace) = self.traces.get(slot) else { continue };
+            let (output, error) = if succeeded { (trace.output.clone(), None) } else { (None, trace.error.clone()) };
+            self.memo.calls.insert(path, CallRecord { trace: trace.clone(), output, error });
         }
     }
 
@@ -639,6 +664,7 @@ impl<'a> RunState<'a> {
         if !self.unsaved {
             return Ok(());
         }
+        self.record_pending_calls();
         if let Some(sink) = self.sink {
             sink.save(&self.memo).await.map_err(|reason| Halt::Stopped(Stop::Aborted { reason }))?;
         }
