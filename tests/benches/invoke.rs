@@ -21,6 +21,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// The allocator the `flowhost` binary runs with (host/src/main.rs), for the host and the native code alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EVENTS_API_URL: &str = "https://s2s.us1.mparticle.com/v2";
 const API_KEY: &str = "bench-api-key";
 const API_SECRET: &str = "bench-api-secret";

@@ -9,6 +9,10 @@ use flowhost::store::{Completion, NewRun, RunCompletion, SqliteStore, Store, now
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
+/// The allocator the `flowhost` binary runs with (host/src/main.rs), SQLite's included.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BATCH: usize = 50;
 const KEYS: usize = 100;
 /// Queued runs before timing starts.
@@ -130,6 +134,8 @@ fn bench(c: &mut Criterion) {
 }
 
 fn main() {
+    // SAFETY: nothing has used SQLite yet, and no other thread is running.
+    unsafe { flowhost::store::use_the_global_allocator_for_sqlite() }.expect("SQLite's allocator");
     let mut criterion = Criterion::default().configure_from_args();
     bench(&mut criterion);
     criterion.final_summary();
