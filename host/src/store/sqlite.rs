@@ -484,10 +484,6 @@ impl Drop for SqliteStore {
     }
 }
 
-/// Copies the WAL's new pages into the database file every [`CHECKPOINT_EVERY`], on a connection of its own,
-/// so that the writer does not: a checkpoint at commit (SQLite's default, every 1,000 pages) stalled every
-/// write behind it, about 10 % of the delivered rate (BENCHMARKS.md, "Fifth round"). `PASSIVE` never waits
-/// for the writer or for readers; the next write starts the WAL over once everything in it is copied.
 /// Opens a connection of the store (the writer, or the checkpointer's), set up as [`plan_without_bound_values`].
 async fn connect(options: &SqliteConnectOptions) -> Result<SqliteConnection, sqlx::Error> {
     let mut conn = options.connect().await?;
@@ -502,27 +498,30 @@ async fn connect(options: &SqliteConnectOptions) -> Result<SqliteConnection, sql
 /// under load (BENCHMARKS.md, "Twelfth round"). The plans the store relies on are checked by tests, and they are
 /// the plans this gives.
 async fn plan_without_bound_values(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    match planner_stability(conn, 1).await? {
+        true => Ok(()),
+        false => Err(sqlx::Error::Configuration("SQLite refused the query planner stability guarantee".into())),
+    }
+}
+
+/// Sets the query planner stability guarantee (`SQLITE_DBCONFIG_ENABLE_QPSG`: 1 on, 0 off, -1 as it is) and says
+/// whether it is on.
+async fn planner_stability(conn: &mut SqliteConnection, setting: std::ffi::c_int) -> Result<bool, sqlx::Error> {
     use libsqlite3_sys::{SQLITE_DBCONFIG_ENABLE_QPSG, SQLITE_OK, sqlite3_db_config};
     let mut handle = conn.lock_handle().await?;
     let mut enabled: std::ffi::c_int = 0;
-    // SAFETY: the handle is an open connection, locked for this call. SQLITE_DBCONFIG_ENABLE_QPSG takes an int (1:
-    // on) and a pointer to an int, where SQLite writes the setting now in force.
+    // SAFETY: the handle is an open connection, locked for this call. The option takes an int and a pointer to an
+    // int, where SQLite writes the setting now in force.
     let code = unsafe {
-        sqlite3_db_config(
-            handle.as_raw_handle().as_ptr(),
-            SQLITE_DBCONFIG_ENABLE_QPSG,
-            1 as std::ffi::c_int,
-            &mut enabled,
-        )
+        sqlite3_db_config(handle.as_raw_handle().as_ptr(), SQLITE_DBCONFIG_ENABLE_QPSG, setting, &mut enabled)
     };
-    if code != SQLITE_OK || enabled != 1 {
-        return Err(sqlx::Error::Configuration(
-            format!("SQLite refused the query planner stability guarantee (code {code})").into(),
-        ));
-    }
-    Ok(())
+    Ok(code == SQLITE_OK && enabled == 1)
 }
 
+/// Copies the WAL's new pages into the database file every [`CHECKPOINT_EVERY`], on a connection of its own,
+/// so that the writer does not: a checkpoint at commit (SQLite's default, every 1,000 pages) stalled every
+/// write behind it, about 10 % of the delivered rate (BENCHMARKS.md, "Fifth round"). `PASSIVE` never waits
+/// for the writer or for readers; the next write starts the WAL over once everything in it is copied.
 async fn checkpoint_loop(mut conn: SqliteConnection, stop: CancellationToken) {
     loop {
         tokio::select! {
@@ -2585,30 +2584,14 @@ mod tests {
         total
     }
 
-    /// Whether the connection has the query planner stability guarantee on.
-    async fn plans_without_bound_values(conn: &mut SqliteConnection) -> bool {
-        let mut handle = conn.lock_handle().await.unwrap();
-        let mut enabled: std::ffi::c_int = -1;
-        // SAFETY: as in `plan_without_bound_values`; -1 reads the setting without changing it.
-        let code = unsafe {
-            libsqlite3_sys::sqlite3_db_config(
-                handle.as_raw_handle().as_ptr(),
-                libsqlite3_sys::SQLITE_DBCONFIG_ENABLE_QPSG,
-                -1 as std::ffi::c_int,
-                &mut enabled,
-            )
-        };
-        code == libsqlite3_sys::SQLITE_OK && enabled == 1
-    }
-
     #[tokio::test]
     async fn statements_are_prepared_once_whatever_values_are_bound() {
         let (_dir, store) = open().await;
         let keys: Vec<String> = (0..12).map(|i| format!("c{i}")).collect();
         let runs: Vec<NewRun> = keys.iter().chain(&keys).map(|key| run(key)).collect();
         store.enqueue(&runs).await.unwrap();
-        assert!(plans_without_bound_values(&mut *store.test_writer().await).await);
-        assert!(plans_without_bound_values(&mut store.reader.acquire().await.unwrap()).await);
+        assert!(planner_stability(&mut *store.test_writer().await, -1).await.unwrap());
+        assert!(planner_stability(&mut store.reader.acquire().await.unwrap(), -1).await.unwrap());
         // The migrations' statements were prepared again after the schema they changed; nothing since should be.
         let before = repreparations(&mut *store.test_writer().await).await;
         let lease = Duration::from_secs(30);
@@ -2631,20 +2614,7 @@ mod tests {
 
         // Why it matters: without the planner's stability guarantee, SQLite reads the claim's bound limit while
         // planning, and prepares the claim again each time the limit changes.
-        {
-            let mut writer = store.test_writer().await;
-            let mut handle = writer.lock_handle().await.unwrap();
-            // SAFETY: as in `plan_without_bound_values`, turning the option off.
-            let code = unsafe {
-                libsqlite3_sys::sqlite3_db_config(
-                    handle.as_raw_handle().as_ptr(),
-                    libsqlite3_sys::SQLITE_DBCONFIG_ENABLE_QPSG,
-                    0 as std::ffi::c_int,
-                    std::ptr::null_mut::<std::ffi::c_int>(),
-                )
-            };
-            assert_eq!(code, libsqlite3_sys::SQLITE_OK);
-        }
+        assert!(!planner_stability(&mut *store.test_writer().await, 0).await.unwrap());
         for limit in [1, 3] {
             store.claim("w", limit, 1, now_ms(), lease).await.unwrap();
         }
