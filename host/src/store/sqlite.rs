@@ -1726,6 +1726,16 @@ mod tests {
         run_for(key, &["mparticle"])
     }
 
+    /// The completion of a claimed run, with a small trace naming it.
+    fn completing(run: &StoredRun, completion: Completion, emitted: &[NewOutboxEvent]) -> RunCompletion {
+        RunCompletion {
+            lease: run.lease().unwrap(),
+            completion,
+            trace: to_raw_value(&json!({"run": run.id})).ok(),
+            emitted: emitted.to_vec(),
+        }
+    }
+
     fn customers(runs: &[StoredRun]) -> Vec<String> {
         runs.iter().map(|r| r.event["customer"].as_str().unwrap().to_string()).collect()
     }
@@ -2065,15 +2075,8 @@ mod tests {
         // The second run is taken away (dropped by an operator) before its completion arrives.
         assert!(store.drop_run(&ids[1]).await.unwrap());
         let emitted = vec![NewOutboxEvent { node_id: "n".into(), event: "point_add".into(), payload: json!({}) }];
-        let completions: Vec<RunCompletion> = claimed
-            .iter()
-            .map(|run| RunCompletion {
-                lease: run.lease().unwrap(),
-                completion: Completion::Succeeded,
-                trace: to_raw_value(&json!({"run": run.id})).ok(),
-                emitted: emitted.clone(),
-            })
-            .collect();
+        let completions: Vec<RunCompletion> =
+            claimed.iter().map(|run| completing(run, Completion::Succeeded, &emitted)).collect();
         let results = store.complete_many(&completions).await.unwrap();
         assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
         assert!(results[1].as_ref().unwrap_err().is_lease_lost());
@@ -2088,12 +2091,8 @@ mod tests {
         let (_dir, store) = open().await;
         store.enqueue(&[run("a"), run("b")]).await.unwrap();
         let claimed = store.claim("w1", 10, 1, now_ms(), LEASE).await.unwrap();
-        let completion = |run: &StoredRun, completion: Completion| RunCompletion {
-            lease: run.lease().unwrap(),
-            completion,
-            trace: to_raw_value(&json!({"run": run.id})).ok(),
-            emitted: vec![NewOutboxEvent { node_id: "n".into(), event: "point_add".into(), payload: json!({}) }],
-        };
+        let emitted = [NewOutboxEvent { node_id: "n".into(), event: "point_add".into(), payload: json!({}) }];
+        let completion = |run: &StoredRun, completion: Completion| completing(run, completion, &emitted);
         let failed = Completion::Failed { error: json!({"kind": "invalid-input", "message": "no"}) };
         let mut stale = completion(&claimed[1], Completion::Succeeded);
         stale.lease.token += 1;
@@ -2599,15 +2598,8 @@ mod tests {
         for limit in [1, 3, 2, 5] {
             let claimed = store.claim("w", limit, 2, now_ms(), lease).await.unwrap();
             assert!(!claimed.is_empty());
-            let completions: Vec<RunCompletion> = claimed
-                .iter()
-                .map(|run| RunCompletion {
-                    lease: run.lease().unwrap(),
-                    completion: Completion::Succeeded,
-                    trace: to_raw_value(&json!({"run": run.id})).ok(),
-                    emitted: vec![],
-                })
-                .collect();
+            let completions: Vec<RunCompletion> =
+                claimed.iter().map(|run| completing(run, Completion::Succeeded, &[])).collect();
             assert!(store.complete_many(&completions).await.unwrap().iter().all(Result::is_ok));
         }
         assert_eq!(repreparations(&mut *store.test_writer().await).await, before);
