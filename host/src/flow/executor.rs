@@ -355,7 +355,7 @@ impl LoadedFlow {
                 trace.output = output.as_ref().map(|o| self.redactor.redact_json(o));
                 state.results.insert(node.id.clone(), succeeded(output.unwrap_or(Value::Null)));
                 if is_call {
-                    state.record_call(path, slot, true);
+                    state.record_call(path, slot);
                 }
                 Ok(next)
             }
@@ -366,7 +366,7 @@ impl LoadedFlow {
                 redacted.message = self.redactor.redact(&redacted.message);
                 trace.error = Some(redacted);
                 if is_call && !trace.attempts.is_empty() {
-                    state.record_call(path, slot, false);
+                    state.record_call(path, slot);
                 }
                 Err(Halt::Failed(failure))
             }
@@ -611,10 +611,10 @@ struct RunState<'a> {
     error: Value,
     /// The calls made so far (and those replayed), for durable runs.
     memo: Checkpoint,
-    /// Calls made since `memo` was last brought up to date: each one's path, its trace's slot in `traces`, and
-    /// whether it succeeded. Its record is built from its trace only when a checkpoint is saved or returned, so
-    /// a run that ends without another call copies none of its traces.
-    pending_calls: Vec<(String, usize, bool)>,
+    /// Calls made since `memo` was last brought up to date: each one's path and its trace's slot in `traces`. Its
+    /// record is built from its trace only when a checkpoint is saved or returned, so a run that ends without
+    /// another call copies none of its traces.
+    pending_calls: Vec<(String, usize)>,
     /// Whether `memo` has calls that are not saved yet.
     unsaved: bool,
     sink: Option<&'a dyn CheckpointSink>,
@@ -641,20 +641,21 @@ impl<'a> RunState<'a> {
     }
 
     /// Records a finished call of a durable run: the call whose trace is (or will be, once its node ends) at `slot`
-    /// of `traces`. What expressions saw of it is in that trace: its output if it succeeded, else its error.
-    fn record_call(&mut self, path: String, slot: usize, succeeded: bool) {
+    /// of `traces`. What expressions saw of it is in that trace: its output if it succeeded, its error if it failed
+    /// (a node's trace has only the one or the other).
+    fn record_call(&mut self, path: String, slot: usize) {
         if let Mode::Durable = self.mode {
-            self.pending_calls.push((path, slot, succeeded));
+            self.pending_calls.push((path, slot));
             self.unsaved = true;
         }
     }
 
     /// Brings `memo` up to date with the calls recorded since, from their traces.
     fn record_pending_calls(&mut self) {
-        for (path, slot, succeeded) in self.pending_calls.drain(..) {
+        for (path, slot) in self.pending_calls.drain(..) {
             let Some(trace) = self.traces.get(slot) else { continue };
-            let (output, error) = if succeeded { (trace.output.clone(), None) } else { (None, trace.error.clone()) };
-            self.memo.calls.insert(path, CallRecord { trace: trace.clone(), output, error });
+            let record = CallRecord { trace: trace.clone(), output: trace.output.clone(), error: trace.error.clone() };
+            self.memo.calls.insert(path, record);
         }
     }
 
