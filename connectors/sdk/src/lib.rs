@@ -40,6 +40,50 @@ pub mod bindings {
     });
 }
 
+/// The bindings of the `inbound-connector` world: a connector's inbound side (`describe-inbound`, `receive`),
+/// sharing the imports and types above. A connector that receives its vendor's requests implements
+/// [`inbound::Guest`] and exports it with [`export_inbound!`] beside [`export_connector!`]; the component then
+/// exports both worlds.
+#[allow(clippy::too_many_arguments)] // generated code
+pub mod inbound_bindings {
+    wit_bindgen::generate!({
+        path: "../../wit/v0.1.0",
+        world: "inbound-connector",
+        pub_export_macro: true,
+        export_macro_name: "export_inbound",
+        default_bindings_module: "flowhost_connector_sdk::inbound_bindings",
+        runtime_path: "flowhost_connector_sdk::wit_bindgen::rt",
+        with: {
+            "flowhost:connector/types@0.1.0": crate::bindings::flowhost::connector::types,
+            "flowhost:connector/http@0.1.0": crate::bindings::flowhost::connector::http,
+            "flowhost:connector/log@0.1.0": crate::bindings::flowhost::connector::log,
+            "flowhost:connector/cache@0.1.0": crate::bindings::flowhost::connector::cache,
+        },
+    });
+}
+
+/// The inbound side's types and the trait a receiving connector implements.
+pub mod inbound {
+    pub use crate::inbound_bindings::exports::flowhost::connector::inbound::{
+        Guest, InboundEvent, InboundInfo, Received, Request, Response,
+    };
+
+    /// The value of the first header named `name` (compared without case), if the request has it.
+    pub fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+        request.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+    }
+
+    /// An answer with a JSON body.
+    pub fn json_response(status: u16, body: &serde_json::Value) -> Response {
+        Response {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string().into_bytes(),
+        }
+    }
+}
+pub use inbound_bindings::export_inbound;
+
 pub use bindings::flowhost::connector::cache;
 pub use bindings::flowhost::connector::http::{self, HttpError, Request, Response};
 pub use bindings::flowhost::connector::log::{self, Level};
