@@ -14,8 +14,9 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct HostConfig {
     pub runtime: RuntimeConfig,
-    /// Load the connectors built into flowhost (the mParticle connector).
-    pub builtin_connectors: bool,
+    /// Connector components compiled into the embedding program, loaded first (the `flowhost` binary passes
+    /// its built-in connectors).
+    pub embedded_connectors: Vec<&'static [u8]>,
     /// Directories whose `*.wasm` components are loaded as connectors too.
     pub connector_dirs: Vec<PathBuf>,
     /// Let connections reach loopback and private addresses (local services, the emulator).
@@ -30,7 +31,7 @@ impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
             runtime: RuntimeConfig::default(),
-            builtin_connectors: true,
+            embedded_connectors: Vec::new(),
             connector_dirs: Vec::new(),
             allow_private: false,
             default_retry: RetryPolicy::default(),
@@ -69,10 +70,8 @@ impl Host {
     pub async fn new(config: HostConfig, secrets: SecretStore) -> Result<Self, HostError> {
         let runtime = Runtime::new(config.runtime.clone()).map_err(HostError::Runtime)?;
         let mut registry = ConnectorRegistry::default();
-        if config.builtin_connectors {
-            for bytes in crate::builtin::COMPONENTS {
-                registry.add(runtime.load_bytes(bytes).await?);
-            }
+        for bytes in &config.embedded_connectors {
+            registry.add(runtime.load_bytes(bytes).await?);
         }
         registry.load_dirs(&runtime, &config.connector_dirs).await?;
         Ok(Host { runtime, registry, secrets, config, on_emit: Arc::new(|_| {}) })

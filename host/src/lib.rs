@@ -3,12 +3,8 @@
 //! The library is what the `flowhost` binary runs; platforms embed it the same way: a [`Host`] loads
 //! connectors, checks and loads [`Flow`]s, and runs them for events, producing a [`Run`] trace.
 
-pub mod bench;
-pub mod builtin;
-pub mod cli;
 pub mod connector;
 pub mod delivery;
-pub mod demo;
 pub mod flow;
 mod host;
 pub mod inbound;

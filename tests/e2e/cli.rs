@@ -14,7 +14,7 @@ async fn flowhost(args: &[&str]) -> Output {
     let mut out = Vec::new();
     let mut err = Vec::new();
     let argv = std::iter::once("flowhost").chain(args.iter().copied());
-    let code = flowhost::cli::run(argv, &mut out, &mut err).await;
+    let code = flowhost_cli::run(argv, &mut out, &mut err).await;
     Output { code, out: String::from_utf8(out).unwrap(), err: String::from_utf8(err).unwrap() }
 }
 

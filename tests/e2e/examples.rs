@@ -2,7 +2,7 @@
 //! retry policies against real fault injection; and the demo itself.
 
 use flowhost::connector::{HttpLimits, RuntimeConfig, SandboxLimits};
-use flowhost::demo::{EXAMPLE_FLOWS, emulator_host_config};
+use flowhost_cli::demo::{EXAMPLE_FLOWS, emulator_host_config};
 use flowhost::flow::{NodeStatus, RunStatus};
 use flowhost::{Host, LoadedFlow};
 use mparticle_emulator::{EmulatorConfig, FaultRule, RunningEmulator};
@@ -208,7 +208,7 @@ async fn the_demo_runs_every_example() {
     let runtime =
         RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), max_instances: 32, ..RuntimeConfig::default() };
     let mut out = Vec::new();
-    let runs = flowhost::demo::run(runtime, &mut out).await.unwrap();
+    let runs = flowhost_cli::demo::run(runtime, &mut out).await.unwrap();
     let text = String::from_utf8(out).unwrap();
     assert_eq!(runs.len(), 7);
     assert!(runs.iter().all(|r| r.status == RunStatus::Succeeded), "{text}");

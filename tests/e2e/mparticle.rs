@@ -3,7 +3,7 @@
 //! credentials, 429 with Retry-After, 5xx, timeouts, token caching and refresh, and no secret anywhere.
 
 use crate::test_runtime_with;
-use flowhost::builtin::MPARTICLE;
+use flowhost_cli::builtin::MPARTICLE;
 use flowhost::connector::{
     ConfigError, Connection, ConnectionOptions, Connector, ErrorKind, HttpLimits, Invocation, InvocationContext,
     InvokeError, LogSource, Runtime, SecretStore,

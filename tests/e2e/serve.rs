@@ -16,7 +16,7 @@ use tokio::sync::RwLock;
 const INBOUND_TOKEN: &str = "inbound-token-4f1c";
 
 /// The `flowhost` command line as a binary cargo builds for these tests (`tests/bin/flowhost-e2e.rs`: the
-/// product's `flowhost::cli::main`), so the tests never run a stale or missing build.
+/// product's `flowhost_cli::main`), so the tests never run a stale or missing build.
 fn flowhost_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_flowhost-e2e"))
 }
@@ -594,7 +594,7 @@ async fn resend_queue_dead_letters_and_operator_retry_and_drop() {
 async fn cli(args: &[&str]) -> (u8, String) {
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let code = flowhost::cli::run(std::iter::once("flowhost").chain(args.iter().copied()), &mut out, &mut err).await;
+    let code = flowhost_cli::run(std::iter::once("flowhost").chain(args.iter().copied()), &mut out, &mut err).await;
     let text = String::from_utf8_lossy(&out).to_string() + &String::from_utf8_lossy(&err);
     let code = if code == std::process::ExitCode::SUCCESS {
         0

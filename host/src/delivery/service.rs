@@ -41,7 +41,7 @@ pub struct ServiceConfig {
 /// Which runs keep their trace once they end. A trace is most of what a completion writes, so keeping only the
 /// traces of runs that did not succeed lets one SQLite writer deliver more (BENCHMARKS.md, "Sixth round"). A
 /// run that succeeded keeps everything else: its event, status, attempts and times.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TraceRetention {
     /// Every run that ends keeps its trace.
@@ -65,6 +65,18 @@ impl TraceRetention {
         match self {
             TraceRetention::All => "all",
             TraceRetention::Failures => "failures",
+        }
+    }
+}
+
+impl std::str::FromStr for TraceRetention {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "all" => Ok(TraceRetention::All),
+            "failures" => Ok(TraceRetention::Failures),
+            other => Err(format!("unknown trace retention `{other}`: use `all` or `failures`")),
         }
     }
 }

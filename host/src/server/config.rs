@@ -223,10 +223,12 @@ impl ServeConfig {
             .collect()
     }
 
-    pub fn host_config(&self, runtime: RuntimeConfig) -> HostConfig {
+    /// The host's configuration. `builtin` are the components the program embeds, loaded when
+    /// `connectors.builtin` is true.
+    pub fn host_config(&self, runtime: RuntimeConfig, builtin: &[&'static [u8]]) -> HostConfig {
         HostConfig {
             runtime,
-            builtin_connectors: self.connectors.builtin,
+            embedded_connectors: if self.connectors.builtin { builtin.to_vec() } else { Vec::new() },
             connector_dirs: self.connectors.dirs.iter().map(|d| self.resolve(d)).collect(),
             allow_private: self.connectors.allow_private,
             default_retry: self.retry.clone().unwrap_or_default(),

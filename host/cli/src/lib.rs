@@ -1,13 +1,15 @@
-//! The `flowhost` command line. One file per command; each only parses arguments and prints what the
-//! library returns.
+//! The `flowhost` binary: the command line (one file per command in `commands/`, each only parsing arguments
+//! and printing what the library returns), the demo, the load benchmark and the connectors built into the
+//! binary. Platforms embed the `flowhost` library instead; nothing here is part of it.
 
-mod bench;
-mod connector;
-mod flow;
-mod queue;
-mod serve;
+pub mod bench;
+pub mod builtin;
+mod commands;
+pub mod demo;
 
-use crate::connector::{Runtime, RuntimeConfig, SecretStore};
+use commands::{connector, flow, queue, serve};
+
+use flowhost::connector::{Runtime, RuntimeConfig, SecretStore};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -74,7 +76,7 @@ enum Command {
     },
     /// The end-to-end load test: `flowhost serve` and the mParticle emulator on loopback; throughput,
     /// latencies, cold start and memory.
-    Bench(bench::BenchArgs),
+    Bench(commands::bench::BenchArgs),
     /// The resend queue of a service's store: list, retry, drop.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
@@ -130,9 +132,9 @@ where
         Command::Flow(FlowCommand::Schema) => flow::schema(out),
         Command::Serve { config } => serve::serve(&config, &options, out).await,
         Command::Queue(command) => queue::run(command, out, err).await,
-        Command::Bench(args) => bench::run(&args, out).await,
+        Command::Bench(args) => commands::bench::run(&args, out).await,
         Command::Demo => crate::demo::run(options.runtime_config(), out).await.map(|runs| {
-            if runs.iter().all(|r| r.status == crate::flow::RunStatus::Succeeded) {
+            if runs.iter().all(|r| r.status == flowhost::flow::RunStatus::Succeeded) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

@@ -1,8 +1,8 @@
 //! `flowhost check`, `flowhost run` and `flowhost flow schema`.
 
-use super::{GlobalOptions, json_argument};
-use crate::flow::{RunStatus, flow_schema};
-use crate::{Host, HostConfig};
+use crate::{GlobalOptions, json_argument};
+use flowhost::flow::{RunStatus, flow_schema};
+use flowhost::{Host, HostConfig};
 use anyhow::Context as _;
 use serde_json::Value;
 use std::io::Write;
@@ -28,6 +28,7 @@ impl HostArgs {
     pub async fn host(&self, options: &GlobalOptions) -> anyhow::Result<Host> {
         let mut config = HostConfig {
             runtime: options.runtime_config(),
+            embedded_connectors: crate::builtin::COMPONENTS.to_vec(),
             connector_dirs: self.connector_dirs.clone(),
             allow_private: self.allow_private,
             ..HostConfig::default()

@@ -2,7 +2,7 @@
 //! (see `crate::bench`).
 
 use crate::bench::{BenchOptions, run as run_bench};
-use crate::delivery::TraceRetention;
+use flowhost::delivery::TraceRetention;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -27,7 +27,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 50)]
     batch: usize,
     /// Which runs keep their trace, as `[delivery] traces` in flowhost.toml.
-    #[arg(long, value_enum, default_value_t = TraceRetention::All)]
+    #[arg(long, default_value_t = TraceRetention::All, value_parser = clap::builder::PossibleValuesParser::new(["all", "failures"]).map(|s| s.parse::<TraceRetention>().expect("a listed value")))]
     traces: TraceRetention,
     /// Print the figures as JSON.
     #[arg(long)]

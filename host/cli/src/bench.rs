@@ -11,7 +11,7 @@
 //!
 //! Nothing leaves loopback. Timing figures are reported, never asserted.
 
-use crate::delivery::TraceRetention;
+use flowhost::delivery::TraceRetention;
 use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use mparticle_emulator::{EmulatorConfig, FaultRule, RunningEmulator};

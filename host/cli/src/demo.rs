@@ -3,11 +3,11 @@
 //! happened: the run traces, the batches mParticle received, and the account, audience and
 //! calculated-attribute answers. No credentials and no set-up beyond the build.
 
-use crate::connector::{RuntimeConfig, SecretStore};
-use crate::delivery::{InboundConnection, LoyaltyEvent, Service, ServiceConfig};
-use crate::flow::{Run, RunStatus};
-use crate::store::{RunFilter, RunState, SqliteStore, Store, StoredRun};
-use crate::{Host, HostConfig};
+use flowhost::connector::{RuntimeConfig, SecretStore};
+use flowhost::delivery::{InboundConnection, LoyaltyEvent, Service, ServiceConfig};
+use flowhost::flow::{Run, RunStatus};
+use flowhost::store::{RunFilter, RunState, SqliteStore, Store, StoredRun};
+use flowhost::{Host, HostConfig};
 use anyhow::Context as _;
 use mparticle_emulator::{EmulatorConfig, FaultRule};
 use secrecy::SecretString;
@@ -103,9 +103,10 @@ pub fn emulator_host_config(url: &str, runtime: RuntimeConfig) -> (HostConfig, S
     .collect();
     let config = HostConfig {
         runtime,
+        embedded_connectors: crate::builtin::COMPONENTS.to_vec(),
         allow_private: true,
         connection_overrides: BTreeMap::from([("mparticle".to_string(), endpoints)]),
-        default_retry: crate::flow::RetryPolicy { initial_delay_ms: 200, ..Default::default() },
+        default_retry: flowhost::flow::RetryPolicy { initial_delay_ms: 200, ..Default::default() },
         ..HostConfig::default()
     };
     let secrets = SecretStore::from_pairs([

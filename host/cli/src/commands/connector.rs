@@ -1,7 +1,7 @@
 //! `flowhost connector inspect | check | call`.
 
-use super::{GlobalOptions, json_argument};
-use crate::connector::{
+use crate::{GlobalOptions, json_argument};
+use flowhost::connector::{
     ConnectionOptions, Connector, Invocation, InvocationContext, InvokeError, LoadSource, LogLine, Manifest,
 };
 use anyhow::Context as _;
@@ -129,7 +129,7 @@ fn connect(
     context: &GlobalOptions,
     connector: &Connector,
     args: &ConnectionArgs,
-) -> anyhow::Result<crate::connector::Connection> {
+) -> anyhow::Result<flowhost::connector::Connection> {
     let config = json_argument("--config", &args.config)?;
     let options = ConnectionOptions {
         allowed_hosts: (!args.allow_hosts.is_empty()).then(|| args.allow_hosts.clone()),

@@ -11,7 +11,7 @@ fn main() -> std::process::ExitCode {
     if let Err(error) = unsafe { flowhost::store::use_the_global_allocator_for_sqlite() } {
         eprintln!("warning: SQLite keeps the C library's allocator: {error}");
     }
-    flowhost::cli::main()
+    flowhost_cli::main()
 }
 
 /// mimalloc asks for transparent huge pages for its arenas. It gives memory it has not used for a while back to

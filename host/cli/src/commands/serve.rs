@@ -1,11 +1,11 @@
 //! `flowhost serve --config flowhost.toml`: the durable service behind its HTTP API, until SIGINT or SIGTERM.
 
-use super::GlobalOptions;
-use crate::Host;
-use crate::delivery::Service;
-use crate::server::config::ServeConfig;
-use crate::server::{ApiState, router};
-use crate::store::SqliteStore;
+use crate::GlobalOptions;
+use flowhost::Host;
+use flowhost::delivery::Service;
+use flowhost::server::config::ServeConfig;
+use flowhost::server::{ApiState, router};
+use flowhost::store::SqliteStore;
 use anyhow::Context as _;
 use std::io::Write;
 use std::path::Path;
@@ -19,7 +19,7 @@ pub async fn serve(config_path: &Path, options: &GlobalOptions, out: &mut dyn Wr
     let inbound = config.inbound_connections(&secrets).map_err(anyhow::Error::msg)?;
     let api_token = config.api_token(&secrets).map_err(anyhow::Error::msg)?;
     let flow_files = config.flow_files()?;
-    let host = Host::new(config.host_config(options.runtime_config()), secrets).await?;
+    let host = Host::new(config.host_config(options.runtime_config(), crate::builtin::COMPONENTS), secrets).await?;
     let store_path = config.store_path();
     let store = Arc::new(SqliteStore::open(&store_path).await?);
     let listener = tokio::net::TcpListener::bind(config.listen)
