@@ -29,3 +29,22 @@ pub mod batch {
         },
     });
 }
+
+/// The `inbound-connector` world: a connector's inbound side (`describe-inbound`, `receive`). A component gets
+/// these bindings only when it exports the `inbound` interface; its imports and types are the ones above.
+pub mod inbound {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.1.0",
+        world: "inbound-connector",
+        imports: { default: trappable },
+        exports: { default: async },
+        with: {
+            "flowhost:connector/types": super::types,
+            "flowhost:connector/http": super::http,
+            "flowhost:connector/log": super::log,
+            "flowhost:connector/cache": super::cache,
+        },
+    });
+
+    pub use self::exports::flowhost::connector::inbound as wit;
+}

@@ -11,6 +11,7 @@ pub mod http_client;
 mod kv_cache;
 pub mod manifest;
 pub mod registry;
+mod receive;
 mod runtime;
 pub mod sandbox;
 pub mod secrets;

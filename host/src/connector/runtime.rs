@@ -13,6 +13,7 @@ use super::kv_cache::KvCache;
 use super::manifest::{Manifest, Validators};
 use super::sandbox::{ConnectionScope, LogLevel, LogLine, LogSource, SandboxLimits, StoreState};
 use super::secrets::{Redactor, SecretStore, secret_reference};
+use crate::inbound::InboundInfo;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -73,7 +74,7 @@ pub struct Runtime {
     inner: Arc<RuntimeInner>,
 }
 
-struct RuntimeInner {
+pub(super) struct RuntimeInner {
     engine: Engine,
     linker: Linker<StoreState>,
     disk: Option<DiskCache>,
@@ -82,7 +83,7 @@ struct RuntimeInner {
     loaded: Mutex<HashMap<String, Weak<Connector>>>,
     http: Arc<Fetcher>,
     cache: Arc<KvCache>,
-    limits: SandboxLimits,
+    pub(super) limits: SandboxLimits,
     slots: Semaphore,
 }
 
@@ -176,6 +177,12 @@ impl Runtime {
             .result
             .map_err(|e| LoadError::Describe(format!("batched-capabilities: {e}")))?,
         };
+        // A component that also exports the `inbound` interface receives its vendor's requests.
+        let inbound_pre = bindings::inbound::InboundConnectorPre::new(instance_pre.clone()).ok();
+        let inbound = match &inbound_pre {
+            None => None,
+            Some(inbound_pre) => Some(super::receive::describe_inbound(&self.inner, inbound_pre).await?),
+        };
         let pre = bindings::ConnectorPre::new(instance_pre).map_err(|e| LoadError::Contract(format!("{e:#}")))?;
 
         let describe = run_sandboxed(&self.inner, &pre, deny_all_scope(), |instance, store| {
@@ -193,6 +200,8 @@ impl Runtime {
             pre,
             batch_pre: batch_pre.filter(|_| !batched_capabilities.is_empty()),
             batched_capabilities,
+            inbound_pre,
+            inbound,
             load_source: source,
             load_time,
         });
@@ -205,7 +214,7 @@ impl Runtime {
 
 /// A loaded connector component, ready to invoke.
 pub struct Connector {
-    runtime: Arc<RuntimeInner>,
+    pub(super) runtime: Arc<RuntimeInner>,
     hash: String,
     manifest: Manifest,
     validators: Validators,
@@ -214,6 +223,10 @@ pub struct Connector {
     batch_pre: Option<bindings::batch::BatchConnectorPre<StoreState>>,
     /// The capabilities whose calls are batched (from `batched-capabilities`).
     batched_capabilities: Vec<String>,
+    /// Present when the component exports the `inbound` interface.
+    pub(super) inbound_pre: Option<bindings::inbound::InboundConnectorPre<StoreState>>,
+    /// What its inbound side produces (from `describe-inbound`).
+    pub(super) inbound: Option<InboundInfo>,
     load_source: LoadSource,
     load_time: Duration,
 }
@@ -239,7 +252,7 @@ pub struct Connection {
     name: String,
     connector_id: String,
     public_config: Value,
-    resolved_config: SecretString,
+    pub(super) resolved_config: SecretString,
     egress: Arc<EgressPolicy>,
     cache_scope: String,
     redactor: Arc<Redactor>,
@@ -513,7 +526,7 @@ impl Connector {
         run_sandboxed(&self.runtime, &self.pre, deny_all_scope(), |_, _| Box::pin(async { Ok(()) })).await.result
     }
 
-    fn scope(&self, connection: &Connection) -> ConnectionScope {
+    pub(super) fn scope(&self, connection: &Connection) -> ConnectionScope {
         ConnectionScope {
             egress: connection.egress.clone(),
             cache_scope: Some(connection.cache_scope.clone()),
@@ -569,21 +582,21 @@ fn split_batch(
     results.into_iter().map(|result| Invocation { result, log: log.clone(), duration }).collect()
 }
 
-fn deny_all_scope() -> ConnectionScope {
+pub(super) fn deny_all_scope() -> ConnectionScope {
     ConnectionScope { egress: Arc::new(EgressPolicy::deny_all()), cache_scope: None, redactor: Arc::default() }
 }
 
 /// What `run_sandboxed` reports besides the call's own result.
-struct Outcome<R> {
-    result: Result<R, InvokeError>,
-    log: Vec<LogLine>,
-    duration: Duration,
+pub(super) struct Outcome<R> {
+    pub result: Result<R, InvokeError>,
+    pub log: Vec<LogLine>,
+    pub duration: Duration,
     /// Why the egress policy refused a request during the call, if it did.
-    denied_egress: Option<String>,
+    pub denied_egress: Option<String>,
 }
 
 /// Maps a connector's own error, and the host's knowledge of refused egress, onto the invocation result.
-fn flatten<R, T>(
+pub(super) fn flatten<R, T>(
     outcome: Outcome<Result<R, bindings::types::ConnectorError>>,
     redactor: &Redactor,
     convert: impl FnOnce(R) -> Result<T, InvokeError>,
@@ -619,16 +632,23 @@ fn connector_error(error: bindings::types::ConnectorError, redactor: &Redactor) 
     }
 }
 
-type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>;
+pub(super) type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>;
 
 /// The pre-instantiated bindings of one world (`connector` or `batch-connector`).
-trait WorldPre: Sync {
+pub(super) trait WorldPre: Sync {
     type Instance: Send + Sync;
     fn instantiate<'a>(&'a self, store: &'a mut Store<StoreState>) -> CallFuture<'a, Self::Instance>;
 }
 
 impl WorldPre for bindings::ConnectorPre<StoreState> {
     type Instance = bindings::Connector;
+    fn instantiate<'a>(&'a self, store: &'a mut Store<StoreState>) -> CallFuture<'a, Self::Instance> {
+        Box::pin(self.instantiate_async(store))
+    }
+}
+
+impl WorldPre for bindings::inbound::InboundConnectorPre<StoreState> {
+    type Instance = bindings::inbound::InboundConnector;
     fn instantiate<'a>(&'a self, store: &'a mut Store<StoreState>) -> CallFuture<'a, Self::Instance> {
         Box::pin(self.instantiate_async(store))
     }
@@ -643,7 +663,7 @@ impl WorldPre for bindings::batch::BatchConnectorPre<StoreState> {
 
 /// Runs one call in a fresh instance from the pool, under the memory limit, the epoch deadline and the
 /// wall-clock timeout. A trap or a timeout drops the instance; the runtime goes on serving.
-async fn run_sandboxed<P, R, F>(runtime: &RuntimeInner, pre: &P, scope: ConnectionScope, call: F) -> Outcome<R>
+pub(super) async fn run_sandboxed<P, R, F>(runtime: &RuntimeInner, pre: &P, scope: ConnectionScope, call: F) -> Outcome<R>
 where
     P: WorldPre,
     R: Send,

@@ -1,20 +1,19 @@
-//! The inbound worker: claims the inbound messages recorded by `POST /v1/inbound/mparticle`, maps each event
-//! onto the flows whose `inbound` trigger matches it (event type, custom event name, the customer's identity),
-//! and settles the message together with the runs it produced, in one transaction. Events nothing maps are
-//! kept and reported, never dropped silently.
+//! The inbound worker: claims the inbound messages recorded by `POST /v1/inbound/{connection}`, matches each
+//! of their normalized events against the flows whose `inbound` trigger names the connection (event type, event
+//! name, environment, the customer's identity), and settles the message together with the runs it produced, in
+//! one transaction. Events nothing maps are kept and reported, never dropped silently.
 
-use super::service::{Shared, ordering_key};
+use super::shared::{Shared, ordering_key};
 use crate::flow::Trigger;
-use crate::inbound::{InboundEvent, mparticle};
+use crate::inbound::{
+    InboundEvent, InboundFilter, InboundRequest, TriggerMatch, match_trigger, stored_events,
+};
 use crate::store::{InboundOutcome, NewRun, StoredInbound, now_ms};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
 const CLAIM_BATCH: usize = 64;
-
-/// The identity that names the customer when a flow's trigger does not say.
-pub const DEFAULT_CUSTOMER_IDENTITY: &str = "customer_id";
 
 pub(crate) async fn run(shared: Arc<Shared>) {
     loop {
@@ -48,7 +47,10 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 
 async fn process(shared: &Shared, message: StoredInbound) {
     let Some(lease) = message.lease() else { return };
-    let (outcome, runs) = map_message(shared, &message);
+    let (outcome, runs) = match events_of(shared, &message).await {
+        Ok(events) => map_events(shared, &message, &events),
+        Err(error) => (InboundOutcome::Failed { error: json!({"message": error}) }, Vec::new()),
+    };
     let flows: Vec<String> = runs.iter().map(|r| r.flow_id.clone()).collect();
     match shared.store.complete_inbound(&lease, &outcome, &runs).await {
         Ok(_) => {
@@ -65,44 +67,73 @@ async fn process(shared: &Shared, message: StoredInbound) {
     }
 }
 
-/// The runs a message starts, and how it is settled.
-fn map_message(shared: &Shared, message: &StoredInbound) -> (InboundOutcome, Vec<NewRun>) {
-    let parsed = match mparticle::parse(&message.body) {
-        Ok(parsed) => parsed,
-        Err(error) => return (InboundOutcome::Failed { error: json!({"message": error.to_string()}) }, Vec::new()),
+/// The message's normalized events, as its connector returned them when the message was accepted. A message
+/// that an earlier version stored as the raw body it received is normalized by the connection's connector now.
+async fn events_of(shared: &Shared, message: &StoredInbound) -> Result<Vec<InboundEvent>, String> {
+    if let Some(events) = stored_events(&message.body) {
+        return events;
+    }
+    let endpoint = shared.inbound.get(&message.connection).ok_or_else(|| {
+        format!("the message was stored raw and connection `{}` no longer takes inbound requests", message.connection)
+    })?;
+    let (connector, connection) = endpoint.connector();
+    let request = InboundRequest {
+        method: "POST".into(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: serde_json::to_vec(&message.body).unwrap_or_default(),
+        // It was authenticated when it was accepted.
+        authenticated: true,
+        received_at_ms: message.received_at,
+        ..InboundRequest::default()
     };
+    match connector.receive(connection, &request).await.result {
+        Ok(received) => Ok(received.events),
+        Err(error) => Err(format!("the message was stored raw and its connector cannot read it now: {error}")),
+    }
+}
+
+/// The runs a message's events start, and how the message is settled.
+fn map_events(shared: &Shared, message: &StoredInbound, events: &[InboundEvent]) -> (InboundOutcome, Vec<NewRun>) {
     let active = shared.active();
     let flows = active.inbound.get(&message.connection).map(Vec::as_slice).unwrap_or_default();
     let mut runs = Vec::new();
     let mut unmatched = Vec::new();
-    for (index, event) in parsed.events().iter().enumerate() {
+    for (index, event) in events.iter().enumerate() {
         let mut matched = false;
         let mut reasons = Vec::new();
         for flow in flows {
-            let Trigger::Inbound { event_type, event_name, customer_identity, .. } = &flow.flow().trigger else {
+            let Trigger::Inbound { event_type, event_name, environment, customer_identity, .. } = &flow.flow().trigger
+            else {
                 continue;
             };
-            if event_type.as_ref().is_some_and(|t| *t != event.event_type)
-                || event_name.as_ref().is_some_and(|n| event.event_name.as_ref() != Some(n))
-            {
-                continue;
-            }
-            let identity = customer_identity.as_deref().unwrap_or(DEFAULT_CUSTOMER_IDENTITY);
-            let Some(customer) = event.identities.get(identity).cloned() else {
-                reasons.push(format!("flow {} needs the `{identity}` identity, which the event lacks", flow.id()));
-                continue;
+            let filter = InboundFilter {
+                event_type: event_type.as_deref(),
+                event_name: event_name.as_deref(),
+                environment: environment.as_deref(),
+                customer_identity: customer_identity.as_deref(),
+            };
+            let customer = match match_trigger(&filter, event) {
+                TriggerMatch::Other => continue,
+                TriggerMatch::NoCustomer { identity } => {
+                    reasons.push(format!("flow {} needs the `{identity}` identity, which the event lacks", flow.id()));
+                    continue;
+                }
+                TriggerMatch::Customer(customer) => customer,
             };
             matched = true;
-            let trigger = InboundEvent { customer: Some(customer.clone()), ..event.clone() }.to_value();
             runs.push(NewRun {
                 flow_id: flow.id().to_string(),
                 flow_version: flow.flow().version.clone(),
                 connections: flow.flow().connections.keys().cloned().collect(),
                 ordering_key: ordering_key(flow.id(), Some(&customer)),
+                event: event.trigger(Some(&customer)),
                 customer: Some(customer),
-                event: trigger,
-                // A message processed twice (after a crash) does not start its runs twice.
-                dedup_key: Some(format!("inbound/{}/{index}", message.id)),
+                // An event sent again (in another message) or a message processed twice (after a crash) does
+                // not start its runs twice.
+                dedup_key: Some(match &event.message_id {
+                    Some(id) => format!("inbound/{}/event/{id}", message.connection),
+                    None => format!("inbound/{}/{index}", message.id),
+                }),
             });
         }
         if !matched {

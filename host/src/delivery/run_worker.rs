@@ -5,7 +5,7 @@
 //! that was in flight (with the same idempotency key), and the runs of its key that finished before it in the
 //! same turn but were not yet recorded done.
 
-use super::service::Shared;
+use super::shared::Shared;
 use crate::flow::{Checkpoint, CheckpointSink, NodeError, Outcome, Run, Stop};
 use crate::store::{Completion, Lease, NewOutboxEvent, RunCompletion, StoreError, StoredRun, add_ms, now_ms};
 use serde_json::{Value, json};

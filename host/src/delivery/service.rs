@@ -3,102 +3,25 @@
 //! dead-letter what ran out of attempts, and write emitted events to the outbox. `flowhost serve` is this
 //! service behind HTTP; a platform can embed it the same way.
 
-use super::group_commit::{GroupCommit, GroupCommitConfig, GroupCommitError};
+use super::completion_batch::CompletionBatch;
+use super::config::ServiceConfig;
+use super::group_commit::{GroupCommit, GroupCommitError};
+use super::inbound_endpoint::{self, InboundConnection, InboundEndpoint, InboundError, InboundReceipt};
 use super::metrics::Metrics;
+use super::shared::{ActiveFlows, Shared, ordering_key};
 use super::{inbound_worker, run_worker};
-use crate::connector::secrets::token_matches;
-use crate::flow::{EmittedEvent, LoadedFlow, Problem, Trigger};
-use crate::inbound::mparticle;
-use crate::store::{ConnectionHold, InboundMessage, NewRun, Store, StoreError};
+use crate::flow::{EmittedEvent, Problem, Trigger};
+use crate::inbound::InboundRequest;
+use crate::store::{ConnectionHold, NewRun, Store, StoreError};
 use crate::{Host, connector::FieldError};
-use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// How the service works.
-#[derive(Debug, Clone)]
-pub struct ServiceConfig {
-    /// This process's name in leases; unique per process.
-    pub worker: String,
-    /// Runs executed at the same time.
-    pub concurrency: usize,
-    /// How long a claimed run is reserved to this process; renewed while it runs. A crashed process's
-    /// runs are taken over after this.
-    pub lease: Duration,
-    /// How often idle workers look for due work (resends coming due, expired leases).
-    pub idle_poll: Duration,
-    pub group_commit: GroupCommitConfig,
-    /// Which finished runs keep their trace (every node's input, output, attempts and log).
-    pub traces: TraceRetention,
-}
-
-/// Which runs keep their trace once they end. A trace is most of what a completion writes, so keeping only the
-/// traces of runs that did not succeed lets one SQLite writer deliver more (BENCHMARKS.md, "Sixth round"). A
-/// run that succeeded keeps everything else: its event, status, attempts and times.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TraceRetention {
-    /// Every run that ends keeps its trace.
-    #[default]
-    All,
-    /// Only runs that failed or were dead-lettered keep their trace.
-    Failures,
-}
-
-impl TraceRetention {
-    /// Whether a run that ended this way keeps its trace.
-    pub fn keeps(self, succeeded: bool) -> bool {
-        match self {
-            TraceRetention::All => true,
-            TraceRetention::Failures => !succeeded,
-        }
-    }
-
-    /// The name in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TraceRetention::All => "all",
-            TraceRetention::Failures => "failures",
-        }
-    }
-}
-
-impl std::str::FromStr for TraceRetention {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "all" => Ok(TraceRetention::All),
-            "failures" => Ok(TraceRetention::Failures),
-            other => Err(format!("unknown trace retention `{other}`: use `all` or `failures`")),
-        }
-    }
-}
-
-impl std::fmt::Display for TraceRetention {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Default for ServiceConfig {
-    fn default() -> Self {
-        ServiceConfig {
-            worker: format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
-            concurrency: 256,
-            lease: Duration::from_secs(30),
-            idle_poll: Duration::from_millis(100),
-            group_commit: GroupCommitConfig::default(),
-            traces: TraceRetention::All,
-        }
-    }
-}
 
 /// A loyalty event handed to the service (`POST /v1/events`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,41 +75,6 @@ pub enum AcceptError {
     Queue(#[from] GroupCommitError),
 }
 
-/// Why an inbound message was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum InboundError {
-    /// No token, or one that no connection has.
-    #[error("missing or wrong token: send `Authorization: Bearer <token>` or `Token <token>`")]
-    Unauthorized,
-    #[error("connection `{0}` is disconnected; it takes no inbound messages until it is reconnected")]
-    Disconnected(String),
-    #[error("malformed message: {0}")]
-    Malformed(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// What the sender gets back for an accepted inbound message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InboundReceipt {
-    /// The stored message's id.
-    pub id: String,
-    /// The answer the sender's protocol expects (a Firehose response), if any.
-    pub response: Option<Value>,
-}
-
-/// An inbound connection: the token its sender presents.
-pub struct InboundConnection {
-    pub name: String,
-    pub token: SecretString,
-}
-
-impl std::fmt::Debug for InboundConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InboundConnection").field("name", &self.name).field("token", &"<secret>").finish()
-    }
-}
-
 /// Why a connection could not be reconnected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
@@ -196,71 +84,6 @@ pub enum ConnectionError {
     Incomplete { name: String, missing: String },
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// The flows that run, by what triggers them. Flows that use a disconnected connection are left out.
-#[derive(Default)]
-pub(crate) struct ActiveFlows {
-    pub by_id: HashMap<String, Arc<LoadedFlow>>,
-    pub by_event: HashMap<String, Vec<Arc<LoadedFlow>>>,
-    pub inbound: HashMap<String, Vec<Arc<LoadedFlow>>>,
-    /// Flows not running, with the held connection that stopped them.
-    pub stopped: HashMap<String, String>,
-}
-
-impl ActiveFlows {
-    fn build(flows: &[Arc<LoadedFlow>], held: &BTreeSet<String>) -> Self {
-        let mut active = ActiveFlows::default();
-        for flow in flows {
-            if let Some(connection) = flow.flow().connections.keys().find(|name| held.contains(*name)) {
-                active.stopped.insert(flow.id().to_string(), connection.clone());
-                continue;
-            }
-            active.by_id.insert(flow.id().to_string(), flow.clone());
-            match &flow.flow().trigger {
-                Trigger::Event { event, .. } => active.by_event.entry(event.clone()).or_default().push(flow.clone()),
-                Trigger::Inbound { connection, .. } => {
-                    active.inbound.entry(connection.clone()).or_default().push(flow.clone())
-                }
-            }
-        }
-        active
-    }
-}
-
-type EmitCallback = Arc<dyn Fn(&EmittedEvent) + Send + Sync>;
-
-/// What the workers share with the service.
-pub(crate) struct Shared {
-    pub host: Host,
-    pub store: Arc<dyn Store>,
-    pub config: ServiceConfig,
-    pub metrics: Metrics,
-    flows: Vec<Arc<LoadedFlow>>,
-    active: RwLock<Arc<ActiveFlows>>,
-    inbound: Vec<InboundConnection>,
-    /// Wakes the run workers when runs were enqueued.
-    pub runs_waiting: Notify,
-    /// Wakes the inbound worker when a message was recorded.
-    pub inbound_waiting: Notify,
-    /// Cancelled when the service stops taking new work.
-    pub stopping: CancellationToken,
-    pub on_emit: RwLock<Option<EmitCallback>>,
-    /// Completions committed together.
-    pub completions: super::completion_batch::CompletionBatch,
-}
-
-impl Shared {
-    pub fn active(&self) -> Arc<ActiveFlows> {
-        self.active.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
-    }
-
-    pub fn emit(&self, event: &EmittedEvent) {
-        let callback = self.on_emit.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        if let Some(callback) = callback {
-            callback(event);
-        }
-    }
 }
 
 /// The durable service. Create it with [`Service::start`], inside a Tokio runtime.
@@ -306,6 +129,7 @@ impl Service {
         }
         let held: BTreeSet<String> = store.held_connections().await?.into_iter().collect();
         let active = ActiveFlows::build(&flows, &held);
+        let inbound = InboundEndpoint::build(&flows, inbound);
         let shared = Arc::new(Shared {
             host,
             store: store.clone(),
@@ -317,7 +141,7 @@ impl Service {
             inbound_waiting: Notify::new(),
             stopping: CancellationToken::new(),
             on_emit: RwLock::new(None),
-            completions: super::completion_batch::CompletionBatch::new(store.clone()),
+            completions: CompletionBatch::new(store.clone()),
             config,
         });
         let commit = GroupCommit::new(store, shared.config.group_commit);
@@ -426,48 +250,19 @@ impl Service {
             .collect()
     }
 
-    /// Finds the inbound connection whose token `authorization` (`Bearer <token>` or `Token <token>`)
-    /// carries. Every token is compared in constant time, so the answer's timing tells nothing.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<&str, InboundError> {
-        let presented = authorization
-            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("Token ")))
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
-            .ok_or(InboundError::Unauthorized)?;
-        // No early exit: every token is compared, whichever matches.
-        let mut found = None;
-        for connection in &self.shared.inbound {
-            if token_matches(presented, &connection.token) {
-                found = Some(connection.name.as_str());
-            }
-        }
-        found.ok_or(InboundError::Unauthorized)
+    /// Checks an inbound request before its body is read: the connection takes inbound requests, is not
+    /// disconnected, and `authorization` carries its token, compared in constant time (or the connector takes
+    /// requests without it: public requests, or requests it verifies itself). Returns whether the request
+    /// carried the token.
+    pub fn admit_inbound(&self, connection: &str, authorization: Option<&str>) -> Result<bool, InboundError> {
+        inbound_endpoint::admit(&self.shared, connection, authorization)
     }
 
-    /// Accepts a message mParticle sent (webhook output or Firehose) for `connection`, as named by
-    /// [`authenticate`](Service::authenticate): it is checked, recorded durably, and answered; the inbound
-    /// worker maps it to runs.
-    pub async fn receive_mparticle(&self, connection: &str, body: &Value) -> Result<InboundReceipt, InboundError> {
-        let connection = connection.to_string();
-        if self.shared.active().stopped.values().any(|held| *held == connection) {
-            return Err(InboundError::Disconnected(connection));
-        }
-        let message = mparticle::parse(body).map_err(|e| InboundError::Malformed(e.to_string()))?;
-        let response = mparticle::response(&message);
-        // A verification request or a registration carries nothing to process: answered, not stored.
-        if message.events().is_empty() {
-            return Ok(InboundReceipt { id: String::new(), response });
-        }
-        let record = InboundMessage {
-            connection,
-            source: message.source().to_string(),
-            external_id: message.external_id(),
-            body: body.clone(),
-        };
-        let id = self.shared.store.record_inbound(&record).await?;
-        self.shared.metrics.inbound_received();
-        self.shared.inbound_waiting.notify_waiters();
-        Ok(InboundReceipt { id, response })
+    /// Hands an admitted inbound request to the connection's connector (`receive`), stores the events it
+    /// returns durably, once, and returns the connector's answer for the sender. The inbound worker maps the
+    /// stored events to runs.
+    pub async fn receive(&self, connection: &str, request: &InboundRequest) -> Result<InboundReceipt, InboundError> {
+        inbound_endpoint::receive(&self.shared, connection, request).await
     }
 
     /// Disconnect: holds the connection in the store (its queued runs and inbound messages are kept, not
@@ -488,9 +283,9 @@ impl Service {
             .flows
             .iter()
             .any(|f| f.flow().connections.contains_key(name) && matches!(f.flow().trigger, Trigger::Event { .. }));
-        let inbound = self.shared.inbound.iter().any(|c| c.name == name);
+        let inbound = self.shared.inbound.contains_key(name);
         let missing: Vec<&str> =
-            [(!outbound).then_some("no outbound flow uses it"), (!inbound).then_some("it has no inbound token")]
+            [(!outbound).then_some("no outbound flow uses it"), (!inbound).then_some("it takes no inbound requests")]
                 .into_iter()
                 .flatten()
                 .collect();
@@ -544,15 +339,6 @@ impl Service {
                 grace.as_secs()
             );
         }
-    }
-}
-
-/// Runs of one key are delivered in order: a customer's events per flow. Events without a customer are not
-/// ordered against each other.
-pub(crate) fn ordering_key(flow: &str, customer: Option<&str>) -> String {
-    match customer {
-        Some(customer) => format!("{flow}/{customer}"),
-        None => format!("{flow}/-/{}", uuid::Uuid::new_v4()),
     }
 }
 

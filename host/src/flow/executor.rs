@@ -10,7 +10,8 @@
 //! host died is made again with the same idempotency key, so the remote side de-duplicates it.
 
 use super::expression::{Expression, Scope, Template};
-use super::model::{Action, Flow, Node, RetryPolicy};
+use super::model::{Action, Flow, Node};
+use super::retry::RetryPolicy;
 use super::trace::{Attempt, EmittedEvent, FlowFailure, NodeError, NodeStatus, NodeTrace, Run, RunStatus};
 use crate::connector::{Connection, Connector, InvocationContext, Redactor};
 use serde::{Deserialize, Serialize};
@@ -166,6 +167,11 @@ impl LoadedFlow {
 
     pub fn id(&self) -> &str {
         &self.flow.id
+    }
+
+    /// The connector and the set-up connection of one of the flow's connections.
+    pub fn connection(&self, name: &str) -> Option<(&Arc<Connector>, &Connection)> {
+        self.connections.get(name).map(|(connector, connection)| (connector, connection))
     }
 
     /// Validates an event against the trigger's schema; errors name the field by JSON pointer.
@@ -457,7 +463,7 @@ impl LoadedFlow {
                 };
                 let mut payload = payload.render(&scope).map_err(expression_error)?;
                 if !fields.is_empty() {
-                    let mapped = crate::inbound::mapping::map_fields(fields, &state.trigger)
+                    let mapped = super::emit_mapping::map_fields(fields, &state.trigger)
                         .map_err(|e| expression_error(e.to_string()))?;
                     match &mut payload {
                         Value::Object(object) => object.extend(mapped),

@@ -72,6 +72,7 @@ pub fn lint(flow: &Flow, registry: &ConnectorRegistry) -> Vec<Problem> {
         problems.push(problem("/version", format!("{:?} is not a semantic version (e.g. 1.0.0): {e}", flow.version)));
     }
     lint_trigger(flow, &mut problems);
+    lint_inbound_trigger(flow, registry, &mut problems);
     let manifests = lint_connections(flow, registry, &mut problems);
 
     let mut placed: Vec<Placed> = Vec::new();
@@ -142,6 +143,59 @@ fn lint_trigger(flow: &Flow, problems: &mut Vec<Problem>) {
                 problems.push(problem("/trigger/connection", format!("no connection named {connection:?}")));
             }
         }
+    }
+}
+
+/// An inbound trigger asks only for what its connection's connector declares: an inbound side, one of its
+/// event types, one of its identities, and an environment flowhost knows.
+fn lint_inbound_trigger(flow: &Flow, registry: &ConnectorRegistry, problems: &mut Vec<Problem>) {
+    let Trigger::Inbound { connection, event_type, environment, customer_identity, .. } = &flow.trigger else {
+        return;
+    };
+    if let Some(environment) = environment
+        && !["development", "production"].contains(&environment.as_str())
+    {
+        problems.push(problem(
+            "/trigger/environment",
+            format!("{environment:?} is not an environment: use \"development\" or \"production\""),
+        ));
+    }
+    // An unknown connection or connector is reported with the connections.
+    let Some(spec) = flow.connections.get(connection) else { return };
+    let Ok(connector) = registry.resolve(&spec.connector, &spec.version) else { return };
+    let id = &connector.manifest().id;
+    let Some(inbound) = connector.inbound() else {
+        problems.push(problem(
+            "/trigger/connection",
+            format!("connection {connection:?} uses connector {id}, which has no inbound side (it does not export `receive`)"),
+        ));
+        return;
+    };
+    let declared = [
+        ("eventType", event_type.as_deref(), &inbound.event_types, "event types"),
+        ("customerIdentity", customer_identity.as_deref(), &inbound.identities, "identities"),
+    ];
+    for (field, asked, offered, what) in declared {
+        if let Some(asked) = asked
+            && !offered.iter().any(|o| o == asked)
+        {
+            problems.push(problem(
+                format!("/trigger/{field}"),
+                format!("connector {id} produces no {asked:?}; its {what}: {}", offered.join(", ")),
+            ));
+        }
+    }
+    if customer_identity.is_none()
+        && !inbound.identities.iter().any(|i| i == crate::inbound::DEFAULT_CUSTOMER_IDENTITY)
+    {
+        problems.push(problem(
+            "/trigger/customerIdentity",
+            format!(
+                "connector {id} has no {:?} identity, the default; name one of its identities: {}",
+                crate::inbound::DEFAULT_CUSTOMER_IDENTITY,
+                inbound.identities.join(", ")
+            ),
+        ));
     }
 }
 

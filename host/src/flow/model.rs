@@ -1,7 +1,7 @@
 //! The flow format, defined once as Rust types. `flows/schema.json` is generated from these types
 //! (`flowhost flow schema`), so editors can validate flow files; a test fails when it is stale.
 
-use crate::connector::ErrorKind;
+use super::retry::RetryPolicy;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -15,7 +15,7 @@ pub struct Flow {
     /// The JSON Schema this file follows, for editors (e.g. `./schema.json`).
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
-    /// A stable id, e.g. `point-add-to-mparticle`.
+    /// A stable id, e.g. `point-add-to-crm`.
     pub id: String,
     /// The flow's own semantic version, e.g. `1.0.0`.
     pub version: String,
@@ -52,19 +52,23 @@ pub enum Trigger {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         schema: Option<Value>,
     },
-    /// Events arriving from a connection's inbound webhook (e.g. mParticle sending events back).
+    /// Events arriving on a connection's inbound route (`POST /v1/inbound/{connection}`), as its connector
+    /// normalizes them.
     #[serde(rename_all = "camelCase")]
     Inbound {
         /// The connection (of this flow) whose inbound events start runs.
         connection: String,
-        /// The event type to match, e.g. `custom_event` or `commerce_event`; any when absent.
+        /// The event type to match, one the connector declares (e.g. `custom_event`); any when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event_type: Option<String>,
-        /// For custom events, the event name to match; any when absent.
+        /// The event name to match (e.g. a custom event's); any when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event_name: Option<String>,
-        /// The mParticle identity that names the customer (`customer_id` when absent, or e.g. `email`,
-        /// `other_id_2`): it becomes `trigger.customer`, and events without it are not mapped (kept and
+        /// The environment to match, `development` or `production`, for sources that say; any when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        environment: Option<String>,
+        /// The identity that names the customer, one the connector declares (`customer_id` when absent, or
+        /// e.g. `email`): it becomes `trigger.customer`, and events without it are not mapped (kept and
         /// reported).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         customer_identity: Option<String>,
@@ -76,7 +80,7 @@ pub enum Trigger {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionSpec {
-    /// The connector id, e.g. `mparticle`.
+    /// The connector id, e.g. `http`.
     pub connector: String,
     /// A semantic version requirement, e.g. `^0.1`; any version when absent.
     #[serde(default = "any_version")]
@@ -237,62 +241,6 @@ pub struct Emit {
 pub struct Fail {
     /// Why; may contain `{{ }}`.
     pub message: String,
-}
-
-/// How a failed connector call is retried: exponential backoff with jitter, honouring Retry-After.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included (1 = no retry). The default, 6, is the first attempt and up to
-    /// five resends.
-    #[serde(default = "defaults::max_attempts")]
-    pub max_attempts: u32,
-    /// Delay before the first retry.
-    #[serde(default = "defaults::initial_delay_ms")]
-    pub initial_delay_ms: u64,
-    /// Each further delay is the previous one times this.
-    #[serde(default = "defaults::multiplier")]
-    pub multiplier: f64,
-    /// No delay is longer than this, except a longer Retry-After from the remote service.
-    #[serde(default = "defaults::max_delay_ms")]
-    pub max_delay_ms: u64,
-    /// A random fraction (0 to 1) of each delay added or removed, so that retries spread out.
-    #[serde(default = "defaults::jitter")]
-    pub jitter: f64,
-    /// The error kinds that are retried; by default the retryable ones (rate-limited, transient, timeout).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_on: Option<Vec<ErrorKind>>,
-}
-
-mod defaults {
-    pub fn max_attempts() -> u32 {
-        6
-    }
-    pub fn initial_delay_ms() -> u64 {
-        200
-    }
-    pub fn multiplier() -> f64 {
-        2.0
-    }
-    pub fn max_delay_ms() -> u64 {
-        30_000
-    }
-    pub fn jitter() -> f64 {
-        0.2
-    }
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: defaults::max_attempts(),
-            initial_delay_ms: defaults::initial_delay_ms(),
-            multiplier: defaults::multiplier(),
-            max_delay_ms: defaults::max_delay_ms(),
-            jitter: defaults::jitter(),
-            retry_on: None,
-        }
-    }
 }
 
 /// The JSON Schema of flow files.

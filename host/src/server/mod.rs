@@ -3,7 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/events` | one loyalty event, an array, or `{"events": [...]}`; 202 with the run ids once durable |
-//! | `POST /v1/inbound/mparticle` | what mParticle sends (webhook output or Firehose), authenticated by a connection's token |
+//! | `POST /v1/inbound/{connection}[/…]` | what a connection's sender posts, handed to its connector's `receive`; the connection's token, unless its connector verifies requests itself |
 //! | `GET /v1/runs?customer=&flow=&status=&before=&limit=` | the workflow log, newest first |
 //! | `GET /v1/runs/{id}` | one run with its trace |
 //! | `GET /v1/queue?status=` | the resend queue: queued, leased, held and dead runs |
@@ -19,16 +19,18 @@
 pub mod config;
 
 use crate::connector::secrets::token_matches;
-use crate::delivery::{AcceptError, ConnectionError, InboundError, LoyaltyEvent, Service};
+use crate::connector::ErrorKind;
+use crate::delivery::{AcceptError, ConnectionError, InboundError, InboundReceipt, LoyaltyEvent, Service};
+use crate::inbound::InboundRequest;
 use crate::store::{
-    InboundFilter, InboundState, RunFilter, RunState, StoreError, StoredInbound, StoredRun, parse_states,
+    InboundFilter, InboundState, RunFilter, RunState, StoreError, StoredInbound, StoredRun, now_ms, parse_states,
 };
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::{Json, Router};
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -59,7 +61,8 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_api_token));
     Router::new()
         .merge(admin)
-        .route("/v1/inbound/mparticle", post(inbound_mparticle))
+        .route("/v1/inbound/{connection}", any(inbound))
+        .route("/v1/inbound/{connection}/{*path}", any(inbound_below))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
@@ -151,26 +154,102 @@ async fn post_events(State(state): State<ApiState>, body: Body) -> Response {
     }
 }
 
-async fn inbound_mparticle(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    // Authenticate before reading the body, so an unauthenticated sender costs nothing.
-    let connection = match state.service.authenticate(authorization) {
-        Ok(connection) => connection.to_string(),
-        Err(e) => return error(StatusCode::UNAUTHORIZED, e.to_string()),
+async fn inbound(state: State<ApiState>, Path(connection): Path<String>, request: Request) -> Response {
+    receive(state, connection, String::new(), request).await
+}
+
+async fn inbound_below(
+    state: State<ApiState>,
+    Path((connection, path)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    receive(state, connection, format!("/{path}"), request).await
+}
+
+/// An inbound request: admitted (connection, token) before its body is read, then handed to the connection's
+/// connector, its events stored, and the connector's answer given.
+async fn receive(State(state): State<ApiState>, connection: String, path: String, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let authenticated = match state.service.admit_inbound(&connection, authorization) {
+        Ok(authenticated) => authenticated,
+        Err(e) => return inbound_error(e),
     };
-    let value = match json_body(body, state.max_body_bytes).await {
-        Ok(value) => value,
-        Err(response) => return response,
+    let body = match axum::body::to_bytes(body, state.max_body_bytes).await {
+        Ok(bytes) => bytes.to_vec(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than the limit of {} bytes", state.max_body_bytes),
+            );
+        }
     };
-    match state.service.receive_mparticle(&connection, &value).await {
-        Ok(receipt) => match receipt.response {
-            Some(response) => (StatusCode::OK, Json(response)).into_response(),
-            None => (StatusCode::ACCEPTED, Json(json!({"id": receipt.id}))).into_response(),
-        },
-        Err(InboundError::Unauthorized) => error(StatusCode::UNAUTHORIZED, InboundError::Unauthorized.to_string()),
-        Err(e @ InboundError::Disconnected(_)) => error(StatusCode::FORBIDDEN, e.to_string()),
-        Err(e @ InboundError::Malformed(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(InboundError::Store(e)) => store_error(e),
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != header::AUTHORIZATION)
+        .map(|(name, value)| (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+        .collect();
+    let request = InboundRequest {
+        method: parts.method.as_str().to_string(),
+        path,
+        query: parts.uri.query().unwrap_or_default().to_string(),
+        headers,
+        body,
+        authenticated,
+        received_at_ms: now_ms(),
+    };
+    match state.service.receive(&connection, &request).await {
+        Ok(receipt) => connector_answer(receipt),
+        Err(e) => inbound_error(e),
+    }
+}
+
+/// The connector's answer as an HTTP response, with the stored message's id in `flowhost-inbound-id`. A
+/// header the connector made up that HTTP cannot carry is left out.
+fn connector_answer(receipt: InboundReceipt) -> Response {
+    let status = StatusCode::from_u16(receipt.response.status).unwrap_or(StatusCode::OK);
+    let mut response = Response::new(Body::from(receipt.response.body));
+    *response.status_mut() = status;
+    for (name, value) in &receipt.response.headers {
+        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            (Ok(name), Ok(value)) => {
+                response.headers_mut().append(name, value);
+            }
+            _ => tracing::warn!(header = %name, "the connector's answer has a header HTTP cannot carry; left out"),
+        }
+    }
+    if let Some(id) = receipt.id.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+        response.headers_mut().insert("flowhost-inbound-id", id);
+    }
+    response
+}
+
+fn inbound_error(e: InboundError) -> Response {
+    match e {
+        InboundError::UnknownConnection(_) | InboundError::NoInboundSide { .. } => {
+            error(StatusCode::NOT_FOUND, e.to_string())
+        }
+        InboundError::Unauthorized(_) => error(StatusCode::UNAUTHORIZED, e.to_string()),
+        InboundError::Disconnected(_) => error(StatusCode::FORBIDDEN, e.to_string()),
+        InboundError::Malformed(ref fields) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({
+                "error": e.to_string(),
+                "fields": fields.iter().map(|f| json!({"pointer": f.pointer, "message": f.message})).collect::<Vec<_>>(),
+            })),
+        )
+            .into_response(),
+        InboundError::Connector(ref failure) => {
+            // Whether the sender should come back: a throttled or unreachable service may take it later.
+            let status = match failure.kind() {
+                ErrorKind::RateLimited | ErrorKind::Transient => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            tracing::warn!(error = %e, "an inbound request failed in its connector");
+            error(status, e.to_string())
+        }
+        InboundError::Store(e) => store_error(e),
     }
 }
 

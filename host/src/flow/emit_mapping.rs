@@ -1,8 +1,8 @@
-//! Antavo-style "inbound events data mapping": each target field of the loyalty event is either a reference
-//! `{field}` to a field of the inbound event's payload, or a literal value.
+//! The `{field}` mapping of emit nodes (an Antavo-style "inbound events data mapping"): each target field of
+//! the emitted event is either a reference `{field}` to a field of the inbound event, or a literal value.
 //!
-//! Antavo's rule is "enter the mParticle payload field name (e.g. `{coupon_code}`); without curly brackets it
-//! is treated as a value". flowhost's own templates use `{{ … }}` (CEL, see `flow::expression`), so a string
+//! The rule is "enter the payload field name (e.g. `{coupon_code}`); without curly brackets it is treated as a
+//! value". flowhost's own templates use `{{ … }}` (CEL, see `flow::expression`), so a string
 //! in double braces is never a reference here: it is left as a literal for the template engine.
 
 use serde_json::{Map, Value};
@@ -31,10 +31,10 @@ impl MappingError {
 /// Maps fields Antavo-style: a string value `{field}` takes that field of the inbound event's payload; anything
 /// else (other strings, numbers, objects) is a literal, kept as is.
 ///
-/// `event` is an [`InboundEvent::to_value`](super::InboundEvent::to_value). A `{name}` is looked up, first
+/// `event` is an [`InboundEvent::trigger`](crate::inbound::InboundEvent::trigger). A `{name}` is looked up, first
 /// match wins, in: the event's `attributes`, its `userAttributes`, the normalized top level (`customer`,
-/// `eventName`, `eventType`, `mpid`, `messageId`, `timestampMs`, `identities`, …), the raw `event`, and the raw
-/// event's `data` (Webhook output). A name with dots that matches no key as a whole is followed as a path in
+/// `eventName`, `eventType`, `messageId`, `timestampMs`, `identities`, the connector's extra fields, …), the raw `event`, and the raw
+/// event's `data` (sources that nest an event's fields there). A name with dots that matches no key as a whole is followed as a path in
 /// the same places, e.g. `{identities.email}` or `{product_action.coupon_code}`. A field present with value
 /// `null` maps to `null`; so does a normalized field the event leaves empty (e.g. `{customer}` before the host
 /// fills it), after the raw event had no such field either.
@@ -106,52 +106,55 @@ fn follow<'a>(mut value: &'a Value, path: &str) -> Option<&'a Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inbound::mparticle;
+    use crate::inbound::InboundEvent;
     use serde_json::json;
 
     fn mapping(value: Value) -> Map<String, Value> {
         value.as_object().expect("a mapping is an object").clone()
     }
 
-    /// A Firehose product action like the SDK samples', with attributes, user attributes and identities.
-    fn firehose_event() -> Value {
-        let body = json!({
-            "type": "event_processing_request", "id": "r", "firehose_version": "3.2.0", "mpid": "12345",
-            "user_identities": [
-                {"type": "customer", "encoding": "raw", "value": "c-77"},
-                {"type": "email", "encoding": "raw", "value": "ann@example.com"}
-            ],
-            "user_attributes": {"$FirstName": "Ann", "tier": "gold", "shared": "from user"},
-            "events": [{
-                "type": "product_action", "id": "e-1", "timestamp_ms": 1714592744066i64, "action": "purchase",
-                "coupon_code": "SPRING", "total_amount": 11,
-                "attributes": {
-                    "store": "Boca", "shared": "from event", "gone": null, "a.b": "whole key", "a": {"b": "path"}
-                }
-            }]
-        });
-        let message = mparticle::parse(&body).unwrap();
-        let mut event = message.events()[0].clone();
-        event.customer = Some("c-77".into());
-        event.to_value()
+    fn object(value: Value) -> Map<String, Value> {
+        value.as_object().expect("an object").clone()
     }
 
-    /// A Webhook output custom event (fields under `data`).
-    fn webhook_event() -> Value {
-        let body = json!({
-            "batch_id": 1, "mpid": 42,
-            "events": [{"event_type": "commerce_event", "data": {
+    /// A purchase with attributes, user attributes, identities, an extra field and fields only in the raw event.
+    fn purchase() -> Value {
+        InboundEvent {
+            source: "shop.stream".into(),
+            event_type: "commerce_event".into(),
+            identities: vec![("customer_id".into(), "c-77".into()), ("email".into(), "ann@example.com".into())],
+            user_attributes: object(json!({"$FirstName": "Ann", "tier": "gold", "shared": "from user"})),
+            attributes: object(json!({
+                "store": "Boca", "shared": "from event", "gone": null, "a.b": "whole key", "a": {"b": "path"}
+            })),
+            message_id: Some("e-1".into()),
+            timestamp_ms: Some(1714592744066),
+            extra: object(json!({"deviceId": "12345", "sourceEventType": "product_action"})),
+            raw: json!({"type": "product_action", "id": "e-1", "coupon_code": "SPRING", "total_amount": 11}),
+            ..InboundEvent::default()
+        }
+        .trigger(Some("c-77"))
+    }
+
+    /// An event whose source nests its fields under `data`.
+    fn nested_event() -> Value {
+        InboundEvent {
+            source: "shop.batch".into(),
+            event_type: "commerce_event".into(),
+            extra: object(json!({"deviceId": "42"})),
+            raw: json!({"event_type": "commerce_event", "data": {
                 "session_uuid": "s-1", "product_action": {"action": "purchase", "coupon_code": "FALL"}
-            }}]
-        });
-        mparticle::parse(&body).unwrap().events()[0].to_value()
+            }}),
+            ..InboundEvent::default()
+        }
+        .trigger(None)
     }
 
     #[test]
     fn references_take_fields_from_attributes_then_user_attributes() {
         let mapped = map_fields(
             &mapping(json!({"store": "{store}", "name": "{$FirstName}", "tier": "{tier}", "shared": "{shared}"})),
-            &firehose_event(),
+            &purchase(),
         )
         .unwrap();
         assert_eq!(
@@ -164,7 +167,7 @@ mod tests {
     #[test]
     fn literals_are_kept_as_is() {
         let literals = json!({
-            "channel": "mparticle",
+            "channel": "shop",
             "points": 100,
             "ratio": 1.5,
             "flag": true,
@@ -179,13 +182,13 @@ mod tests {
             "open": "{store",
             "mixed": "code {store}",
         });
-        let mapped = map_fields(&mapping(literals.clone()), &firehose_event()).unwrap();
+        let mapped = map_fields(&mapping(literals.clone()), &purchase()).unwrap();
         assert_eq!(Value::Object(mapped), literals);
     }
 
     #[test]
     fn whitespace_around_a_reference_is_allowed() {
-        let mapped = map_fields(&mapping(json!({"store": "  { store } "})), &firehose_event()).unwrap();
+        let mapped = map_fields(&mapping(json!({"store": "  { store } "})), &purchase()).unwrap();
         assert_eq!(mapped["store"], "Boca");
         assert_eq!(field_reference(&json!(" { store } ")), Some("store"));
         assert_eq!(field_reference(&json!("{{ store }}")), None);
@@ -193,11 +196,11 @@ mod tests {
     }
 
     #[test]
-    fn normalized_fields_identities_and_the_raw_event() {
+    fn normalized_fields_identities_extra_fields_and_the_raw_event() {
         let mapped = map_fields(
             &mapping(json!({
                 "customer": "{customer}",
-                "mpid": "{mpid}",
+                "device": "{deviceId}",
                 "type": "{eventType}",
                 "received": "{sourceEventType}",
                 "id": "{messageId}",
@@ -208,14 +211,14 @@ mod tests {
                 "amount": "{total_amount}",
                 "exact": "{a.b}",
             })),
-            &firehose_event(),
+            &purchase(),
         )
         .unwrap();
         assert_eq!(
             Value::Object(mapped),
             json!({
                 "customer": "c-77",
-                "mpid": "12345",
+                "device": "12345",
                 "type": "commerce_event",
                 "received": "product_action",
                 "id": "e-1",
@@ -230,21 +233,22 @@ mod tests {
     }
 
     #[test]
-    fn webhook_fields_come_from_data() {
+    fn fields_nested_under_data_are_found() {
         let mapped = map_fields(
-            &mapping(json!({"session": "{session_uuid}", "coupon": "{product_action.coupon_code}", "mpid": "{mpid}"})),
-            &webhook_event(),
+            &mapping(
+                json!({"session": "{session_uuid}", "coupon": "{product_action.coupon_code}", "device": "{deviceId}"}),
+            ),
+            &nested_event(),
         )
         .unwrap();
-        assert_eq!(Value::Object(mapped), json!({"session": "s-1", "coupon": "FALL", "mpid": "42"}));
+        assert_eq!(Value::Object(mapped), json!({"session": "s-1", "coupon": "FALL", "device": "42"}));
     }
 
     #[test]
     fn a_missing_field_names_target_and_field() {
-        let error =
-            map_fields(&mapping(json!({"store": "{store}", "coupon": "{coupon}"})), &firehose_event()).unwrap_err();
+        let error = map_fields(&mapping(json!({"store": "{store}", "coupon": "{coupon}"})), &purchase()).unwrap_err();
         assert_eq!(error, MappingError { target: "coupon".into(), field: "coupon".into() });
-        let error = map_fields(&mapping(json!({"coupon": "{coupon_kode}"})), &firehose_event()).unwrap_err();
+        let error = map_fields(&mapping(json!({"coupon": "{coupon_kode}"})), &purchase()).unwrap_err();
         assert_eq!((error.target.as_str(), error.field.as_str()), ("coupon", "coupon_kode"));
         assert_eq!(
             error.within("fields").to_string(),
@@ -252,14 +256,14 @@ mod tests {
              the event and its data)"
         );
         for missing in ["{identities.phone}", "{a.c}", "{store.x}"] {
-            let error = map_fields(&mapping(json!({"t": missing})), &firehose_event()).unwrap_err();
+            let error = map_fields(&mapping(json!({"t": missing})), &purchase()).unwrap_err();
             assert_eq!(format!("{{{}}}", error.field), missing);
         }
     }
 
     #[test]
     fn null_values_map_to_null() {
-        let mut event = firehose_event();
+        let mut event = purchase();
         event["customer"] = Value::Null;
         let mapped =
             map_fields(&mapping(json!({"gone": "{gone}", "customer": "{customer}", "name": "{eventName}"})), &event)
@@ -269,8 +273,8 @@ mod tests {
 
     #[test]
     fn an_empty_normalized_field_falls_back_to_the_raw_event() {
-        // Firehose events carry `name`; a normalized null `eventName` does not hide a raw field of that name.
-        let mut event = firehose_event();
+        // A normalized null `eventName` does not hide a raw field of that name.
+        let mut event = purchase();
         event["event"]["eventName"] = json!("raw name");
         let mapped = map_fields(&mapping(json!({"name": "{eventName}"})), &event).unwrap();
         assert_eq!(mapped["name"], "raw name");

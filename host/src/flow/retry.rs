@@ -1,10 +1,68 @@
-//! How retries work: which failures are retried, and how long to wait before the next attempt
-//! (exponential backoff with jitter, honouring the remote service's Retry-After).
+//! How retries work: the policy a node (or the host) sets, which failures are retried, and how long to wait
+//! before the next attempt (exponential backoff with jitter, honouring the remote service's Retry-After).
 
 use crate::connector::ErrorKind;
-use crate::flow::RetryPolicy;
 use rand::Rng;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// How a failed connector call is retried: exponential backoff with jitter, honouring Retry-After.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 = no retry). The default, 6, is the first attempt and up to
+    /// five resends.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// Delay before the first retry.
+    #[serde(default = "defaults::initial_delay_ms")]
+    pub initial_delay_ms: u64,
+    /// Each further delay is the previous one times this.
+    #[serde(default = "defaults::multiplier")]
+    pub multiplier: f64,
+    /// No delay is longer than this, except a longer Retry-After from the remote service.
+    #[serde(default = "defaults::max_delay_ms")]
+    pub max_delay_ms: u64,
+    /// A random fraction (0 to 1) of each delay added or removed, so that retries spread out.
+    #[serde(default = "defaults::jitter")]
+    pub jitter: f64,
+    /// The error kinds that are retried; by default the retryable ones (rate-limited, transient, timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<Vec<ErrorKind>>,
+}
+
+mod defaults {
+    pub fn max_attempts() -> u32 {
+        6
+    }
+    pub fn initial_delay_ms() -> u64 {
+        200
+    }
+    pub fn multiplier() -> f64 {
+        2.0
+    }
+    pub fn max_delay_ms() -> u64 {
+        30_000
+    }
+    pub fn jitter() -> f64 {
+        0.2
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: defaults::max_attempts(),
+            initial_delay_ms: defaults::initial_delay_ms(),
+            multiplier: defaults::multiplier(),
+            max_delay_ms: defaults::max_delay_ms(),
+            jitter: defaults::jitter(),
+            retry_on: None,
+        }
+    }
+}
+
 
 /// The longest Retry-After honoured; a remote service asking for more is capped here.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);

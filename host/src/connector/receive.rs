@@ -1,0 +1,121 @@
+//! A connector's inbound side: `describe-inbound` once when the component is loaded, and `receive` for each
+//! request its vendor sends, in a fresh sandboxed instance like any other call. What the component returns is
+//! checked here (JSON objects where the contract says so), so that a hostile or broken connector cannot hand
+//! the host something it would store and fail on later.
+
+use super::bindings::inbound::{InboundConnectorPre, wit};
+use super::error::{InvokeError, LoadError};
+use super::runtime::{Connection, Connector, Invocation, RuntimeInner, deny_all_scope, flatten, run_sandboxed};
+use super::sandbox::StoreState;
+use crate::inbound::{InboundEvent, InboundInfo, InboundRequest, InboundResponse, Received};
+use secrecy::ExposeSecret;
+use serde_json::{Map, Value};
+
+/// Runs `describe-inbound` on a freshly loaded component.
+pub(super) async fn describe_inbound(
+    runtime: &RuntimeInner,
+    pre: &InboundConnectorPre<StoreState>,
+) -> Result<InboundInfo, LoadError> {
+    let described = run_sandboxed(runtime, pre, deny_all_scope(), |instance, store| {
+        Box::pin(instance.flowhost_connector_inbound().call_describe_inbound(store))
+    })
+    .await;
+    let info = described.result.map_err(|e| LoadError::Describe(format!("describe-inbound: {e}")))?;
+    Ok(InboundInfo {
+        event_types: info.event_types,
+        identities: info.identities,
+        public_requests: info.public_requests,
+        verifies_requests: info.verifies_requests,
+    })
+}
+
+impl Connector {
+    /// What the connector's inbound side produces; `None` when the component does not export `receive`.
+    pub fn inbound(&self) -> Option<&InboundInfo> {
+        self.inbound.as_ref()
+    }
+
+    /// Hands one request the connection's sender made to the connector's `receive`, in a fresh instance under
+    /// the sandbox's limits. A connector without an inbound side fails with `unknown-capability`.
+    pub async fn receive(&self, connection: &Connection, request: &InboundRequest) -> Invocation<Received> {
+        let Some(pre) = &self.inbound_pre else {
+            let error = InvokeError::UnknownCapability {
+                capability: "receive".into(),
+                offered: format!("{} (it has no inbound side)", self.manifest().capability_ids()),
+            };
+            return Invocation { result: Err(error), log: Vec::new(), duration: Default::default() };
+        };
+        let config = connection.resolved_config.expose_secret().to_string();
+        let request = wit::Request {
+            method: request.method.clone(),
+            path: request.path.clone(),
+            query: request.query.clone(),
+            headers: request.headers.clone(),
+            body: request.body.clone(),
+            authenticated: request.authenticated,
+            received_at_ms: request.received_at_ms,
+        };
+        let outcome = run_sandboxed(&self.runtime, pre, self.scope(connection), move |instance, store| {
+            Box::pin(async move { instance.flowhost_connector_inbound().call_receive(store, &config, &request).await })
+        })
+        .await;
+        flatten(outcome, connection.redactor(), received)
+    }
+}
+
+/// The host's form of what `receive` returned, checked against the contract.
+fn received(received: wit::Received) -> Result<Received, InvokeError> {
+    let events = received
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(index, event)| inbound_event(event).map_err(|message| broke_contract(&format!("event {index}: {message}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !(100..=599).contains(&received.response.status) {
+        return Err(broke_contract(&format!("the answer's status {} is not an HTTP status", received.response.status)));
+    }
+    Ok(Received {
+        events,
+        message_id: received.message_id.filter(|id| !id.is_empty()),
+        response: InboundResponse {
+            status: received.response.status,
+            headers: received.response.headers,
+            body: received.response.body,
+        },
+    })
+}
+
+fn inbound_event(event: wit::InboundEvent) -> Result<InboundEvent, String> {
+    if event.event_type.is_empty() {
+        return Err("the event type is empty".into());
+    }
+    Ok(InboundEvent {
+        source: event.source,
+        event_type: event.event_type,
+        event_name: event.event_name,
+        identities: event.identities,
+        attributes: object(&event.attributes, "attributes")?,
+        user_attributes: object(&event.user_attributes, "user-attributes")?,
+        environment: event.environment,
+        message_id: event.message_id.filter(|id| !id.is_empty()),
+        timestamp_ms: event.timestamp_ms,
+        extra: object(&event.extra, "extra")?,
+        raw: serde_json::from_str(&event.raw).map_err(|e| format!("raw is not JSON ({e})"))?,
+    })
+}
+
+/// A JSON object field; empty text stands for an empty object.
+fn object(text: &str, field: &str) -> Result<Map<String, Value>, String> {
+    if text.trim().is_empty() {
+        return Ok(Map::new());
+    }
+    match serde_json::from_str(text) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(format!("{field} is not a JSON object")),
+        Err(e) => Err(format!("{field} is not JSON ({e})")),
+    }
+}
+
+fn broke_contract(message: &str) -> InvokeError {
+    InvokeError::Crashed { message: format!("the connector broke the contract: receive returned {message}") }
+}
