@@ -3,7 +3,8 @@
 //! types both ways; nothing else.
 //!
 //! It exports the `batch-connector` world, so the host can hand it many calls at once (`invoke-batch`), which
-//! the core sends to the Events API as `/bulkevents` requests.
+//! the core sends to the Events API as `/bulkevents` requests, and the `inbound-connector` world (the SDK's
+//! `inbound` bindings): `receive` parses what mParticle posts (Webhook output, Firehose) into normalized events.
 
 use flowhost_connector_sdk::*;
 use mparticle_core as core;
@@ -117,6 +118,56 @@ impl batch::Guest for MParticle {
     }
 }
 
+impl inbound::Guest for MParticle {
+    fn describe_inbound() -> inbound::InboundInfo {
+        let info = core::describe_inbound();
+        inbound::InboundInfo {
+            event_types: info.event_types,
+            identities: info.identities,
+            public_requests: info.public_requests,
+        }
+    }
+
+    fn receive(connection: String, request: inbound::Request) -> Result<inbound::Received, ConnectorError> {
+        let connection = parse_connection(&connection)?;
+        let request = core::InboundRequest {
+            method: request.method,
+            path: request.path,
+            query: request.query,
+            headers: request.headers,
+            body: request.body,
+            authenticated: request.authenticated,
+            received_at_ms: request.received_at_ms,
+        };
+        let received = core::receive(&connection, &request).map_err(to_wit)?;
+        Ok(inbound::Received {
+            events: received.events.into_iter().map(to_wit_event).collect(),
+            message_id: received.message_id,
+            response: inbound::Response {
+                status: received.response.status,
+                headers: received.response.headers,
+                body: received.response.body,
+            },
+        })
+    }
+}
+
+fn to_wit_event(event: core::InboundEvent) -> inbound::InboundEvent {
+    inbound::InboundEvent {
+        source: event.source,
+        event_type: event.event_type,
+        event_name: event.event_name,
+        identities: event.identities,
+        attributes: serde_json::Value::Object(event.attributes).to_string(),
+        user_attributes: serde_json::Value::Object(event.user_attributes).to_string(),
+        environment: event.environment.map(|e| e.as_str().to_string()),
+        message_id: event.message_id,
+        timestamp_ms: event.timestamp_ms,
+        extra: serde_json::Value::Object(event.extra).to_string(),
+        raw: event.raw.to_string(),
+    }
+}
+
 fn to_core(context: InvocationContext) -> core::Context {
     core::Context {
         run_id: context.run_id,
@@ -196,3 +247,4 @@ fn to_wit(error: core::Error) -> ConnectorError {
 }
 
 batch::export!(MParticle with_types_in batch);
+flowhost_connector_sdk::export_inbound!(MParticle);

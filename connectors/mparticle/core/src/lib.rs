@@ -12,6 +12,9 @@
 //! - Events API (HTTP Basic with the server-to-server key and secret; every batch carries a
 //!   `source_request_id` derived from the invocation's idempotency key): `uploadEventBatch`,
 //!   `triggerMarketingCommunication`, `syncUserAttributes`.
+//!
+//! Inbound ([`receive`], [`describe_inbound`]): mParticle's Webhook output and Firehose requests, parsed into
+//! normalized events (Events API names) and answered as mParticle expects.
 
 pub mod batch;
 pub mod config;
@@ -19,6 +22,7 @@ pub mod error;
 pub mod events;
 pub mod host;
 pub mod http;
+pub mod inbound;
 pub mod input;
 pub mod manifest;
 pub mod oauth;
@@ -32,6 +36,7 @@ pub use batch::{
 pub use config::{Config, Environment, Pod};
 pub use error::{Error, FieldError};
 pub use host::{Host, HttpRequest, HttpResponse, Level, Method, TransportError};
+pub use inbound::{InboundEvent, InboundInfo, InboundRequest, InboundResponse, Received, describe_inbound, receive};
 pub use manifest::{CAPABILITY_IDS, Capability, ConnectionProperty, Manifest, describe};
 pub use validate::validate_batch;
 

@@ -95,6 +95,16 @@ const EVENT_TYPES: [EventType; 17] = [
     event("uninstall", &[], false),
 ];
 
+/// The names of the schema's `EventType` enum that no event definition matches: a batch sent with them does not
+/// validate, but mParticle may still send them to a partner (its Webhook output).
+pub const UNDEFINED_EVENT_TYPES: [&str; 2] = ["pre_attribution", "push_reaction"];
+
+/// Every name of the schema's `EventType` enum: the event types of its `oneOf`, then
+/// [`UNDEFINED_EVENT_TYPES`].
+pub fn event_type_names() -> impl Iterator<Item = &'static str> {
+    EVENT_TYPES.iter().map(|t| t.name).chain(UNDEFINED_EVENT_TYPES)
+}
+
 /// The top-level fields of an inbound batch (the schema's `properties`).
 const BATCH_FIELDS: [&str; 26] = [
     "source_request_id",
