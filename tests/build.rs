@@ -2,8 +2,16 @@
 
 use std::fmt::Write;
 
-const COMPONENTS: &[&str] =
-    &["echo", "fetcher", "infinite_loop", "memory_bomb", "stack_overflow", "panic", "mparticle_connector"];
+const COMPONENTS: &[&str] = &[
+    "echo",
+    "fetcher",
+    "infinite_loop",
+    "memory_bomb",
+    "stack_overflow",
+    "panic",
+    "signed_webhook",
+    "mparticle_connector",
+];
 
 fn main() {
     let root = connector_build::workspace_root(env!("CARGO_MANIFEST_DIR"));

@@ -1,5 +1,10 @@
 //! Shared pieces of the test connectors. Each binary in `src/bin` is one component, built for
 //! wasm32-wasip2 by the `flowhost-tests` build script.
+//!
+//! [`standard_webhooks`] is plain Rust (no WIT types): it is unit-tested natively, and the host's tests can
+//! use it to sign the requests they send to the `signed_webhook` component.
+
+pub mod standard_webhooks;
 
 use flowhost_connector_sdk::{Capability, ConnectionProperty, ConnectorInfo};
 
