@@ -2,9 +2,10 @@
 //! exactly as the CLI does.
 
 use crate::connector::{
-    ConnectionOptions, ConnectorRegistry, FieldError, LoadError, Runtime, RuntimeConfig, SecretStore,
+    ConnectionOptions, ConnectorRegistry, FieldError, InvokeError, LoadError, Runtime, RuntimeConfig, SecretStore,
 };
-use crate::flow::{EmittedEvent, Flow, LoadedFlow, Problem, RetryPolicy, Run, lint, parse};
+use crate::flow::{EmittedEvent, Flow, LoadedFlow, Problem, RetryPolicy, Run, Trigger, lint, parse};
+use crate::inbound::{InboundFilter, InboundRequest, InboundResponse, TriggerMatch, match_trigger};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -53,6 +54,21 @@ pub enum HostError {
 pub enum RunError {
     #[error("the event does not fit the trigger's schema: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     InvalidEvent(Vec<FieldError>),
+    #[error("flow {0} is not triggered by inbound requests (its trigger is not of type `inbound`)")]
+    NotInbound(String),
+    #[error("the connector did not receive the request: {0}")]
+    Receive(InvokeError),
+}
+
+/// What became of an inbound request run offline ([`Host::run_inbound`]).
+#[derive(Debug, Clone)]
+pub struct InboundRuns {
+    /// One run per event the flow's trigger matched, in the order of the events.
+    pub runs: Vec<Run>,
+    /// Why each other event did not start a run.
+    pub skipped: Vec<String>,
+    /// The answer the connector gives the sender.
+    pub response: InboundResponse,
 }
 
 type EmitCallback = Arc<dyn Fn(&EmittedEvent) + Send + Sync>;
@@ -141,6 +157,45 @@ impl Host {
         }
         LoadedFlow::compile(flow, connections, &self.config.default_retry)
             .map_err(|message| vec![Problem { pointer: String::new(), message }])
+    }
+
+    /// Runs an inbound flow for a request as its vendor sends it, without a service: the trigger's connector
+    /// receives it (`receive`), and the flow runs once for each event its trigger matches. For testing a
+    /// mapping offline (`flowhost run <flow> --inbound @payload.json`).
+    pub async fn run_inbound(&self, flow: &LoadedFlow, request: &InboundRequest) -> Result<InboundRuns, RunError> {
+        let Trigger::Inbound { connection, event_type, event_name, environment, customer_identity } =
+            &flow.flow().trigger
+        else {
+            return Err(RunError::NotInbound(flow.id().to_string()));
+        };
+        let (connector, wired) =
+            flow.connection(connection).expect("a loaded flow has its trigger's connection (checked by the linter)");
+        let received = connector.receive(wired, request).await.result.map_err(RunError::Receive)?;
+        let filter = InboundFilter {
+            event_type: event_type.as_deref(),
+            event_name: event_name.as_deref(),
+            environment: environment.as_deref(),
+            customer_identity: customer_identity.as_deref(),
+        };
+        let mut runs = Vec::new();
+        let mut skipped = Vec::new();
+        for (index, event) in received.events.iter().enumerate() {
+            match match_trigger(&filter, event) {
+                TriggerMatch::Customer(customer) => {
+                    let run_id = uuid::Uuid::new_v4().to_string();
+                    runs.push(flow.execute(run_id, event.trigger(Some(&customer)), self.on_emit.as_ref()).await);
+                }
+                TriggerMatch::NoCustomer { identity } => {
+                    skipped.push(format!("event {index} ({}): it lacks the `{identity}` identity", event.event_type))
+                }
+                TriggerMatch::Other => skipped.push(format!(
+                    "event {index} ({}{}): the trigger does not match it",
+                    event.event_type,
+                    event.event_name.as_deref().map(|n| format!(" `{n}`")).unwrap_or_default()
+                )),
+            }
+        }
+        Ok(InboundRuns { runs, skipped, response: received.response })
     }
 
     /// Runs a loaded flow for one event: validated against the trigger's schema first.

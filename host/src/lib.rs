@@ -12,4 +12,4 @@ pub mod server;
 pub mod store;
 
 pub use flow::{Flow, LoadedFlow, Run};
-pub use host::{Host, HostConfig, HostError, RunError};
+pub use host::{Host, HostConfig, HostError, InboundRuns, RunError};

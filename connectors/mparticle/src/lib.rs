@@ -125,6 +125,8 @@ impl inbound::Guest for MParticle {
             event_types: info.event_types,
             identities: info.identities,
             public_requests: info.public_requests,
+            // Requests carry the connection's token; mParticle does not sign them.
+            verifies_requests: false,
         }
     }
 

@@ -6,6 +6,7 @@
 use flowhost::connector::{RuntimeConfig, SecretStore};
 use flowhost::delivery::{InboundConnection, LoyaltyEvent, Service, ServiceConfig};
 use flowhost::flow::{Run, RunStatus};
+use flowhost::inbound::InboundRequest;
 use flowhost::store::{RunFilter, RunState, SqliteStore, Store, StoredRun};
 use flowhost::{Host, HostConfig};
 use anyhow::Context as _;
@@ -19,13 +20,13 @@ use std::time::Duration;
 
 /// The example flows of `flows/`, built into the binary so the demo runs from anywhere.
 pub const EXAMPLE_FLOWS: &[(&str, &str)] = &[
-    ("point-add-to-mparticle.json", include_str!("../../flows/point-add-to-mparticle.json")),
-    ("reward-claim-external-event.json", include_str!("../../flows/reward-claim-external-event.json")),
-    ("profile-sync.json", include_str!("../../flows/profile-sync.json")),
-    ("account-lifecycle.json", include_str!("../../flows/account-lifecycle.json")),
-    ("calculated-attributes.json", include_str!("../../flows/calculated-attributes.json")),
-    ("upload-event-batch.json", include_str!("../../flows/upload-event-batch.json")),
-    ("inbound-coupon-redeemed.json", include_str!("../../flows/inbound-coupon-redeemed.json")),
+    ("point-add-to-mparticle.json", include_str!("../../../flows/point-add-to-mparticle.json")),
+    ("reward-claim-external-event.json", include_str!("../../../flows/reward-claim-external-event.json")),
+    ("profile-sync.json", include_str!("../../../flows/profile-sync.json")),
+    ("account-lifecycle.json", include_str!("../../../flows/account-lifecycle.json")),
+    ("calculated-attributes.json", include_str!("../../../flows/calculated-attributes.json")),
+    ("upload-event-batch.json", include_str!("../../../flows/upload-event-batch.json")),
+    ("inbound-coupon-redeemed.json", include_str!("../../../flows/inbound-coupon-redeemed.json")),
 ];
 
 /// The token the demo's mParticle "sends" inbound events with.
@@ -304,9 +305,18 @@ async fn durable_steps(
                     "data": {"event_name": "coupon_redeemed", "custom_event_type": "transaction",
                              "custom_attributes": {"coupon_code": "WELCOME10", "store_id": "store-7"}}}]
     });
-    let connection = service.authenticate(Some(&format!("Bearer {DEMO_INBOUND_TOKEN}")))?.to_string();
-    let receipt = service.receive_mparticle(&connection, &body).await?;
-    writeln!(out, "   stored as inbound message {}; mapped by flow inbound-coupon-redeemed", receipt.id)?;
+    // What `POST /v1/inbound/mparticle` does: the token admits it, the mParticle connector receives it.
+    let authenticated = service.admit_inbound("mparticle", Some(&format!("Bearer {DEMO_INBOUND_TOKEN}")))?;
+    let request = InboundRequest {
+        method: "POST".into(),
+        body: serde_json::to_vec(&body)?,
+        authenticated,
+        received_at_ms: flowhost::store::now_ms(),
+        ..InboundRequest::default()
+    };
+    let receipt = service.receive("mparticle", &request).await?;
+    let id = receipt.id.context("the webhook batch stored no message")?;
+    writeln!(out, "   stored as inbound message {id}; mapped by flow inbound-coupon-redeemed")?;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let event = loop {
         if let Some(event) = store.outbox(0, 10).await?.into_iter().next() {

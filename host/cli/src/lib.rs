@@ -48,12 +48,17 @@ enum Command {
         #[command(flatten)]
         host: flow::HostArgs,
     },
-    /// Run one flow for one event and print the run trace.
+    /// Run one flow for one event (or, for an inbound flow, for a request as its vendor sends it) and print
+    /// the run trace.
     Run {
         file: PathBuf,
         /// The event: JSON, or @file.
-        #[arg(long)]
-        event: String,
+        #[arg(long, required_unless_present = "inbound", conflicts_with = "inbound")]
+        event: Option<String>,
+        /// For an inbound flow: the body its vendor posts (text, or @file), handed to the trigger connection's
+        /// connector as an authenticated POST; the flow runs for each event its trigger matches.
+        #[arg(long, value_name = "BODY")]
+        inbound: Option<String>,
         /// Print the run trace as JSON.
         #[arg(long)]
         json: bool,
@@ -127,7 +132,11 @@ where
         GlobalOptions { cache_dir: cli.cache_dir, no_cache: cli.no_cache, secrets_file: cli.secrets_file, timeout };
     let result = match cli.command {
         Command::Check { files, host } => flow::check(&files, &host, &options, out, err).await,
-        Command::Run { file, event, json, host } => flow::run(&file, &event, json, &host, &options, out, err).await,
+        Command::Run { file, event, inbound, json, host } => match (event, inbound) {
+            (Some(event), _) => flow::run(&file, &event, json, &host, &options, out, err).await,
+            (None, Some(body)) => flow::run_inbound(&file, &body, json, &host, &options, out, err).await,
+            (None, None) => unreachable!("clap requires --event or --inbound"),
+        },
         Command::Connector(command) => connector::run(command, &options, out, err).await,
         Command::Flow(FlowCommand::Schema) => flow::schema(out),
         Command::Serve { config } => serve::serve(&config, &options, out).await,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 
 /// The most calls one invocation takes. The connector splits them further by its remote service's limits
-/// (mParticle: 100 batches and 256 KB per `/bulkevents` request).
+/// (e.g. a bulk endpoint's limits on items and bytes per request).
 pub const MAX_BATCH: usize = 100;
 
 /// How many batches of one capability on one connection may be in flight at once. One: the calls that arrive

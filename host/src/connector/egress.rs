@@ -273,16 +273,16 @@ mod tests {
     #[test]
     fn patterns_match_scheme_host_and_port() {
         let url = |u: &str| Url::parse(u).unwrap();
-        let api = HostPattern::parse("api.mparticle.com").unwrap();
-        assert!(api.matches(&url("https://api.mparticle.com/v1/accounts")));
-        assert!(!api.matches(&url("http://api.mparticle.com/")), "no scheme means https only");
-        assert!(!api.matches(&url("https://api.mparticle.com:8443/")), "no port means the default port");
-        assert!(!api.matches(&url("https://evil.api.mparticle.com/")));
+        let api = HostPattern::parse("api.crm.example").unwrap();
+        assert!(api.matches(&url("https://api.crm.example/v1/accounts")));
+        assert!(!api.matches(&url("http://api.crm.example/")), "no scheme means https only");
+        assert!(!api.matches(&url("https://api.crm.example:8443/")), "no port means the default port");
+        assert!(!api.matches(&url("https://evil.api.crm.example/")));
 
-        let pods = HostPattern::parse("https://*.mparticle.com").unwrap();
-        assert!(pods.matches(&url("https://s2s.us2.mparticle.com/v2/events")));
-        assert!(!pods.matches(&url("https://mparticle.com/")), "a wildcard does not match the apex");
-        assert!(!pods.matches(&url("https://evilmparticle.com/")));
+        let pods = HostPattern::parse("https://*.crm.example").unwrap();
+        assert!(pods.matches(&url("https://s2s.us2.crm.example/v2/events")));
+        assert!(!pods.matches(&url("https://crm.example/")), "a wildcard does not match the apex");
+        assert!(!pods.matches(&url("https://evilcrm.example/")));
 
         let local = HostPattern::parse("http://127.0.0.1:*").unwrap();
         assert!(local.matches(&url("http://127.0.0.1:41234/x")));

@@ -70,10 +70,10 @@ mod tests {
 
     fn run(customer: &str) -> NewRun {
         NewRun {
-            flow_id: "loyalty-to-mparticle".into(),
+            flow_id: "loyalty-to-crm".into(),
             flow_version: "1".into(),
-            connections: vec!["mparticle".into()],
-            ordering_key: format!("loyalty-to-mparticle/{customer}"),
+            connections: vec!["crm".into()],
+            ordering_key: format!("loyalty-to-crm/{customer}"),
             customer: Some(customer.into()),
             event: json!({"customer": customer}),
             dedup_key: None,

@@ -233,10 +233,10 @@ mod tests {
 
     fn run(i: usize) -> NewRun {
         NewRun {
-            flow_id: "loyalty-to-mparticle".into(),
+            flow_id: "loyalty-to-crm".into(),
             flow_version: "1".into(),
-            connections: vec!["mparticle".into()],
-            ordering_key: format!("loyalty-to-mparticle/c{}", i % 50),
+            connections: vec!["crm".into()],
+            ordering_key: format!("loyalty-to-crm/c{}", i % 50),
             customer: Some(format!("c{}", i % 50)),
             event: json!({"n": i}),
             dedup_key: None,

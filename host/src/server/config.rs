@@ -4,7 +4,7 @@
 //! ```toml
 //! listen = "127.0.0.1:8080"
 //! store = "flowhost.db"                 # SQLite file, created on first start (relative to this file)
-//! flows = ["flows/point-add-to-mparticle.json", "flows/inbound"]   # files, or directories of *.json
+//! flows = ["flows/point-add-to-crm.json", "flows/inbound"]   # files, or directories of *.json
 //! api_token = { secret = "FLOWHOST_API_TOKEN" }   # Bearer token for /v1/* (inbound excepted)
 //! max_body_bytes = 1048576
 //!
@@ -22,9 +22,9 @@
 //! dirs = []
 //! allow_private = false
 //!
-//! [connections.mparticle]
-//! inbound_token = { secret = "MPARTICLE_INBOUND_TOKEN" }
-//! config = { eventsApiUrl = "https://s2s.us1.mparticle.com" }   # merged into the flows' connection config
+//! [connections.crm]
+//! inbound_token = { secret = "CRM_INBOUND_TOKEN" }
+//! config = { eventsApiUrl = "https://api.eu.crm.example" }   # merged into the flows' connection config
 //! ```
 
 use crate::HostConfig;
@@ -290,7 +290,7 @@ mod tests {
             traces = "failures"
             [retry]
             maxAttempts = 4
-            [connections.mparticle]
+            [connections.crm]
             inbound_token = { secret = "TOKEN" }
             config = { eventsApiUrl = "http://127.0.0.1:1" }
             "#,
@@ -303,10 +303,10 @@ mod tests {
         assert_eq!(config.retry.as_ref().unwrap().max_attempts, 4);
         let secrets = SecretStore::from_pairs([("TOKEN", "t0ken")]);
         let inbound = config.inbound_connections(&secrets).unwrap();
-        assert_eq!(inbound[0].name, "mparticle");
+        assert_eq!(inbound[0].name, "crm");
         assert!(!format!("{inbound:?}").contains("t0ken"));
         assert_eq!(
-            config.host_config(RuntimeConfig::default()).connection_overrides["mparticle"]["eventsApiUrl"],
+            config.host_config(RuntimeConfig::default(), &[]).connection_overrides["crm"]["eventsApiUrl"],
             "http://127.0.0.1:1"
         );
 

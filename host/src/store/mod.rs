@@ -418,7 +418,7 @@ pub struct RunFilter {
 pub struct InboundMessage {
     /// The connection it arrived for.
     pub connection: String,
-    /// What sent it and in which format, e.g. `mparticle.webhook` or `mparticle.firehose`.
+    /// What sent it and in which format, e.g. `acme.webhook`.
     pub source: String,
     /// The sender's message id, when it has one: recording the same id twice for a connection returns the
     /// first message's id.

@@ -2,6 +2,8 @@
 
 use crate::{GlobalOptions, json_argument};
 use flowhost::flow::{RunStatus, flow_schema};
+use flowhost::inbound::InboundRequest;
+use flowhost::store::now_ms;
 use flowhost::{Host, HostConfig};
 use anyhow::Context as _;
 use serde_json::Value;
@@ -112,6 +114,69 @@ pub async fn run(
         write!(out, "{}", run.to_text())?;
     }
     Ok(if run.status == RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+pub async fn run_inbound(
+    file: &PathBuf,
+    body: &str,
+    json: bool,
+    host: &HostArgs,
+    options: &GlobalOptions,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let body = match body.strip_prefix('@') {
+        Some(path) => std::fs::read(path).with_context(|| format!("cannot read --inbound file {path}"))?,
+        None => body.as_bytes().to_vec(),
+    };
+    let host = host.host(options).await?;
+    let flow = match host.load(&text) {
+        Ok(flow) => flow,
+        Err(problems) => {
+            for problem in problems {
+                writeln!(err, "{}: {problem}", file.display())?;
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let request = InboundRequest {
+        method: "POST".into(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body,
+        authenticated: true,
+        received_at_ms: now_ms(),
+        ..InboundRequest::default()
+    };
+    let outcome = match host.run_inbound(&flow, &request).await {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            writeln!(err, "error: {error}")?;
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if json {
+        let answer = String::from_utf8_lossy(&outcome.response.body);
+        let report = serde_json::json!({
+            "runs": outcome.runs,
+            "skipped": outcome.skipped,
+            "response": {"status": outcome.response.status, "body": answer},
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        for run in &outcome.runs {
+            write!(out, "{}", run.to_text())?;
+        }
+        for note in &outcome.skipped {
+            writeln!(out, "skipped {note}")?;
+        }
+        writeln!(out, "the sender would get {}", outcome.response.status)?;
+    }
+    if outcome.runs.is_empty() {
+        writeln!(err, "no event of the request started a run")?;
+        return Ok(ExitCode::from(1));
+    }
+    Ok(if outcome.runs.iter().all(|r| r.status == RunStatus::Succeeded) { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 pub fn schema(out: &mut dyn Write) -> anyhow::Result<ExitCode> {

@@ -9,8 +9,11 @@
 //! 2. its `webhook-id`, `webhook-timestamp` and `webhook-signature` headers verify against the connection's
 //!    `signingSecret`, with a timestamp within 5 minutes of the time of receipt
 //!    ([`test_connectors::standard_webhooks`], plain Rust, unit-tested natively);
-//! 3. a `webhook-id` seen before on this connection is refused as a replay (the connection's cache remembers
-//!    ids a little longer than the timestamp tolerance, past which a replay fails the timestamp check anyway);
+//! 3. a request seen before on this connection (the same `webhook-id` and `webhook-timestamp`, so the same
+//!    signature) is refused as a replay; the connection's cache remembers them a little longer than the
+//!    timestamp tolerance, past which a replay fails the timestamp check anyway. A vendor's re-delivery of an
+//!    event keeps its `webhook-id` but is signed anew with a new timestamp: it passes, and the host's
+//!    de-duplication by message id keeps it from being stored twice;
 //! 4. only then is the body read: one Acme event or an array of them, each normalized into an
 //!    [`InboundEvent`] (identities from `member`, attributes from `data`).
 //!
@@ -90,6 +93,7 @@ impl inbound::Guest for SignedWebhook {
             identities: IDENTITIES.iter().map(|i| i.to_string()).collect(),
             // Acme signs every request: none is public, so the host refuses any without the connection's token.
             public_requests: vec![],
+            verifies_requests: true,
         }
     }
 
@@ -104,10 +108,11 @@ impl inbound::Guest for SignedWebhook {
         let webhook_id = verified.id;
 
         // Entries may vanish from the cache: the host's de-duplication by message id stays the backstop.
-        let seen_key = format!("webhook-id/{webhook_id}");
+        let seen_key = format!("webhook/{webhook_id}/{}", verified.timestamp);
         if cache::get(&seen_key).is_some() {
             return Err(ConnectorError::Unauthorized(format!(
-                "webhook-id {webhook_id} was already received: replay refused"
+                "webhook-id {webhook_id} with webhook-timestamp {} was already received: replay refused",
+                verified.timestamp
             )));
         }
 
