@@ -10,6 +10,7 @@ const COMPONENTS: &[&str] = &[
     "stack_overflow",
     "panic",
     "signed_webhook",
+    "hostile_inbound",
     "mparticle_connector",
 ];
 

@@ -244,3 +244,80 @@ async fn flow_schema_prints_the_committed_schema() {
     assert_eq!(printed.code, ExitCode::SUCCESS);
     assert_eq!(printed.out, std::fs::read_to_string(repo("flows/schema.json")).unwrap());
 }
+
+/// The repository's inbound example flow with one webhook batch, run offline through the mParticle
+/// connector's `receive`.
+#[tokio::test]
+async fn run_inbound_maps_a_vendor_payload_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.env");
+    std::fs::write(&secrets, "MPARTICLE_API_KEY=k\nMPARTICLE_API_SECRET=s\n").unwrap();
+    let payload = dir.path().join("payload.json");
+    let batch = serde_json::json!({
+        "batch_id": "b-1", "environment": "production",
+        "user_identities": [{"identity_type": "customer_id", "identity": "cust-7"}],
+        "events": [
+            {"event_type": "custom_event", "data": {"event_name": "coupon_redeemed",
+             "custom_attributes": {"coupon_code": "SPRING", "store_id": "s-1"}}},
+            {"event_type": "screen_view", "data": {"screen_name": "Home"}}
+        ]
+    });
+    std::fs::write(&payload, batch.to_string()).unwrap();
+    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("../flows/inbound-coupon-redeemed.json");
+    let flow = flow.to_str().unwrap();
+    let secrets = secrets.to_str().unwrap();
+    let inbound = format!("@{}", payload.display());
+    let run = flowhost(&["--no-cache", "--secrets-file", secrets, "run", flow, "--inbound", &inbound, "--json"]).await;
+    assert_eq!(run.code, ExitCode::SUCCESS, "{}{}", run.out, run.err);
+    let report: serde_json::Value = serde_json::from_str(&run.out).unwrap();
+    let emitted = &report["runs"][0]["emitted"][0];
+    assert_eq!(emitted["payload"]["coupon"], "SPRING", "{report}");
+    assert_eq!(emitted["payload"]["customer"], "cust-7");
+    assert!(report["skipped"][0].as_str().unwrap().contains("screen_view"), "{report}");
+    assert_eq!(report["response"]["status"], 202);
+
+    // A body the connector cannot read: its error, exit 2.
+    let bad = flowhost(&["--no-cache", "--secrets-file", secrets, "run", flow, "--inbound", "{"]).await;
+    assert_eq!(bad.code, ExitCode::from(2), "{}", bad.out);
+    assert!(bad.err.contains("not valid JSON") || bad.err.contains("not JSON"), "{}", bad.err);
+    // --event and --inbound together: a usage error.
+    let both = flowhost(&["run", flow, "--inbound", "{}", "--event", "{}"]).await;
+    assert_eq!(both.code, ExitCode::from(2));
+}
+
+#[tokio::test]
+async fn check_refuses_an_inbound_trigger_asking_for_what_its_connector_does_not_declare() {
+    let dir = tempfile::tempdir().unwrap();
+    let original: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../flows/inbound-coupon-redeemed.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut flow = original.clone();
+    flow["trigger"]["eventType"] = "coupon_event".into();
+    flow["trigger"]["customerIdentity"] = "loyalty_id".into();
+    flow["trigger"]["environment"] = "staging".into();
+    let path = dir.path().join("flow.json");
+    std::fs::write(&path, flow.to_string()).unwrap();
+    let check = flowhost(&["--no-cache", "check", path.to_str().unwrap()]).await;
+    assert_eq!(check.code, ExitCode::from(1), "{}", check.out);
+    for expected in [
+        "/trigger/eventType: connector mparticle produces no \"coupon_event\"; its event types: custom_event,",
+        "/trigger/customerIdentity: connector mparticle produces no \"loyalty_id\"; its identities: ",
+        "/trigger/environment: \"staging\" is not an environment",
+    ] {
+        assert!(check.err.contains(expected), "missing {expected:?} in:\n{}", check.err);
+    }
+    // A trigger on a connector without an inbound side.
+    let mut flow = original;
+    flow["connections"]["mparticle"] = serde_json::json!({"connector": "echo", "config": {"token": {"secret": "T"}}});
+    std::fs::write(&path, flow.to_string()).unwrap();
+    let check =
+        flowhost(&["--no-cache", "check", "--connectors", connector_dir(), path.to_str().unwrap()]).await;
+    assert!(check.err.contains("uses connector echo, which has no inbound side"), "{}", check.err);
+}
+
+/// The folder of the test components (the echo connector among them).
+fn connector_dir() -> &'static str {
+    Path::new(components::ECHO).parent().unwrap().to_str().unwrap()
+}

@@ -5,6 +5,7 @@ mod egress;
 mod examples;
 mod flows;
 mod hostile;
+mod inbound;
 mod mparticle;
 mod runtime;
 mod serve;

@@ -439,7 +439,7 @@ async fn inbound_formats_tokens_limits_mapping_and_disconnect() {
     let unmatched = get(format!("{base}/v1/inbound?status=unmatched")).await;
     let messages = unmatched["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 1, "{unmatched}");
-    assert_eq!(messages[0]["id"], unknown_receipt["id"]);
+    assert_eq!(messages[0]["externalId"], "b-2", "{unknown_receipt}");
     assert!(messages[0]["detail"].to_string().contains("screen_view"), "{unmatched}");
     let processed = get(format!("{base}/v1/inbound?status=processed")).await;
     assert!(processed.to_string().contains("commerce_event"), "{processed}");

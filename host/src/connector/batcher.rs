@@ -5,9 +5,11 @@
 //! bigger its batches, and an idle connection's call goes out at once, alone, as a plain `invoke`.
 
 use super::error::InvokeError;
-use super::runtime::{Connection, Connector, Invocation, InvocationContext};
+use super::invocation::{Invocation, InvocationContext};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
@@ -20,6 +22,13 @@ pub const MAX_BATCH: usize = 100;
 /// while it is being sent gather into the next, so a busy connection sends big batches (with two, `flowhost bench`
 /// needed 11,700 requests instead of 8,600 for 20,000 events, and delivered no more).
 const TURNS: usize = 1;
+
+/// What sends one batch: one invocation per item, in order (the runtime's `invoke-batch`).
+pub(crate) trait BatchSender: Sync {
+    fn send<'a>(&'a self, items: &'a [(&'a Value, &'a InvocationContext)]) -> BatchFuture<'a>;
+}
+
+pub(crate) type BatchFuture<'a> = Pin<Box<dyn Future<Output = Vec<Invocation>> + Send + 'a>>;
 
 /// The queues of one connection, one per capability.
 #[derive(Default)]
@@ -41,8 +50,7 @@ struct Pending {
 impl Batcher {
     pub(crate) async fn call(
         &self,
-        connector: &Connector,
-        connection: &Connection,
+        sender: &dyn BatchSender,
         capability: &str,
         input: &Value,
         context: &InvocationContext,
@@ -68,7 +76,7 @@ impl Batcher {
                 return answer.await.unwrap_or_else(|_| cancelled());
             }
             let items: Vec<(&Value, &InvocationContext)> = batch.iter().map(|p| (&p.input, &p.context)).collect();
-            let invocations = connector.invoke_batch(connection, capability, &items).await;
+            let invocations = sender.send(&items).await;
             drop(items);
             for (pending, invocation) in batch.into_iter().zip(invocations) {
                 // A caller that went away (its run was stopped) no longer needs its result.

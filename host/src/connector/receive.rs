@@ -1,33 +1,15 @@
-//! A connector's inbound side: `describe-inbound` once when the component is loaded, and `receive` for each
-//! request its vendor sends, in a fresh sandboxed instance like any other call. What the component returns is
+//! A connector's inbound side: `receive` for each request its vendor sends (`describe-inbound` runs when the
+//! component is loaded, in the runtime), in a fresh sandboxed instance like any other call. What the component returns is
 //! checked here (JSON objects where the contract says so), so that a hostile or broken connector cannot hand
 //! the host something it would store and fail on later.
 
-use super::bindings::inbound::{InboundConnectorPre, wit};
-use super::error::{InvokeError, LoadError};
-use super::runtime::{Connection, Connector, Invocation, RuntimeInner, deny_all_scope, flatten, run_sandboxed};
-use super::sandbox::StoreState;
+use super::bindings::inbound::wit;
+use super::error::InvokeError;
+use super::invocation::Invocation;
+use super::runtime::{Connection, Connector, flatten, run_sandboxed};
 use crate::inbound::{InboundEvent, InboundInfo, InboundRequest, InboundResponse, Received};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
-
-/// Runs `describe-inbound` on a freshly loaded component.
-pub(super) async fn describe_inbound(
-    runtime: &RuntimeInner,
-    pre: &InboundConnectorPre<StoreState>,
-) -> Result<InboundInfo, LoadError> {
-    let described = run_sandboxed(runtime, pre, deny_all_scope(), |instance, store| {
-        Box::pin(instance.flowhost_connector_inbound().call_describe_inbound(store))
-    })
-    .await;
-    let info = described.result.map_err(|e| LoadError::Describe(format!("describe-inbound: {e}")))?;
-    Ok(InboundInfo {
-        event_types: info.event_types,
-        identities: info.identities,
-        public_requests: info.public_requests,
-        verifies_requests: info.verifies_requests,
-    })
-}
 
 impl Connector {
     /// What the connector's inbound side produces; `None` when the component does not export `receive`.

@@ -2,7 +2,8 @@
 //! sets up connections (config validated, secrets resolved, egress policy built), and invokes capabilities
 //! in a fresh sandboxed instance each time.
 
-use super::batcher::Batcher;
+use super::batcher::{BatchFuture, BatchSender, Batcher};
+use super::invocation::{Invocation, InvocationContext};
 use super::bindings;
 use super::component_cache::{DiskCache, LoadSource, compile_or_load, content_hash, default_cache_dir};
 use super::egress::{EgressPolicy, HostPattern};
@@ -47,25 +48,6 @@ impl Default for RuntimeConfig {
             http: HttpLimits::default(),
         }
     }
-}
-
-/// Where an invocation comes from; the idempotency key stays the same across retries of one node
-/// execution.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InvocationContext {
-    pub run_id: String,
-    pub node_id: String,
-    pub idempotency_key: String,
-    pub attempt: u32,
-}
-
-/// The outcome of one `invoke` or `check`, with what the connector logged and how long it took.
-#[derive(Debug, Clone)]
-pub struct Invocation<T = Value> {
-    pub result: Result<T, InvokeError>,
-    pub log: Vec<LogLine>,
-    pub duration: Duration,
 }
 
 /// The connector runtime. Cheap to clone; all clones share one engine and one set of caches.
@@ -181,7 +163,7 @@ impl Runtime {
         let inbound_pre = bindings::inbound::InboundConnectorPre::new(instance_pre.clone()).ok();
         let inbound = match &inbound_pre {
             None => None,
-            Some(inbound_pre) => Some(super::receive::describe_inbound(&self.inner, inbound_pre).await?),
+            Some(inbound_pre) => Some(describe_inbound(&self.inner, inbound_pre).await?),
         };
         let pre = bindings::ConnectorPre::new(instance_pre).map_err(|e| LoadError::Contract(format!("{e:#}")))?;
 
@@ -443,7 +425,8 @@ impl Connector {
         if !self.batches(capability) {
             return self.invoke(connection, capability, input, context).await;
         }
-        connection.batcher.call(self, connection, capability, input, context).await
+        let sender = BatchOf { connector: self, connection, capability };
+        connection.batcher.call(&sender, capability, input, context).await
     }
 
     /// Invokes a capability once for each `(input, context)` item: one `invoke-batch` for the items whose
@@ -533,6 +516,37 @@ impl Connector {
             redactor: connection.redactor.clone(),
         }
     }
+}
+
+/// Sends the batches of one capability on one connection through `invoke-batch`.
+struct BatchOf<'a> {
+    connector: &'a Connector,
+    connection: &'a Connection,
+    capability: &'a str,
+}
+
+impl BatchSender for BatchOf<'_> {
+    fn send<'a>(&'a self, items: &'a [(&'a Value, &'a InvocationContext)]) -> BatchFuture<'a> {
+        Box::pin(self.connector.invoke_batch(self.connection, self.capability, items))
+    }
+}
+
+/// Runs `describe-inbound` on a freshly loaded component.
+async fn describe_inbound(
+    runtime: &RuntimeInner,
+    pre: &bindings::inbound::InboundConnectorPre<StoreState>,
+) -> Result<InboundInfo, LoadError> {
+    let described = run_sandboxed(runtime, pre, deny_all_scope(), |instance, store| {
+        Box::pin(instance.flowhost_connector_inbound().call_describe_inbound(store))
+    })
+    .await;
+    let info = described.result.map_err(|e| LoadError::Describe(format!("describe-inbound: {e}")))?;
+    Ok(InboundInfo {
+        event_types: info.event_types,
+        identities: info.identities,
+        public_requests: info.public_requests,
+        verifies_requests: info.verifies_requests,
+    })
 }
 
 fn wit_context(context: &InvocationContext) -> bindings::types::InvocationContext {

@@ -9,7 +9,7 @@
 //! | `GET /v1/queue?status=` | the resend queue: queued, leased, held and dead runs |
 //! | `POST /v1/queue/{id}/retry`, `DELETE /v1/queue/{id}` | retry now / drop (kept for the record) |
 //! | `GET /v1/outbox?after=&limit=` | events emitted for the platform, oldest first |
-//! | `GET /v1/inbound?status=` | inbound messages, with what became of them |
+//! | `GET /v1/inbound?status=` | inbound messages, with what became of them (`failed` naming the runs that failed) |
 //! | `POST /v1/connections/{name}/disconnect`, `.../reconnect` | stop / restart everything that uses a connection |
 //! | `GET /healthz`, `GET /metrics` | liveness (store reachable), Prometheus metrics |
 //!
@@ -23,7 +23,8 @@ use crate::connector::ErrorKind;
 use crate::delivery::{AcceptError, ConnectionError, InboundError, InboundReceipt, LoyaltyEvent, Service};
 use crate::inbound::InboundRequest;
 use crate::store::{
-    InboundFilter, InboundState, RunFilter, RunState, StoreError, StoredInbound, StoredRun, now_ms, parse_states,
+    InboundFilter, InboundState, RunFilter, RunState, Store, StoreError, StoredInbound, StoredRun, now_ms,
+    parse_states,
 };
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
@@ -408,12 +409,29 @@ struct InboundQuery {
     limit: usize,
 }
 
-fn inbound_summary(message: &StoredInbound) -> Value {
-    json!({
+/// A message in a listing, with what became of its runs. A processed message one of whose runs failed or was
+/// dead-lettered shows as `failed`, naming those runs: the message itself was mapped, but what it carried did
+/// not all arrive.
+async fn inbound_summary(store: &dyn Store, message: &StoredInbound) -> Result<Value, StoreError> {
+    let mut status = message.status.to_string();
+    let mut failed_runs = Vec::new();
+    if message.status == InboundState::Processed {
+        for id in &message.run_ids {
+            if let Some(run) = store.get(id).await?
+                && matches!(run.status, RunState::Failed | RunState::Dead)
+            {
+                failed_runs.push(json!({"runId": run.id, "flow": run.flow_id, "status": run.status, "error": run.last_error}));
+            }
+        }
+        if !failed_runs.is_empty() {
+            status = "failed".into();
+        }
+    }
+    Ok(json!({
         "id": message.id, "seq": message.seq, "connection": message.connection, "source": message.source,
-        "externalId": message.external_id, "status": message.status, "detail": message.detail,
-        "runIds": message.run_ids, "receivedAt": message.received_at,
-    })
+        "externalId": message.external_id, "status": status, "detail": message.detail,
+        "runIds": message.run_ids, "failedRuns": failed_runs, "receivedAt": message.received_at,
+    }))
 }
 
 async fn list_inbound(
@@ -431,14 +449,19 @@ async fn list_inbound(
         None => Vec::new(),
     };
     let filter = InboundFilter { connection: query.connection, statuses, before_seq: query.before, limit: query.limit };
-    match state.service.store().list_inbound(&filter).await {
-        Ok(messages) => Json(json!({
-            "messages": messages.iter().map(inbound_summary).collect::<Vec<_>>(),
-            "next": messages.last().map(|m| m.seq),
-        }))
-        .into_response(),
-        Err(e) => store_error(e),
+    let store = state.service.store();
+    let messages = match store.list_inbound(&filter).await {
+        Ok(messages) => messages,
+        Err(e) => return store_error(e),
+    };
+    let mut summaries = Vec::with_capacity(messages.len());
+    for message in &messages {
+        match inbound_summary(store.as_ref(), message).await {
+            Ok(summary) => summaries.push(summary),
+            Err(e) => return store_error(e),
+        }
     }
+    Json(json!({"messages": summaries, "next": messages.last().map(|m| m.seq)})).into_response()
 }
 
 fn connection_error(e: ConnectionError) -> Response {
