@@ -84,11 +84,8 @@
 //! - `enqueue` keeps the order of its input in `seq`.
 
 mod sqlite;
-mod sqlite_memory;
-mod wal_sync;
 
-pub use sqlite::SqliteStore;
-pub use sqlite_memory::use_the_global_allocator_for_sqlite;
+pub use sqlite::{SqliteStore, use_the_global_allocator_for_sqlite};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
