@@ -83,6 +83,8 @@
 //!   release check it; claim first turns expired leases on held connections into `held`).
 //! - `enqueue` keeps the order of its input in `seq`.
 
+#[cfg(any(test, feature = "store-conformance"))]
+pub mod conformance;
 mod sqlite;
 
 pub use sqlite::{SqliteStore, use_the_global_allocator_for_sqlite};
@@ -677,7 +679,8 @@ pub trait Store: Send + Sync {
     /// worker holding it loses its lease). False when there is no such run in one of those states.
     async fn drop_run(&self, id: &str) -> Result<bool, StoreError>;
 
-    /// Outbox events with `seq > after_seq`, oldest first.
+    /// Outbox events with `seq > after_seq`, oldest first: at most `limit` ([`DEFAULT_LIST_LIMIT`] when 0, at most
+    /// [`MAX_LIST_LIMIT`]).
     async fn outbox(&self, after_seq: i64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
 
     /// Records an inbound message as `received` (or `held`) and returns its id.
