@@ -536,4 +536,8 @@ impl Store for SqliteStore {
     async fn counts(&self) -> Result<QueueCounts, StoreError> {
         counts::counts(self).await
     }
+
+    async fn close(&self) {
+        SqliteStore::close(self).await
+    }
 }
