@@ -62,11 +62,12 @@ where
     before(store.clone()).await;
     let files: Vec<(String, String)> =
         flows.iter().map(|flow| (format!("{}.json", flow["id"].as_str().unwrap()), flow.to_string())).collect();
-    let tokens = vec![
-        InboundConnection { name: "mparticle".into(), token: SecretString::from(MPARTICLE_TOKEN) },
-        InboundConnection { name: "hostile".into(), token: SecretString::from(HOSTILE_TOKEN) },
-        InboundConnection { name: "echo".into(), token: SecretString::from("echo-token") },
-    ];
+    let used = |name: &str| flows.iter().any(|flow| flow["connections"].get(name).is_some());
+    let tokens = [("mparticle", MPARTICLE_TOKEN), ("hostile", HOSTILE_TOKEN), ("echo", "echo-token")]
+        .into_iter()
+        .filter(|(name, _)| used(name))
+        .map(|(name, token)| InboundConnection { name: name.into(), token: SecretString::from(token) })
+        .collect();
     let service = Service::start(host, store.clone(), &files, tokens, ServiceConfig::default()).await.unwrap();
     let service = Arc::new(service);
     let state = ApiState { service: service.clone(), max_body_bytes: 16 * 1024, api_token: None };
@@ -315,7 +316,9 @@ async fn a_signed_webhook_connector_verifies_its_own_requests_with_no_host_chang
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inbound_requests_get_clear_answers_and_a_hostile_receive_stores_nothing() {
-    let served = serve(&[hostile_flow(), acme_flow()]).await;
+    let mut with_echo = hostile_flow();
+    with_echo["connections"]["echo"] = json!({"connector": "echo", "config": {"token": {"secret": "ECHO_TOKEN"}}});
+    let served = serve(&[with_echo, acme_flow()]).await;
     let base = &served.base;
     let hostile = format!("{base}/v1/inbound/hostile");
     let post = |url: &str, token: &str, body: &str| client().post(url).bearer_auth(token).body(body.to_string());

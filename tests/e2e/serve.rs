@@ -459,7 +459,7 @@ async fn inbound_formats_tokens_limits_mapping_and_disconnect() {
     let (status, body) =
         send(client().post(&inbound).header("Authorization", bearer.clone().unwrap()).body("{\"events\": [")).await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("not valid JSON"), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("not JSON"), "{body}");
     let (status, body) = post(bearer.clone(), json!({"batch_id": "b-4", "events": {"not": "a list"}})).await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("/events"), "{body}");

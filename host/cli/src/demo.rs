@@ -7,7 +7,7 @@ use flowhost::connector::{RuntimeConfig, SecretStore};
 use flowhost::delivery::{InboundConnection, LoyaltyEvent, Service, ServiceConfig};
 use flowhost::flow::{Run, RunStatus};
 use flowhost::inbound::InboundRequest;
-use flowhost::store::{RunFilter, RunState, SqliteStore, Store, StoredRun};
+use flowhost::store::{RunFilter, RunState, Store, StoreLocation, StoredRun};
 use flowhost::{Host, HostConfig};
 use anyhow::Context as _;
 use mparticle_emulator::{EmulatorConfig, FaultRule};
@@ -15,7 +15,6 @@ use secrecy::SecretString;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The example flows of `flows/`, built into the binary so the demo runs from anywhere.
@@ -235,8 +234,9 @@ async fn durable_service(
     writeln!(out, "The durable service (what `flowhost serve` runs): resend queue, dead letter, inbound events")?;
     writeln!(out, "-------------------------------------------------------------------------------------------")?;
     let dir = std::env::temp_dir().join(format!("flowhost-demo-{}", uuid::Uuid::new_v4().simple()));
-    let store = Arc::new(SqliteStore::open(&dir.join("flowhost.db")).await?);
-    writeln!(out, "store: SQLite at {} (WAL; accepted events fsynced)\n", store.path().display())?;
+    let location = StoreLocation::Sqlite(dir.join("flowhost.db"));
+    let store = location.open().await?;
+    writeln!(out, "store: {location} (WAL; accepted events fsynced)\n")?;
     let (config, secrets) = emulator_host_config(url, runtime);
     let host = Host::new(config, secrets).await?;
     // The demo's copy of point_add retries three times 200 ms apart, so that the dead letter shows quickly.

@@ -3,7 +3,8 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:8080"
-//! store = "flowhost.db"                 # SQLite file, created on first start (relative to this file)
+//! store = "flowhost.db"                 # SQLite file, created on first start (relative to this file),
+//!                                       # or a URL: "sqlite://data/flowhost.db", "sqlite:///var/lib/flowhost.db"
 //! flows = ["flows/point-add-to-crm.json", "flows/inbound"]   # files, or directories of *.json
 //! api_token = { secret = "FLOWHOST_API_TOKEN" }   # Bearer token for /v1/* (inbound excepted)
 //! max_body_bytes = 1048576
@@ -32,6 +33,7 @@ use crate::connector::secrets::secret_reference;
 use crate::connector::{RuntimeConfig, SecretStore};
 use crate::delivery::{InboundConnection, ServiceConfig, TraceRetention};
 use crate::flow::RetryPolicy;
+use crate::store::{StoreError, StoreLocation};
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -46,8 +48,10 @@ use std::time::Duration;
 pub struct ServeConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Where the store is: a SQLite file's path, or a `sqlite://` URL ([`StoreLocation`]); a relative path is
+    /// relative to this file.
     #[serde(default = "default_store")]
-    pub store: PathBuf,
+    pub store: String,
     pub flows: Vec<PathBuf>,
     /// `{ secret = "NAME" }`: clients of `/v1/*` (but the inbound webhook, which has its own tokens) must
     /// send `Authorization: Bearer <token>`.
@@ -124,8 +128,8 @@ pub struct ConnectionSection {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
-fn default_store() -> PathBuf {
-    PathBuf::from("flowhost.db")
+fn default_store() -> String {
+    "flowhost.db".into()
 }
 fn default_max_body() -> usize {
     1024 * 1024
@@ -187,8 +191,9 @@ impl ServeConfig {
         if path.is_absolute() { path.to_path_buf() } else { self.base.join(path) }
     }
 
-    pub fn store_path(&self) -> PathBuf {
-        self.resolve(&self.store)
+    /// The store the `store` setting names, a relative file path taken from this file's directory.
+    pub fn store_location(&self) -> Result<StoreLocation, StoreError> {
+        Ok(StoreLocation::parse(&self.store)?.relative_to(&self.base))
     }
 
     /// The flow files, `(display name, text)`, directories expanded to their `*.json` files in name order.
@@ -278,6 +283,23 @@ fn resolve_secret(reference: &toml::Value, secrets: &SecretStore, field: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_store_is_a_path_or_a_sqlite_url_relative_to_the_config_file() {
+        let at = |store: &str| {
+            let mut config = ServeConfig::parse(&format!("store = \"{store}\"\nflows = [\"f\"]\n")).unwrap();
+            config.base = PathBuf::from("/etc/flowhost");
+            config.store_location()
+        };
+        let sqlite = |path: &str| StoreLocation::Sqlite(PathBuf::from(path));
+        assert_eq!(at("data/flowhost.db").unwrap(), sqlite("/etc/flowhost/data/flowhost.db"));
+        assert_eq!(at("sqlite://data/flowhost.db").unwrap(), sqlite("/etc/flowhost/data/flowhost.db"));
+        assert_eq!(at("sqlite:///var/lib/flowhost.db").unwrap(), sqlite("/var/lib/flowhost.db"));
+        let error = at("postgres://db/flowhost").unwrap_err().to_string();
+        assert!(error.contains("unknown store scheme `postgres`"), "{error}");
+        let defaults = ServeConfig::parse("flows = [\"f\"]\n").unwrap();
+        assert_eq!(defaults.store_location().unwrap(), sqlite("flowhost.db"));
+    }
 
     #[test]
     fn parses_a_full_config_and_refuses_mistakes() {

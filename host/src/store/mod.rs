@@ -83,20 +83,103 @@
 //!   release check it; claim first turns expired leases on held connections into `held`).
 //! - `enqueue` keeps the order of its input in `seq`.
 
+#[cfg(any(test, feature = "store-conformance"))]
+pub mod conformance;
 mod sqlite;
-mod sqlite_memory;
-mod wal_sync;
 
-pub use sqlite::SqliteStore;
-pub use sqlite_memory::use_the_global_allocator_for_sqlite;
+pub use sqlite::{SqliteStore, use_the_global_allocator_for_sqlite};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Opens the store at `location`: a SQLite file given as a path (`flowhost.db`, `/var/lib/flowhost.db`) or as a
+/// `sqlite://` URL (`sqlite://flowhost.db`, `sqlite:///var/lib/flowhost.db`). See [`StoreLocation`].
+pub async fn open(location: &str) -> Result<Arc<dyn Store>, StoreError> {
+    StoreLocation::parse(location)?.open().await
+}
+
+/// Where a store is: which backend, and where that backend finds its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite database file, created with its directories on first start.
+    Sqlite(PathBuf),
+}
+
+/// What [`StoreLocation::parse`] names when a location has a scheme it does not know.
+const SUPPORTED_STORES: &str = "this build supports sqlite (a path, or sqlite:// and a path)";
+
+impl StoreLocation {
+    /// Reads a location: a path, or a URL whose scheme names the backend. This match on the scheme is where a
+    /// backend is added; the compiler then points at what else its variant needs.
+    pub fn parse(location: &str) -> Result<Self, StoreError> {
+        let refused = |message: &str| StoreError::Open { path: shown_location(location), message: message.into() };
+        let sqlite_file = |path: &str| match path {
+            "" => Err(refused("names no database file")),
+            path if path.contains(['?', '#']) => Err(refused("a sqlite:// URL takes a path only, without `?` options")),
+            path => Ok(StoreLocation::Sqlite(PathBuf::from(path))),
+        };
+        match url_scheme(location) {
+            None => sqlite_file(location),
+            Some(("sqlite", path)) => sqlite_file(path),
+            Some((scheme, _)) => Err(refused(&format!("unknown store scheme `{scheme}`; {SUPPORTED_STORES}"))),
+        }
+    }
+
+    /// The location with a relative file path taken from `dir` (e.g. the directory of the configuration file
+    /// that names the store) rather than from the working directory.
+    pub fn relative_to(self, dir: &Path) -> Self {
+        match self {
+            StoreLocation::Sqlite(path) => StoreLocation::Sqlite(dir.join(path)),
+        }
+    }
+
+    /// The database file, for a backend that keeps its data in one.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            StoreLocation::Sqlite(path) => Some(path),
+        }
+    }
+
+    /// Opens the store, creating it on first start, and brings its schema up to date.
+    pub async fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
+        match self {
+            StoreLocation::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
+        }
+    }
+}
+
+impl fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreLocation::Sqlite(path) => write!(f, "SQLite at {}", path.display()),
+        }
+    }
+}
+
+/// The scheme of a URL (`postgres` in `postgres://…`) and what follows `://`; `None` for a path. A scheme is a
+/// letter followed by letters, digits, `+`, `-` or `.` (RFC 3986), so a path such as `./data://x` is a path.
+fn url_scheme(location: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = location.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some((scheme, rest))
+}
+
+/// A location as an error shows it: a URL of another backend may carry a password, so only its scheme is shown.
+fn shown_location(location: &str) -> String {
+    match url_scheme(location) {
+        None | Some(("sqlite", _)) => location.to_string(),
+        Some((scheme, _)) => format!("{scheme}://…"),
+    }
+}
 
 /// Milliseconds since the Unix epoch, the store's clock.
 pub fn now_ms() -> i64 {
@@ -680,7 +763,8 @@ pub trait Store: Send + Sync {
     /// worker holding it loses its lease). False when there is no such run in one of those states.
     async fn drop_run(&self, id: &str) -> Result<bool, StoreError>;
 
-    /// Outbox events with `seq > after_seq`, oldest first.
+    /// Outbox events with `seq > after_seq`, oldest first: at most `limit` ([`DEFAULT_LIST_LIMIT`] when 0, at most
+    /// [`MAX_LIST_LIMIT`]).
     async fn outbox(&self, after_seq: i64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
 
     /// Records an inbound message as `received` (or `held`) and returns its id.
@@ -725,4 +809,85 @@ pub trait Store: Send + Sync {
 
     /// Runs and inbound messages per state, and the outbox size.
     async fn counts(&self) -> Result<QueueCounts, StoreError>;
+
+    /// Closes the store's connections once the calls in progress are done; later calls fail. A process calls it
+    /// when it stops, after its workers. The default does nothing, for a store with nothing to close.
+    async fn close(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(path: &str) -> StoreLocation {
+        StoreLocation::Sqlite(PathBuf::from(path))
+    }
+
+    #[test]
+    fn a_path_or_a_sqlite_url_names_a_sqlite_file() {
+        for (location, path) in [
+            ("flowhost.db", "flowhost.db"),
+            ("data/flowhost.db", "data/flowhost.db"),
+            ("/var/lib/flowhost.db", "/var/lib/flowhost.db"),
+            ("sqlite://relative.db", "relative.db"),
+            ("sqlite:///var/lib/flowhost.db", "/var/lib/flowhost.db"),
+            // Not a scheme: a path that happens to hold `://`.
+            ("./data://x.db", "./data://x.db"),
+        ] {
+            assert_eq!(StoreLocation::parse(location).unwrap(), sqlite(path), "{location}");
+        }
+        assert_eq!(sqlite("relative.db").relative_to(Path::new("/etc/flowhost")), sqlite("/etc/flowhost/relative.db"));
+        assert_eq!(sqlite("/var/lib/f.db").relative_to(Path::new("/etc/flowhost")), sqlite("/var/lib/f.db"));
+        assert_eq!(sqlite("/var/lib/f.db").to_string(), "SQLite at /var/lib/f.db");
+        assert_eq!(sqlite("/var/lib/f.db").file(), Some(Path::new("/var/lib/f.db")));
+    }
+
+    #[test]
+    fn another_scheme_is_an_error_naming_it_and_what_this_build_supports_without_the_rest_of_the_url() {
+        let error = StoreLocation::parse("postgres://flowhost:hunter2@db.internal/flowhost").unwrap_err();
+        let shown = error.to_string();
+        assert!(matches!(error, StoreError::Open { .. }), "{shown}");
+        assert!(shown.contains("store at postgres://…"), "{shown}");
+        assert!(shown.contains("unknown store scheme `postgres`; this build supports sqlite"), "{shown}");
+        assert!(!shown.contains("hunter2") && !shown.contains("db.internal"), "the URL may hold a password: {shown}");
+        let error = StoreLocation::parse("mysql+tls://db/flowhost").unwrap_err().to_string();
+        assert!(error.contains("unknown store scheme `mysql+tls`"), "{error}");
+    }
+
+    #[test]
+    fn a_location_without_a_file_or_with_url_options_is_refused() {
+        for (location, expected) in [
+            ("", "names no database file"),
+            ("sqlite://", "names no database file"),
+            ("sqlite://flowhost.db?mode=rwc", "without `?` options"),
+        ] {
+            let error = StoreLocation::parse(location).unwrap_err().to_string();
+            assert!(error.contains(expected), "{location}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn open_opens_sqlite_from_a_url_or_a_path_and_refuses_other_schemes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/flowhost.db");
+        let url = format!("sqlite://{}", path.display());
+        let store = open(&url).await.unwrap();
+        let run = NewRun {
+            flow_id: "f".into(),
+            flow_version: "1".into(),
+            connections: Vec::new(),
+            ordering_key: "k".into(),
+            customer: None,
+            event: serde_json::json!({}),
+            dedup_key: None,
+        };
+        let ids = store.enqueue(&[run]).await.unwrap();
+        store.close().await;
+        let again = open(path.to_str().unwrap()).await.unwrap();
+        assert!(again.get(&ids[0]).await.unwrap().is_some(), "the same file by its path");
+        again.close().await;
+
+        let error = open("postgres://db/flowhost").await.err().expect("no PostgreSQL in this build");
+        assert!(error.to_string().contains("unknown store scheme `postgres`"), "{error}");
+    }
 }

@@ -2,11 +2,12 @@
 //! `GET /v1/queue`, `POST /v1/queue/{id}/retry` and `DELETE /v1/queue/{id}`. Safe while the service runs.
 
 use flowhost::server::config::ServeConfig;
-use flowhost::store::{RunFilter, RunState, SqliteStore, Store, parse_states};
+use flowhost::store::{RunFilter, RunState, Store, parse_states};
 use clap::Subcommand;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Subcommand)]
 pub enum QueueCommand {
@@ -49,11 +50,13 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    async fn open(&self) -> anyhow::Result<SqliteStore> {
+    async fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
         let config = ServeConfig::load(&self.config)?;
-        let path = config.store_path();
-        anyhow::ensure!(path.exists(), "no store at {} (has the service run yet?)", path.display());
-        Ok(SqliteStore::open(&path).await?)
+        let location = config.store_location()?;
+        if let Some(path) = location.file() {
+            anyhow::ensure!(path.exists(), "no store at {} (has the service run yet?)", path.display());
+        }
+        Ok(location.open().await?)
     }
 }
 

@@ -5,7 +5,6 @@ use flowhost::Host;
 use flowhost::delivery::Service;
 use flowhost::server::config::ServeConfig;
 use flowhost::server::{ApiState, router};
-use flowhost::store::SqliteStore;
 use anyhow::Context as _;
 use std::io::Write;
 use std::path::Path;
@@ -20,8 +19,8 @@ pub async fn serve(config_path: &Path, options: &GlobalOptions, out: &mut dyn Wr
     let api_token = config.api_token(&secrets).map_err(anyhow::Error::msg)?;
     let flow_files = config.flow_files()?;
     let host = Host::new(config.host_config(options.runtime_config(), crate::builtin::COMPONENTS), secrets).await?;
-    let store_path = config.store_path();
-    let store = Arc::new(SqliteStore::open(&store_path).await?);
+    let store_location = config.store_location()?;
+    let store = store_location.open().await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -36,7 +35,7 @@ pub async fn serve(config_path: &Path, options: &GlobalOptions, out: &mut dyn Wr
         "flowhost serving on http://{address} ({} flows running, {} stopped by a disconnect; store {})",
         running.len(),
         stopped.len(),
-        store_path.display()
+        store_location
     )?;
     out.flush()?;
     let state = ApiState {

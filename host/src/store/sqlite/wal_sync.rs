@@ -10,7 +10,7 @@
 //! With `synchronous=FULL` every accept's fsync ran inside its commit, and the writer (claims, completions, the
 //! next accepts) waited for the disk each time (BENCHMARKS.md, "Ninth round").
 
-use super::StoreError;
+use crate::store::StoreError;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Mutex;
