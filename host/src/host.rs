@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// How a host is set up.
-#[derive(Debug, Clone)]
+#[derive(Clone, Default)]
 pub struct HostConfig {
     pub runtime: RuntimeConfig,
     /// Connector components compiled into the embedding program, loaded first (the `flowhost` binary passes
@@ -28,16 +28,18 @@ pub struct HostConfig {
     pub connection_overrides: BTreeMap<String, Map<String, Value>>,
 }
 
-impl Default for HostConfig {
-    fn default() -> Self {
-        HostConfig {
-            runtime: RuntimeConfig::default(),
-            embedded_connectors: Vec::new(),
-            connector_dirs: Vec::new(),
-            allow_private: false,
-            default_retry: RetryPolicy::default(),
-            connection_overrides: BTreeMap::new(),
-        }
+impl std::fmt::Debug for HostConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The embedded components are megabytes of bytes: their sizes say enough.
+        let embedded: Vec<usize> = self.embedded_connectors.iter().map(|c| c.len()).collect();
+        f.debug_struct("HostConfig")
+            .field("runtime", &self.runtime)
+            .field("embedded_connectors (bytes)", &embedded)
+            .field("connector_dirs", &self.connector_dirs)
+            .field("allow_private", &self.allow_private)
+            .field("default_retry", &self.default_retry)
+            .field("connection_overrides", &self.connection_overrides)
+            .finish()
     }
 }
 

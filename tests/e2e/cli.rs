@@ -312,8 +312,7 @@ async fn check_refuses_an_inbound_trigger_asking_for_what_its_connector_does_not
     let mut flow = original;
     flow["connections"]["mparticle"] = serde_json::json!({"connector": "echo", "config": {"token": {"secret": "T"}}});
     std::fs::write(&path, flow.to_string()).unwrap();
-    let check =
-        flowhost(&["--no-cache", "check", "--connectors", connector_dir(), path.to_str().unwrap()]).await;
+    let check = flowhost(&["--no-cache", "check", "--connectors", connector_dir(), path.to_str().unwrap()]).await;
     assert!(check.err.contains("uses connector echo, which has no inbound side"), "{}", check.err);
 }
 

@@ -2,9 +2,9 @@
 //! retry policies against real fault injection; and the demo itself.
 
 use flowhost::connector::{HttpLimits, RuntimeConfig, SandboxLimits};
-use flowhost_cli::demo::{EXAMPLE_FLOWS, emulator_host_config};
 use flowhost::flow::{NodeStatus, RunStatus};
 use flowhost::{Host, LoadedFlow};
+use flowhost_cli::demo::{EXAMPLE_FLOWS, emulator_host_config};
 use mparticle_emulator::{EmulatorConfig, FaultRule, RunningEmulator};
 use serde_json::{Value, json};
 use std::time::Duration;

@@ -25,7 +25,7 @@ const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// signed webhook connection `acme` (no token) and the hostile connection `hostile` (token).
 struct Served {
     base: String,
-    service: Arc<Service>,
+    _service: Arc<Service>,
     store: Arc<dyn Store>,
     _dir: tempfile::TempDir,
 }
@@ -74,7 +74,7 @@ where
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
-    Served { base, service, store, _dir: dir }
+    Served { base, _service: service, store, _dir: dir }
 }
 
 fn mparticle_connection() -> Value {

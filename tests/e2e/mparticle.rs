@@ -3,11 +3,11 @@
 //! credentials, 429 with Retry-After, 5xx, timeouts, token caching and refresh, and no secret anywhere.
 
 use crate::test_runtime_with;
-use flowhost_cli::builtin::MPARTICLE;
 use flowhost::connector::{
     ConfigError, Connection, ConnectionOptions, Connector, ErrorKind, HttpLimits, Invocation, InvocationContext,
     InvokeError, LogSource, Runtime, SecretStore,
 };
+use flowhost_cli::builtin::MPARTICLE;
 use mparticle_emulator::{
     DEMO_API_KEY, DEMO_API_SECRET, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, EmulatorConfig, FaultRule, RecordedBatch,
     RunningEmulator,

@@ -11,8 +11,8 @@
 //!
 //! Nothing leaves loopback. Timing figures are reported, never asserted.
 
-use flowhost::delivery::TraceRetention;
 use anyhow::{Context as _, bail};
+use flowhost::delivery::TraceRetention;
 use indicatif::{ProgressBar, ProgressStyle};
 use mparticle_emulator::{EmulatorConfig, FaultRule, RunningEmulator};
 use serde::Serialize;

@@ -3,13 +3,13 @@
 //! happened: the run traces, the batches mParticle received, and the account, audience and
 //! calculated-attribute answers. No credentials and no set-up beyond the build.
 
+use anyhow::Context as _;
 use flowhost::connector::{RuntimeConfig, SecretStore};
 use flowhost::delivery::{InboundConnection, LoyaltyEvent, Service, ServiceConfig};
 use flowhost::flow::{Run, RunStatus};
 use flowhost::inbound::InboundRequest;
 use flowhost::store::{RunFilter, RunState, Store, StoreLocation, StoredRun};
 use flowhost::{Host, HostConfig};
-use anyhow::Context as _;
 use mparticle_emulator::{EmulatorConfig, FaultRule};
 use secrecy::SecretString;
 use serde_json::{Map, Value, json};

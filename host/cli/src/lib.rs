@@ -9,9 +9,9 @@ pub mod demo;
 
 use commands::{connector, flow, queue, serve};
 
-use flowhost::connector::{Runtime, RuntimeConfig, SecretStore};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use flowhost::connector::{Runtime, RuntimeConfig, SecretStore};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -23,4 +23,3 @@ pub struct Invocation<T = Value> {
     pub log: Vec<LogLine>,
     pub duration: Duration,
 }
-

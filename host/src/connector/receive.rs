@@ -51,7 +51,9 @@ fn received(received: wit::Received) -> Result<Received, InvokeError> {
         .events
         .into_iter()
         .enumerate()
-        .map(|(index, event)| inbound_event(event).map_err(|message| broke_contract(&format!("event {index}: {message}"))))
+        .map(|(index, event)| {
+            inbound_event(event).map_err(|message| broke_contract(&format!("event {index}: {message}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if !(100..=599).contains(&received.response.status) {
         return Err(broke_contract(&format!("the answer's status {} is not an HTTP status", received.response.status)));

@@ -3,13 +3,13 @@
 //! in a fresh sandboxed instance each time.
 
 use super::batcher::{BatchFuture, BatchSender, Batcher};
-use super::invocation::{Invocation, InvocationContext};
 use super::bindings;
 use super::component_cache::{DiskCache, LoadSource, compile_or_load, content_hash, default_cache_dir};
 use super::egress::{EgressPolicy, HostPattern};
 use super::engine::{EPOCH_TICK, build_engine, start_epoch_ticker};
 use super::error::{ConfigError, FieldError, InvokeError, LoadError};
 use super::http_client::{Fetcher, HttpClients, HttpLimits, HttpTransport};
+use super::invocation::{Invocation, InvocationContext};
 use super::kv_cache::KvCache;
 use super::manifest::{Manifest, Validators};
 use super::sandbox::{ConnectionScope, LogLevel, LogLine, LogSource, SandboxLimits, StoreState};
@@ -677,7 +677,12 @@ impl WorldPre for bindings::batch::BatchConnectorPre<StoreState> {
 
 /// Runs one call in a fresh instance from the pool, under the memory limit, the epoch deadline and the
 /// wall-clock timeout. A trap or a timeout drops the instance; the runtime goes on serving.
-pub(super) async fn run_sandboxed<P, R, F>(runtime: &RuntimeInner, pre: &P, scope: ConnectionScope, call: F) -> Outcome<R>
+pub(super) async fn run_sandboxed<P, R, F>(
+    runtime: &RuntimeInner,
+    pre: &P,
+    scope: ConnectionScope,
+    call: F,
+) -> Outcome<R>
 where
     P: WorldPre,
     R: Send,

@@ -53,13 +53,9 @@ impl InboundEndpoint {
         names.dedup();
         let mut endpoints = HashMap::new();
         for name in names {
-            let receives = |flow: &&Arc<LoadedFlow>| {
-                matches!(&flow.flow().trigger, Trigger::Inbound { connection, .. } if *connection == name)
-            };
-            let flow = flows
-                .iter()
-                .find(receives)
-                .or_else(|| flows.iter().find(|flow| flow.connection(&name).is_some()));
+            let receives = |flow: &&Arc<LoadedFlow>| matches!(&flow.flow().trigger, Trigger::Inbound { connection, .. } if *connection == name);
+            let flow =
+                flows.iter().find(receives).or_else(|| flows.iter().find(|flow| flow.connection(&name).is_some()));
             if let Some(flow) = flow {
                 let token = tokens.remove(&name);
                 endpoints.insert(name.clone(), InboundEndpoint { flow: flow.clone(), name, token });
@@ -100,7 +96,9 @@ impl InboundEndpoint {
 pub enum InboundError {
     #[error("no connection `{0}` takes inbound requests (no inbound flow uses it and it has no inbound token)")]
     UnknownConnection(String),
-    #[error("connection `{connection}` cannot take inbound requests: its connector `{connector}` has no inbound side (it does not export `receive`)")]
+    #[error(
+        "connection `{connection}` cannot take inbound requests: its connector `{connector}` has no inbound side (it does not export `receive`)"
+    )]
     NoInboundSide { connection: String, connector: String },
     #[error("{0}")]
     Unauthorized(String),

@@ -5,9 +5,7 @@
 
 use super::shared::{Shared, ordering_key};
 use crate::flow::Trigger;
-use crate::inbound::{
-    InboundEvent, InboundFilter, InboundRequest, TriggerMatch, match_trigger, stored_events,
-};
+use crate::inbound::{InboundEvent, InboundFilter, InboundRequest, TriggerMatch, match_trigger, stored_events};
 use crate::store::{InboundOutcome, NewRun, StoredInbound, now_ms};
 use serde_json::{Value, json};
 use std::sync::Arc;

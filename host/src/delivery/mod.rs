@@ -13,6 +13,4 @@ mod shared;
 
 pub use config::{ServiceConfig, TraceRetention};
 pub use inbound_endpoint::{InboundConnection, InboundError, InboundReceipt};
-pub use service::{
-    AcceptError, AcceptedEvent, AcceptedRun, ConnectionError, LoyaltyEvent, Service, ServiceError,
-};
+pub use service::{AcceptError, AcceptedEvent, AcceptedRun, ConnectionError, LoyaltyEvent, Service, ServiceError};

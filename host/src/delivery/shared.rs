@@ -2,9 +2,9 @@
 //! endpoints, the wake-ups and the metrics. The service builds it; the workers only read it.
 
 use super::completion_batch::CompletionBatch;
+use super::config::ServiceConfig;
 use super::inbound_endpoint::InboundEndpoint;
 use super::metrics::Metrics;
-use super::config::ServiceConfig;
 use crate::Host;
 use crate::flow::{EmittedEvent, LoadedFlow, Trigger};
 use crate::store::Store;
@@ -87,4 +87,3 @@ pub(crate) fn ordering_key(flow: &str, customer: Option<&str>) -> String {
         None => format!("{flow}/-/{}", uuid::Uuid::new_v4()),
     }
 }
-

@@ -185,8 +185,7 @@ fn lint_inbound_trigger(flow: &Flow, registry: &ConnectorRegistry, problems: &mu
             ));
         }
     }
-    if customer_identity.is_none()
-        && !inbound.identities.iter().any(|i| i == crate::inbound::DEFAULT_CUSTOMER_IDENTITY)
+    if customer_identity.is_none() && !inbound.identities.iter().any(|i| i == crate::inbound::DEFAULT_CUSTOMER_IDENTITY)
     {
         problems.push(problem(
             "/trigger/customerIdentity",

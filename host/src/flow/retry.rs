@@ -63,7 +63,6 @@ impl Default for RetryPolicy {
     }
 }
 
-
 /// The longest Retry-After honoured; a remote service asking for more is capped here.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 

@@ -18,13 +18,12 @@
 
 pub mod config;
 
-use crate::connector::secrets::token_matches;
 use crate::connector::ErrorKind;
+use crate::connector::secrets::token_matches;
 use crate::delivery::{AcceptError, ConnectionError, InboundError, InboundReceipt, LoyaltyEvent, Service};
 use crate::inbound::InboundRequest;
 use crate::store::{
-    InboundFilter, InboundState, RunFilter, RunState, Store, StoreError, StoredInbound, StoredRun, now_ms,
-    parse_states,
+    InboundFilter, InboundState, RunFilter, RunState, Store, StoreError, StoredInbound, StoredRun, now_ms, parse_states,
 };
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
@@ -420,7 +419,8 @@ async fn inbound_summary(store: &dyn Store, message: &StoredInbound) -> Result<V
             if let Some(run) = store.get(id).await?
                 && matches!(run.status, RunState::Failed | RunState::Dead)
             {
-                failed_runs.push(json!({"runId": run.id, "flow": run.flow_id, "status": run.status, "error": run.last_error}));
+                failed_runs
+                    .push(json!({"runId": run.id, "flow": run.flow_id, "status": run.status, "error": run.last_error}));
             }
         }
         if !failed_runs.is_empty() {

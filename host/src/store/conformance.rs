@@ -102,10 +102,10 @@ const LEASE: Duration = Duration::from_secs(30);
 
 fn run_for(key: &str, connections: &[&str]) -> NewRun {
     NewRun {
-        flow_id: "loyalty-to-mparticle".into(),
+        flow_id: "loyalty-to-cdp".into(),
         flow_version: "1.0.0".into(),
         connections: connections.iter().map(|c| c.to_string()).collect(),
-        ordering_key: format!("loyalty-to-mparticle/{key}"),
+        ordering_key: format!("loyalty-to-cdp/{key}"),
         customer: Some(key.to_string()),
         event: json!({"event": "point_add", "customer": key}),
         dedup_key: None,
@@ -113,13 +113,13 @@ fn run_for(key: &str, connections: &[&str]) -> NewRun {
 }
 
 fn run(key: &str) -> NewRun {
-    run_for(key, &["mparticle"])
+    run_for(key, &["cdp"])
 }
 
 fn message(connection: &str, external_id: Option<&str>) -> InboundMessage {
     InboundMessage {
         connection: connection.into(),
-        source: "mparticle.webhook".into(),
+        source: "cdp.webhook".into(),
         external_id: external_id.map(str::to_string),
         body: json!({"events": [{"event_type": "custom_event"}]}),
     }
@@ -186,10 +186,10 @@ pub async fn enqueue_returns_ids_in_order_and_de_duplicates_by_dedup_key(store: 
     let carol = &stored[2];
     assert_eq!(
         (carol.id.as_str(), carol.flow_id.as_str(), carol.flow_version.as_str()),
-        (ids[2].as_str(), "loyalty-to-mparticle", "1.0.0")
+        (ids[2].as_str(), "loyalty-to-cdp", "1.0.0")
     );
-    assert_eq!(carol.connections, ["mparticle"]);
-    assert_eq!(carol.ordering_key, "loyalty-to-mparticle/carol");
+    assert_eq!(carol.connections, ["cdp"]);
+    assert_eq!(carol.ordering_key, "loyalty-to-cdp/carol");
     assert_eq!((carol.customer.as_deref(), carol.dedup_key.as_deref()), (Some("carol"), Some("evt-1")));
     assert_eq!(carol.event, json!({"event": "point_add", "customer": "carol"}));
     assert_eq!((carol.status, carol.attempts, carol.leases), (RunState::Queued, 0, 0));
@@ -215,7 +215,7 @@ pub async fn a_large_batch_keeps_its_order_and_de_duplicates_within_itself(store
     let mut runs: Vec<NewRun> = (0..600).map(|i| run(&format!("c{i}"))).collect();
     runs[10].dedup_key = Some("evt-10".into());
     runs[500].dedup_key = Some("evt-10".into());
-    runs[20].connections = vec!["mparticle".into(), "other".into(), "mparticle".into()];
+    runs[20].connections = vec!["cdp".into(), "other".into(), "cdp".into()];
     let ids = store.enqueue(&runs).await.unwrap();
     assert_eq!(ids.len(), 600);
     assert_eq!(ids[500], ids[10], "the same dedup key twice in one batch is one run");
@@ -227,11 +227,11 @@ pub async fn a_large_batch_keeps_its_order_and_de_duplicates_within_itself(store
         last = stored.seq;
     }
     assert_eq!(store.counts().await.unwrap().runs.queued, 599);
-    assert_eq!(store.get(&ids[20]).await.unwrap().unwrap().connections, ["mparticle", "other"]);
+    assert_eq!(store.get(&ids[20]).await.unwrap().unwrap().connections, ["cdp", "other"]);
     let on_other = RunFilter { connection: Some("other".into()), ..Default::default() };
     assert_eq!(store.list(&on_other).await.unwrap().len(), 1);
-    let on_mparticle = RunFilter { connection: Some("mparticle".into()), limit: 1000, ..Default::default() };
-    assert_eq!(store.list(&on_mparticle).await.unwrap().len(), 599);
+    let on_cdp = RunFilter { connection: Some("cdp".into()), limit: 1000, ..Default::default() };
+    assert_eq!(store.list(&on_cdp).await.unwrap().len(), 599);
 }
 
 pub async fn claims_in_arrival_order_and_a_waiting_resend_holds_only_its_key(store: Arc<dyn Store>) {
@@ -292,8 +292,7 @@ pub async fn a_claim_takes_a_keys_due_runs_in_order_up_to_per_key_and_every_keys
 pub async fn a_claim_stops_each_key_at_a_run_that_is_not_due_and_released_runs_wait_behind_it(store: Arc<dyn Store>) {
     store.hold_connection("crm").await.unwrap();
     // a3 uses the held connection: it is open but not due, so a4 must not overtake it.
-    let ids =
-        store.enqueue(&[run("a"), run("a"), run_for("a", &["mparticle", "crm"]), run("a"), run("b")]).await.unwrap();
+    let ids = store.enqueue(&[run("a"), run("a"), run_for("a", &["cdp", "crm"]), run("a"), run("b")]).await.unwrap();
     let claimed = store.claim("w1", 10, 4, now_ms(), LEASE).await.unwrap();
     assert_eq!(positions(&claimed, &ids), [0, 1, 4]);
 
@@ -568,7 +567,7 @@ pub async fn completing_writes_the_run_and_its_outbox_events_together(store: Arc
     assert_eq!(outbox.len(), 3);
     assert_eq!((outbox[0].run_id.as_str(), outbox[0].event.as_str()), (ids[0].as_str(), "point_add"));
     assert_eq!(outbox[1].payload, json!({"id": 7}));
-    assert_eq!(outbox[0].flow_id, "loyalty-to-mparticle");
+    assert_eq!(outbox[0].flow_id, "loyalty-to-cdp");
     assert!(outbox.windows(2).all(|w| w[0].seq < w[1].seq));
     assert_eq!(store.outbox(outbox[1].seq, 10).await.unwrap(), outbox[2..].to_vec(), "paging by seq");
 
@@ -686,7 +685,7 @@ pub async fn the_outbox_reads_events_after_a_seq_oldest_first_up_to_a_limit(stor
     );
     assert_eq!(
         (all[2].node_id.as_str(), all[2].event.as_str(), all[2].flow_id.as_str()),
-        ("emit_3", "point_add", "loyalty-to-mparticle")
+        ("emit_3", "point_add", "loyalty-to-cdp")
     );
 
     let first = store.outbox(0, 2).await.unwrap();
@@ -700,21 +699,19 @@ pub async fn the_outbox_reads_events_after_a_seq_oldest_first_up_to_a_limit(stor
 }
 
 pub async fn holding_a_connection_keeps_its_runs_and_releasing_sends_them(store: Arc<dyn Store>) {
-    // In flight on mparticle when it is disconnected, and a run whose worker will have died.
+    // In flight on cdp when it is disconnected, and a run whose worker will have died.
     let ids = store.enqueue(&[run("inflight"), run("crashed")]).await.unwrap();
     let now = now_ms();
     let inflight = store.claim("w1", 1, 1, now, LEASE).await.unwrap().remove(0);
     let crashed = store.claim("w-dead", 1, 1, now, Duration::from_secs(5)).await.unwrap().remove(0);
     assert_eq!(crashed.id, ids[1]);
-    let queued = store
-        .enqueue(&[run("a"), run("b"), run_for("c", &["other"]), run_for("d", &["other", "mparticle"])])
-        .await
-        .unwrap();
+    let queued =
+        store.enqueue(&[run("a"), run("b"), run_for("c", &["other"]), run_for("d", &["other", "cdp"])]).await.unwrap();
 
-    let held = store.hold_connection("mparticle").await.unwrap();
+    let held = store.hold_connection("cdp").await.unwrap();
     assert_eq!(held.runs, 3, "a, b and d; live leases finish their attempt");
-    assert_eq!(store.hold_connection("mparticle").await.unwrap().runs, 0, "idempotent");
-    assert_eq!(store.held_connections().await.unwrap(), ["mparticle"]);
+    assert_eq!(store.hold_connection("cdp").await.unwrap().runs, 0, "idempotent");
+    assert_eq!(store.held_connections().await.unwrap(), ["cdp"]);
 
     // Only the run on the other connection goes; the crashed run is held once its lease expires.
     let claimed = store.claim("w2", 10, 1, now + 10_000, LEASE).await.unwrap();
@@ -732,18 +729,18 @@ pub async fn holding_a_connection_keeps_its_runs_and_releasing_sends_them(store:
     let counts = store.counts().await.unwrap();
     assert_eq!((counts.runs.held, counts.runs.leased), (6, 1));
     let listed = store
-        .list(&RunFilter { connection: Some("mparticle".into()), statuses: vec![RunState::Held], ..Default::default() })
+        .list(&RunFilter { connection: Some("cdp".into()), statuses: vec![RunState::Held], ..Default::default() })
         .await
         .unwrap();
     assert_eq!(listed.len(), 6, "held runs are kept and reported");
     assert!(store.claim("w2", 10, 1, now_ms() + 1_000, LEASE).await.unwrap().is_empty());
 
-    // d also uses `other`: holding and releasing `other` must not free it while mparticle is held.
+    // d also uses `other`: holding and releasing `other` must not free it while cdp is held.
     store.hold_connection("other").await.unwrap();
     assert_eq!(store.release_connection("other").await.unwrap().runs, 0);
     assert_eq!(status(&*store, &queued[3]).await, RunState::Held);
 
-    let released = store.release_connection("mparticle").await.unwrap();
+    let released = store.release_connection("cdp").await.unwrap();
     assert_eq!(released.runs, 6);
     assert!(store.held_connections().await.unwrap().is_empty());
     let claimed = store.claim("w2", 10, 1, now + 20_000, LEASE).await.unwrap();
@@ -866,7 +863,7 @@ pub async fn inbound_messages_list_newest_first_by_connection_and_state(store: A
     let m4 = store.record_inbound(&message("mp", None)).await.unwrap();
 
     let recorded = store.get_inbound(&m1).await.unwrap().unwrap();
-    assert_eq!((recorded.connection.as_str(), recorded.source.as_str()), ("mp", "mparticle.webhook"));
+    assert_eq!((recorded.connection.as_str(), recorded.source.as_str()), ("mp", "cdp.webhook"));
     assert_eq!((recorded.external_id.as_deref(), recorded.body.clone()), (Some("batch-1"), message("mp", None).body));
     assert_eq!((recorded.status, recorded.leases, recorded.lease_owner.clone()), (InboundState::Received, 0, None));
     assert_eq!((recorded.detail.clone(), recorded.run_ids.len()), (None, 0));
@@ -903,7 +900,7 @@ pub async fn listing_filters_and_pages_newest_first(store: Arc<dyn Store>) {
     assert_eq!(run_ids(&next), [&ids[2], &ids[1], &ids[0]].map(String::clone));
     let flow = RunFilter { flow_id: Some("profile-sync".into()), ..Default::default() };
     assert_eq!(run_ids(&store.list(&flow).await.unwrap()), [ids[6].clone()]);
-    let key = RunFilter { ordering_key: Some("loyalty-to-mparticle/bob".into()), ..Default::default() };
+    let key = RunFilter { ordering_key: Some("loyalty-to-cdp/bob".into()), ..Default::default() };
     assert_eq!(run_ids(&store.list(&key).await.unwrap()), [ids[5].clone()]);
     assert_eq!(store.list(&RunFilter::default()).await.unwrap().len(), 7, "0: the default limit");
     store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
@@ -934,7 +931,7 @@ pub async fn bad_input_is_an_error_naming_the_field_and_changes_nothing(store: A
     assert!(is_invalid(&error, "runs[1].orderingKey"), "{error}");
     let bad_runs = [
         (NewRun { flow_id: String::new(), ..run("a") }, "runs[0].flowId"),
-        (run_for("a", &["mparticle", ""]), "runs[0].connections[1]"),
+        (run_for("a", &["cdp", ""]), "runs[0].connections[1]"),
         (NewRun { dedup_key: Some(String::new()), ..run("a") }, "runs[0].dedupKey"),
     ];
     for (bad, field) in bad_runs {

@@ -1,11 +1,11 @@
 //! `flowhost connector inspect | check | call`.
 
 use crate::{GlobalOptions, json_argument};
+use anyhow::Context as _;
+use clap::Subcommand;
 use flowhost::connector::{
     ConnectionOptions, Connector, Invocation, InvocationContext, InvokeError, LoadSource, LogLine, Manifest,
 };
-use anyhow::Context as _;
-use clap::Subcommand;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

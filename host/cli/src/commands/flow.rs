@@ -1,11 +1,11 @@
 //! `flowhost check`, `flowhost run` and `flowhost flow schema`.
 
 use crate::{GlobalOptions, json_argument};
+use anyhow::Context as _;
 use flowhost::flow::{RunStatus, flow_schema};
 use flowhost::inbound::InboundRequest;
 use flowhost::store::now_ms;
 use flowhost::{Host, HostConfig};
-use anyhow::Context as _;
 use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;
@@ -176,7 +176,11 @@ pub async fn run_inbound(
         writeln!(err, "no event of the request started a run")?;
         return Ok(ExitCode::from(1));
     }
-    Ok(if outcome.runs.iter().all(|r| r.status == RunStatus::Succeeded) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if outcome.runs.iter().all(|r| r.status == RunStatus::Succeeded) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 pub fn schema(out: &mut dyn Write) -> anyhow::Result<ExitCode> {

@@ -1,9 +1,9 @@
 //! `flowhost queue list|retry|drop`: the resend queue of a service's store, the same operations as
 //! `GET /v1/queue`, `POST /v1/queue/{id}/retry` and `DELETE /v1/queue/{id}`. Safe while the service runs.
 
+use clap::Subcommand;
 use flowhost::server::config::ServeConfig;
 use flowhost::store::{RunFilter, RunState, Store, parse_states};
-use clap::Subcommand;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,11 +1,11 @@
 //! `flowhost serve --config flowhost.toml`: the durable service behind its HTTP API, until SIGINT or SIGTERM.
 
 use crate::GlobalOptions;
+use anyhow::Context as _;
 use flowhost::Host;
 use flowhost::delivery::Service;
 use flowhost::server::config::ServeConfig;
 use flowhost::server::{ApiState, router};
-use anyhow::Context as _;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;

@@ -38,10 +38,10 @@ async fn open() -> (tempfile::TempDir, SqliteStore) {
 
 fn run_for(key: &str, connections: &[&str]) -> NewRun {
     NewRun {
-        flow_id: "loyalty-to-mparticle".into(),
+        flow_id: "loyalty-to-cdp".into(),
         flow_version: "1.0.0".into(),
         connections: connections.iter().map(|c| c.to_string()).collect(),
-        ordering_key: format!("loyalty-to-mparticle/{key}"),
+        ordering_key: format!("loyalty-to-cdp/{key}"),
         customer: Some(key.to_string()),
         event: json!({"event": "point_add", "customer": key}),
         dedup_key: None,
@@ -49,7 +49,7 @@ fn run_for(key: &str, connections: &[&str]) -> NewRun {
 }
 
 fn run(key: &str) -> NewRun {
-    run_for(key, &["mparticle"])
+    run_for(key, &["cdp"])
 }
 
 /// The completion of a claimed run, with a small trace naming it.
@@ -84,7 +84,7 @@ async fn enqueued_runs_survive_a_reopen() {
     let first = store.get(&ids[0]).await.unwrap().unwrap();
     assert_eq!(first.status, RunState::Leased);
     assert_eq!(first.checkpoint, Some(json!({"done": ["send"]})));
-    assert_eq!(first.connections, vec!["mparticle".to_string()]);
+    assert_eq!(first.connections, vec!["cdp".to_string()]);
     assert_eq!(first.event, json!({"event": "point_add", "customer": "alice"}));
     assert_eq!(store.get(&ids[1]).await.unwrap().unwrap().status, RunState::Queued);
     assert_eq!(store.held_connections().await.unwrap(), vec!["other".to_string()]);
@@ -107,9 +107,9 @@ async fn a_flows_connections_are_stored_once_and_only_once_its_runs_are_committe
         rows
     };
     let mut other_flow = run_for("o", &["other", "other"]);
-    other_flow.flow_id = "reward-to-mparticle".into();
+    other_flow.flow_id = "reward-to-cdp".into();
     store.enqueue(&[run("a"), run("b"), other_flow]).await.unwrap();
-    let expected = [("mparticle", "loyalty-to-mparticle"), ("other", "reward-to-mparticle")]
+    let expected = [("cdp", "loyalty-to-cdp"), ("other", "reward-to-cdp")]
         .map(|(connection, flow)| (connection.to_string(), flow.to_string()));
     assert_eq!(pairs().await, expected);
 
@@ -118,7 +118,7 @@ async fn a_flows_connections_are_stored_once_and_only_once_its_runs_are_committe
     store
         .record_inbound(&InboundMessage {
             connection: "mp".into(),
-            source: "mparticle.webhook".into(),
+            source: "cdp.webhook".into(),
             external_id: None,
             body: json!({}),
         })
@@ -153,7 +153,7 @@ async fn runs_stored_before_flow_connections_are_still_found_by_connection() {
     // that migration's trigger) and one on a third.
     let mut conn = SqliteConnectOptions::new().filename(&path).create_if_missing(true).connect().await.unwrap();
     MIGRATOR.run_to(5, &mut conn).await.unwrap();
-    for (id, key, connections) in [("r1", "a", r#"["mparticle","other"]"#), ("r2", "b", r#"["braze"]"#)] {
+    for (id, key, connections) in [("r1", "a", r#"["cdp","other"]"#), ("r2", "b", r#"["braze"]"#)] {
         sqlx::query(
             "INSERT INTO runs (id, flow_id, flow_version, connections, ordering_key, event, status, \
              next_attempt_at, created_at, updated_at, head) \
@@ -174,10 +174,10 @@ async fn runs_stored_before_flow_connections_are_still_found_by_connection() {
     assert_eq!(ids(store.list(&on("other")).await.unwrap()), ["r1"]);
     assert_eq!(ids(store.list(&on("braze")).await.unwrap()), ["r2"]);
     assert!(store.list(&on("nothing")).await.unwrap().is_empty());
-    assert_eq!(store.hold_connection("mparticle").await.unwrap().runs, 1);
+    assert_eq!(store.hold_connection("cdp").await.unwrap().runs, 1);
     assert_eq!(store.get("r1").await.unwrap().unwrap().status, RunState::Held);
     assert_eq!(store.get("r2").await.unwrap().unwrap().status, RunState::Queued);
-    assert_eq!(store.release_connection("mparticle").await.unwrap().runs, 1);
+    assert_eq!(store.release_connection("cdp").await.unwrap().runs, 1);
 }
 
 #[tokio::test]
@@ -544,7 +544,7 @@ async fn what_was_accepted_is_synced_before_returning_and_lease_bookkeeping_is_n
     const DEFERRED: u64 = 0;
     let message = InboundMessage {
         connection: "mp".into(),
-        source: "mparticle.webhook".into(),
+        source: "cdp.webhook".into(),
         external_id: None,
         body: json!({"events": []}),
     };
@@ -626,7 +626,7 @@ async fn a_claim_returns_once_the_accepts_it_can_see_are_durable() {
     // Inbound messages the same way.
     let message = InboundMessage {
         connection: "mp".into(),
-        source: "mparticle.webhook".into(),
+        source: "cdp.webhook".into(),
         external_id: Some("m-1".into()),
         body: json!({"events": []}),
     };
@@ -663,7 +663,7 @@ async fn every_operation_keeps_each_keys_head_on_its_first_open_run() {
             0 | 1 => {
                 let batch: Vec<NewRun> = (0..next(6))
                     .map(|i| {
-                        let mut new = run_for(keys[next(keys.len())], &[["mparticle", "crm"][next(2)]]);
+                        let mut new = run_for(keys[next(keys.len())], &[["cdp", "crm"][next(2)]]);
                         new.dedup_key = Some(format!("evt-{}", (step * 6 + i) % 350));
                         new
                     })
