@@ -89,6 +89,10 @@ pub struct BenchReport {
     pub idle_rss_mb: f64,
     pub in_flight: usize,
     pub peak_rss_in_flight_mb: f64,
+    /// Inbound: Webhook batches of [`INBOUND_BATCH`] events posted to `/v1/inbound/{connection}`, received by
+    /// the mParticle connector, stored, and mapped by an inbound flow into the outbox.
+    pub inbound_accepted_per_second: f64,
+    pub inbound_mapped_per_second: f64,
 }
 
 impl BenchReport {
@@ -99,7 +103,8 @@ impl BenchReport {
              accepted: {:.0} events/s; accept latency p50 {:.1} ms, p99 {:.1} ms (per POST of a batch of events)\n\
              delivered: {:.0} events/s (counted by the emulator: {} batches in {} Events API requests, {} duplicates)\n\
              accept to delivery: p50 {:.0} ms, p99 {:.0} ms\n\
-             memory: {:.0} MB idle, {:.0} MB peak with {} invocations in flight\n",
+             memory: {:.0} MB idle, {:.0} MB peak with {} invocations in flight\n\
+             inbound: {:.0} events/s accepted, {:.0} events/s mapped into the outbox (Webhook batches of {} events)\n",
             self.events,
             self.customers,
             self.connections,
@@ -118,9 +123,16 @@ impl BenchReport {
             self.idle_rss_mb,
             self.peak_rss_in_flight_mb,
             self.in_flight,
+            self.inbound_accepted_per_second,
+            self.inbound_mapped_per_second,
+            INBOUND_BATCH,
         )
     }
 }
+
+/// Events per inbound Webhook batch.
+pub const INBOUND_BATCH: usize = 50;
+const INBOUND_TOKEN: &str = "bench-inbound-token";
 
 /// Runs every phase. `flowhost` is the binary to start as the service (normally this one).
 pub async fn run(flowhost: &Path, options: &BenchOptions) -> anyhow::Result<BenchReport> {
@@ -254,6 +266,9 @@ async fn phases(
     emulator.handle().clear_faults();
     drop(server);
 
+    let (inbound_accepted_per_second, inbound_mapped_per_second) =
+        inbound_phase(flowhost, options, emulator, keys, &work.join("inbound"), &cache, &client).await?;
+
     accept_latencies.sort_by(f64::total_cmp);
     delivery_latencies.sort_by(f64::total_cmp);
     let delivered_secs = ((last_delivery_ms - started_unix_ms) as f64 / 1000.0).max(accepted_secs);
@@ -276,7 +291,102 @@ async fn phases(
         idle_rss_mb,
         in_flight: options.in_flight,
         peak_rss_in_flight_mb: peak,
+        inbound_accepted_per_second,
+        inbound_mapped_per_second,
     })
+}
+
+/// The inbound phase: `options.events` events in Webhook batches posted by `options.clients` clients to
+/// `/v1/inbound/brand0`, then mapped by an inbound flow into the outbox. Returns the events per second accepted
+/// (all posts answered) and mapped (all in the outbox).
+async fn inbound_phase(
+    flowhost: &Path,
+    options: &BenchOptions,
+    emulator: &RunningEmulator,
+    keys: &[(String, String)],
+    dir: &Path,
+    cache: &Path,
+    client: &reqwest::Client,
+) -> anyhow::Result<(f64, f64)> {
+    let mut service = ServiceDir::create(dir, emulator, keys, options.service_concurrency, options.traces)?;
+    service.add_inbound_flow()?;
+    let server = service.start(flowhost, cache)?;
+    let url = format!("{}/v1/inbound/brand0", server.url);
+    let batches = options.events.div_ceil(INBOUND_BATCH);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut posters = Vec::new();
+    for _ in 0..options.clients.max(1) {
+        let (client, url, next, options) = (client.clone(), url.clone(), next.clone(), options.clone());
+        posters.push(tokio::spawn(async move {
+            loop {
+                let batch = next.fetch_add(1, Ordering::SeqCst);
+                if batch >= batches {
+                    return anyhow::Ok(());
+                }
+                let from = batch * INBOUND_BATCH;
+                let to = (from + INBOUND_BATCH).min(options.events);
+                let body = webhook_batch(batch, from..to, &options);
+                let response = client.post(&url).bearer_auth(INBOUND_TOKEN).json(&body).send().await?;
+                if !response.status().is_success() {
+                    let status = response.status();
+                    bail!("inbound batch {batch}: {status} {}", response.text().await.unwrap_or_default());
+                }
+            }
+        }));
+    }
+    for poster in posters {
+        poster.await??;
+    }
+    let accepted_secs = started.elapsed().as_secs_f64();
+    let mut mapped = 0;
+    let mut after = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while mapped < options.events {
+        anyhow::ensure!(Instant::now() < deadline, "only {mapped} of {} inbound events were mapped", options.events);
+        let page: Value =
+            client.get(format!("{}/v1/outbox?after={after}&limit=1000", server.url)).send().await?.json().await?;
+        let events = page["events"].as_array().map(Vec::len).unwrap_or(0);
+        if events == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        mapped += events;
+        after = page["next"].as_i64().unwrap_or(after);
+    }
+    let mapped_secs = started.elapsed().as_secs_f64();
+    drop(server);
+    Ok((options.events as f64 / accepted_secs, options.events as f64 / mapped_secs))
+}
+
+/// One Webhook output batch (mParticle's format) of one customer, with the events `sequences`.
+fn webhook_batch(batch: usize, sequences: std::ops::Range<usize>, options: &BenchOptions) -> Value {
+    let events: Vec<Value> = sequences
+        .map(|sequence| {
+            json!({"event_type": "custom_event", "message_id": format!("bench-in-{sequence}"),
+                   "data": {"event_name": "points_redeemed", "custom_event_type": "transaction",
+                            "custom_attributes": {"points": 10, "sequence": sequence}}})
+        })
+        .collect();
+    json!({
+        "batch_id": format!("bench-in-batch-{batch}"), "environment": "production",
+        "user_identities": [{"identity_type": "customer_id", "identity": format!("member-{}", batch % options.customers)}],
+        "events": events,
+    })
+}
+
+/// The inbound flow of the inbound phase: brand 0's connection, a custom event mapped into the outbox.
+fn inbound_flow() -> String {
+    let brand: Value = serde_json::from_str(&brand_flow(0)).expect("the brand flow is JSON");
+    json!({
+        "id": "inbound-bench",
+        "version": "1.0.0",
+        "trigger": {"type": "inbound", "connection": "brand0", "eventType": "custom_event", "eventName": "points_redeemed"},
+        "connections": brand["connections"],
+        "nodes": [{"id": "to_loyalty", "emit": {"event": "points_redeem",
+            "fields": {"customer": "{customer}", "points": "{points}", "sequence": "{sequence}"}}}]
+    })
+    .to_string()
 }
 
 /// One loyalty event: customer `customer` of brand `customer % connections`; `sequence` identifies it.
@@ -337,6 +447,19 @@ impl ServiceDir {
         }
         std::fs::write(dir.join("flowhost.toml"), config)?;
         Ok(ServiceDir { dir: dir.to_path_buf(), secrets })
+    }
+
+    /// Adds the inbound flow and brand 0's inbound token.
+    fn add_inbound_flow(&mut self) -> anyhow::Result<()> {
+        std::fs::write(self.dir.join("flows").join("inbound.json"), inbound_flow())?;
+        let config = std::fs::read_to_string(self.dir.join("flowhost.toml"))?.replacen(
+            "[connections.brand0]\n",
+            "[connections.brand0]\ninbound_token = { secret = \"BENCH_INBOUND_TOKEN\" }\n",
+            1,
+        );
+        std::fs::write(self.dir.join("flowhost.toml"), config)?;
+        self.secrets.push(("BENCH_INBOUND_TOKEN".into(), INBOUND_TOKEN.into()));
+        Ok(())
     }
 
     fn start(&self, flowhost: &Path, cache: &Path) -> anyhow::Result<Server> {
