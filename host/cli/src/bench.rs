@@ -133,6 +133,9 @@ impl BenchReport {
 /// Events per inbound Webhook batch.
 pub const INBOUND_BATCH: usize = 50;
 const INBOUND_TOKEN: &str = "bench-inbound-token";
+/// The inbound phase's connection: `mparticle`, whose route (`/v1/inbound/mparticle`) every version of the
+/// service has, so that `--service` can measure an earlier build too.
+const INBOUND_CONNECTION: &str = "mparticle";
 
 /// Runs every phase. `flowhost` is the binary to start as the service (normally this one).
 pub async fn run(flowhost: &Path, options: &BenchOptions) -> anyhow::Result<BenchReport> {
@@ -297,7 +300,7 @@ async fn phases(
 }
 
 /// The inbound phase: `options.events` events in Webhook batches posted by `options.clients` clients to
-/// `/v1/inbound/brand0`, then mapped by an inbound flow into the outbox. Returns the events per second accepted
+/// `/v1/inbound/mparticle`, then mapped by an inbound flow into the outbox. Returns the events per second accepted
 /// (all posts answered) and mapped (all in the outbox).
 async fn inbound_phase(
     flowhost: &Path,
@@ -311,7 +314,7 @@ async fn inbound_phase(
     let mut service = ServiceDir::create(dir, emulator, keys, options.service_concurrency, options.traces)?;
     service.add_inbound_flow()?;
     let server = service.start(flowhost, cache)?;
-    let url = format!("{}/v1/inbound/brand0", server.url);
+    let url = format!("{}/v1/inbound/{INBOUND_CONNECTION}", server.url);
     let batches = options.events.div_ceil(INBOUND_BATCH);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -375,14 +378,15 @@ fn webhook_batch(batch: usize, sequences: std::ops::Range<usize>, options: &Benc
     })
 }
 
-/// The inbound flow of the inbound phase: brand 0's connection, a custom event mapped into the outbox.
+/// The inbound flow of the inbound phase: brand 0's keys, a custom event mapped into the outbox.
 fn inbound_flow() -> String {
     let brand: Value = serde_json::from_str(&brand_flow(0)).expect("the brand flow is JSON");
     json!({
         "id": "inbound-bench",
         "version": "1.0.0",
-        "trigger": {"type": "inbound", "connection": "brand0", "eventType": "custom_event", "eventName": "points_redeemed"},
-        "connections": brand["connections"],
+        "trigger": {"type": "inbound", "connection": INBOUND_CONNECTION, "eventType": "custom_event",
+                    "eventName": "points_redeemed"},
+        "connections": {INBOUND_CONNECTION: brand["connections"]["brand0"]},
         "nodes": [{"id": "to_loyalty", "emit": {"event": "points_redeem",
             "fields": {"customer": "{customer}", "points": "{points}", "sequence": "{sequence}"}}}]
     })
@@ -449,14 +453,13 @@ impl ServiceDir {
         Ok(ServiceDir { dir: dir.to_path_buf(), secrets })
     }
 
-    /// Adds the inbound flow and brand 0's inbound token.
+    /// Adds the inbound flow and its connection's inbound token.
     fn add_inbound_flow(&mut self) -> anyhow::Result<()> {
         std::fs::write(self.dir.join("flows").join("inbound.json"), inbound_flow())?;
-        let config = std::fs::read_to_string(self.dir.join("flowhost.toml"))?.replacen(
-            "[connections.brand0]\n",
-            "[connections.brand0]\ninbound_token = { secret = \"BENCH_INBOUND_TOKEN\" }\n",
-            1,
-        );
+        let mut config = std::fs::read_to_string(self.dir.join("flowhost.toml"))?;
+        config.push_str(&format!(
+            "\n[connections.{INBOUND_CONNECTION}]\ninbound_token = {{ secret = \"BENCH_INBOUND_TOKEN\" }}\n"
+        ));
         std::fs::write(self.dir.join("flowhost.toml"), config)?;
         self.secrets.push(("BENCH_INBOUND_TOKEN".into(), INBOUND_TOKEN.into()));
         Ok(())

@@ -1,4 +1,4 @@
-//! `flowhost bench [--quick] [--events N] [--traces all|failures] [--json]`: the end-to-end load test
+//! `flowhost bench [--quick] [--events N] [--traces all|failures] [--json] [--service PATH]`: the end-to-end load test
 //! (see `crate::bench`).
 
 use crate::bench::{BenchOptions, run as run_bench};
@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// Print the figures as JSON.
     #[arg(long)]
     json: bool,
+    /// The `flowhost` binary to run as the service [default: this one], e.g. another build to compare with.
+    #[arg(long, value_name = "PATH")]
+    service: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
@@ -45,7 +48,10 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<ExitCo
     options.batch = args.batch.max(1);
     options.traces = args.traces;
     options.progress = !args.json;
-    let flowhost = std::env::current_exe()?;
+    let flowhost = match &args.service {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?,
+    };
     let report = run_bench(&flowhost, &options).await?;
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &report)?;
