@@ -320,3 +320,17 @@ async fn check_refuses_an_inbound_trigger_asking_for_what_its_connector_does_not
 fn connector_dir() -> &'static str {
     Path::new(components::ECHO).parent().unwrap().to_str().unwrap()
 }
+
+#[tokio::test]
+async fn inspect_shows_the_inbound_side() {
+    let signed = flowhost(&["--no-cache", "connector", "inspect", components::SIGNED_WEBHOOK]).await;
+    assert_eq!(signed.code, ExitCode::SUCCESS, "{}", signed.err);
+    assert!(signed.out.contains("event types: points.earned, reward.redeemed, member.updated"), "{}", signed.out);
+    assert!(signed.out.contains("verifies requests itself: yes"), "{}", signed.out);
+    let json = flowhost(&["--no-cache", "connector", "inspect", "--json", components::SIGNED_WEBHOOK]).await;
+    let manifest: serde_json::Value = serde_json::from_str(&json.out).unwrap();
+    assert_eq!(manifest["inbound"]["identities"], serde_json::json!(["member_id", "email"]));
+    let echo = flowhost(&["--no-cache", "connector", "inspect", "--json", components::ECHO]).await;
+    let manifest: serde_json::Value = serde_json::from_str(&echo.out).unwrap();
+    assert!(manifest["inbound"].is_null(), "echo has no inbound side");
+}

@@ -1,17 +1,15 @@
-//! What `POST /v1/inbound/{connection}` reaches: the connections that take inbound requests, their tokens,
-//! and the accept of one request. The connection's connector parses and verifies the request (`receive`);
-//! the host checks the token, stores the normalized events once, and answers with what the connector said.
+//! What `POST /v1/inbound/{connection}` reaches: the connections that take inbound requests, their tokens, and
+//! the errors and receipts of their requests (the accept itself is in `inbound_accept`).
 //!
 //! Who may send: a connection with an inbound token requires it on every request, except the requests its
 //! connector declares public (e.g. a registration), which are answered but never stored. A connection without
 //! a token takes requests only when its connector verifies each one itself (e.g. an HMAC signature).
 
-use super::shared::Shared;
 use crate::connector::secrets::token_matches;
 use crate::connector::{Connection, Connector, FieldError, InvokeError};
 use crate::flow::{LoadedFlow, Trigger};
-use crate::inbound::{InboundInfo, InboundRequest, InboundResponse, stored_body};
-use crate::store::{InboundMessage, StoreError};
+use crate::inbound::{InboundInfo, InboundResponse};
+use crate::store::StoreError;
 use secrecy::SecretString;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,7 +31,7 @@ impl std::fmt::Debug for InboundConnection {
 pub(crate) struct InboundEndpoint {
     flow: Arc<LoadedFlow>,
     name: String,
-    token: Option<SecretString>,
+    pub(super) token: Option<SecretString>,
 }
 
 impl InboundEndpoint {
@@ -69,7 +67,7 @@ impl InboundEndpoint {
         self.flow.connection(&self.name).expect("an endpoint's flow has its connection")
     }
 
-    fn inbound(&self) -> Result<&InboundInfo, InboundError> {
+    pub(super) fn inbound(&self) -> Result<&InboundInfo, InboundError> {
         let (connector, _) = self.connector();
         connector.inbound().ok_or_else(|| InboundError::NoInboundSide {
             connection: self.name.clone(),
@@ -79,7 +77,7 @@ impl InboundEndpoint {
 
     /// Whether the request's `Authorization` (`Bearer <token>` or `Token <token>`) carries this connection's
     /// token, compared in constant time.
-    fn authenticated(&self, authorization: Option<&str>) -> bool {
+    pub(super) fn authenticated(&self, authorization: Option<&str>) -> bool {
         let presented = authorization
             .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("Token ")))
             .map(str::trim)
@@ -114,8 +112,6 @@ pub enum InboundError {
     Store(#[from] StoreError),
 }
 
-const TOKEN_REQUIRED: &str = "missing or wrong token: send `Authorization: Bearer <token>` or `Token <token>`";
-
 /// What the sender gets back for a request the connector received.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboundReceipt {
@@ -125,74 +121,4 @@ pub struct InboundReceipt {
     pub events: usize,
     /// The connector's answer.
     pub response: InboundResponse,
-}
-
-/// Checks what can be checked before the body is read: the connection takes inbound requests, is not
-/// disconnected, and the request carries its token (or the connector takes requests without it). Returns
-/// whether the request is authenticated.
-pub(crate) fn admit(shared: &Shared, connection: &str, authorization: Option<&str>) -> Result<bool, InboundError> {
-    let endpoint = endpoint(shared, connection)?;
-    let info = endpoint.inbound()?;
-    if shared.active().stopped.values().any(|held| held == connection) {
-        return Err(InboundError::Disconnected(connection.to_string()));
-    }
-    if endpoint.authenticated(authorization) {
-        return Ok(true);
-    }
-    let open = match endpoint.token {
-        Some(_) => !info.public_requests.is_empty(),
-        None => info.verifies_requests,
-    };
-    match (open, &endpoint.token) {
-        (true, _) => Ok(false),
-        (false, Some(_)) => Err(InboundError::Unauthorized(TOKEN_REQUIRED.into())),
-        (false, None) => Err(InboundError::Unauthorized(format!(
-            "connection `{connection}` has no inbound token, and its connector does not verify requests itself: \
-             give it `inbound_token` in flowhost.toml"
-        ))),
-    }
-}
-
-/// Hands an admitted request to the connection's connector and stores its events, once.
-pub(crate) async fn receive(
-    shared: &Shared,
-    connection: &str,
-    request: &InboundRequest,
-) -> Result<InboundReceipt, InboundError> {
-    let endpoint = endpoint(shared, connection)?;
-    let (connector, wired) = endpoint.connector();
-    let received = connector.receive(wired, request).await.result.map_err(refusal)?;
-    if received.events.is_empty() {
-        return Ok(InboundReceipt { id: None, events: 0, response: received.response });
-    }
-    // A public request (one without the token of a connection that has one) is answered, never stored.
-    if !request.authenticated && endpoint.token.is_some() {
-        return Err(InboundError::Unauthorized(format!(
-            "{TOKEN_REQUIRED} ({} events in a request without the connection's token)",
-            received.events.len()
-        )));
-    }
-    let message = InboundMessage {
-        connection: connection.to_string(),
-        source: received.events[0].source.clone(),
-        external_id: received.message_id.clone(),
-        body: stored_body(&received.events),
-    };
-    let id = shared.store.record_inbound(&message).await?;
-    shared.metrics.inbound_received();
-    shared.inbound_waiting.notify_waiters();
-    Ok(InboundReceipt { id: Some(id), events: received.events.len(), response: received.response })
-}
-
-fn endpoint<'a>(shared: &'a Shared, connection: &str) -> Result<&'a InboundEndpoint, InboundError> {
-    shared.inbound.get(connection).ok_or_else(|| InboundError::UnknownConnection(connection.to_string()))
-}
-
-/// How a connector's refusal of a request reaches the sender.
-fn refusal(error: InvokeError) -> InboundError {
-    match error {
-        InvokeError::InvalidInput { errors } => InboundError::Malformed(errors),
-        InvokeError::Unauthorized { message } => InboundError::Unauthorized(message),
-        other => InboundError::Connector(other),
-    }
 }

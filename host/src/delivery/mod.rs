@@ -4,6 +4,7 @@
 mod completion_batch;
 pub mod config;
 pub mod group_commit;
+mod inbound_accept;
 mod inbound_endpoint;
 mod inbound_worker;
 pub mod metrics;

@@ -6,7 +6,8 @@
 use super::completion_batch::CompletionBatch;
 use super::config::ServiceConfig;
 use super::group_commit::{GroupCommit, GroupCommitError};
-use super::inbound_endpoint::{self, InboundConnection, InboundEndpoint, InboundError, InboundReceipt};
+use super::inbound_accept;
+use super::inbound_endpoint::{InboundConnection, InboundEndpoint, InboundError, InboundReceipt};
 use super::metrics::Metrics;
 use super::shared::{ActiveFlows, Shared, ordering_key};
 use super::{inbound_worker, run_worker};
@@ -255,14 +256,14 @@ impl Service {
     /// requests without it: public requests, or requests it verifies itself). Returns whether the request
     /// carried the token.
     pub fn admit_inbound(&self, connection: &str, authorization: Option<&str>) -> Result<bool, InboundError> {
-        inbound_endpoint::admit(&self.shared, connection, authorization)
+        inbound_accept::admit(&self.shared, connection, authorization)
     }
 
     /// Hands an admitted inbound request to the connection's connector (`receive`), stores the events it
     /// returns durably, once, and returns the connector's answer for the sender. The inbound worker maps the
     /// stored events to runs.
     pub async fn receive(&self, connection: &str, request: &InboundRequest) -> Result<InboundReceipt, InboundError> {
-        inbound_endpoint::receive(&self.shared, connection, request).await
+        inbound_accept::receive(&self.shared, connection, request).await
     }
 
     /// Disconnect: holds the connection in the store (its queued runs and inbound messages are kept, not

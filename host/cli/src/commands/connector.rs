@@ -51,6 +51,19 @@ pub struct ConnectionArgs {
     allow_private: bool,
 }
 
+/// The inbound side, as `inspect` prints it.
+fn render_inbound(inbound: &flowhost::inbound::InboundInfo) -> String {
+    let none = |list: &[String]| if list.is_empty() { "none".to_string() } else { list.join(", ") };
+    format!(
+        "\nInbound (POST /v1/inbound/<connection>):\n  event types: {}\n  identities: {}\n  \
+         public requests (no token): {}\n  verifies requests itself: {}\n",
+        none(&inbound.event_types),
+        none(&inbound.identities),
+        none(&inbound.public_requests),
+        if inbound.verifies_requests { "yes" } else { "no (the connection needs an inbound token)" },
+    )
+}
+
 pub async fn run(
     command: ConnectorCommand,
     context: &GlobalOptions,
@@ -61,9 +74,14 @@ pub async fn run(
         ConnectorCommand::Inspect { component, json } => {
             let connector = load(context, &component).await?;
             if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(connector.manifest())?)?;
+                let mut manifest = serde_json::to_value(connector.manifest())?;
+                manifest["inbound"] = serde_json::to_value(connector.inbound())?;
+                writeln!(out, "{}", serde_json::to_string_pretty(&manifest)?)?;
             } else {
                 write!(out, "{}", render_manifest(connector.manifest()))?;
+                if let Some(inbound) = connector.inbound() {
+                    write!(out, "{}", render_inbound(inbound))?;
+                }
                 let (source, elapsed) = connector.load_source();
                 let how = match source {
                     LoadSource::Compiled => "compiled",
