@@ -4,8 +4,8 @@
 use crate::connector::{
     ConnectionOptions, ConnectorRegistry, FieldError, InvokeError, LoadError, Runtime, RuntimeConfig, SecretStore,
 };
-use crate::flow::{EmittedEvent, Flow, LoadedFlow, Problem, RetryPolicy, Run, Trigger, lint, parse};
-use crate::inbound::{InboundFilter, InboundRequest, InboundResponse, TriggerMatch, match_trigger};
+use crate::flow::{EmittedEvent, Flow, LoadedFlow, Problem, RetryPolicy, Run, lint, parse};
+use crate::inbound::{InboundRequest, InboundResponse, TriggerFilter, TriggerMatch, match_trigger};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -165,20 +165,12 @@ impl Host {
     /// receives it (`receive`), and the flow runs once for each event its trigger matches. For testing a
     /// mapping offline (`flowhost run <flow> --inbound @payload.json`).
     pub async fn run_inbound(&self, flow: &LoadedFlow, request: &InboundRequest) -> Result<InboundRuns, RunError> {
-        let Trigger::Inbound { connection, event_type, event_name, environment, customer_identity } =
-            &flow.flow().trigger
-        else {
+        let Some((connection, filter)) = TriggerFilter::of(&flow.flow().trigger) else {
             return Err(RunError::NotInbound(flow.id().to_string()));
         };
         let (connector, wired) =
             flow.connection(connection).expect("a loaded flow has its trigger's connection (checked by the linter)");
         let received = connector.receive(wired, request).await.result.map_err(RunError::Receive)?;
-        let filter = InboundFilter {
-            event_type: event_type.as_deref(),
-            event_name: event_name.as_deref(),
-            environment: environment.as_deref(),
-            customer_identity: customer_identity.as_deref(),
-        };
         let mut runs = Vec::new();
         let mut skipped = Vec::new();
         for (index, event) in received.events.iter().enumerate() {
@@ -187,14 +179,7 @@ impl Host {
                     let run_id = uuid::Uuid::new_v4().to_string();
                     runs.push(flow.execute(run_id, event.trigger(Some(&customer)), self.on_emit.as_ref()).await);
                 }
-                TriggerMatch::NoCustomer { identity } => {
-                    skipped.push(format!("event {index} ({}): it lacks the `{identity}` identity", event.event_type))
-                }
-                TriggerMatch::Other => skipped.push(format!(
-                    "event {index} ({}{}): the trigger does not match it",
-                    event.event_type,
-                    event.event_name.as_deref().map(|n| format!(" `{n}`")).unwrap_or_default()
-                )),
+                other => skipped.extend(other.reason(flow.id(), event).map(|why| format!("event {index}: {why}"))),
             }
         }
         Ok(InboundRuns { runs, skipped, response: received.response })

@@ -4,7 +4,7 @@
 //! and a hostile one.
 
 use flowhost::connector::{RuntimeConfig, SandboxLimits, SecretStore};
-use flowhost::delivery::{InboundConnection, Service, ServiceConfig};
+use flowhost::delivery::{InboundConnection, Service, ServiceConfig, ServiceError};
 use flowhost::inbound::stored_body;
 use flowhost::server::{ApiState, router};
 use flowhost::store::{InboundMessage, SqliteStore, Store};
@@ -31,11 +31,11 @@ struct Served {
 }
 
 async fn serve(flows: &[Value]) -> Served {
-    serve_with(flows, |_| async {}).await
+    serve_with(flows, |_| async {}).await.unwrap()
 }
 
-/// Like [`serve`], with a chance to write to the store before the service starts.
-async fn serve_with<F, Fut>(flows: &[Value], before: F) -> Served
+/// Like [`serve`], with a chance to write to the store before the service starts, and the service's refusal.
+async fn serve_with<F, Fut>(flows: &[Value], before: F) -> Result<Served, ServiceError>
 where
     F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -68,13 +68,13 @@ where
         .filter(|(name, _)| used(name))
         .map(|(name, token)| InboundConnection { name: name.into(), token: SecretString::from(token) })
         .collect();
-    let service = Service::start(host, store.clone(), &files, tokens, ServiceConfig::default()).await.unwrap();
+    let service = Service::start(host, store.clone(), &files, tokens, ServiceConfig::default()).await?;
     let service = Arc::new(service);
     let state = ApiState { service: service.clone(), max_body_bytes: 16 * 1024, api_token: None };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
-    Served { base, _service: service, store, _dir: dir }
+    Ok(Served { base, _service: service, store, _dir: dir })
 }
 
 fn mparticle_connection() -> Value {
@@ -192,6 +192,13 @@ async fn mparticle_registration_and_verification_need_no_token_and_nothing_else_
         assert!(!answer.to_string().contains("wrong"), "the token is not echoed: {answer}");
     }
     assert!(inbound_messages(&served).await.is_empty());
+    // A request without the token is read only up to the public requests' limit.
+    let big = json!({"type": "module_registration_request", "id": "r-2", "padding": "x".repeat(70 * 1024)});
+    let (status, _, answer) = send(client().post(&url).json(&big)).await;
+    assert_eq!(status, 413, "{answer}");
+    // A wrong token is refused before the body is read, even for a registration.
+    let (status, _, answer) = send(client().post(&url).bearer_auth("wrong").json(&registration)).await;
+    assert_eq!(status, 401, "{answer}");
 
     // With the token the batch is stored and mapped.
     let batch = webhook_batch("b-2", "production", "coupon_redeemed");
@@ -254,6 +261,10 @@ async fn an_inbound_message_whose_run_failed_says_so_with_the_run() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(message["id"].as_str(), id.as_deref());
+    let (_, _, listed) = send(client().get(format!("{}/v1/inbound?status=failed", served.base))).await;
+    assert_eq!(listed["messages"][0]["id"], message["id"], "?status=failed finds it: {listed}");
+    let (_, _, listed) = send(client().get(format!("{}/v1/inbound?status=processed", served.base))).await;
+    assert!(listed["messages"].as_array().unwrap().is_empty(), "it is not listed as processed: {listed}");
     let failed = &message["failedRuns"][0];
     assert_eq!(failed["runId"], message["runIds"][0], "{message}");
     assert_eq!(failed["flow"], "coupon-fails");
@@ -322,17 +333,19 @@ async fn bad_inbound_requests_get_clear_answers_and_a_hostile_receive_stores_not
     let base = &served.base;
     let hostile = format!("{base}/v1/inbound/hostile");
     let post = |url: &str, token: &str, body: &str| client().post(url).bearer_auth(token).body(body.to_string());
-    for (body, part) in [
-        ("trap", "receive exploded on purpose"),
-        ("loop", "timed out"),
-        ("oom", "memory limit"),
-        ("bad-attributes", "attributes is not a JSON object"),
-        ("bad-status", "not an HTTP status"),
+    // The sender learns the kind; the detail (a panic message, a broken contract) is the operator's, in the log.
+    for (body, kind) in [
+        ("trap", "(crashed)"),
+        ("loop", "(timeout)"),
+        ("oom", "(memory-limit)"),
+        ("bad-attributes", "(crashed)"),
+        ("bad-status", "(crashed)"),
     ] {
         let started = Instant::now();
         let (status, _, answer) = send(post(&hostile, HOSTILE_TOKEN, body)).await;
         assert_eq!(status, 500, "{body}: {answer}");
-        assert!(answer["error"].as_str().unwrap().contains(part), "{body}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(kind), "{body}: {answer}");
+        assert!(!answer.to_string().contains("exploded"), "no panic text for the sender: {answer}");
         assert!(started.elapsed() < Duration::from_secs(5), "{body} took {:?}", started.elapsed());
     }
     assert!(inbound_messages(&served).await.is_empty(), "nothing stored");
@@ -354,9 +367,9 @@ async fn bad_inbound_requests_get_clear_answers_and_a_hostile_receive_stores_not
         assert_eq!(status, expected, "{answer}");
         assert!(answer["error"].as_str().unwrap().contains(part), "{answer}");
     }
-    // A malformed body, as its connector reads it: 400 with pointers.
+    // A connector that verifies requests refuses an unsigned one before it reads the body.
     let (status, _, answer) = send(post(&format!("{base}/v1/inbound/acme"), "", "{")).await;
-    assert_eq!(status, 401, "acme verifies the signature before reading the body: {answer}");
+    assert_eq!(status, 401, "{answer}");
     assert_eq!(inbound_messages(&served).await.len(), 1);
 }
 
@@ -394,9 +407,37 @@ async fn a_message_stored_raw_by_an_earlier_version_is_normalized_by_its_connect
         };
         store.record_inbound(&normalized).await.unwrap();
     })
-    .await;
+    .await
+    .unwrap();
     let mut events = wait_for_outbox(&served, 2).await;
     events.sort_by_key(|e| e["payload"]["customer"].to_string());
     assert_eq!(events[0]["payload"], json!({"customer": "cust-new", "coupon": "C-new"}));
     assert_eq!(events[1]["payload"], json!({"customer": "cust-old-1", "coupon": "C-old-1"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_flows_of_one_connection_must_configure_it_alike() {
+    let first = inbound_flow(
+        "coupon-a",
+        json!({"connection": "mparticle", "eventName": "coupon_redeemed"}),
+        mparticle_connection(),
+        "a",
+        json!({}),
+    );
+    let mut other_connection = mparticle_connection();
+    other_connection["config"]["environment"] = json!("production");
+    let second = inbound_flow(
+        "coupon-b",
+        json!({"connection": "mparticle", "eventName": "coupon_redeemed"}),
+        other_connection,
+        "b",
+        json!({}),
+    );
+    let Err(ServiceError::Flows(problems)) = serve_with(&[first, second], |_| async {}).await else {
+        panic!("the service started with two configurations of one inbound connection");
+    };
+    assert!(
+        problems.iter().any(|p| p.contains("flows coupon-a and coupon-b both run for its inbound events")),
+        "{problems:?}"
+    );
 }

@@ -306,15 +306,9 @@ async fn durable_steps(
                              "custom_attributes": {"coupon_code": "WELCOME10", "store_id": "store-7"}}}]
     });
     // What `POST /v1/inbound/mparticle` does: the token admits it, the mParticle connector receives it.
-    let authenticated = service.admit_inbound("mparticle", Some(&format!("Bearer {DEMO_INBOUND_TOKEN}")))?;
-    let request = InboundRequest {
-        method: "POST".into(),
-        body: serde_json::to_vec(&body)?,
-        authenticated,
-        received_at_ms: flowhost::store::now_ms(),
-        ..InboundRequest::default()
-    };
-    let receipt = service.receive("mparticle", &request).await?;
+    let admission = service.admit_inbound("mparticle", Some(&format!("Bearer {DEMO_INBOUND_TOKEN}")))?;
+    let request = InboundRequest::json_post(serde_json::to_vec(&body)?, true, flowhost::store::now_ms());
+    let receipt = service.receive(&admission, request).await?;
     let id = receipt.id.context("the webhook batch stored no message")?;
     writeln!(out, "   stored as inbound message {id}; mapped by flow inbound-coupon-redeemed")?;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

@@ -4,12 +4,14 @@
 //! the host something it would store and fail on later.
 
 use super::bindings::inbound::wit;
+use super::egress::EgressPolicy;
 use super::error::InvokeError;
 use super::invocation::Invocation;
 use super::runtime::{Connection, Connector, flatten, run_sandboxed};
 use crate::inbound::{InboundEvent, InboundInfo, InboundRequest, InboundResponse, Received};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
+use std::sync::Arc;
 
 impl Connector {
     /// What the connector's inbound side produces; `None` when the component does not export `receive`.
@@ -18,7 +20,8 @@ impl Connector {
     }
 
     /// Hands one request the connection's sender made to the connector's `receive`, in a fresh instance under
-    /// the sandbox's limits. A connector without an inbound side fails with `unknown-capability`.
+    /// the sandbox's limits; without the connection's token, without network access. A connector without an
+    /// inbound side fails with `unknown-capability`.
     pub async fn receive(&self, connection: &Connection, request: &InboundRequest) -> Invocation<Received> {
         let Some(pre) = &self.inbound_pre else {
             let error = InvokeError::UnknownCapability {
@@ -37,7 +40,13 @@ impl Connector {
             authenticated: request.authenticated,
             received_at_ms: request.received_at_ms,
         };
-        let outcome = run_sandboxed(&self.runtime, pre, self.scope(connection), move |instance, store| {
+        // A request that did not carry the connection's token has no network: nothing an unauthenticated
+        // sender posts makes the connector call out with the connection's credentials.
+        let mut scope = self.scope(connection);
+        if !request.authenticated {
+            scope.egress = Arc::new(EgressPolicy::deny_all());
+        }
+        let outcome = run_sandboxed(&self.runtime, pre, scope, move |instance, store| {
             Box::pin(async move { instance.flowhost_connector_inbound().call_receive(store, &config, &request).await })
         })
         .await;
@@ -55,8 +64,9 @@ fn received(received: wit::Received) -> Result<Received, InvokeError> {
             inbound_event(event).map_err(|message| broke_contract(&format!("event {index}: {message}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if !(100..=599).contains(&received.response.status) {
-        return Err(broke_contract(&format!("the answer's status {} is not an HTTP status", received.response.status)));
+    if !(200..=599).contains(&received.response.status) {
+        let status = received.response.status;
+        return Err(broke_contract(&format!("the answer's status {status} is not a final HTTP status (200-599)")));
     }
     Ok(Received {
         events,

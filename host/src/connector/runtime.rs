@@ -50,6 +50,9 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// The interface a connector's inbound side exports.
+const INBOUND_INTERFACE: &str = "flowhost:connector/inbound@0.1.0";
+
 /// The connector runtime. Cheap to clone; all clones share one engine and one set of caches.
 #[derive(Clone)]
 pub struct Runtime {
@@ -65,7 +68,7 @@ pub(super) struct RuntimeInner {
     loaded: Mutex<HashMap<String, Weak<Connector>>>,
     http: Arc<Fetcher>,
     cache: Arc<KvCache>,
-    pub(super) limits: SandboxLimits,
+    limits: SandboxLimits,
     slots: Semaphore,
 }
 
@@ -159,8 +162,15 @@ impl Runtime {
             .result
             .map_err(|e| LoadError::Describe(format!("batched-capabilities: {e}")))?,
         };
-        // A component that also exports the `inbound` interface receives its vendor's requests.
-        let inbound_pre = bindings::inbound::InboundConnectorPre::new(instance_pre.clone()).ok();
+        // A component that also exports the `inbound` interface receives its vendor's requests; one that
+        // exports it in another shape breaks the contract.
+        let inbound_pre = match component.get_export_index(None, INBOUND_INTERFACE) {
+            None => None,
+            Some(_) => Some(
+                bindings::inbound::InboundConnectorPre::new(instance_pre.clone())
+                    .map_err(|e| LoadError::Contract(format!("{INBOUND_INTERFACE}: {e:#}")))?,
+            ),
+        };
         let inbound = match &inbound_pre {
             None => None,
             Some(inbound_pre) => Some(describe_inbound(&self.inner, inbound_pre).await?),
@@ -596,17 +606,17 @@ fn split_batch(
     results.into_iter().map(|result| Invocation { result, log: log.clone(), duration }).collect()
 }
 
-pub(super) fn deny_all_scope() -> ConnectionScope {
+fn deny_all_scope() -> ConnectionScope {
     ConnectionScope { egress: Arc::new(EgressPolicy::deny_all()), cache_scope: None, redactor: Arc::default() }
 }
 
 /// What `run_sandboxed` reports besides the call's own result.
 pub(super) struct Outcome<R> {
-    pub result: Result<R, InvokeError>,
-    pub log: Vec<LogLine>,
-    pub duration: Duration,
+    result: Result<R, InvokeError>,
+    log: Vec<LogLine>,
+    duration: Duration,
     /// Why the egress policy refused a request during the call, if it did.
-    pub denied_egress: Option<String>,
+    denied_egress: Option<String>,
 }
 
 /// Maps a connector's own error, and the host's knowledge of refused egress, onto the invocation result.

@@ -35,9 +35,13 @@ pub(crate) struct InboundEndpoint {
 }
 
 impl InboundEndpoint {
-    /// The endpoints: every connection an inbound trigger names or an inbound token is given for. The
-    /// connection of an inbound flow is preferred, where flows configure one name differently.
-    pub fn build(flows: &[Arc<LoadedFlow>], tokens: Vec<InboundConnection>) -> HashMap<String, InboundEndpoint> {
+    /// The endpoints: every connection an inbound trigger names or an inbound token is given for, with the
+    /// connection of an inbound flow where there is one. Inbound flows of one connection must configure it
+    /// alike (one connector verifies and normalizes what all of them run for); each that does not is a problem.
+    pub fn build(
+        flows: &[Arc<LoadedFlow>],
+        tokens: Vec<InboundConnection>,
+    ) -> Result<HashMap<String, InboundEndpoint>, Vec<String>> {
         let mut tokens: HashMap<String, SecretString> = tokens.into_iter().map(|c| (c.name, c.token)).collect();
         let mut names: Vec<String> = flows
             .iter()
@@ -50,16 +54,44 @@ impl InboundEndpoint {
         names.sort();
         names.dedup();
         let mut endpoints = HashMap::new();
+        let mut problems = Vec::new();
         for name in names {
-            let receives = |flow: &&Arc<LoadedFlow>| matches!(&flow.flow().trigger, Trigger::Inbound { connection, .. } if *connection == name);
+            let receiving: Vec<&Arc<LoadedFlow>> = flows
+                .iter()
+                .filter(
+                    |flow| matches!(&flow.flow().trigger, Trigger::Inbound { connection, .. } if *connection == name),
+                )
+                .collect();
+            let spec =
+                |flow: &LoadedFlow| flow.flow().connections.get(&name).and_then(|c| serde_json::to_value(c).ok());
+            if let Some((first, others)) = receiving.split_first() {
+                for other in others.iter().filter(|other| spec(other) != spec(first)) {
+                    problems.push(format!(
+                        "connection `{name}`: flows {} and {} both run for its inbound events but configure it \
+                         differently; give them the same connector, version and config",
+                        first.id(),
+                        other.id()
+                    ));
+                }
+            }
             let flow =
-                flows.iter().find(receives).or_else(|| flows.iter().find(|flow| flow.connection(&name).is_some()));
+                receiving.first().copied().or_else(|| flows.iter().find(|flow| flow.connection(&name).is_some()));
             if let Some(flow) = flow {
                 let token = tokens.remove(&name);
-                endpoints.insert(name.clone(), InboundEndpoint { flow: flow.clone(), name, token });
+                let endpoint = InboundEndpoint { flow: flow.clone(), name: name.clone(), token };
+                if let (None, Some(info)) = (&endpoint.token, endpoint.connector().0.inbound())
+                    && !info.verifies_requests
+                {
+                    tracing::warn!(
+                        connection = %name,
+                        "the connection has inbound flows but no inbound token, and its connector does not verify \
+                         requests itself: every request to it is refused until it has an `inbound_token`"
+                    );
+                }
+                endpoints.insert(name, endpoint);
             }
         }
-        endpoints
+        if problems.is_empty() { Ok(endpoints) } else { Err(problems) }
     }
 
     /// The connector that receives this connection's requests, and the connection.

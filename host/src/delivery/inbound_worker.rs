@@ -4,8 +4,7 @@
 //! one transaction. Events nothing maps are kept and reported, never dropped silently.
 
 use super::shared::{Shared, ordering_key};
-use crate::flow::Trigger;
-use crate::inbound::{InboundEvent, InboundFilter, InboundRequest, TriggerMatch, match_trigger, stored_events};
+use crate::inbound::{InboundEvent, InboundRequest, TriggerFilter, TriggerMatch, match_trigger, stored_events};
 use crate::store::{InboundOutcome, NewRun, StoredInbound, now_ms};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -47,7 +46,14 @@ async fn process(shared: &Shared, message: StoredInbound) {
     let Some(lease) = message.lease() else { return };
     let (outcome, runs) = match events_of(shared, &message).await {
         Ok(events) => map_events(shared, &message, &events),
-        Err(error) => (InboundOutcome::Failed { error: json!({"message": error}) }, Vec::new()),
+        Err(Unreadable { message: error, retryable: false }) => {
+            (InboundOutcome::Failed { error: json!({"message": error}) }, Vec::new())
+        }
+        Err(Unreadable { message: error, retryable: true }) => {
+            // Its lease runs out and it is taken again; nothing is settled on a passing failure.
+            tracing::warn!(message = %message.id, %error, "an inbound message could not be read now; it will be again");
+            return;
+        }
     };
     let flows: Vec<String> = runs.iter().map(|r| r.flow_id.clone()).collect();
     match shared.store.complete_inbound(&lease, &outcome, &runs).await {
@@ -65,28 +71,35 @@ async fn process(shared: &Shared, message: StoredInbound) {
     }
 }
 
+/// Why a message's events cannot be read, and whether trying again later may help.
+struct Unreadable {
+    message: String,
+    retryable: bool,
+}
+
 /// The message's normalized events, as its connector returned them when the message was accepted. A message
 /// that an earlier version stored as the raw body it received is normalized by the connection's connector now.
-async fn events_of(shared: &Shared, message: &StoredInbound) -> Result<Vec<InboundEvent>, String> {
+async fn events_of(shared: &Shared, message: &StoredInbound) -> Result<Vec<InboundEvent>, Unreadable> {
+    let for_good = |message: String| Unreadable { message, retryable: false };
     if let Some(events) = stored_events(&message.body) {
-        return events;
+        return events.map_err(for_good);
     }
     let endpoint = shared.inbound.get(&message.connection).ok_or_else(|| {
-        format!("the message was stored raw and connection `{}` no longer takes inbound requests", message.connection)
+        for_good(format!(
+            "the message was stored raw and connection `{}` no longer takes inbound requests",
+            message.connection
+        ))
     })?;
     let (connector, connection) = endpoint.connector();
-    let request = InboundRequest {
-        method: "POST".into(),
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: serde_json::to_vec(&message.body).unwrap_or_default(),
-        // It was authenticated when it was accepted.
-        authenticated: true,
-        received_at_ms: message.received_at,
-        ..InboundRequest::default()
-    };
+    // It was authenticated when it was accepted.
+    let body = serde_json::to_vec(&message.body).unwrap_or_default();
+    let request = InboundRequest::json_post(body, true, message.received_at);
     match connector.receive(connection, &request).await.result {
         Ok(received) => Ok(received.events),
-        Err(error) => Err(format!("the message was stored raw and its connector cannot read it now: {error}")),
+        Err(error) => Err(Unreadable {
+            retryable: error.kind().is_retryable(),
+            message: format!("the message was stored raw and its connector cannot read it: {error}"),
+        }),
     }
 }
 
@@ -100,20 +113,11 @@ fn map_events(shared: &Shared, message: &StoredInbound, events: &[InboundEvent])
         let mut matched = false;
         let mut reasons = Vec::new();
         for flow in flows {
-            let Trigger::Inbound { event_type, event_name, environment, customer_identity, .. } = &flow.flow().trigger
-            else {
-                continue;
-            };
-            let filter = InboundFilter {
-                event_type: event_type.as_deref(),
-                event_name: event_name.as_deref(),
-                environment: environment.as_deref(),
-                customer_identity: customer_identity.as_deref(),
-            };
+            let Some((_, filter)) = TriggerFilter::of(&flow.flow().trigger) else { continue };
             let customer = match match_trigger(&filter, event) {
                 TriggerMatch::Other => continue,
-                TriggerMatch::NoCustomer { identity } => {
-                    reasons.push(format!("flow {} needs the `{identity}` identity, which the event lacks", flow.id()));
+                missing @ TriggerMatch::NoCustomer { .. } => {
+                    reasons.extend(missing.reason(flow.id(), event));
                     continue;
                 }
                 TriggerMatch::Customer(customer) => customer,

@@ -13,5 +13,9 @@ pub mod service;
 mod shared;
 
 pub use config::{ServiceConfig, TraceRetention};
+pub use inbound_accept::{Admission, PUBLIC_BODY_LIMIT};
 pub use inbound_endpoint::{InboundConnection, InboundError, InboundReceipt};
-pub use service::{AcceptError, AcceptedEvent, AcceptedRun, ConnectionError, LoyaltyEvent, Service, ServiceError};
+pub use service::{
+    AcceptError, AcceptedEvent, AcceptedRun, ConnectionError, FailedRun, InboundMessageView, LoyaltyEvent, Service,
+    ServiceError,
+};

@@ -6,18 +6,18 @@
 use super::completion_batch::CompletionBatch;
 use super::config::ServiceConfig;
 use super::group_commit::{GroupCommit, GroupCommitError};
-use super::inbound_accept;
+use super::inbound_accept::{self, Admission};
 use super::inbound_endpoint::{InboundConnection, InboundEndpoint, InboundError, InboundReceipt};
 use super::metrics::Metrics;
 use super::shared::{ActiveFlows, Shared, ordering_key};
 use super::{inbound_worker, run_worker};
 use crate::flow::{EmittedEvent, Problem, Trigger};
 use crate::inbound::InboundRequest;
-use crate::store::{ConnectionHold, NewRun, Store, StoreError};
+use crate::store::{ConnectionHold, InboundFilter, InboundState, NewRun, RunState, Store, StoreError, StoredInbound};
 use crate::{Host, connector::FieldError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -125,12 +125,18 @@ impl Service {
                 problems.push(format!("inbound connection `{}`: no flow has this connection", connection.name));
             }
         }
+        let inbound = match InboundEndpoint::build(&flows, inbound) {
+            Ok(endpoints) => endpoints,
+            Err(found) => {
+                problems.extend(found);
+                HashMap::new()
+            }
+        };
         if !problems.is_empty() {
             return Err(ServiceError::Flows(problems));
         }
         let held: BTreeSet<String> = store.held_connections().await?.into_iter().collect();
         let active = ActiveFlows::build(&flows, &held);
-        let inbound = InboundEndpoint::build(&flows, inbound);
         let shared = Arc::new(Shared {
             host,
             store: store.clone(),
@@ -251,19 +257,63 @@ impl Service {
             .collect()
     }
 
-    /// Checks an inbound request before its body is read: the connection takes inbound requests, is not
-    /// disconnected, and `authorization` carries its token, compared in constant time (or the connector takes
-    /// requests without it: public requests, or requests it verifies itself). Returns whether the request
-    /// carried the token.
-    pub fn admit_inbound(&self, connection: &str, authorization: Option<&str>) -> Result<bool, InboundError> {
+    /// Admits an inbound request before its body is read (see [`Admission`]): the connection takes inbound
+    /// requests and is not disconnected, and `authorization` carries its token, compared in constant time
+    /// (or the connector takes the request without it: a public request, or one it verifies itself). Read at
+    /// most [`Admission::body_limit`] bytes of the body, then hand it to [`Service::receive`].
+    pub fn admit_inbound(&self, connection: &str, authorization: Option<&str>) -> Result<Admission, InboundError> {
         inbound_accept::admit(&self.shared, connection, authorization)
     }
 
     /// Hands an admitted inbound request to the connection's connector (`receive`), stores the events it
     /// returns durably, once, and returns the connector's answer for the sender. The inbound worker maps the
     /// stored events to runs.
-    pub async fn receive(&self, connection: &str, request: &InboundRequest) -> Result<InboundReceipt, InboundError> {
-        inbound_accept::receive(&self.shared, connection, request).await
+    pub async fn receive(
+        &self,
+        admission: &Admission,
+        request: InboundRequest,
+    ) -> Result<InboundReceipt, InboundError> {
+        inbound_accept::receive(&self.shared, admission, request).await
+    }
+
+    /// Inbound messages as the store lists them (`filter`), each with what became of its runs: a processed
+    /// message one of whose runs failed or was dead-lettered is `failed`, naming those runs (the message was
+    /// mapped, but what it carried did not all arrive). Filtering on `failed` finds those too. Returns the
+    /// page and the `seq` to page on.
+    pub async fn inbound_messages(
+        &self,
+        filter: &InboundFilter,
+    ) -> Result<(Vec<InboundMessageView>, Option<i64>), StoreError> {
+        let asked = filter.statuses.clone();
+        let mut widened = filter.clone();
+        if asked.contains(&InboundState::Failed) && !asked.contains(&InboundState::Processed) {
+            widened.statuses.push(InboundState::Processed);
+        }
+        let stored = self.shared.store.list_inbound(&widened).await?;
+        let next = stored.last().map(|m| m.seq);
+        let mut views = Vec::with_capacity(stored.len());
+        for message in stored {
+            let mut failed_runs = Vec::new();
+            if message.status == InboundState::Processed {
+                for id in &message.run_ids {
+                    if let Some(run) = self.shared.store.get(id).await?
+                        && matches!(run.status, RunState::Failed | RunState::Dead)
+                    {
+                        failed_runs.push(FailedRun {
+                            run_id: run.id,
+                            flow: run.flow_id,
+                            status: run.status,
+                            error: run.last_error,
+                        });
+                    }
+                }
+            }
+            let status = if failed_runs.is_empty() { message.status } else { InboundState::Failed };
+            if asked.is_empty() || asked.contains(&status) {
+                views.push(InboundMessageView { message, status, failed_runs });
+            }
+        }
+        Ok((views, next))
     }
 
     /// Disconnect: holds the connection in the store (its queued runs and inbound messages are kept, not
@@ -275,8 +325,8 @@ impl Service {
         Ok(hold)
     }
 
-    /// Reconnect: needs both directions configured (a flow that sends through the connection, and an
-    /// inbound token for it); then the held runs and messages go back in the queue and its flows run again.
+    /// Reconnect: needs both directions configured (a flow that sends through the connection, and its taking
+    /// inbound requests); then the held runs and messages go back in the queue and its flows run again.
     pub async fn reconnect(&self, name: &str) -> Result<ConnectionHold, ConnectionError> {
         self.known_connection(name)?;
         let outbound = self
@@ -341,6 +391,25 @@ impl Service {
             );
         }
     }
+}
+
+/// An inbound message with what became of its runs ([`Service::inbound_messages`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundMessageView {
+    pub message: StoredInbound,
+    /// The message's status, `failed` also when one of its runs failed.
+    pub status: InboundState,
+    pub failed_runs: Vec<FailedRun>,
+}
+
+/// A run of an inbound message that failed or was dead-lettered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedRun {
+    pub run_id: String,
+    pub flow: String,
+    pub status: RunState,
+    pub error: Option<Value>,
 }
 
 /// Why the service did not start.

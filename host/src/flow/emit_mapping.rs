@@ -1,4 +1,4 @@
-//! The `{field}` mapping of emit nodes (an Antavo-style "inbound events data mapping"): each target field of
+//! The `{field}` mapping of emit nodes (the "inbound events data mapping" of loyalty platforms): each target field of
 //! the emitted event is either a reference `{field}` to a field of the inbound event, or a literal value.
 //!
 //! The rule is "enter the payload field name (e.g. `{coupon_code}`); without curly brackets it is treated as a
@@ -28,7 +28,7 @@ impl MappingError {
     }
 }
 
-/// Maps fields Antavo-style: a string value `{field}` takes that field of the inbound event's payload; anything
+/// Maps fields: a string value `{field}` takes that field of the inbound event's payload; anything
 /// else (other strings, numbers, objects) is a literal, kept as is.
 ///
 /// `event` is an [`InboundEvent::trigger`](crate::inbound::InboundEvent::trigger). A `{name}` is looked up, first

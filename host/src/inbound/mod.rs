@@ -7,6 +7,7 @@
 //! by message id, and trigger matching ([`match_trigger`]). Everything about a vendor's formats lives in its
 //! connector.
 
+use crate::flow::Trigger;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -40,6 +41,21 @@ pub struct InboundRequest {
     pub authenticated: bool,
     /// When the host received it, in milliseconds since the Unix epoch.
     pub received_at_ms: i64,
+}
+
+impl InboundRequest {
+    /// A POST of a JSON body, as a vendor sends one: for a request made in process (running an inbound flow
+    /// offline, the demo, a message an earlier version stored raw).
+    pub fn json_post(body: Vec<u8>, authenticated: bool, received_at_ms: i64) -> Self {
+        InboundRequest {
+            method: "POST".into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body,
+            authenticated,
+            received_at_ms,
+            ..InboundRequest::default()
+        }
+    }
 }
 
 /// The answer the connector gives the sender.
@@ -92,21 +108,6 @@ pub struct InboundEvent {
     pub raw: Value,
 }
 
-/// The normalized fields of a trigger: an `extra` field of the same name does not replace them.
-const TRIGGER_FIELDS: [&str; 11] = [
-    "source",
-    "eventType",
-    "eventName",
-    "customer",
-    "identities",
-    "attributes",
-    "userAttributes",
-    "environment",
-    "messageId",
-    "timestampMs",
-    "event",
-];
-
 impl InboundEvent {
     /// The value of the first identity named `name`.
     pub fn identity(&self, name: &str) -> Option<&str> {
@@ -121,23 +122,23 @@ impl InboundEvent {
         for (name, value) in &self.identities {
             identities.entry(name.clone()).or_insert_with(|| Value::String(value.clone()));
         }
-        let mut trigger = Map::new();
-        let fields: [Value; 11] = [
-            Value::String(self.source.clone()),
-            Value::String(self.event_type.clone()),
-            self.event_name.clone().map_or(Value::Null, Value::String),
-            customer.map_or(Value::Null, |c| Value::String(c.to_string())),
-            Value::Object(identities),
-            Value::Object(self.attributes.clone()),
-            Value::Object(self.user_attributes.clone()),
-            self.environment.clone().map_or(Value::Null, Value::String),
-            self.message_id.clone().map_or(Value::Null, Value::String),
-            self.timestamp_ms.map_or(Value::Null, Value::from),
-            self.raw.clone(),
+        let text = |value: &Option<String>| value.clone().map_or(Value::Null, Value::String);
+        let normalized = [
+            ("source", Value::String(self.source.clone())),
+            ("eventType", Value::String(self.event_type.clone())),
+            ("eventName", text(&self.event_name)),
+            ("customer", customer.map_or(Value::Null, |c| Value::String(c.to_string()))),
+            ("identities", Value::Object(identities)),
+            ("attributes", Value::Object(self.attributes.clone())),
+            ("userAttributes", Value::Object(self.user_attributes.clone())),
+            ("environment", text(&self.environment)),
+            ("messageId", text(&self.message_id)),
+            ("timestampMs", self.timestamp_ms.map_or(Value::Null, Value::from)),
+            ("event", self.raw.clone()),
         ];
-        for (name, value) in TRIGGER_FIELDS.iter().zip(fields) {
-            trigger.insert(name.to_string(), value);
-        }
+        let mut trigger: Map<String, Value> =
+            normalized.into_iter().map(|(name, value)| (name.to_string(), value)).collect();
+        // The connector's own fields sit beside them; a normalized field of the same name wins.
         for (name, value) in &self.extra {
             trigger.entry(name.clone()).or_insert_with(|| value.clone());
         }
@@ -147,12 +148,28 @@ impl InboundEvent {
 
 /// What an inbound trigger asks of an event (a flow's `trigger` of type `inbound`).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct InboundFilter<'a> {
+pub struct TriggerFilter<'a> {
     pub event_type: Option<&'a str>,
     pub event_name: Option<&'a str>,
     pub environment: Option<&'a str>,
     /// The identity that names the customer; [`DEFAULT_CUSTOMER_IDENTITY`] when absent.
     pub customer_identity: Option<&'a str>,
+}
+
+impl<'a> TriggerFilter<'a> {
+    /// The filter of an inbound trigger, with the connection it names; `None` for another kind of trigger.
+    pub fn of(trigger: &'a Trigger) -> Option<(&'a str, TriggerFilter<'a>)> {
+        let Trigger::Inbound { connection, event_type, event_name, environment, customer_identity } = trigger else {
+            return None;
+        };
+        let filter = TriggerFilter {
+            event_type: event_type.as_deref(),
+            event_name: event_name.as_deref(),
+            environment: environment.as_deref(),
+            customer_identity: customer_identity.as_deref(),
+        };
+        Some((connection, filter))
+    }
 }
 
 /// The identity that names the customer when a flow's trigger does not say.
@@ -169,9 +186,25 @@ pub enum TriggerMatch {
     Customer(String),
 }
 
+impl TriggerMatch {
+    /// Why the event starts no run of `flow`, for a match that is not a customer's.
+    pub fn reason(&self, flow: &str, event: &InboundEvent) -> Option<String> {
+        match self {
+            TriggerMatch::Customer(_) => None,
+            TriggerMatch::NoCustomer { identity } => {
+                Some(format!("flow {flow} needs the `{identity}` identity, which the event lacks"))
+            }
+            TriggerMatch::Other => Some(match &event.event_name {
+                Some(name) => format!("flow {flow} does not map {} `{name}`", event.event_type),
+                None => format!("flow {flow} does not map {}", event.event_type),
+            }),
+        }
+    }
+}
+
 /// Matches an event against an inbound trigger: event type, event name and environment when the trigger
 /// names them, then the customer from the identity the trigger asks for.
-pub fn match_trigger(filter: &InboundFilter, event: &InboundEvent) -> TriggerMatch {
+pub fn match_trigger(filter: &TriggerFilter, event: &InboundEvent) -> TriggerMatch {
     if filter.event_type.is_some_and(|t| t != event.event_type)
         || filter.event_name.is_some_and(|n| event.event_name.as_deref() != Some(n))
         || filter.environment.is_some_and(|e| event.environment.as_deref() != Some(e))
@@ -191,7 +224,8 @@ pub const NORMALIZED_EVENTS: &str = "normalizedEvents";
 
 /// The stored body of an accepted message: its normalized events.
 pub fn stored_body(events: &[InboundEvent]) -> Value {
-    let events = events.iter().map(|e| serde_json::to_value(e).unwrap_or(Value::Null)).collect();
+    // Strings, numbers and maps with string keys: serializing cannot fail.
+    let events = events.iter().map(|e| serde_json::to_value(e).expect("an inbound event serializes")).collect();
     Value::Object(Map::from_iter([(NORMALIZED_EVENTS.to_string(), Value::Array(events))]))
 }
 
@@ -241,18 +275,18 @@ mod tests {
     #[test]
     fn triggers_match_on_type_name_environment_and_the_customer_identity() {
         let event = event();
-        let filter = InboundFilter {
+        let filter = TriggerFilter {
             event_type: Some("points.earned"),
             event_name: Some("bonus"),
             environment: Some("production"),
             customer_identity: Some("member_id"),
         };
         assert_eq!(match_trigger(&filter, &event), TriggerMatch::Customer("m-1".into()));
-        let development = InboundFilter { environment: Some("development"), ..filter };
+        let development = TriggerFilter { environment: Some("development"), ..filter };
         assert_eq!(match_trigger(&development, &event), TriggerMatch::Other);
-        let other_name = InboundFilter { event_name: Some("welcome"), ..filter };
+        let other_name = TriggerFilter { event_name: Some("welcome"), ..filter };
         assert_eq!(match_trigger(&other_name, &event), TriggerMatch::Other);
-        let by_default = InboundFilter { customer_identity: None, ..filter };
+        let by_default = TriggerFilter { customer_identity: None, ..filter };
         assert_eq!(
             match_trigger(&by_default, &event),
             TriggerMatch::NoCustomer { identity: DEFAULT_CUSTOMER_IDENTITY.into() }

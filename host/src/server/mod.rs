@@ -20,11 +20,11 @@ pub mod config;
 
 use crate::connector::ErrorKind;
 use crate::connector::secrets::token_matches;
-use crate::delivery::{AcceptError, ConnectionError, InboundError, InboundReceipt, LoyaltyEvent, Service};
-use crate::inbound::InboundRequest;
-use crate::store::{
-    InboundFilter, InboundState, RunFilter, RunState, Store, StoreError, StoredInbound, StoredRun, now_ms, parse_states,
+use crate::delivery::{
+    AcceptError, ConnectionError, InboundError, InboundMessageView, InboundReceipt, LoyaltyEvent, Service,
 };
+use crate::inbound::InboundRequest;
+use crate::store::{InboundFilter, InboundState, RunFilter, RunState, StoreError, StoredRun, now_ms, parse_states};
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
@@ -100,11 +100,22 @@ async fn require_api_token(State(state): State<ApiState>, request: Request, next
     next.run(request).await
 }
 
+/// Reads a body within the size limit: 413 over it, 400 when it could not be read to its end.
+async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Response> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let over_limit = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+            .any(|e| e.is::<http_body_util::LengthLimitError>());
+        if over_limit {
+            error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than the limit of {limit} bytes"))
+        } else {
+            error(StatusCode::BAD_REQUEST, format!("the body could not be read: {e}"))
+        }
+    })
+}
+
 /// Reads a JSON body within the size limit: 413 over it, 400 when it is not JSON (with where it broke).
 async fn json_body(body: Body, limit: usize) -> Result<Value, Response> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than the limit of {limit} bytes"))
-    })?;
+    let bytes = read_body(body, limit).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("the body is not valid JSON: {e}")))
 }
@@ -171,18 +182,13 @@ async fn inbound_below(
 async fn receive(State(state): State<ApiState>, connection: String, path: String, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let authenticated = match state.service.admit_inbound(&connection, authorization) {
-        Ok(authenticated) => authenticated,
+    let admission = match state.service.admit_inbound(&connection, authorization) {
+        Ok(admission) => admission,
         Err(e) => return inbound_error(e),
     };
-    let body = match axum::body::to_bytes(body, state.max_body_bytes).await {
+    let body = match read_body(body, admission.body_limit(state.max_body_bytes)).await {
         Ok(bytes) => bytes.to_vec(),
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is larger than the limit of {} bytes", state.max_body_bytes),
-            );
-        }
+        Err(response) => return response,
     };
     let headers = parts
         .headers
@@ -196,27 +202,31 @@ async fn receive(State(state): State<ApiState>, connection: String, path: String
         query: parts.uri.query().unwrap_or_default().to_string(),
         headers,
         body,
-        authenticated,
+        authenticated: admission.authenticated(),
         received_at_ms: now_ms(),
     };
-    match state.service.receive(&connection, &request).await {
+    match state.service.receive(&admission, request).await {
         Ok(receipt) => connector_answer(receipt),
         Err(e) => inbound_error(e),
     }
 }
 
+/// Headers of a connector's answer that are the server's to set: framing and connection management.
+const SERVER_HEADERS: [HeaderName; 5] =
+    [header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::CONNECTION, header::UPGRADE, header::TRAILER];
+
 /// The connector's answer as an HTTP response, with the stored message's id in `flowhost-inbound-id`. A
-/// header the connector made up that HTTP cannot carry is left out.
+/// header the connector made up that HTTP cannot carry, or one that is the server's to set, is left out.
 fn connector_answer(receipt: InboundReceipt) -> Response {
     let status = StatusCode::from_u16(receipt.response.status).unwrap_or(StatusCode::OK);
     let mut response = Response::new(Body::from(receipt.response.body));
     *response.status_mut() = status;
     for (name, value) in &receipt.response.headers {
         match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
-            (Ok(name), Ok(value)) => {
+            (Ok(name), Ok(value)) if !SERVER_HEADERS.contains(&name) => {
                 response.headers_mut().append(name, value);
             }
-            _ => tracing::warn!(header = %name, "the connector's answer has a header HTTP cannot carry; left out"),
+            _ => tracing::warn!(header = %name, "a header of the connector's answer is left out"),
         }
     }
     if let Some(id) = receipt.id.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
@@ -246,8 +256,9 @@ fn inbound_error(e: InboundError) -> Response {
                 ErrorKind::RateLimited | ErrorKind::Transient => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
+            // The detail (a panic message, a trap) is the operator's, in the log; the sender learns the kind.
             tracing::warn!(error = %e, "an inbound request failed in its connector");
-            error(status, e.to_string())
+            error(status, format!("the connector could not receive the request ({})", failure.kind()))
         }
         InboundError::Store(e) => store_error(e),
     }
@@ -408,30 +419,13 @@ struct InboundQuery {
     limit: usize,
 }
 
-/// A message in a listing, with what became of its runs. A processed message one of whose runs failed or was
-/// dead-lettered shows as `failed`, naming those runs: the message itself was mapped, but what it carried did
-/// not all arrive.
-async fn inbound_summary(store: &dyn Store, message: &StoredInbound) -> Result<Value, StoreError> {
-    let mut status = message.status.to_string();
-    let mut failed_runs = Vec::new();
-    if message.status == InboundState::Processed {
-        for id in &message.run_ids {
-            if let Some(run) = store.get(id).await?
-                && matches!(run.status, RunState::Failed | RunState::Dead)
-            {
-                failed_runs
-                    .push(json!({"runId": run.id, "flow": run.flow_id, "status": run.status, "error": run.last_error}));
-            }
-        }
-        if !failed_runs.is_empty() {
-            status = "failed".into();
-        }
-    }
-    Ok(json!({
-        "id": message.id, "seq": message.seq, "connection": message.connection, "source": message.source,
-        "externalId": message.external_id, "status": status, "detail": message.detail,
-        "runIds": message.run_ids, "failedRuns": failed_runs, "receivedAt": message.received_at,
-    }))
+fn inbound_summary(message: &InboundMessageView) -> Value {
+    let stored = &message.message;
+    json!({
+        "id": stored.id, "seq": stored.seq, "connection": stored.connection, "source": stored.source,
+        "externalId": stored.external_id, "status": message.status, "detail": stored.detail,
+        "runIds": stored.run_ids, "failedRuns": message.failed_runs, "receivedAt": stored.received_at,
+    })
 }
 
 async fn list_inbound(
@@ -449,19 +443,13 @@ async fn list_inbound(
         None => Vec::new(),
     };
     let filter = InboundFilter { connection: query.connection, statuses, before_seq: query.before, limit: query.limit };
-    let store = state.service.store();
-    let messages = match store.list_inbound(&filter).await {
-        Ok(messages) => messages,
-        Err(e) => return store_error(e),
-    };
-    let mut summaries = Vec::with_capacity(messages.len());
-    for message in &messages {
-        match inbound_summary(store.as_ref(), message).await {
-            Ok(summary) => summaries.push(summary),
-            Err(e) => return store_error(e),
+    match state.service.inbound_messages(&filter).await {
+        Ok((messages, next)) => {
+            Json(json!({"messages": messages.iter().map(inbound_summary).collect::<Vec<_>>(), "next": next}))
+                .into_response()
         }
+        Err(e) => store_error(e),
     }
-    Json(json!({"messages": summaries, "next": messages.last().map(|m| m.seq)})).into_response()
 }
 
 fn connection_error(e: ConnectionError) -> Response {

@@ -140,14 +140,7 @@ pub async fn run_inbound(
             return Ok(ExitCode::from(2));
         }
     };
-    let request = InboundRequest {
-        method: "POST".into(),
-        headers: vec![("content-type".into(), "application/json".into())],
-        body,
-        authenticated: true,
-        received_at_ms: now_ms(),
-        ..InboundRequest::default()
-    };
+    let request = InboundRequest::json_post(body, true, now_ms());
     let outcome = match host.run_inbound(&flow, &request).await {
         Ok(outcome) => outcome,
         Err(error) => {

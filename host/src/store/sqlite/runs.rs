@@ -249,7 +249,7 @@ pub(super) async fn insert_runs(
 impl SqliteStore {
     /// Runs as read, with the traces they point into from the trace blocks.
     async fn stored_runs(&self, rows: Vec<RunRow>) -> Result<Vec<StoredRun>, StoreError> {
-        let blocks = read_trace_blocks(&self.reader, &rows).await?;
+        let blocks = read_trace_blocks(&self.reader, rows.iter().filter_map(|row| row.trace_block)).await?;
         rows.into_iter().map(|row| row.into_run(&blocks)).collect()
     }
 }

@@ -1,7 +1,6 @@
 //! Traces, compressed: a dead letter's in its run's row, a batch of completions' together in one trace block.
 
 use super::db;
-use super::runs::RunRow;
 use crate::store::StoreError;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -44,9 +43,12 @@ pub(super) fn decompress(stored: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, St
 /// Trace blocks by id (migration 0005), each decompressed and split into its traces, or why it could not be.
 pub(super) type TraceBlocks = HashMap<i64, Result<Vec<Box<RawValue>>, String>>;
 
-/// Loads the trace blocks that `rows` point into, each once.
-pub(super) async fn read_trace_blocks(reader: &SqlitePool, rows: &[RunRow]) -> Result<TraceBlocks, StoreError> {
-    let ids: HashSet<i64> = rows.iter().filter_map(|row| row.trace_block).collect();
+/// Loads the trace blocks with these ids (those the runs read point into), each once.
+pub(super) async fn read_trace_blocks(
+    reader: &SqlitePool,
+    ids: impl IntoIterator<Item = i64>,
+) -> Result<TraceBlocks, StoreError> {
+    let ids: HashSet<i64> = ids.into_iter().collect();
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
