@@ -36,8 +36,9 @@ pub(crate) struct InboundEndpoint {
 
 impl InboundEndpoint {
     /// The endpoints: every connection an inbound trigger names or an inbound token is given for, with the
-    /// connection of an inbound flow where there is one. Inbound flows of one connection must configure it
-    /// alike (one connector verifies and normalizes what all of them run for); each that does not is a problem.
+    /// connection of the first inbound flow (by flow file) where there is one. Inbound flows of one connection
+    /// must use the same connector (it verifies and normalizes what all of them run for); each that does not is
+    /// a problem.
     pub fn build(
         flows: &[Arc<LoadedFlow>],
         tokens: Vec<InboundConnection>,
@@ -62,16 +63,28 @@ impl InboundEndpoint {
                     |flow| matches!(&flow.flow().trigger, Trigger::Inbound { connection, .. } if *connection == name),
                 )
                 .collect();
-            let spec =
-                |flow: &LoadedFlow| flow.flow().connections.get(&name).and_then(|c| serde_json::to_value(c).ok());
+            // One connector verifies and normalizes what all of them run for.
+            let connector = |flow: &LoadedFlow| flow.connection(&name).map(|(c, _)| c.manifest().id.clone());
+            let config = |flow: &LoadedFlow| flow.flow().connections.get(&name).map(|c| c.config.clone());
             if let Some((first, others)) = receiving.split_first() {
-                for other in others.iter().filter(|other| spec(other) != spec(first)) {
-                    problems.push(format!(
-                        "connection `{name}`: flows {} and {} both run for its inbound events but configure it \
-                         differently; give them the same connector, version and config",
-                        first.id(),
-                        other.id()
-                    ));
+                for other in others {
+                    if connector(other) != connector(first) {
+                        problems.push(format!(
+                            "connection `{name}`: flows {} and {} both run for its inbound events with different \
+                             connectors; one connector receives a connection's requests",
+                            first.id(),
+                            other.id()
+                        ));
+                    } else if config(other) != config(first) {
+                        tracing::warn!(
+                            connection = %name,
+                            "flows {} and {} configure the connection differently; its inbound requests are \
+                             received with the config of {}",
+                            first.id(),
+                            other.id(),
+                            first.id()
+                        );
+                    }
                 }
             }
             let flow =
