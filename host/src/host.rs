@@ -118,23 +118,35 @@ impl Host {
         &self.registry
     }
 
-    /// Parses and lints a flow file without running anything.
+    /// Parses and lints a flow file without running anything: the flow, or every problem (errors and
+    /// warnings) when there is an error. Warnings alone do not refuse a flow; [`Host::check_with_warnings`]
+    /// returns them.
     pub fn check(&self, text: &str) -> Result<Flow, Vec<Problem>> {
-        let flow = parse(text)?;
-        let problems = lint(&flow, &self.registry);
-        if problems.is_empty() { Ok(flow) } else { Err(problems) }
+        self.check_with_warnings(text).map(|(flow, _)| flow)
     }
 
-    /// Checks a flow, sets up its connections (secrets resolved) and compiles it, ready to run.
+    /// Parses and lints a flow file: the flow and its warnings, or every problem (errors and warnings) when
+    /// there is an error.
+    pub fn check_with_warnings(&self, text: &str) -> Result<(Flow, Vec<Problem>), Vec<Problem>> {
+        let flow = parse(text)?;
+        let problems = lint(&flow, &self.registry);
+        if problems.iter().any(Problem::is_error) { Err(problems) } else { Ok((flow, problems)) }
+    }
+
+    /// Checks a flow, sets up its connections (secrets resolved) and compiles it, ready to run. Warnings are
+    /// logged, not refused.
     pub fn load(&self, text: &str) -> Result<LoadedFlow, Vec<Problem>> {
-        let flow = self.check(text)?;
+        let (flow, warnings) = self.check_with_warnings(text)?;
+        for warning in &warnings {
+            tracing::warn!(flow = %flow.id, pointer = %warning.pointer, "{}", warning.message);
+        }
         let mut connections = HashMap::new();
         let mut problems = Vec::new();
         for (name, spec) in &flow.connections {
             let connector = match self.registry.resolve(&spec.connector, &spec.version) {
                 Ok(connector) => connector.clone(),
                 Err(message) => {
-                    problems.push(Problem { pointer: format!("/connections/{name}/connector"), message });
+                    problems.push(Problem::error(format!("/connections/{name}/connector"), message));
                     continue;
                 }
             };
@@ -145,20 +157,20 @@ impl Host {
             let options = ConnectionOptions {
                 allowed_hosts: spec.allowed_hosts.clone(),
                 allow_private: self.config.allow_private,
+                open_inputs: spec.open_inputs,
             };
             match connector.connection(name, &Value::Object(config), &self.secrets, &options) {
                 Ok(connection) => {
                     connections.insert(name.clone(), (connector, connection));
                 }
-                Err(error) => problems
-                    .push(Problem { pointer: format!("/connections/{name}/config"), message: error.to_string() }),
+                Err(error) => problems.push(Problem::error(format!("/connections/{name}/config"), error.to_string())),
             }
         }
         if !problems.is_empty() {
             return Err(problems);
         }
         LoadedFlow::compile(flow, connections, &self.config.default_retry)
-            .map_err(|message| vec![Problem { pointer: String::new(), message }])
+            .map_err(|message| vec![Problem::error("", message)])
     }
 
     /// Runs an inbound flow for a request as its vendor sends it, without a service: the trigger's connector

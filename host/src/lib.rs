@@ -10,6 +10,7 @@ mod host;
 pub mod inbound;
 pub mod server;
 pub mod store;
+mod suggest;
 
 pub use flow::{Flow, LoadedFlow, Run};
 pub use host::{Host, HostConfig, HostError, InboundRuns, RunError};

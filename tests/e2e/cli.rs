@@ -334,3 +334,96 @@ async fn inspect_shows_the_inbound_side() {
     let manifest: serde_json::Value = serde_json::from_str(&echo.out).unwrap();
     assert!(manifest["inbound"].is_null(), "echo has no inbound side");
 }
+
+/// The misspellings a new user met fail `check`, each named by its pointer with the nearest declared name (or,
+/// when none is near, the declared names): mParticle would otherwise ignore them without a word.
+#[tokio::test]
+async fn check_refuses_misspelled_input_properties_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "point-add-to-mparticle.json",
+            "identityType",
+            "identitytype",
+            "unknown property; did you mean `identityType`?",
+        ),
+        ("point-add-to-mparticle.json", "payload", "paylod", "unknown property; did you mean `payload`?"),
+        (
+            "calculated-attributes.json",
+            "nameOptional",
+            "name",
+            "unknown property; the declared properties are `workspace`, `nameOptional`",
+        ),
+    ];
+    let mut paths = Vec::new();
+    let mut expected = Vec::new();
+    for (example, declared, typo, message) in cases {
+        let mut flow: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(repo(&format!("flows/{example}"))).unwrap()).unwrap();
+        let input = flow["nodes"][0]["connector"]["input"]["properties"].as_object_mut().unwrap();
+        let value = input.remove(declared).unwrap();
+        input.insert(typo.to_string(), value);
+        let path = dir.path().join(format!("{typo}.json")).display().to_string();
+        std::fs::write(&path, flow.to_string()).unwrap();
+        expected.push(format!("{path}: /nodes/0/connector/input/properties/{typo}: {message}"));
+        paths.push(path);
+    }
+    let args = [
+        &["--cache-dir", cache.path().to_str().unwrap(), "check"][..],
+        &paths.iter().map(String::as_str).collect::<Vec<_>>(),
+    ]
+    .concat();
+    let check = flowhost(&args).await;
+    assert_eq!(check.code, ExitCode::from(1), "{}", check.out);
+    for line in expected {
+        assert!(check.err.lines().any(|l| l == line), "missing {line:?} in:\n{}", check.err);
+    }
+    assert_eq!(check.err.lines().count(), 3, "one problem per misspelling:\n{}", check.err);
+}
+
+/// `check <dir>` checks every `*.json` in it in name order, says which files it skipped as JSON Schemas, prints
+/// warnings without failing, and fails for a directory without flows.
+#[tokio::test]
+async fn check_takes_directories_skips_json_schemas_and_prints_warnings() {
+    let cache = tempfile::tempdir().unwrap();
+    let cache = cache.path().to_str().unwrap();
+    let flows = flowhost(&["--cache-dir", cache, "check", &repo("flows")]).await;
+    assert_eq!(flows.code, ExitCode::SUCCESS, "{}", flows.err);
+    let files: Vec<&str> = flows.out.lines().map(|l| l.split(": ").next().unwrap()).collect();
+    let mut sorted = files.clone();
+    sorted.sort();
+    assert_eq!(files, sorted, "name order");
+    assert_eq!(files.len(), 8, "{}", flows.out);
+    assert!(
+        flows.out.lines().any(|l| l == format!("{}: skipped (a JSON Schema, not a flow)", repo("flows/schema.json"))),
+        "{}",
+        flows.out
+    );
+    assert_eq!(flows.out.lines().filter(|l| l.contains(": ok (")).count(), 7, "{}", flows.out);
+    // The schema named alone is skipped too.
+    let schema = flowhost(&["--cache-dir", cache, "check", &repo("flows/schema.json")]).await;
+    assert_eq!(schema.code, ExitCode::SUCCESS, "{}", schema.err);
+
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("tier.json");
+    std::fs::copy(repo("tests/flows/broken/trigger-field-undeclared.json"), &flow).unwrap();
+    let warned = flowhost(&["--cache-dir", cache, "check", dir.path().to_str().unwrap()]).await;
+    assert_eq!(warned.code, ExitCode::SUCCESS, "a warning does not fail check: {}", warned.err);
+    assert!(
+        warned.out.contains(&format!("{}: ok (point-add-to-mparticle 1.0.0, 1 node(s), 1 warning)", flow.display())),
+        "{}",
+        warned.out
+    );
+    let expected = format!(
+        "{}: /nodes/0/connector/input/properties/payload/tier: warning: `trigger.loyaltyTier`: the trigger's schema \
+         does not declare `loyaltyTier`, so it may be absent",
+        flow.display()
+    );
+    assert!(warned.err.contains(&expected), "{}", warned.err);
+
+    let empty = tempfile::tempdir().unwrap();
+    let none = flowhost(&["--cache-dir", cache, "check", empty.path().to_str().unwrap()]).await;
+    assert_eq!(none.code, ExitCode::from(1));
+    assert!(none.err.contains("no flow files (*.json) in this directory"), "{}", none.err);
+}

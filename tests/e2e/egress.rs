@@ -9,7 +9,7 @@ use serde_json::json;
 use std::time::Duration;
 
 fn private_allowed() -> ConnectionOptions {
-    ConnectionOptions { allowed_hosts: None, allow_private: true }
+    ConnectionOptions { allowed_hosts: None, allow_private: true, ..ConnectionOptions::default() }
 }
 
 /// A refused request fails fast, long before the invocation deadline.
@@ -54,8 +54,11 @@ async fn host_outside_the_allow_list_is_refused_before_connecting() {
     assert_eq!(other.hits(), 0);
 
     // The connection's own allow-list narrows what the connector declares.
-    let narrowed =
-        ConnectionOptions { allowed_hosts: Some(vec!["https://api.example.com".into()]), allow_private: true };
+    let narrowed = ConnectionOptions {
+        allowed_hosts: Some(vec!["https://api.example.com".into()]),
+        allow_private: true,
+        ..ConnectionOptions::default()
+    };
     let connection = connect(&fetcher, json!({"baseUrl": allowed.url("/")}), narrowed);
     let error = fetcher
         .invoke(&connection, "get", &json!({"url": allowed.url("/ok")}), &context("f"))

@@ -71,12 +71,21 @@ impl Env {
     }
 
     fn connection(&self, name: &str, secrets: &SecretStore) -> Connection {
-        let options = ConnectionOptions { allowed_hosts: None, allow_private: true };
+        self.connection_with(name, secrets, false)
+    }
+
+    fn connection_with(&self, name: &str, secrets: &SecretStore, open_inputs: bool) -> Connection {
+        let options = ConnectionOptions { allowed_hosts: None, allow_private: true, open_inputs };
         self.connector.connection(name, &self.config(), secrets, &options).unwrap_or_else(|e| panic!("connection: {e}"))
     }
 
     fn good(&self) -> Connection {
         self.connection("mparticle", &secrets(DEMO_CLIENT_SECRET, DEMO_API_SECRET))
+    }
+
+    /// A good connection whose inputs may have properties the schemas do not declare.
+    fn open(&self) -> Connection {
+        self.connection_with("mparticle", &secrets(DEMO_CLIENT_SECRET, DEMO_API_SECRET), true)
     }
 
     /// Invokes with the input wrapped as `{"properties": ...}`; no secret may show in what comes back.
@@ -458,6 +467,38 @@ async fn marketing_events_and_user_attributes_reach_the_emulator() {
     assert_eq!(env.emulator.stats().rejected, 0);
 }
 
+/// The optional inputs a new user misspelled: each would have been sent and silently ignored by the connector
+/// (the event under the default identity, without attributes; every calculated attribute, unfiltered). The
+/// host refuses them before the call, naming the field and what is declared.
+#[tokio::test]
+async fn misspelled_optional_inputs_are_refused_before_the_call() {
+    let env = Env::start().await;
+    let c = env.good();
+    let event = json!({"eventName": "point_add", "eventType": "transaction", "identityValue": "m-1"});
+    let cases = [
+        ("triggerMarketingCommunication", "identitytype", json!("email"), "did you mean `identityType`?"),
+        ("triggerMarketingCommunication", "paylod", json!({"points": 5}), "did you mean `payload`?"),
+        (
+            "getCalculatedAttributes",
+            "name",
+            json!("Lifetime Points"),
+            "the declared properties are `workspace`, `nameOptional`",
+        ),
+    ];
+    for (capability, typo, value, hint) in cases {
+        let mut properties =
+            if capability == "getCalculatedAttributes" { json!({"workspace": "1234"}) } else { event.clone() };
+        properties[typo] = value;
+        let invocation = env.invoke(&c, capability, properties, "k").await;
+        assert!(invocation.log.is_empty(), "refused before the connector ran: {:?}", invocation.log);
+        let error = invocation.result.unwrap_err();
+        assert_eq!(pointers(&error), [format!("/properties/{typo}").as_str()], "{error}");
+        assert_eq!(error.to_string(), format!("invalid input: /properties/{typo}: unknown property; {hint}"));
+    }
+    assert!(env.batches().is_empty());
+    assert_eq!(env.emulator.stats().requests.values().sum::<u64>(), 0, "nothing reached mParticle");
+}
+
 #[tokio::test]
 async fn bad_input_is_refused_naming_the_field() {
     let env = Env::start().await;
@@ -476,8 +517,18 @@ async fn bad_input_is_refused_naming_the_field() {
     let too_long = env.err(&c, "triggerMarketingCommunication", long_name, "k").await;
     assert_eq!(pointers(&too_long), ["/properties/eventName"], "{too_long}");
 
-    // Connector level.
+    // An input not wrapped in `properties` has a property the schema does not declare.
     let unwrapped = env.invoke_raw(&c, "getAccount", &json!({"accountId": "1"}), &context("k", 1)).await;
+    assert!(unwrapped.log.is_empty(), "refused before the connector ran: {:?}", unwrapped.log);
+    let error = unwrapped.result.unwrap_err();
+    assert_eq!(pointers(&error), ["/accountId"]);
+    assert!(
+        error.to_string().contains("/accountId: unknown property; the declared properties are `properties`"),
+        "{error}"
+    );
+
+    // Connector level: a connection with open inputs lets it through to the connector's own check.
+    let unwrapped = env.invoke_raw(&env.open(), "getAccount", &json!({"accountId": "1"}), &context("k", 1)).await;
     let error = unwrapped.result.unwrap_err();
     assert_eq!(pointers(&error), ["/properties"]);
     assert!(error.to_string().contains("is required: the input is shaped {\"properties\": {...}}"), "{error}");

@@ -43,7 +43,9 @@ struct Cli {
 enum Command {
     /// Parse and lint flow files without running them; every problem with its JSON pointer.
     Check {
-        #[arg(required = true)]
+        /// Flow files, or directories whose *.json files are checked in name order (JSON Schemas among them,
+        /// such as flows/schema.json, are skipped).
+        #[arg(required = true, value_name = "FLOW.json|DIR")]
         files: Vec<PathBuf>,
         #[command(flatten)]
         host: flow::HostArgs,

@@ -3,6 +3,7 @@
 
 use super::bindings::types as wit;
 use super::error::{FieldError, LoadError};
+use super::strict_inputs::{InputError, InputValidator};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashSet};
@@ -140,7 +141,8 @@ pub fn unwrap_davinci(schema: &Value) -> &Value {
 /// The compiled validators of one connector.
 pub(crate) struct Validators {
     connection: jsonschema::Validator,
-    inputs: BTreeMap<String, jsonschema::Validator>,
+    /// Each capability's input validator, strict by the host's rule (see `strict_inputs`).
+    inputs: BTreeMap<String, InputValidator>,
     secret_properties: HashSet<String>,
 }
 
@@ -153,8 +155,13 @@ impl Validators {
         let connection = compile("the connection schema", &manifest.connection_schema())?;
         let mut inputs = BTreeMap::new();
         for capability in &manifest.capabilities {
-            let what = format!("the input schema of capability {:?}", capability.id);
-            inputs.insert(capability.id.clone(), compile(&what, unwrap_davinci(&capability.input_schema))?);
+            let input = InputValidator::compile(unwrap_davinci(&capability.input_schema)).map_err(|e| {
+                LoadError::Manifest(format!(
+                    "the input schema of capability {:?} is not a valid JSON Schema: {e}",
+                    capability.id
+                ))
+            })?;
+            inputs.insert(capability.id.clone(), input);
             compile(&format!("the output schema of capability {:?}", capability.id), &capability.output_schema)?;
         }
         let secret_properties =
@@ -162,18 +169,10 @@ impl Validators {
         Ok(Validators { connection, inputs, secret_properties })
     }
 
-    /// Validates an input; `None` when the capability does not exist.
-    pub fn validate_input(&self, capability: &str, input: &Value) -> Option<Result<(), Vec<FieldError>>> {
-        let validator = self.inputs.get(capability)?;
-        // The common case, a valid input, takes the cheaper check; errors are collected only when it fails.
-        if validator.is_valid(input) {
-            return Some(Ok(()));
-        }
-        let errors: Vec<FieldError> = validator
-            .iter_errors(input)
-            .map(|e| FieldError { pointer: e.instance_path().as_str().to_string(), message: e.to_string() })
-            .collect();
-        Some(if errors.is_empty() { Ok(()) } else { Err(errors) })
+    /// Every way an input does not fit its capability, undeclared properties included unless `open`; `None`
+    /// when the capability does not exist.
+    pub fn input_errors(&self, capability: &str, input: &Value, open: bool) -> Option<Vec<InputError>> {
+        Some(self.inputs.get(capability)?.errors(input, open))
     }
 
     /// Validates a connection config whose secret values are resolved. Messages about secret properties

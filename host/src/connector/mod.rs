@@ -16,6 +16,7 @@ pub mod registry;
 mod runtime;
 pub mod sandbox;
 pub mod secrets;
+pub mod strict_inputs;
 
 pub use batcher::MAX_BATCH;
 pub use component_cache::LoadSource;
@@ -27,3 +28,4 @@ pub use registry::ConnectorRegistry;
 pub use runtime::{Connection, ConnectionOptions, Connector, Runtime, RuntimeConfig};
 pub use sandbox::{LogLevel, LogLine, LogSource, SandboxLimits};
 pub use secrets::{Redactor, SecretStore};
+pub use strict_inputs::InputError;

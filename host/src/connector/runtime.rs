@@ -14,6 +14,7 @@ use super::kv_cache::KvCache;
 use super::manifest::{Manifest, Validators};
 use super::sandbox::{ConnectionScope, LogLevel, LogLine, LogSource, SandboxLimits, StoreState};
 use super::secrets::{Redactor, SecretStore, secret_reference};
+use super::strict_inputs::InputError;
 use crate::inbound::InboundInfo;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
@@ -236,6 +237,9 @@ pub struct ConnectionOptions {
     pub allowed_hosts: Option<Vec<String>>,
     /// Allow loopback and private addresses (tests, the emulator, on-premises services).
     pub allow_private: bool,
+    /// Send input properties that the capability's schema does not declare instead of refusing them, for a
+    /// connector that needs open inputs (a flow connection's `"openInputs": true`).
+    pub open_inputs: bool,
 }
 
 /// A configured connection of one connector: validated config with secrets resolved and held as secrets,
@@ -248,6 +252,8 @@ pub struct Connection {
     egress: Arc<EgressPolicy>,
     cache_scope: String,
     redactor: Arc<Redactor>,
+    /// Whether inputs may have properties their capability's schema does not declare.
+    open_inputs: bool,
     /// Gathers concurrent calls on this connection into batches.
     batcher: Batcher,
 }
@@ -258,6 +264,7 @@ impl std::fmt::Debug for Connection {
             .field("name", &self.name)
             .field("connector", &self.connector_id)
             .field("config", &self.public_config)
+            .field("open_inputs", &self.open_inputs)
             .finish()
     }
 }
@@ -275,6 +282,11 @@ impl Connection {
     /// Redacts this connection's secret values from text or JSON (for traces and messages).
     pub fn redactor(&self) -> &Redactor {
         &self.redactor
+    }
+
+    /// Whether inputs on this connection may have properties their capability's schema does not declare.
+    pub fn open_inputs(&self) -> bool {
+        self.open_inputs
     }
 }
 
@@ -368,18 +380,43 @@ impl Connector {
             egress: Arc::new(EgressPolicy { connector_hosts, connection_hosts, allow_private: options.allow_private }),
             cache_scope: hex::encode(hasher.finalize()),
             redactor: Arc::new(Redactor::new(secret_values)),
+            open_inputs: options.open_inputs,
             batcher: Batcher::default(),
         })
     }
 
-    /// Validates an input against the capability's schema (DaVinci wrapper unwrapped).
+    /// Validates an input against the capability's schema (DaVinci wrapper unwrapped), strictly: a property
+    /// the schema does not declare is refused, named with the nearest declared name.
     pub fn validate_input(&self, capability: &str, input: &Value) -> Result<(), InvokeError> {
-        match self.validators.validate_input(capability, input) {
+        self.validate(capability, input, false)
+    }
+
+    /// Validates an input as [`Connector::validate_input`] does, leaving undeclared properties be on a
+    /// connection with open inputs.
+    pub fn validate_input_for(
+        &self,
+        connection: &Connection,
+        capability: &str,
+        input: &Value,
+    ) -> Result<(), InvokeError> {
+        self.validate(capability, input, connection.open_inputs)
+    }
+
+    /// Every way an input does not fit its capability (undeclared properties included unless `open`), each
+    /// saying whether it is an undeclared property; `None` when the capability does not exist. For the linter,
+    /// which must tell problems in literal values from those in values expressions will compute.
+    pub fn input_errors(&self, capability: &str, input: &Value, open: bool) -> Option<Vec<InputError>> {
+        self.validators.input_errors(capability, input, open)
+    }
+
+    fn validate(&self, capability: &str, input: &Value, open: bool) -> Result<(), InvokeError> {
+        match self.validators.input_errors(capability, input, open) {
             None => Err(InvokeError::UnknownCapability {
                 capability: capability.to_string(),
                 offered: self.manifest.capability_ids(),
             }),
-            Some(result) => result.map_err(|errors| InvokeError::InvalidInput { errors }),
+            Some(errors) if errors.is_empty() => Ok(()),
+            Some(errors) => Err(InvokeError::InvalidInput { errors: errors.into_iter().map(|e| e.field).collect() }),
         }
     }
 
@@ -401,7 +438,7 @@ impl Connector {
         input: &Value,
         context: &InvocationContext,
     ) -> Invocation {
-        if let Err(error) = self.validate_input(capability, input) {
+        if let Err(error) = self.validate_input_for(connection, capability, input) {
             return Invocation { result: Err(error), log: Vec::new(), duration: Duration::ZERO };
         }
         let config = connection.resolved_config.expose_secret().to_string();
@@ -462,7 +499,7 @@ impl Connector {
         let mut results: Vec<Option<Invocation>> = Vec::with_capacity(items.len());
         let mut batch = Vec::new();
         for (input, context) in items {
-            match self.validate_input(capability, input) {
+            match self.validate_input_for(connection, capability, input) {
                 Ok(()) => {
                     batch.push(bindings::types::BatchItem {
                         input: serde_json::to_string(input).expect("a JSON value always serialises"),

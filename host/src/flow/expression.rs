@@ -177,6 +177,30 @@ impl Expression {
         idents
     }
 
+    /// Every chain of field selections the expression reads from a variable, longest first and each once:
+    /// `trigger.customer.id + "x"` reads `["trigger", "customer", "id"]`. Selections in `has(…)` count;
+    /// indexing (`trigger["x"]`, `items[0]`) ends a chain, and variables that macros bind are left out.
+    pub fn field_paths(&self) -> Vec<Vec<String>> {
+        let mut bound = Vec::new();
+        walk(&self.program.expression().expr, &mut |expr| {
+            if let Expr::Comprehension(c) = expr {
+                bound.push(c.iter_var.clone());
+                bound.push(c.accu_var.clone());
+                bound.extend(c.iter_var2.clone());
+            }
+        });
+        let mut found = Vec::new();
+        collect_field_paths(&self.program.expression().expr, &mut found);
+        found.retain(|path: &Vec<String>| !bound.contains(&path[0]));
+        let mut unique: Vec<Vec<String>> = Vec::new();
+        for path in found {
+            if !unique.contains(&path) {
+                unique.push(path);
+            }
+        }
+        unique
+    }
+
     /// Every `nodes.<id>…` the expression reads, with the field after the id when there is one.
     pub fn node_references(&self) -> Vec<NodeReference> {
         let mut found = Vec::new();
@@ -198,36 +222,54 @@ fn plain_path(expr: &Expr) -> Option<Vec<String>> {
     }
 }
 
+/// The chains of field selections under `expr`: a selection from a plain path (`a.b`, or `has(a.b)`) is one
+/// chain; anything else is searched below.
+fn collect_field_paths(expr: &Expr, found: &mut Vec<Vec<String>>) {
+    if let Expr::Select(select) = expr
+        && let Some(mut path) = plain_path(&select.operand.expr)
+    {
+        path.push(select.field.clone());
+        found.push(path);
+        return;
+    }
+    children(expr, &mut |child| collect_field_paths(child, found));
+}
+
 fn walk(expr: &Expr, visit: &mut impl FnMut(&Expr)) {
     visit(expr);
+    children(expr, &mut |child| walk(child, visit));
+}
+
+/// Calls `visit` with each direct sub-expression of `expr`.
+fn children(expr: &Expr, visit: &mut impl FnMut(&Expr)) {
     match expr {
         Expr::Call(call) => {
             if let Some(target) = &call.target {
-                walk(&target.expr, visit);
+                visit(&target.expr);
             }
             for arg in &call.args {
-                walk(&arg.expr, visit);
+                visit(&arg.expr);
             }
         }
         Expr::Comprehension(c) => {
             for e in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
-                walk(&e.expr, visit);
+                visit(&e.expr);
             }
         }
-        Expr::List(list) => list.elements.iter().for_each(|e| walk(&e.expr, visit)),
+        Expr::List(list) => list.elements.iter().for_each(|e| visit(&e.expr)),
         Expr::Map(map) => {
             for entry in &map.entries {
                 if let cel::common::ast::EntryExpr::MapEntry(e) = &entry.expr {
-                    walk(&e.key.expr, visit);
-                    walk(&e.value.expr, visit);
+                    visit(&e.key.expr);
+                    visit(&e.value.expr);
                 }
             }
         }
-        Expr::Select(select) => walk(&select.operand.expr, visit),
+        Expr::Select(select) => visit(&select.operand.expr),
         Expr::Struct(s) => {
             for entry in &s.entries {
                 if let cel::common::ast::EntryExpr::StructField(f) = &entry.expr {
-                    walk(&f.value.expr, visit);
+                    visit(&f.value.expr);
                 }
             }
         }
@@ -591,6 +633,24 @@ mod tests {
         assert!(errors[1].message.contains("unclosed"));
         let missing = Template::compile(&json!("{{ trigger.nope }}")).unwrap().render(&scope()).unwrap_err();
         assert!(missing.contains("trigger.nope"), "{missing}");
+    }
+
+    #[test]
+    fn field_paths_are_the_chains_of_selections_read() {
+        let paths = |source: &str| Expression::compile(source).unwrap().field_paths();
+        let owned = |paths: &[&[&str]]| -> Vec<Vec<String>> {
+            paths.iter().map(|p| p.iter().map(|s| s.to_string()).collect()).collect()
+        };
+        assert_eq!(paths("trigger.customer.id"), owned(&[&["trigger", "customer", "id"]]));
+        assert_eq!(
+            paths("string(nodes.send.output.status) + trigger.a + trigger.a"),
+            owned(&[&["nodes", "send", "output", "status"], &["trigger", "a"]])
+        );
+        assert_eq!(paths("has(trigger.name) ? trigger.name : ''"), owned(&[&["trigger", "name"]]));
+        // An index ends a chain; macro-bound variables are not read from the scope; a bare variable has no fields.
+        assert_eq!(paths("trigger.items[0].sku"), owned(&[&["trigger", "items"]]));
+        assert_eq!(paths("trigger.items.map(i, i.sku)"), owned(&[&["trigger", "items"]]));
+        assert!(paths("size(trigger) > 0").is_empty());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use super::expression::{Expression, Template, escape_pointer};
 use super::model::{Action, Flow, Node, Trigger};
 use crate::connector::secrets::secret_reference;
-use crate::connector::{ConnectorRegistry, Manifest, unwrap_davinci};
+use crate::connector::strict_inputs::{declared, property_schema};
+use crate::connector::{Connector, ConnectorRegistry, unwrap_davinci};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -15,17 +16,56 @@ pub struct Problem {
     /// The JSON pointer of the offending value in the flow file; empty for the whole file.
     pub pointer: String,
     pub message: String,
+    /// An error refuses the flow; a warning is reported and the flow is still loaded.
+    pub severity: Severity,
 }
 
+/// How bad a [`Problem`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The flow is refused: `flowhost check` fails, the service and `Host::load` do not load it.
+    Error,
+    /// Probably a mistake, but the flow may be right: reported, never refused.
+    Warning,
+}
+
+impl Problem {
+    pub fn error(pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem { pointer: pointer.into(), message: message.into(), severity: Severity::Error }
+    }
+
+    pub fn warning(pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem { pointer: pointer.into(), message: message.into(), severity: Severity::Warning }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+/// `/pointer: message`, and `/pointer: warning: message` for a warning.
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let pointer = if self.pointer.is_empty() { "(root)" } else { &self.pointer };
-        write!(f, "{pointer}: {}", self.message)
+        match self.severity {
+            Severity::Error => write!(f, "{pointer}: {}", self.message),
+            Severity::Warning => write!(f, "{pointer}: warning: {}", self.message),
+        }
     }
 }
 
 fn problem(pointer: impl Into<String>, message: impl Into<String>) -> Problem {
-    Problem { pointer: pointer.into(), message: message.into() }
+    Problem::error(pointer, message)
+}
+
+/// Whether a JSON file is a JSON Schema rather than a flow (e.g. `flows/schema.json` beside the flows): an
+/// object whose `$schema` names a json-schema.org meta-schema and that has no `nodes`.
+pub fn is_json_schema(text: &str) -> bool {
+    let Ok(Value::Object(document)) = serde_json::from_str::<Value>(text) else { return false };
+    let meta = document.get("$schema").and_then(Value::as_str).unwrap_or_default();
+    !document.contains_key("nodes")
+        && (meta.starts_with("http://json-schema.org/") || meta.starts_with("https://json-schema.org/"))
 }
 
 /// Parses a flow file. Syntax errors name the line and column; errors of shape name the JSON pointer.
@@ -73,7 +113,7 @@ pub fn lint(flow: &Flow, registry: &ConnectorRegistry) -> Vec<Problem> {
     }
     lint_trigger(flow, &mut problems);
     lint_inbound_trigger(flow, registry, &mut problems);
-    let manifests = lint_connections(flow, registry, &mut problems);
+    let connectors = lint_connections(flow, registry, &mut problems);
 
     let mut placed: Vec<Placed> = Vec::new();
     place(&flow.nodes, "/nodes", None, &mut placed);
@@ -97,8 +137,9 @@ pub fn lint(flow: &Flow, registry: &ConnectorRegistry) -> Vec<Problem> {
     lint_edges(flow, &placed, &by_id, &mut problems);
     let edges_valid = problems.len() == before_edges;
     for p in &placed {
-        lint_node(p, &manifests, flow, &mut problems);
+        lint_node(p, &connectors, flow, &mut problems);
     }
+    lint_field_reads(flow, &placed, &by_id, &connectors, &mut problems);
     // Graph analyses only make sense once every edge points somewhere valid.
     if edges_valid {
         let graph = Graph::new(flow, &placed);
@@ -198,13 +239,13 @@ fn lint_inbound_trigger(flow: &Flow, registry: &ConnectorRegistry, problems: &mu
     }
 }
 
-/// Checks connections and returns the manifest of each connection that resolves.
+/// Checks connections and returns the connector of each connection that resolves.
 fn lint_connections<'a>(
     flow: &Flow,
     registry: &'a ConnectorRegistry,
     problems: &mut Vec<Problem>,
-) -> BTreeMap<String, &'a Manifest> {
-    let mut manifests = BTreeMap::new();
+) -> BTreeMap<String, &'a Connector> {
+    let mut connectors = BTreeMap::new();
     for (name, spec) in &flow.connections {
         let pointer = format!("/connections/{}", escape_pointer(name));
         // Inline secrets are wrong whatever the connector says.
@@ -232,7 +273,7 @@ fn lint_connections<'a>(
             }
         };
         let manifest = connector.manifest();
-        manifests.insert(name.clone(), manifest);
+        connectors.insert(name.clone(), connector.as_ref());
         // Validate the config with secret references standing in for their values.
         let mut config = serde_json::Map::new();
         for (key, value) in &spec.config {
@@ -274,7 +315,7 @@ fn lint_connections<'a>(
             }
         }
     }
-    manifests
+    connectors
 }
 
 /// Whether a config key names a credential (`clientSecret`, `apiKey`, `accessToken`, `password`), as opposed to
@@ -324,7 +365,7 @@ fn lint_edges(flow: &Flow, placed: &[Placed], by_id: &HashMap<&str, &Placed>, pr
     }
 }
 
-fn lint_node(p: &Placed, manifests: &BTreeMap<String, &Manifest>, flow: &Flow, problems: &mut Vec<Problem>) {
+fn lint_node(p: &Placed, connectors: &BTreeMap<String, &Connector>, flow: &Flow, problems: &mut Vec<Problem>) {
     let node = p.node;
     let action = match node.action() {
         Ok(action) => action,
@@ -369,7 +410,8 @@ fn lint_node(p: &Placed, manifests: &BTreeMap<String, &Manifest>, flow: &Flow, p
                     .push(problem(format!("{base}/connection"), format!("no connection named {:?}", call.connection)));
                 return;
             }
-            let Some(manifest) = manifests.get(&call.connection) else { return };
+            let Some(connector) = connectors.get(&call.connection) else { return };
+            let manifest = connector.manifest();
             let Some(capability) = manifest.capability(&call.capability) else {
                 problems.push(problem(
                     format!("{base}/capability"),
@@ -383,13 +425,9 @@ fn lint_node(p: &Placed, manifests: &BTreeMap<String, &Manifest>, flow: &Flow, p
                 return;
             };
             if let Some(template) = template {
-                lint_literal_input(
-                    &format!("{base}/input"),
-                    &call.input,
-                    &template,
-                    unwrap_davinci(&capability.input_schema),
-                    problems,
-                );
+                let open = flow.connections.get(&call.connection).is_some_and(|spec| spec.open_inputs);
+                let errors = connector.input_errors(&capability.id, &call.input, open).unwrap_or_default();
+                lint_literal_input(&format!("{base}/input"), errors, &template, problems);
             }
         }
         Action::Condition(condition) => {
@@ -434,17 +472,141 @@ fn check_variables(pointer: &str, expression: &Expression, in_loop: bool, proble
     }
 }
 
-/// Validates the literal parts of an input: errors at values that come from expressions are not known yet.
-fn lint_literal_input(pointer: &str, input: &Value, template: &Template, schema: &Value, problems: &mut Vec<Problem>) {
-    let Ok(validator) = jsonschema::validator_for(schema) else { return };
+/// Reports how the literal parts of an input do not fit its capability (the input validated as written, with
+/// `{{ … }}` strings in place): errors at values that come from expressions are not known yet. An undeclared
+/// property is reported unless the object that has it comes from an expression: the keys of an object written
+/// in the flow are literal even when its values are templates.
+fn lint_literal_input(
+    pointer: &str,
+    errors: Vec<crate::connector::InputError>,
+    template: &Template,
+    problems: &mut Vec<Problem>,
+) {
     let templated: Vec<String> = template.expressions().into_iter().map(|(p, _)| p).collect();
-    for error in validator.iter_errors(input) {
-        let at = error.instance_path().as_str().to_string();
-        let from_expression = templated.iter().any(|t| at == *t || at.starts_with(&format!("{t}/")));
-        if !from_expression {
-            problems.push(problem(format!("{pointer}{at}"), format!("the input does not fit the capability: {error}")));
+    for error in errors {
+        let at = error.undeclared_in.as_deref().unwrap_or(&error.field.pointer);
+        let from_expression = templated.iter().any(|t| at == t || at.starts_with(&format!("{t}/")));
+        if from_expression {
+            continue;
+        }
+        let message = match error.undeclared_in {
+            Some(_) => error.field.message,
+            None => format!("the input does not fit the capability: {}", error.field.message),
+        };
+        problems.push(problem(format!("{pointer}{}", error.field.pointer), message));
+    }
+}
+
+/// Flags a field that an expression reads from the trigger (`trigger.customerID`) or from a connector node's
+/// output (`nodes.send.output.stauts`) when the schema there declares its fields and not this one: an error when
+/// a declared name is close to it (another case, an edit or two away: a typo that reads nothing), a warning
+/// when none is, since the schema may allow more. Nested fields are followed while the schema declares them.
+fn lint_field_reads(
+    flow: &Flow,
+    placed: &[Placed],
+    by_id: &HashMap<&str, &Placed>,
+    connectors: &BTreeMap<String, &Connector>,
+    problems: &mut Vec<Problem>,
+) {
+    let trigger_schema = match &flow.trigger {
+        Trigger::Event { schema: Some(schema), .. } => Some(schema),
+        _ => None,
+    };
+    let output_schema = |node: &str| {
+        let call = by_id.get(node)?.node.connector.as_ref()?;
+        let manifest = connectors.get(&call.connection)?.manifest();
+        let capability = manifest.capability(&call.capability)?;
+        Some((unwrap_davinci(&capability.output_schema), capability.id.as_str()))
+    };
+    let mut found = Vec::new();
+    for p in placed {
+        for (pointer, expression) in node_expressions(p) {
+            for path in expression.field_paths() {
+                let (schema, fields, whose) = match path.as_slice() {
+                    [variable, fields @ ..] if variable == "trigger" => match trigger_schema {
+                        Some(schema) => (schema, fields, "the trigger's schema".to_string()),
+                        None => continue,
+                    },
+                    [variable, node, output, fields @ ..] if variable == "nodes" && output == "output" => {
+                        match output_schema(node) {
+                            Some((schema, capability)) => {
+                                (schema, fields, format!("the output schema of {capability}"))
+                            }
+                            None => continue,
+                        }
+                    }
+                    _ => continue,
+                };
+                let Some((depth, verdict)) = undeclared_field(schema, fields) else { continue };
+                let read = path[..path.len() - fields.len() + depth + 1].join(".");
+                let source = expression.source();
+                let what = if source == read { format!("`{read}`") } else { format!("`{source}` reads `{read}`") };
+                let field = &fields[depth];
+                let problem = match verdict {
+                    FieldVerdict::Closed(hint) => Problem::error(
+                        &pointer,
+                        format!("{what}: {whose} does not declare `{field}` and allows no other; {hint}"),
+                    ),
+                    FieldVerdict::Near(hint) => {
+                        Problem::error(&pointer, format!("{what}: {whose} does not declare `{field}`; {hint}"))
+                    }
+                    FieldVerdict::Far(hint) => Problem::warning(
+                        &pointer,
+                        format!("{what}: {whose} does not declare `{field}`, so it may be absent; {hint}"),
+                    ),
+                };
+                if !found.contains(&problem) {
+                    found.push(problem);
+                }
+            }
         }
     }
+    problems.extend(found);
+}
+
+/// What is wrong with reading an undeclared field, and the hint to give.
+enum FieldVerdict {
+    /// An error: the schema allows no other field.
+    Closed(String),
+    /// An error: a declared name is close to it (a typo that reads nothing).
+    Near(String),
+    /// A warning: nothing declared is close to it, and the schema may allow more.
+    Far(String),
+}
+
+/// The first of `fields` (read one inside the other) that `schema` does not declare, by its depth, and what
+/// to say about it; `None` when every field is declared, or where the schema no longer says what fields
+/// there are.
+fn undeclared_field(schema: &Value, fields: &[String]) -> Option<(usize, FieldVerdict)> {
+    let mut schema = schema;
+    for (depth, field) in fields.iter().enumerate() {
+        let object = schema.as_object()?;
+        let declared = declared(object);
+        if declared.is_empty() {
+            return None;
+        }
+        if let Some(sub) = property_schema(object, field) {
+            schema = sub;
+            continue;
+        }
+        let matches_pattern =
+            declared.patterns.iter().any(|p| regex::Regex::new(p).map(|r| r.is_match(field)).unwrap_or(true));
+        if matches_pattern {
+            return None;
+        }
+        let near = crate::suggest::nearest(field, declared.names.iter().map(String::as_str)).is_some();
+        let hint = declared.hint(field);
+        let verdict = match (declared.closed, near, declared.open) {
+            (true, _, _) => FieldVerdict::Closed(hint),
+            (false, true, false) => FieldVerdict::Near(hint),
+            (false, false, false) => FieldVerdict::Far(hint),
+            // The schema says that other fields may be there: only a near miss is worth a word.
+            (false, true, true) => FieldVerdict::Far(hint),
+            (false, false, true) => return None,
+        };
+        return Some((depth, verdict));
+    }
+    None
 }
 
 /// The control-flow graph of a flow: edges by node, per scope.
@@ -719,13 +881,78 @@ fn node_expressions(p: &Placed) -> Vec<(String, Expression)> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn verdict(schema: Value, path: &str) -> Option<(usize, &'static str, String)> {
+        let fields: Vec<String> = path.split('.').map(String::from).collect();
+        undeclared_field(&schema, &fields).map(|(depth, verdict)| match verdict {
+            FieldVerdict::Closed(hint) => (depth, "closed", hint),
+            FieldVerdict::Near(hint) => (depth, "near", hint),
+            FieldVerdict::Far(hint) => (depth, "far", hint),
+        })
+    }
+
+    #[test]
+    fn undeclared_fields_are_errors_when_near_a_declared_one_and_warnings_when_far() {
+        let schema = json!({"type": "object", "properties": {
+            "customerId": {"type": "string"},
+            "customer": {"type": "object", "properties": {"tier": {}, "since": {}}},
+            "attributes": {"type": "object"},
+        }});
+        assert!(verdict(schema.clone(), "customerId").is_none());
+        assert!(verdict(schema.clone(), "customer.tier").is_none());
+        // Below a field whose schema declares no fields, anything goes.
+        assert!(verdict(schema.clone(), "attributes.anything.deeper").is_none());
+        assert_eq!(verdict(schema.clone(), "customerID"), Some((0, "near", "did you mean `customerId`?".into())));
+        assert_eq!(verdict(schema.clone(), "customer.teir"), Some((1, "near", "did you mean `tier`?".into())));
+        assert_eq!(
+            verdict(schema.clone(), "loyaltyLevel"),
+            Some((0, "far", "the declared properties are `customerId`, `customer`, `attributes`".into()))
+        );
+    }
+
+    #[test]
+    fn what_the_schema_says_of_other_fields_decides() {
+        let closed = json!({"properties": {"points": {}}, "additionalProperties": false});
+        assert_eq!(verdict(closed, "balance"), Some((0, "closed", "the declared properties are `points`".into())));
+        let open = json!({"properties": {"points": {}}, "additionalProperties": {"type": "string"}});
+        assert!(verdict(open.clone(), "balance").is_none(), "the schema allows other fields");
+        assert_eq!(verdict(open, "point"), Some((0, "far", "did you mean `points`?".into())));
+        let patterns = json!({"properties": {"points": {}}, "patternProperties": {"^x_": {}}});
+        assert!(verdict(patterns.clone(), "x_anything").is_none());
+        assert_eq!(verdict(patterns, "pionts").map(|v| v.1), Some("near"));
+        let branches = json!({"allOf": [{"properties": {"a": {"properties": {"b": {}}}}}], "properties": {"c": {}}});
+        assert!(verdict(branches.clone(), "a.b").is_none());
+        assert_eq!(verdict(branches, "a.bb").map(|v| (v.0, v.1)), Some((1, "far")));
+        assert!(verdict(json!({"type": "object"}), "anything").is_none());
+        assert!(verdict(json!(true), "anything").is_none());
+    }
+
+    #[test]
+    fn json_schemas_are_told_from_flows() {
+        assert!(is_json_schema(r#"{"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object"}"#));
+        assert!(is_json_schema(r#"{"$schema": "http://json-schema.org/draft-07/schema#"}"#));
+        assert!(!is_json_schema(r#"{"$schema": "./schema.json", "id": "f", "nodes": []}"#));
+        assert!(!is_json_schema(r#"{"$schema": "https://json-schema.org/draft/2020-12/schema", "nodes": []}"#));
+        assert!(!is_json_schema(r#"{"type": "object"}"#));
+        assert!(!is_json_schema("not json"));
+    }
+
+    #[test]
+    fn warnings_say_so() {
+        assert_eq!(Problem::error("/a", "bad").to_string(), "/a: bad");
+        assert_eq!(Problem::warning("/a", "odd").to_string(), "/a: warning: odd");
+        assert_eq!(serde_json::to_value(Problem::warning("", "odd")).unwrap()["severity"], "warning");
+    }
+
     #[test]
     fn secret_names_are_recognised_without_flagging_their_neighbours() {
         for secret in ["clientSecret", "apiKey", "api_key", "accessToken", "password", "private_key"] {
-            assert!(super::looks_secret(secret), "{secret}");
+            assert!(looks_secret(secret), "{secret}");
         }
         for plain in ["tokenUrl", "passwordPolicy", "secretName", "authUrl", "pod", "keyId"] {
-            assert!(!super::looks_secret(plain), "{plain}");
+            assert!(!looks_secret(plain), "{plain}");
         }
     }
 }

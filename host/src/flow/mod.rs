@@ -10,7 +10,7 @@ pub mod retry;
 pub mod trace;
 
 pub use executor::{CallRecord, Checkpoint, CheckpointSink, LoadedFlow, Outcome, Stop};
-pub use lint::{Problem, lint, parse};
+pub use lint::{Problem, Severity, is_json_schema, lint, parse};
 pub use model::{Flow, Trigger, flow_schema};
 pub use retry::{MAX_RETRY_AFTER, RetryPolicy};
 pub use trace::{EmittedEvent, NodeError, NodeStatus, NodeTrace, Run, RunStatus};

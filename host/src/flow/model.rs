@@ -91,10 +91,19 @@ pub struct ConnectionSpec {
     /// Narrows the connector's declared hosts for this connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_hosts: Option<Vec<String>>,
+    /// Lets node inputs on this connection have properties that the capability's schema does not declare, for a
+    /// connector that needs open inputs. By default such a property is refused (by `flowhost check` and before
+    /// the call), since a connector would silently ignore a misspelled one.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub open_inputs: bool,
 }
 
 fn any_version() -> String {
     "*".to_string()
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 /// One node. Exactly one of `connector`, `condition`, `forEach`, `emit` or `fail` is given.

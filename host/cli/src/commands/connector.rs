@@ -152,6 +152,7 @@ fn connect(
     let options = ConnectionOptions {
         allowed_hosts: (!args.allow_hosts.is_empty()).then(|| args.allow_hosts.clone()),
         allow_private: args.allow_private,
+        open_inputs: false,
     };
     Ok(connector.connection("cli", &config, &context.secrets()?, &options)?)
 }

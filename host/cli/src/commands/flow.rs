@@ -2,13 +2,13 @@
 
 use crate::{GlobalOptions, json_argument};
 use anyhow::Context as _;
-use flowhost::flow::{RunStatus, flow_schema};
+use flowhost::flow::{RunStatus, flow_schema, is_json_schema};
 use flowhost::inbound::InboundRequest;
 use flowhost::store::now_ms;
 use flowhost::{Host, HostConfig};
 use serde_json::Value;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Options for commands that build a host.
@@ -48,7 +48,7 @@ impl HostArgs {
 }
 
 pub async fn check(
-    files: &[PathBuf],
+    paths: &[PathBuf],
     host: &HostArgs,
     options: &GlobalOptions,
     out: &mut dyn Write,
@@ -56,8 +56,26 @@ pub async fn check(
 ) -> anyhow::Result<ExitCode> {
     let host = host.host(options).await?;
     let mut failed = 0;
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        match flow_files_in(path) {
+            Ok(found) if found.is_empty() => {
+                writeln!(err, "{}: no flow files (*.json) in this directory", path.display())?;
+                failed += 1;
+            }
+            Ok(found) => files.extend(found),
+            Err(e) => {
+                writeln!(err, "{}: cannot read: {e}", path.display())?;
+                failed += 1;
+            }
+        }
+    }
     for file in files {
-        let text = match std::fs::read_to_string(file) {
+        let text = match std::fs::read_to_string(&file) {
             Ok(text) => text,
             Err(e) => {
                 writeln!(err, "{}: cannot read: {e}", file.display())?;
@@ -65,9 +83,28 @@ pub async fn check(
                 continue;
             }
         };
-        match host.check(&text) {
-            Ok(flow) => {
-                writeln!(out, "{}: ok ({} {}, {} node(s))", file.display(), flow.id, flow.version, flow.nodes.len())?
+        if is_json_schema(&text) {
+            writeln!(out, "{}: skipped (a JSON Schema, not a flow)", file.display())?;
+            continue;
+        }
+        match host.check_with_warnings(&text) {
+            Ok((flow, warnings)) => {
+                for warning in &warnings {
+                    writeln!(err, "{}: {warning}", file.display())?;
+                }
+                let noted = match warnings.len() {
+                    0 => String::new(),
+                    1 => ", 1 warning".to_string(),
+                    n => format!(", {n} warnings"),
+                };
+                writeln!(
+                    out,
+                    "{}: ok ({} {}, {} node(s){noted})",
+                    file.display(),
+                    flow.id,
+                    flow.version,
+                    flow.nodes.len()
+                )?
             }
             Err(problems) => {
                 failed += 1;
@@ -78,6 +115,19 @@ pub async fn check(
         }
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The `*.json` files of a directory, in name order, as `serve` reads a directory of flows.
+fn flow_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 pub async fn run(
