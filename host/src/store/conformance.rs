@@ -100,7 +100,8 @@ macro_rules! store_conformance_tests {
 /// A lease long enough that it never expires during a behaviour unless the behaviour's clock says so.
 const LEASE: Duration = Duration::from_secs(30);
 
-fn run_for(key: &str, connections: &[&str]) -> NewRun {
+/// A run of customer `key` that uses `connections` (for a backend's own tests too).
+pub fn run_for(key: &str, connections: &[&str]) -> NewRun {
     NewRun {
         flow_id: "loyalty-to-cdp".into(),
         flow_version: "1.0.0".into(),
@@ -112,7 +113,8 @@ fn run_for(key: &str, connections: &[&str]) -> NewRun {
     }
 }
 
-fn run(key: &str) -> NewRun {
+/// A run of customer `key` that uses the connection `cdp`.
+pub fn run(key: &str) -> NewRun {
     run_for(key, &["cdp"])
 }
 

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use flowhost::flow::{RunStatus, flow_schema, is_json_schema};
 use flowhost::inbound::InboundRequest;
 use flowhost::store::now_ms;
-use flowhost::{Host, HostConfig};
+use flowhost::{Host, HostConfig, LoadedFlow};
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -139,18 +139,8 @@ pub async fn run(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let event = json_argument("--event", event)?;
-    let host = host.host(options).await?;
-    let flow = match host.load(&text) {
-        Ok(flow) => flow,
-        Err(problems) => {
-            for problem in problems {
-                writeln!(err, "{}: {problem}", file.display())?;
-            }
-            return Ok(ExitCode::from(2));
-        }
-    };
+    let Some((host, flow)) = load_flow(file, host, options, err).await? else { return Ok(ExitCode::from(2)) };
     let run = match host.run(&flow, event).await {
         Ok(run) => run,
         Err(error) => {
@@ -166,6 +156,26 @@ pub async fn run(
     Ok(if run.status == RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// Builds the host and loads the flow file for `run`; `None` once the flow's problems are printed.
+async fn load_flow(
+    file: &PathBuf,
+    host: &HostArgs,
+    options: &GlobalOptions,
+    err: &mut dyn Write,
+) -> anyhow::Result<Option<(Host, LoadedFlow)>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let host = host.host(options).await?;
+    match host.load(&text) {
+        Ok(flow) => Ok(Some((host, flow))),
+        Err(problems) => {
+            for problem in problems {
+                writeln!(err, "{}: {problem}", file.display())?;
+            }
+            Ok(None)
+        }
+    }
+}
+
 pub async fn run_inbound(
     file: &PathBuf,
     body: &str,
@@ -175,21 +185,11 @@ pub async fn run_inbound(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let body = match body.strip_prefix('@') {
         Some(path) => std::fs::read(path).with_context(|| format!("cannot read --inbound file {path}"))?,
         None => body.as_bytes().to_vec(),
     };
-    let host = host.host(options).await?;
-    let flow = match host.load(&text) {
-        Ok(flow) => flow,
-        Err(problems) => {
-            for problem in problems {
-                writeln!(err, "{}: {problem}", file.display())?;
-            }
-            return Ok(ExitCode::from(2));
-        }
-    };
+    let Some((host, flow)) = load_flow(file, host, options, err).await? else { return Ok(ExitCode::from(2)) };
     let request = InboundRequest::json_post(body, true, now_ms());
     let outcome = match host.run_inbound(&flow, &request).await {
         Ok(outcome) => outcome,

@@ -8,6 +8,7 @@ use super::leases::COMPLETE_RUNS;
 use super::runs::{CLAIM_RUNS, DEMOTE_STALE_HEADS, INSERT_RUNS, KNOWN_DEDUP_KEYS, PROMOTE_HEADS};
 use super::traces::pack_trace;
 use super::*;
+use crate::store::conformance::{run, run_for};
 use crate::store::{add_ms, now_ms};
 use serde_json::json;
 use serde_json::value::to_raw_value;
@@ -36,21 +37,6 @@ async fn open() -> (tempfile::TempDir, SqliteStore) {
     (dir, store)
 }
 
-fn run_for(key: &str, connections: &[&str]) -> NewRun {
-    NewRun {
-        flow_id: "loyalty-to-cdp".into(),
-        flow_version: "1.0.0".into(),
-        connections: connections.iter().map(|c| c.to_string()).collect(),
-        ordering_key: format!("loyalty-to-cdp/{key}"),
-        customer: Some(key.to_string()),
-        event: json!({"event": "point_add", "customer": key}),
-        dedup_key: None,
-    }
-}
-
-fn run(key: &str) -> NewRun {
-    run_for(key, &["cdp"])
-}
 
 /// The completion of a claimed run, with a small trace naming it.
 fn completing(run: &StoredRun, completion: Completion, emitted: &[NewOutboxEvent]) -> RunCompletion {
