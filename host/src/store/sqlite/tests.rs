@@ -37,7 +37,6 @@ async fn open() -> (tempfile::TempDir, SqliteStore) {
     (dir, store)
 }
 
-
 /// The completion of a claimed run, with a small trace naming it.
 fn completing(run: &StoredRun, completion: Completion, emitted: &[NewOutboxEvent]) -> RunCompletion {
     RunCompletion {
