@@ -233,8 +233,9 @@ pub fn stored_body(events: &[InboundEvent]) -> Value {
 /// host), `Some(Err)` for one that does not hold events in the normalized form.
 pub fn stored_events(body: &Value) -> Option<Result<Vec<InboundEvent>, String>> {
     let events = body.get(NORMALIZED_EVENTS)?;
+    // Read from the borrowed value: no copy of the whole body first.
     Some(
-        serde_json::from_value(events.clone())
+        Vec::<InboundEvent>::deserialize(events)
             .map_err(|e| format!("the stored message's normalized events cannot be read: {e}")),
     )
 }
