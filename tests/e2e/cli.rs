@@ -64,7 +64,7 @@ async fn call_prints_the_output_or_the_error_kind() {
     let input_arg = format!("@{}", input_file.display());
     let bad = flowhost(&[&base[..], &["echo", "--config", CONFIG, "--input", &input_arg]].concat()).await;
     assert_eq!(bad.code, ExitCode::from(1));
-    assert!(bad.err.contains("error: invalid-input: invalid input: /properties:"), "{}", bad.err);
+    assert!(bad.err.contains("error: invalid input: /properties:"), "{}", bad.err);
     assert!(bad.err.contains("/properties/count"), "{}", bad.err);
 
     let kind = flowhost(
@@ -73,7 +73,7 @@ async fn call_prints_the_output_or_the_error_kind() {
     )
     .await;
     assert_eq!(kind.code, ExitCode::from(1));
-    assert!(kind.err.contains("error: permanent: permanent failure (HTTP 400)"), "{}", kind.err);
+    assert!(kind.err.contains("error: permanent failure (HTTP 400)"), "{}", kind.err);
     assert!(kind.err.contains("response body: nope"), "{}", kind.err);
 }
 
@@ -111,7 +111,7 @@ async fn check_reports_whether_the_connection_works() {
     assert!(ok.out.contains("ok: the connection works"));
     let bad = flowhost(&[&check[..], &["--config", r#"{"token":{"secret":"BAD_TOKEN"}}"#]].concat()).await;
     assert_eq!(bad.code, ExitCode::from(1));
-    assert!(bad.err.contains("error: unauthorized: unauthorized: the token was not accepted"), "{}", bad.err);
+    assert!(bad.err.contains("error: unauthorized: the token was not accepted"), "{}", bad.err);
 }
 
 #[tokio::test]
@@ -426,4 +426,34 @@ async fn check_takes_directories_skips_json_schemas_and_prints_warnings() {
     let none = flowhost(&["--cache-dir", cache, "check", empty.path().to_str().unwrap()]).await;
     assert_eq!(none.code, ExitCode::from(1));
     assert!(none.err.contains("no flow files (*.json) in this directory"), "{}", none.err);
+}
+
+/// The real binary, for what only a process shows: its exit status when its reader goes away, and its log.
+fn flowhost_process() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_flowhost-e2e"))
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    let mut child = flowhost_process()
+        .args(["flow", "schema"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `| head -0`: the reader closes before the schema is written.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(output.stderr.is_empty(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn a_log_that_is_not_a_terminal_has_no_colour_codes() {
+    let output =
+        flowhost_process().args(["-v", "--no-cache", "connector", "inspect", components::ECHO]).output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("INFO"), "the -v log: {log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in: {log:?}");
 }

@@ -437,3 +437,21 @@ async fn inbound_flows_of_one_connection_must_use_one_connector() {
     let expected = "flows coupon-a and lines-b both run for its inbound events with different connectors";
     assert!(problems.iter().any(|p| p.contains(expected)), "{problems:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_only_connection_is_disconnected_and_reconnected() {
+    let outbound = json!({"id": "echo-out", "version": "1.0.0", "trigger": {"type": "event", "event": "ping"},
+        "connections": {"outbound": {"connector": "echo", "config": {"token": {"secret": "ECHO_TOKEN"}}}},
+        "nodes": [{"id": "say", "connector": {"connection": "outbound", "capability": "echo",
+                                              "input": {"properties": {"message": "hi"}}}}]});
+    let served = serve(&[outbound]).await;
+    for action in ["disconnect", "reconnect"] {
+        let url = format!("{}/v1/connections/outbound/{action}", served.base);
+        let (status, _, answer) = send(client().post(url)).await;
+        assert_eq!(status, 200, "{action}: {answer}");
+    }
+    // Every API error answers with the API's JSON body, a wrong method included.
+    let (status, _, answer) = send(client().get(format!("{}/v1/events", served.base))).await;
+    assert_eq!(status, 405, "{answer}");
+    assert!(answer["error"].is_string(), "{answer}");
+}

@@ -153,6 +153,12 @@ where
         }),
     };
     result.unwrap_or_else(|error| {
+        // A reader that went away (`flowhost flow schema | head -1`) is not an error of ours.
+        if error.chain().any(|cause| {
+            cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        }) {
+            return ExitCode::SUCCESS;
+        }
         let _ = writeln!(err, "error: {error:#}");
         ExitCode::from(2)
     })
@@ -200,9 +206,15 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // No colour codes in a log that goes to a file or a pipe.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // A second command in the same process (tests) keeps the first subscriber.
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .try_init();
 }
 
 /// Reads a JSON argument given inline or as `@path`.

@@ -164,7 +164,7 @@ impl EgressPolicy {
     pub fn check_address(&self, ip: IpAddr) -> Result<(), String> {
         match (self.allow_private, non_public_reason(ip)) {
             (false, Some(reason)) => Err(format!(
-                "address {ip} is {reason}; private and loopback addresses are refused unless the operator allows them"
+                "address {ip} is {reason}; private and loopback addresses are refused unless the operator allows them (`[connectors] allow_private = true` in flowhost.toml, `--allow-private` on the command line, `HostConfig::allow_private` when embedded)"
             )),
             _ => Ok(()),
         }
@@ -320,6 +320,7 @@ mod tests {
         };
         let err = loopback.check_url(&url("http://127.0.0.1:9/")).unwrap_err();
         assert!(err.contains("loopback"), "{err}");
+        assert!(err.contains("allow_private = true") && err.contains("--allow-private"), "says how to allow it: {err}");
         let allowed = EgressPolicy { allow_private: true, ..loopback };
         assert!(allowed.check_url(&url("http://127.0.0.1:9/")).is_ok());
     }

@@ -335,7 +335,7 @@ impl Resolve for PolicyResolver {
             if allowed.is_empty() && !resolved.is_empty() {
                 let reason = non_public_reason(resolved[0].ip()).unwrap_or("not allowed");
                 return Err(Box::new(ResolveDenied(format!(
-                    "{host} resolves to {} ({reason}); private and loopback addresses are refused unless the operator allows them",
+                    "{host} resolves to {} ({reason}); private and loopback addresses are refused unless the operator allows them (`[connectors] allow_private = true` in flowhost.toml, `--allow-private` on the command line, `HostConfig::allow_private` when embedded)",
                     resolved[0].ip()
                 ))) as Box<dyn std::error::Error + Send + Sync>);
             }

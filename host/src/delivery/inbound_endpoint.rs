@@ -120,6 +120,17 @@ impl InboundEndpoint {
         })
     }
 
+    /// Why the connection cannot take inbound requests although it is configured to, if it cannot.
+    pub fn why_closed(&self) -> Option<String> {
+        match self.inbound() {
+            Err(no_inbound_side) => Some(no_inbound_side.to_string()),
+            Ok(info) if self.token.is_none() && !info.verifies_requests => Some(
+                "it has inbound flows but no inbound token, and its connector does not verify requests itself".into(),
+            ),
+            Ok(_) => None,
+        }
+    }
+
     /// Whether the request's `Authorization` (`Bearer <token>` or `Token <token>`) carries this connection's
     /// token, compared in constant time.
     pub(super) fn authenticated(&self, authorization: Option<&str>) -> bool {

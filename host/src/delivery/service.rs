@@ -325,23 +325,14 @@ impl Service {
         Ok(hold)
     }
 
-    /// Reconnect: needs both directions configured (a flow that sends through the connection, and its taking
-    /// inbound requests); then the held runs and messages go back in the queue and its flows run again.
+    /// Reconnect: the held runs and messages go back in the queue and the connection's flows run again. A
+    /// connection configured for inbound requests (an inbound flow or token) must be able to take them.
     pub async fn reconnect(&self, name: &str) -> Result<ConnectionHold, ConnectionError> {
         self.known_connection(name)?;
-        let outbound = self
-            .shared
-            .flows
-            .iter()
-            .any(|f| f.flow().connections.contains_key(name) && matches!(f.flow().trigger, Trigger::Event { .. }));
-        let inbound = self.shared.inbound.contains_key(name);
-        let missing: Vec<&str> =
-            [(!outbound).then_some("no outbound flow uses it"), (!inbound).then_some("it takes no inbound requests")]
-                .into_iter()
-                .flatten()
-                .collect();
-        if !missing.is_empty() {
-            return Err(ConnectionError::Incomplete { name: name.to_string(), missing: missing.join(" and ") });
+        // Only the directions the connection is configured for must work: an outbound-only connection has
+        // no inbound side to ask for.
+        if let Some(why) = self.shared.inbound.get(name).and_then(InboundEndpoint::why_closed) {
+            return Err(ConnectionError::Incomplete { name: name.to_string(), missing: why });
         }
         let release = self.shared.store.release_connection(name).await?;
         self.refresh().await?;

@@ -159,7 +159,13 @@ fn connect(
 
 /// Prints the error kind and message on stderr and picks the exit status.
 fn report(err: &mut dyn Write, error: &InvokeError) -> std::io::Result<ExitCode> {
-    writeln!(err, "error: {}: {error}", error.kind())?;
+    // The message names its kind already when it starts with it (`unauthorized: …`, `invalid input: …`).
+    let (kind, message) = (error.kind().to_string(), error.to_string());
+    if message.starts_with(&kind.replace('-', " ")) {
+        writeln!(err, "error: {message}")?;
+    } else {
+        writeln!(err, "error: {kind}: {message}")?;
+    }
     if let InvokeError::Permanent { body, .. } = error
         && !body.is_empty()
     {
