@@ -457,3 +457,23 @@ fn a_log_that_is_not_a_terminal_has_no_colour_codes() {
     assert!(log.contains("INFO"), "the -v log: {log}");
     assert!(!log.contains('\u{1b}'), "colour codes in: {log:?}");
 }
+
+#[tokio::test]
+async fn commands_describe_their_arguments_and_inspect_finds_a_built_in_connector_by_id() {
+    for (command, argument) in [
+        (&["check", "--help"][..], "Flow files, or directories"),
+        (&["run", "--help"][..], "The flow file"),
+        (&["connector", "call", "--help"][..], "The capability to call"),
+        (&["connector", "inspect", "--help"][..], "the id of a connector built into flowhost"),
+        (&["queue", "retry", "--help"][..], "The run's id"),
+        (&["queue", "drop", "--help"][..], "The run's id"),
+    ] {
+        let help = flowhost(command).await;
+        assert!(help.out.contains(argument), "{command:?}:\n{}", help.out);
+    }
+    let builtin = flowhost(&["--no-cache", "connector", "inspect", "mparticle"]).await;
+    assert_eq!(builtin.code, ExitCode::SUCCESS, "{}", builtin.err);
+    assert!(builtin.out.contains("Inbound (POST /v1/inbound/<connection>)"), "{}", builtin.out);
+    let unknown = flowhost(&["--no-cache", "connector", "inspect", "nope"]).await;
+    assert!(unknown.err.contains("no built-in connector has that id (built in: mparticle)"), "{}", unknown.err);
+}

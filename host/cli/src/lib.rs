@@ -53,6 +53,8 @@ enum Command {
     /// Run one flow for one event (or, for an inbound flow, for a request as its vendor sends it) and print
     /// the run trace.
     Run {
+        /// The flow file.
+        #[arg(value_name = "FLOW.json")]
         file: PathBuf,
         /// The event: JSON, or @file.
         #[arg(long, required_unless_present = "inbound", conflicts_with = "inbound")]

@@ -15,6 +15,8 @@ use std::sync::Arc;
 pub enum ConnectorCommand {
     /// Print a connector's manifest: id, version, connection properties, allowed hosts, capabilities.
     Inspect {
+        /// A connector component (.wasm file), or the id of a connector built into flowhost (e.g. `mparticle`).
+        #[arg(value_name = "COMPONENT")]
         component: PathBuf,
         /// Print the manifest as one JSON document.
         #[arg(long)]
@@ -22,13 +24,18 @@ pub enum ConnectorCommand {
     },
     /// Run the connector's check of a connection config (e.g. that the credentials are accepted).
     Check {
+        /// A connector component (.wasm file), or the id of a connector built into flowhost (e.g. `mparticle`).
+        #[arg(value_name = "COMPONENT")]
         component: PathBuf,
         #[command(flatten)]
         connection: ConnectionArgs,
     },
     /// Validate an input and invoke one capability; prints the output JSON.
     Call {
+        /// A connector component (.wasm file), or the id of a connector built into flowhost (e.g. `mparticle`).
+        #[arg(value_name = "COMPONENT")]
         component: PathBuf,
+        /// The capability to call, e.g. `getAccount` (`flowhost connector inspect` lists them).
         capability: String,
         #[command(flatten)]
         connection: ConnectionArgs,
@@ -134,10 +141,23 @@ pub async fn run(
     }
 }
 
+/// Loads a component file, or a built-in connector named by its id (a bare name that is no file here).
 async fn load(context: &GlobalOptions, component: &Path) -> anyhow::Result<Arc<Connector>> {
     let runtime = context.runtime()?;
-    let connector =
-        runtime.load_file(component).await.with_context(|| format!("cannot load {}", component.display()))?;
+    let bare_name = component.components().count() == 1 && component.extension().is_none();
+    let connector = if component.exists() || !bare_name {
+        runtime.load_file(component).await.with_context(|| format!("cannot load {}", component.display()))?
+    } else {
+        let mut builtin = Vec::new();
+        for bytes in crate::builtin::COMPONENTS {
+            builtin.push(runtime.load_bytes(bytes).await?);
+        }
+        let id = component.to_string_lossy();
+        let ids: Vec<String> = builtin.iter().map(|c| c.manifest().id.clone()).collect();
+        builtin.into_iter().find(|c| c.manifest().id == id).with_context(|| {
+            format!("{id}: no such file, and no built-in connector has that id (built in: {})", ids.join(", "))
+        })?
+    };
     let (source, elapsed) = connector.load_source();
     tracing::info!(component = %component.display(), source = ?source, ms = elapsed.as_secs_f64() * 1e3, "connector loaded");
     Ok(connector)

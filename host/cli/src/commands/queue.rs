@@ -30,12 +30,16 @@ pub enum QueueCommand {
     },
     /// Make a dead, failed, held or waiting run due now, with a fresh count of attempts.
     Retry {
+        /// The run's id (`flowhost queue list` shows them).
+        #[arg(value_name = "RUN_ID")]
         id: String,
         #[command(flatten)]
         store: StoreArgs,
     },
     /// Drop a run from the queue (kept for the record as `dropped`).
     Drop {
+        /// The run's id (`flowhost queue list` shows them).
+        #[arg(value_name = "RUN_ID")]
         id: String,
         #[command(flatten)]
         store: StoreArgs,
