@@ -176,7 +176,7 @@ impl Host {
     /// Runs an inbound flow for a request as its vendor sends it, without a service: the trigger's connector
     /// receives it (`receive`), and the flow runs once for each event its trigger matches. For testing a
     /// mapping offline (`flowhost run <flow> --inbound @payload.json`).
-    pub async fn run_inbound(&self, flow: &LoadedFlow, request: &InboundRequest) -> Result<InboundRuns, RunError> {
+    pub async fn run_inbound(&self, flow: &LoadedFlow, request: InboundRequest) -> Result<InboundRuns, RunError> {
         let Some((connection, filter)) = TriggerFilter::of(&flow.flow().trigger) else {
             return Err(RunError::NotInbound(flow.id().to_string()));
         };

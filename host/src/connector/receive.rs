@@ -22,7 +22,7 @@ impl Connector {
     /// Hands one request the connection's sender made to the connector's `receive`, in a fresh instance under
     /// the sandbox's limits; without the connection's token, without network access. A connector without an
     /// inbound side fails with `unknown-capability`.
-    pub async fn receive(&self, connection: &Connection, request: &InboundRequest) -> Invocation<Received> {
+    pub async fn receive(&self, connection: &Connection, request: InboundRequest) -> Invocation<Received> {
         let Some(pre) = &self.inbound_pre else {
             let error = InvokeError::UnknownCapability {
                 capability: "receive".into(),
@@ -31,12 +31,13 @@ impl Connector {
             return Invocation { result: Err(error), log: Vec::new(), duration: Default::default() };
         };
         let config = connection.resolved_config.expose_secret().to_string();
+        // Taken by value: the body (up to the body limit) moves into the call instead of being copied.
         let request = wit::Request {
-            method: request.method.clone(),
-            path: request.path.clone(),
-            query: request.query.clone(),
-            headers: request.headers.clone(),
-            body: request.body.clone(),
+            method: request.method,
+            path: request.path,
+            query: request.query,
+            headers: request.headers,
+            body: request.body,
             authenticated: request.authenticated,
             received_at_ms: request.received_at_ms,
         };

@@ -57,11 +57,13 @@ pub(crate) fn admit(shared: &Shared, connection: &str, authorization: Option<&st
         Some(_) if endpoint.authenticated(authorization) => Ok(admitted(true, false)),
         Some(_) if !presented && !info.public_requests.is_empty() => Ok(admitted(false, true)),
         Some(_) => Err(InboundError::Unauthorized(TOKEN_REQUIRED.into())),
-        None if info.verifies_requests => Ok(admitted(false, false)),
-        None => Err(InboundError::Unauthorized(format!(
-            "connection `{connection}` has no inbound token, and its connector does not verify requests itself: \
-             give it `inbound_token` in flowhost.toml"
-        ))),
+        // Without a token of its own, the connection is open only if its connector verifies each request.
+        None => match endpoint.why_closed() {
+            None => Ok(admitted(false, false)),
+            Some(why) => Err(InboundError::Unauthorized(format!(
+                "connection `{connection}` takes no inbound requests: {why}; give it `inbound_token` in flowhost.toml"
+            ))),
+        },
     }
 }
 
@@ -80,9 +82,9 @@ pub(crate) async fn receive(
     }
     let request = InboundRequest { authenticated: admission.authenticated, ..request };
     let (connector, wired) = endpoint.connector();
-    let received = connector.receive(wired, &request).await.result.map_err(refusal)?;
+    let received = connector.receive(wired, request).await.result.map_err(refusal)?;
     let Some(first) = received.events.first() else {
-        return Ok(InboundReceipt { id: None, events: 0, response: received.response });
+        return Ok(InboundReceipt { id: None, response: received.response });
     };
     if admission.public {
         return Err(InboundError::Unauthorized(format!(
@@ -99,7 +101,7 @@ pub(crate) async fn receive(
     let id = shared.store.record_inbound(&message).await?;
     shared.metrics.inbound_received();
     shared.inbound_waiting.notify_waiters();
-    Ok(InboundReceipt { id: Some(id), events: received.events.len(), response: received.response })
+    Ok(InboundReceipt { id: Some(id), response: received.response })
 }
 
 fn disconnected(shared: &Shared, connection: &str) -> bool {

@@ -92,14 +92,8 @@ impl InboundEndpoint {
             if let Some(flow) = flow {
                 let token = tokens.remove(&name);
                 let endpoint = InboundEndpoint { flow: flow.clone(), name: name.clone(), token };
-                if let (None, Some(info)) = (&endpoint.token, endpoint.connector().0.inbound())
-                    && !info.verifies_requests
-                {
-                    tracing::warn!(
-                        connection = %name,
-                        "the connection has inbound flows but no inbound token, and its connector does not verify \
-                         requests itself: every request to it is refused until it has an `inbound_token`"
-                    );
+                if let Some(why) = endpoint.why_closed() {
+                    tracing::warn!(connection = %name, "{why}: every inbound request to it is refused");
                 }
                 endpoints.insert(name, endpoint);
             }
@@ -173,8 +167,6 @@ pub enum InboundError {
 pub struct InboundReceipt {
     /// The stored message's id; `None` when the request carried no events (nothing was stored).
     pub id: Option<String>,
-    /// How many events were stored.
-    pub events: usize,
     /// The connector's answer.
     pub response: InboundResponse,
 }

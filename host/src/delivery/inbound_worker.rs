@@ -94,7 +94,7 @@ async fn events_of(shared: &Shared, message: &StoredInbound) -> Result<Vec<Inbou
     // It was authenticated when it was accepted.
     let body = serde_json::to_vec(&message.body).unwrap_or_default();
     let request = InboundRequest::json_post(body, true, message.received_at);
-    match connector.receive(connection, &request).await.result {
+    match connector.receive(connection, request).await.result {
         Ok(received) => Ok(received.events),
         Err(error) => Err(Unreadable {
             retryable: error.kind().is_retryable(),

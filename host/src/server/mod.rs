@@ -190,7 +190,7 @@ async fn receive(State(state): State<ApiState>, connection: String, path: String
         Err(e) => return inbound_error(e),
     };
     let body = match read_body(body, admission.body_limit(state.max_body_bytes)).await {
-        Ok(bytes) => bytes.to_vec(),
+        Ok(bytes) => Vec::from(bytes),
         Err(response) => return response,
     };
     let headers = parts

@@ -191,7 +191,7 @@ pub async fn run_inbound(
     };
     let Some((host, flow)) = load_flow(file, host, options, err).await? else { return Ok(ExitCode::from(2)) };
     let request = InboundRequest::json_post(body, true, now_ms());
-    let outcome = match host.run_inbound(&flow, &request).await {
+    let outcome = match host.run_inbound(&flow, request).await {
         Ok(outcome) => outcome,
         Err(error) => {
             writeln!(err, "error: {error}")?;
