@@ -424,7 +424,7 @@ async fn durable_runs_stop_for_resends_and_replay_their_checkpoint() {
     assert_eq!(saves, [1, 2, 3]);
 
     // Resuming replays the recorded calls instead of making them: a doctored record shows through.
-    let mut resumed = checkpoint.clone();
+    let mut resumed = *checkpoint.clone();
     resumed.calls.get_mut("first").unwrap().output = Some(json!({"message": "from the checkpoint"}));
     let Outcome::Stopped { stop: Stop::Resend { .. }, run, checkpoint } =
         flow.execute_durable("run-1".into(), event.clone(), resumed, Some(&saved)).await
@@ -436,7 +436,7 @@ async fn durable_runs_stop_for_resends_and_replay_their_checkpoint() {
     assert_eq!(saved.0.lock().unwrap().len(), 3, "nothing new to save: replayed calls are already saved");
 
     // The third attempt is the policy's last: retries exhausted, a dead letter.
-    let outcome = flow.execute_durable("run-1".into(), event.clone(), checkpoint, Some(&saved)).await;
+    let outcome = flow.execute_durable("run-1".into(), event.clone(), *checkpoint, Some(&saved)).await;
     let Outcome::Stopped { stop: Stop::Exhausted { error }, run, .. } = outcome else { panic!("expected exhaustion") };
     assert_eq!(error.kind.to_string(), "transient");
     assert_eq!(run.nodes.iter().find(|n| n.node_id == "flaky").unwrap().attempts.len(), 3);

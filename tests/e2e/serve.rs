@@ -537,22 +537,38 @@ async fn resend_queue_dead_letters_and_operator_retry_and_drop() {
     assert_eq!(dead["attempts"], 3, "{dead}");
     assert_eq!(dead["lastError"]["kind"], "transient", "{dead}");
     assert_eq!(dead["trace"]["nodes"][0]["attempts"].as_array().unwrap().len(), 3, "{dead}");
+    assert!(dead.get("nextAttemptAt").is_none(), "a dead run is not tried again by itself: {dead}");
+    // The run behind it says why it does not move.
+    let waiting = queue["runs"].as_array().unwrap().iter().find(|r| r["status"] == "queued").unwrap();
+    assert_eq!(waiting["heldBy"], json!({"run": first, "status": "dead", "attempts": 3}), "{queue}");
+    assert_eq!(waiting["attempts"], 0, "{waiting}");
+    let metrics = send(client().get(format!("{base}/metrics"))).await.1;
+    let metrics = metrics.as_str().unwrap();
+    assert!(metrics.contains(r#"flowhost_queue_runs_held_behind{behind="dead"} 1"#), "{metrics}");
 
-    // The CLI sees the same queue, and drops cust-b's dead letter.
+    // The CLI sees the same queue, and drops every dead letter of cust-b.
     let config = service.config().display().to_string();
     let (code, out) = cli(&["queue", "list", "--config", &config]).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.lines().filter(|l| l.contains(" dead ")).count(), 2, "{out}");
     assert!(out.contains("last error: "), "{out}");
-    let (code, out) = cli(&["queue", "drop", &third, "--config", &config]).await;
+    assert!(out.contains(&format!("held by {first} (dead)")), "{out}");
+    let (code, out) = cli(&["queue", "drop", "--customer", "cust-b", "--config", &config]).await;
     assert_eq!(code, 0, "{out}");
+    assert_eq!(out, format!("1 dead run dropped (kept for the record)\n{third}\n"));
     let (code, _) = cli(&["queue", "drop", &third, "--config", &config]).await;
     assert_eq!(code, 1, "a dropped run is not in the queue any more");
+    let (code, out) = cli(&["queue", "retry", "--config", &config]).await;
+    assert_eq!(code, 2, "a run id, a customer or a flow is needed: {out}");
 
-    // mParticle is back: the operator retries cust-a's dead letter over HTTP; both of its events go, in order.
+    // mParticle is back: the operator retries every dead letter of the flow over HTTP; both of cust-a's events
+    // go, in order.
     handle.clear_faults();
-    let (status, body) = send(client().post(format!("{base}/v1/queue/{first}/retry"))).await;
+    let (status, body) = send(client().post(format!("{base}/v1/queue/retry"))).await;
+    assert_eq!(status, 400, "a bulk retry names its runs: {body}");
+    let (status, body) = send(client().post(format!("{base}/v1/queue/retry?flow=point-add-to-mparticle"))).await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"count": 1, "ids": [first]}));
     eventually(Duration::from_secs(30), "cust-a's runs to be delivered", || {
         let base = base.clone();
         async move { get(format!("{base}/v1/queue")).await["runs"].as_array().unwrap().is_empty() }
@@ -562,6 +578,10 @@ async fn resend_queue_dead_letters_and_operator_retry_and_drop() {
     assert_eq!(delivered, [("cust-a".to_string(), 1), ("cust-a".to_string(), 2)]);
     let retried = get(format!("{base}/v1/runs/{first}")).await;
     assert_eq!(retried["status"], "succeeded", "{retried}");
+    assert_eq!(retried["attempts"], 1, "one attempt since the operator's retry: {retried}");
+    assert!(retried.get("lastError").is_none() && retried.get("nextAttemptAt").is_none(), "{retried}");
+    let (status, _) = send(client().post(format!("{base}/v1/queue/{first}/retry"))).await;
+    assert_eq!(status, 404, "a run that succeeded is not retried");
     assert_eq!(
         retried["trace"],
         Value::Null,
@@ -589,6 +609,49 @@ async fn resend_queue_dead_letters_and_operator_retry_and_drop() {
     assert!(body["error"].as_str().unwrap().contains("sleeping"), "{body}");
     drop(server);
     assert!(!service.log().contains(DEMO_API_SECRET), "no secret in the server's log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_retry_keeps_the_attempts_that_ran_out_in_the_trace() {
+    let emulator = emulator().await;
+    let handle = emulator.handle();
+    let mut flow: Value = serde_json::from_str(&repo_flow("point-add-to-mparticle.json")).unwrap();
+    flow["nodes"][0]["retry"] = json!({"maxAttempts": 2, "initialDelayMs": 50, "jitter": 0});
+    let service = ServiceDir::new(&emulator, &[("point-add.json", flow.to_string())], "");
+    let server = service.start();
+    let base = server.url.clone();
+
+    handle.set_faults(vec![FaultRule::status(503).fraction(1.0).path_prefix("/v2/")]);
+    let event = json!({"event": "point_add", "data": {"customerId": "cust-h", "points": 1, "balance": 1}});
+    let (status, body) = send(client().post(format!("{base}/v1/events")).json(&event)).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["accepted"][0]["runs"][0]["runId"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(30), "a dead letter", || {
+        let url = format!("{base}/v1/runs/{id}");
+        async move { get(url).await["status"] == "dead" }
+    })
+    .await;
+
+    // The service answers once more with 503, then accepts: one more failed attempt, then a success.
+    handle.set_faults(vec![FaultRule::status(503).times(1).path_prefix("/v2/")]);
+    let (status, body) = send(client().post(format!("{base}/v1/queue/retry?customer=cust-h"))).await;
+    assert_eq!((status, &body["ids"]), (200, &json!([id])), "{body}");
+    eventually(Duration::from_secs(30), "the retried run to succeed", || {
+        let url = format!("{base}/v1/runs/{id}");
+        async move { get(url).await["status"] == "succeeded" }
+    })
+    .await;
+    let run = get(format!("{base}/v1/runs/{id}")).await;
+    assert_eq!(run["attempts"], 2, "a failed attempt and the one that succeeded, since the retry: {run}");
+    let node = &run["trace"]["nodes"][0];
+    let numbers = |attempts: &Value| -> Vec<u64> {
+        attempts.as_array().unwrap().iter().map(|a| a["attempt"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(numbers(&node["earlierAttempts"]), [1, 2], "the two attempts that ran out: {node}");
+    assert_eq!(node["earlierAttempts"][1]["error"]["kind"], "transient", "{node}");
+    assert_eq!(numbers(&node["attempts"]), [1, 2], "a fresh count after the retry: {node}");
+    assert!(node["attempts"][1].get("error").is_none(), "{node}");
+    drop(server);
 }
 
 async fn cli(args: &[&str]) -> (u8, String) {

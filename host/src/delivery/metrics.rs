@@ -2,7 +2,7 @@
 //! failed and dead-lettered, inbound messages, queue depth per state, and node and run latencies.
 
 use crate::flow::{Run, RunStatus};
-use crate::store::{InboundState, QueueCounts, RunState};
+use crate::store::{HeldBehind, InboundState, QueueCounts, RunState};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,6 +27,11 @@ struct StateLabels {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BehindLabels {
+    behind: &'static str,
+}
+
 /// The service's counters. Cheap to update from any task.
 pub struct Metrics {
     registry: Registry,
@@ -42,6 +47,7 @@ pub struct Metrics {
     accept_to_done: Family<FlowLabels, Histogram>,
     runs: Family<StateLabels, Gauge>,
     inbound: Family<StateLabels, Gauge>,
+    held_behind: Family<BehindLabels, Gauge>,
     outbox: Gauge,
 }
 
@@ -78,6 +84,7 @@ impl Metrics {
             accept_to_done: Family::new_with_constructor(latency_histogram),
             runs: Family::default(),
             inbound: Family::default(),
+            held_behind: Family::default(),
             outbox: Gauge::default(),
             registry: Registry::default(),
         };
@@ -117,6 +124,12 @@ impl Metrics {
         );
         registry.register("queue_runs", "Runs in the store, by state", metrics.runs.clone());
         registry.register("queue_inbound", "Inbound messages in the store, by state", metrics.inbound.clone());
+        registry.register(
+            "queue_runs_held_behind",
+            "Queued and held runs waiting behind an earlier run of their customer and flow that is dead or waiting \
+             for its resend",
+            metrics.held_behind.clone(),
+        );
         registry.register("outbox_events", "Events in the outbox", metrics.outbox.clone());
         Metrics { registry, ..metrics }
     }
@@ -171,7 +184,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the queue gauges set from `counts`.
-    pub fn render(&self, counts: &QueueCounts) -> String {
+    pub fn render(&self, counts: &QueueCounts, held_behind: &HeldBehind) -> String {
         for state in RunState::ALL {
             let value = i64::try_from(counts.runs.get(state)).unwrap_or(i64::MAX);
             self.runs.get_or_create(&StateLabels { state: state.as_str().to_string() }).set(value);
@@ -179,6 +192,9 @@ impl Metrics {
         for state in InboundState::ALL {
             let value = i64::try_from(counts.inbound.get(state)).unwrap_or(i64::MAX);
             self.inbound.get_or_create(&StateLabels { state: state.as_str().to_string() }).set(value);
+        }
+        for (behind, value) in [("dead", held_behind.dead), ("resend", held_behind.resend)] {
+            self.held_behind.get_or_create(&BehindLabels { behind }).set(i64::try_from(value).unwrap_or(i64::MAX));
         }
         self.outbox.set(i64::try_from(counts.outbox).unwrap_or(i64::MAX));
         let mut text = String::new();
@@ -204,12 +220,14 @@ mod tests {
         let mut counts = QueueCounts::default();
         counts.runs.queued = 7;
         counts.outbox = 2;
-        let text = metrics.render(&counts);
+        let text = metrics.render(&counts, &HeldBehind { dead: 4, resend: 0 });
         assert!(text.contains("flowhost_events_accepted_total 3"), "{text}");
         assert!(text.contains(r#"flowhost_runs_retried_total{flow="point-add"} 1"#), "{text}");
         assert!(text.contains(r#"flowhost_queue_runs{state="queued"} 7"#), "{text}");
         assert!(text.contains(r#"flowhost_queue_runs{state="dead"} 0"#), "{text}");
         assert!(text.contains("flowhost_outbox_events 2"), "{text}");
+        assert!(text.contains(r#"flowhost_queue_runs_held_behind{behind="dead"} 4"#), "{text}");
+        assert!(text.contains(r#"flowhost_queue_runs_held_behind{behind="resend"} 0"#), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

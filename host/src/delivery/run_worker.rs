@@ -203,7 +203,7 @@ async fn execute(shared: &Shared, run: &StoredRun, event: Value, lease: &Lease, 
     };
     if run.attempts == 0 {
         // A new run, or one an operator retried: its calls get a fresh count of attempts.
-        checkpoint.failed_attempts.clear();
+        checkpoint.start_over();
     }
     let sink = LeasedSink { shared, lease };
     let heartbeat = heartbeat(shared, lease, held);
@@ -245,8 +245,13 @@ async fn execute(shared: &Shared, run: &StoredRun, event: Value, lease: &Lease, 
                 shared.metrics.retried(&run.flow_id);
             }
         }
-        Outcome::Stopped { stop: Stop::Exhausted { error }, run: trace, .. } => {
+        Outcome::Stopped { stop: Stop::Exhausted { error }, run: trace, checkpoint } => {
             shared.metrics.observe_nodes(&trace);
+            // The attempts that ran out stay with the run, for the trace of an operator's retry.
+            let checkpoint = serde_json::to_value(&checkpoint).unwrap_or(Value::Null);
+            if let Err(e) = shared.store.checkpoint(lease, &checkpoint, add_ms(now_ms(), shared.config.lease)).await {
+                tracing::warn!(run = %run.id, error = %e, "the attempts of a dead letter were not saved");
+            }
             let result = shared.store.dead_letter(lease, &error_value(&error), &trace_value(&trace)).await;
             if settle(&run.id, result) {
                 tracing::warn!(run = %run.id, flow = %run.flow_id, node = %error.node_id, kind = %error.kind, "retries exhausted: dead letter");

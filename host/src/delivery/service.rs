@@ -365,7 +365,8 @@ impl Service {
     /// The Prometheus text for `/metrics`.
     pub async fn render_metrics(&self) -> Result<String, StoreError> {
         let counts = self.shared.store.counts().await?;
-        Ok(self.shared.metrics.render(&counts))
+        let held_behind = self.shared.store.held_behind().await?;
+        Ok(self.shared.metrics.render(&counts, &held_behind))
     }
 
     /// Graceful shutdown: stops taking events, commits what was handed over, lets in-flight runs finish their

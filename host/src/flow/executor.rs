@@ -33,9 +33,23 @@ pub struct Checkpoint {
     /// Calls that ended (succeeded, or failed for good and took an error edge).
     #[serde(default)]
     pub calls: BTreeMap<String, CallRecord>,
-    /// The failed attempts of calls that are waiting for a resend.
+    /// The failed attempts of calls that are waiting for a resend, or whose attempts ran out (a dead letter).
     #[serde(default)]
     pub failed_attempts: BTreeMap<String, Vec<Attempt>>,
+    /// Attempts made before an operator retried the run: kept in the calls' traces, not counted against their
+    /// retry policy.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub earlier_attempts: BTreeMap<String, Vec<Attempt>>,
+}
+
+impl Checkpoint {
+    /// Starts a fresh count of attempts for every call, as an operator's retry of a dead run asks, keeping the
+    /// attempts made so far as history.
+    pub fn start_over(&mut self) {
+        for (path, attempts) in std::mem::take(&mut self.failed_attempts) {
+            self.earlier_attempts.entry(path).or_default().extend(attempts);
+        }
+    }
 }
 
 /// One finished connector call: its trace, and what expressions see of it.
@@ -66,7 +80,7 @@ pub enum Outcome {
     /// The run reached its end, succeeded or failed.
     Finished(Run),
     /// The run stopped early; `run` is the trace so far, and `checkpoint` resumes it.
-    Stopped { stop: Stop, run: Run, checkpoint: Checkpoint },
+    Stopped { stop: Stop, run: Run, checkpoint: Box<Checkpoint> },
 }
 
 /// Saves a durable run's checkpoint before its next connector call, so that a crash does not repeat the
@@ -213,7 +227,7 @@ impl LoadedFlow {
             Ok(run) => Outcome::Finished(run),
             Err(stop) => {
                 state.record_pending_calls();
-                let checkpoint = std::mem::take(&mut state.memo);
+                let checkpoint = Box::new(std::mem::take(&mut state.memo));
                 Outcome::Stopped { stop, run: self.finish(state, Err(None)), checkpoint }
             }
         }
@@ -343,6 +357,7 @@ impl LoadedFlow {
             started_ms,
             duration_ms: 0,
             attempts: Vec::new(),
+            earlier_attempts: Vec::new(),
             input: None,
             output: None,
             error: None,
@@ -515,6 +530,8 @@ impl LoadedFlow {
         state.save_checkpoint().await?;
         // Attempts made before a resend count against the node's policy, and stay in its trace.
         trace.attempts = state.memo.failed_attempts.remove(&path).unwrap_or_default();
+        // Kept in the checkpoint too, for the traces of later resends.
+        trace.earlier_attempts = state.memo.earlier_attempts.get(&path).cloned().unwrap_or_default();
         let mut attempt = trace.attempts.len() as u32 + 1;
         loop {
             let context = InvocationContext {
@@ -547,6 +564,10 @@ impl LoadedFlow {
             let retryable = node.retry.should_retry(error.kind(), 1);
             if !node.retry.should_retry(error.kind(), attempt) {
                 trace.attempts.push(record);
+                if let (Mode::Durable, true) = (&state.mode, retryable) {
+                    // A dead letter: its attempts stay in the checkpoint, the history of an operator's retry.
+                    state.memo.failed_attempts.insert(path, trace.attempts.clone());
+                }
                 return Err(match state.mode {
                     Mode::Durable if retryable => Halt::Stopped(Stop::Exhausted { error: failure }),
                     _ => Halt::Failed(failure),

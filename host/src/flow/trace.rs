@@ -74,6 +74,9 @@ pub struct NodeTrace {
     pub duration_ms: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
+    /// Attempts made before an operator retried the run (its attempts had run out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_attempts: Vec<Attempt>,
     /// The input after expressions were evaluated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Value>,

@@ -8,6 +8,7 @@
 //! | `GET /v1/runs/{id}` | one run with its trace |
 //! | `GET /v1/queue?status=` | the resend queue: queued, leased, held and dead runs |
 //! | `POST /v1/queue/{id}/retry`, `DELETE /v1/queue/{id}` | retry now / drop (kept for the record) |
+//! | `POST /v1/queue/retry?customer=&flow=`, `POST /v1/queue/drop?...` | retry / drop every dead run of a customer, a flow, or both |
 //! | `GET /v1/outbox?after=&limit=` | events emitted for the platform, oldest first |
 //! | `GET /v1/inbound?status=` | inbound messages, with what became of them (`failed` naming the runs that failed) |
 //! | `POST /v1/connections/{name}/disconnect`, `.../reconnect` | stop / restart everything that uses a connection |
@@ -24,8 +25,11 @@ use crate::delivery::{
     AcceptError, ConnectionError, InboundError, InboundMessageView, InboundReceipt, LoyaltyEvent, Service,
 };
 use crate::inbound::InboundRequest;
-use crate::store::{InboundFilter, InboundState, RunFilter, RunState, StoreError, StoredRun, now_ms, parse_states};
+use crate::store::{
+    BulkAction, HeldBy, InboundFilter, InboundState, RunFilter, RunState, StoreError, StoredRun, now_ms, parse_states,
+};
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -33,7 +37,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
 use axum::{Json, Router};
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -52,6 +56,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/runs", get(list_runs))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/queue", get(list_queue))
+        .route("/v1/queue/retry", post(bulk_retry))
+        .route("/v1/queue/drop", post(bulk_drop))
         .route("/v1/queue/{id}/retry", post(retry_run))
         .route("/v1/queue/{id}", delete(drop_run))
         .route("/v1/outbox", get(outbox))
@@ -299,18 +305,74 @@ impl RunQuery {
     }
 }
 
-/// A run in a listing: everything but its trace and checkpoint.
-fn run_summary(run: &StoredRun) -> Value {
-    json!({
-        "id": run.id, "seq": run.seq, "flow": run.flow_id, "flowVersion": run.flow_version,
-        "customer": run.customer, "status": run.status, "attempts": run.attempts,
-        "nextAttemptAt": run.next_attempt_at, "lastError": run.last_error,
-        "connections": run.connections, "createdAt": run.created_at, "updatedAt": run.updated_at,
-    })
+/// A run in a listing: everything but its event, trace and checkpoint.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunSummary {
+    id: String,
+    seq: i64,
+    flow: String,
+    flow_version: String,
+    customer: Option<String>,
+    status: RunState,
+    /// Attempts made since the run was enqueued or last retried by an operator (earlier ones are in its trace).
+    attempts: u32,
+    /// For a run that will be tried again: when it is due (or when its lease ends).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_attempt_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<Value>,
+    /// For a queued or held run that waits behind an earlier run of its customer and flow: that run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held_by: Option<HeldBy>,
+    connections: Vec<String>,
+    created_at: i64,
+    updated_at: i64,
 }
 
-fn run_page(runs: &[StoredRun]) -> Value {
-    json!({"runs": runs.iter().map(run_summary).collect::<Vec<_>>(), "next": runs.last().map(|r| r.seq)})
+impl RunSummary {
+    fn new(run: &StoredRun, held_by: Option<HeldBy>) -> Self {
+        RunSummary {
+            id: run.id.clone(),
+            seq: run.seq,
+            flow: run.flow_id.clone(),
+            flow_version: run.flow_version.clone(),
+            customer: run.customer.clone(),
+            status: run.status,
+            attempts: run.attempts_made(),
+            next_attempt_at: run.next_attempt(),
+            last_error: run.error_to_show().cloned(),
+            held_by,
+            connections: run.connections.clone(),
+            created_at: run.created_at,
+            updated_at: run.updated_at,
+        }
+    }
+}
+
+/// A page of runs, newest first; `next` is the `before` of the next page.
+#[derive(Debug, Serialize)]
+struct RunPage {
+    runs: Vec<RunSummary>,
+    next: Option<i64>,
+}
+
+/// The runs with what each waits behind.
+async fn summaries(state: &ApiState, runs: &[StoredRun]) -> Result<Vec<RunSummary>, StoreError> {
+    let ids: Vec<String> = runs.iter().map(|run| run.id.clone()).collect();
+    let mut held_by = state.service.store().held_by(&ids).await?;
+    Ok(runs.iter().map(|run| RunSummary::new(run, held_by.remove(&run.id))).collect())
+}
+
+async fn run_page(state: &ApiState, filter: &RunFilter) -> Response {
+    let page = async {
+        let runs = state.service.store().list(filter).await?;
+        Ok(RunPage { runs: summaries(state, &runs).await?, next: runs.last().map(|r| r.seq) })
+    };
+    match page.await {
+        Ok(page) => Json(page).into_response(),
+        Err(e) => store_error(e),
+    }
 }
 
 async fn list_runs(
@@ -320,33 +382,40 @@ async fn list_runs(
     let Ok(Query(query)) = query else {
         return error(StatusCode::BAD_REQUEST, "bad query: use customer, flow, connection, status, before, limit");
     };
-    let filter = match query.filter(&[]) {
-        Ok(filter) => filter,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
-    };
-    match state.service.store().list(&filter).await {
-        Ok(runs) => Json(run_page(&runs)).into_response(),
-        Err(e) => store_error(e),
+    match query.filter(&[]) {
+        Ok(filter) => run_page(&state, &filter).await,
+        Err(message) => error(StatusCode::BAD_REQUEST, message),
     }
 }
 
+/// One run: its summary, event and trace.
+#[derive(Debug, Serialize)]
+struct RunDetail {
+    #[serde(flatten)]
+    summary: RunSummary,
+    event: Value,
+    /// The run's trace; for a run not ended yet, `{"checkpoint": ...}`, its progress so far.
+    trace: Value,
+}
+
 async fn get_run(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
-    match state.service.store().get(&id).await {
-        Ok(Some(run)) => {
-            let mut value = run_summary(&run);
-            value["event"] = run.event;
-            // A run not ended yet shows its progress so far; one that succeeded with `delivery.traces =
-            // "failures"` has no trace, and its last checkpoint would be mistaken for one.
-            value["trace"] = match (run.trace, run.checkpoint) {
-                (Some(trace), _) => trace,
-                (None, Some(checkpoint)) if run.status != RunState::Succeeded => json!({"checkpoint": checkpoint}),
-                _ => Value::Null,
-            };
-            Json(value).into_response()
-        }
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("run {id} not found")),
-        Err(e) => store_error(e),
-    }
+    let run = match state.service.store().get(&id).await {
+        Ok(Some(run)) => run,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("run {id} not found")),
+        Err(e) => return store_error(e),
+    };
+    let mut summary = match summaries(&state, std::slice::from_ref(&run)).await {
+        Ok(summary) => summary,
+        Err(e) => return store_error(e),
+    };
+    // A run not ended yet shows its progress so far; one that succeeded with `delivery.traces = "failures"` has
+    // no trace, and its last checkpoint would be mistaken for one.
+    let trace = match (run.trace, run.checkpoint) {
+        (Some(trace), _) => trace,
+        (None, Some(checkpoint)) if run.status != RunState::Succeeded => json!({"checkpoint": checkpoint}),
+        _ => Value::Null,
+    };
+    Json(RunDetail { summary: summary.remove(0), event: run.event, trace }).into_response()
 }
 
 async fn list_queue(
@@ -356,12 +425,55 @@ async fn list_queue(
     let Ok(Query(query)) = query else {
         return error(StatusCode::BAD_REQUEST, "bad query: use customer, flow, connection, status, before, limit");
     };
-    let filter = match query.filter(&[RunState::Queued, RunState::Leased, RunState::Held, RunState::Dead]) {
-        Ok(filter) => filter,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    match query.filter(&[RunState::Queued, RunState::Leased, RunState::Held, RunState::Dead]) {
+        Ok(filter) => run_page(&state, &filter).await,
+        Err(message) => error(StatusCode::BAD_REQUEST, message),
+    }
+}
+
+/// Which dead runs an operator's bulk action takes: those of a customer, of a flow, or of both.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkQuery {
+    customer: Option<String>,
+    flow: Option<String>,
+}
+
+/// What a bulk retry or drop did.
+#[derive(Debug, Serialize)]
+struct BulkResult {
+    /// How many dead runs it retried or dropped.
+    count: usize,
+    /// Their ids, newest first.
+    ids: Vec<String>,
+}
+
+async fn bulk_retry(state: State<ApiState>, query: Result<Query<BulkQuery>, QueryRejection>) -> Response {
+    bulk(state, query, BulkAction::Retry).await
+}
+
+async fn bulk_drop(state: State<ApiState>, query: Result<Query<BulkQuery>, QueryRejection>) -> Response {
+    bulk(state, query, BulkAction::Drop).await
+}
+
+async fn bulk(
+    State(state): State<ApiState>,
+    query: Result<Query<BulkQuery>, QueryRejection>,
+    action: BulkAction,
+) -> Response {
+    let filter = match query {
+        Ok(Query(BulkQuery { customer, flow })) if customer.is_some() || flow.is_some() => {
+            RunFilter { customer, flow_id: flow, ..RunFilter::default() }
+        }
+        _ => return error(StatusCode::BAD_REQUEST, "bad query: name the dead runs' customer, flow, or both"),
     };
-    match state.service.store().list(&filter).await {
-        Ok(runs) => Json(run_page(&runs)).into_response(),
+    match state.service.store().bulk_dead(&filter, action).await {
+        Ok(ids) => {
+            if action == BulkAction::Retry && !ids.is_empty() {
+                state.service.wake();
+            }
+            Json(BulkResult { count: ids.len(), ids }).into_response()
+        }
         Err(e) => store_error(e),
     }
 }

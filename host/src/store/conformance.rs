@@ -31,8 +31,9 @@
 //! times after it), as the delivery service does.
 
 use super::{
-    Completion, ConnectionHold, InboundFilter, InboundMessage, InboundOutcome, InboundState, Lease, NewOutboxEvent,
-    NewRun, RunCompletion, RunCounts, RunFilter, RunState, Store, StoreError, StoredInbound, StoredRun, now_ms,
+    BulkAction, Completion, ConnectionHold, HeldBehind, HeldBy, InboundFilter, InboundMessage, InboundOutcome,
+    InboundState, Lease, NewOutboxEvent, NewRun, RunCompletion, RunCounts, RunFilter, RunState, Store, StoreError,
+    StoredInbound, StoredRun, now_ms,
 };
 use serde_json::value::to_raw_value;
 use serde_json::{Value, json};
@@ -62,6 +63,8 @@ macro_rules! store_conformance_tests {
                 an_expired_lease_is_claimed_again_and_the_old_worker_is_fenced_off,
                 a_resend_is_not_claimable_before_its_time_and_keeps_or_replaces_the_checkpoint,
                 a_dead_run_holds_its_key_until_retried_or_dropped,
+                runs_waiting_behind_a_dead_run_or_a_resend_name_it_and_are_counted,
+                an_operator_retries_or_drops_every_dead_run_of_a_customer_or_a_flow_at_once,
                 operators_retry_and_drop_runs_only_in_the_states_the_contract_names,
                 a_failed_run_retried_by_the_operator_goes_before_the_later_runs_of_its_key,
                 completing_writes_the_run_and_its_outbox_events_together,
@@ -467,6 +470,77 @@ pub async fn a_dead_run_holds_its_key_until_retried_or_dropped(store: Arc<dyn St
     assert_eq!(status(&*store, &ids[0]).await, RunState::Dropped);
     let next = store.claim("w1", 10, 1, now_ms(), LEASE).await.unwrap();
     assert_eq!(run_ids(&next), [ids[1].clone()]);
+}
+
+pub async fn runs_waiting_behind_a_dead_run_or_a_resend_name_it_and_are_counted(store: Arc<dyn Store>) {
+    let ids = store.enqueue(&[run("a"), run("a"), run("a"), run("b"), run("b"), run("c"), run("c")]).await.unwrap();
+    let now = now_ms();
+    let claimed = store.claim("w1", 10, 1, now, LEASE).await.unwrap();
+    assert_eq!(customers(&claimed), ["a", "b", "c"]);
+    store.dead_letter(&claimed[0].lease().unwrap(), &json!({"status": 503}), &json!({})).await.unwrap();
+    store.reschedule(&claimed[1].lease().unwrap(), now + 60_000, &json!({"status": 429}), None).await.unwrap();
+    // c1 is still leased: c2 waits behind a run in progress, which is no reason to look.
+
+    let mut asked = ids.clone();
+    asked.push("no-such-run".into());
+    let held = store.held_by(&asked).await.unwrap();
+    let dead = HeldBy { run: ids[0].clone(), status: RunState::Dead, attempts: 1 };
+    let resend = HeldBy { run: ids[3].clone(), status: RunState::Queued, attempts: 1 };
+    let leased = HeldBy { run: ids[5].clone(), status: RunState::Leased, attempts: 0 };
+    let expected: HashMap<String, HeldBy> =
+        [(ids[1].clone(), dead.clone()), (ids[2].clone(), dead), (ids[4].clone(), resend), (ids[6].clone(), leased)]
+            .into();
+    assert_eq!(
+        held, expected,
+        "each waiting run names its key's first open run; the heads themselves wait for nothing"
+    );
+    assert_eq!(store.held_behind().await.unwrap(), HeldBehind { dead: 2, resend: 1 });
+    assert!(store.held_by(&[]).await.unwrap().is_empty());
+
+    // Dropping the dead run frees its key: a2 is the head now and waits for nothing; a3 waits behind it.
+    assert!(store.drop_run(&ids[0]).await.unwrap());
+    let held = store.held_by(&ids[1..3]).await.unwrap();
+    assert_eq!(held.keys().collect::<Vec<_>>(), [&ids[2]]);
+    assert_eq!(held[&ids[2]], HeldBy { run: ids[1].clone(), status: RunState::Queued, attempts: 0 });
+    assert_eq!(store.held_behind().await.unwrap(), HeldBehind { dead: 0, resend: 1 });
+}
+
+pub async fn an_operator_retries_or_drops_every_dead_run_of_a_customer_or_a_flow_at_once(store: Arc<dyn Store>) {
+    let of_flow = |flow: &str, customer: &str| NewRun {
+        flow_id: flow.into(),
+        ordering_key: format!("{flow}/{customer}"),
+        ..run(customer)
+    };
+    let ids = store
+        .enqueue(&[of_flow("f1", "a"), of_flow("f1", "a"), of_flow("f2", "a"), of_flow("f1", "b"), of_flow("f2", "c")])
+        .await
+        .unwrap();
+    let claimed = store.claim("w1", 10, 1, now_ms(), LEASE).await.unwrap();
+    assert_eq!(run_ids(&claimed), [&ids[0], &ids[2], &ids[3], &ids[4]].map(|s| s.clone()));
+    for run in &claimed[..3] {
+        store.dead_letter(&run.lease().unwrap(), &json!({"status": 503}), &json!({})).await.unwrap();
+    }
+    succeed(&*store, &claimed[3]).await;
+
+    let of = |customer: Option<&str>, flow: Option<&str>| RunFilter {
+        customer: customer.map(str::to_string),
+        flow_id: flow.map(str::to_string),
+        // Ignored: only dead runs are taken, all of them.
+        statuses: vec![RunState::Succeeded],
+        limit: 1,
+        ..RunFilter::default()
+    };
+    let retried = store.bulk_dead(&of(Some("a"), None), BulkAction::Retry).await.unwrap();
+    assert_eq!(retried, [ids[2].clone(), ids[0].clone()], "customer a's dead runs of both flows, newest first");
+    assert_eq!(status(&*store, &ids[0]).await, RunState::Queued);
+    assert_eq!(status(&*store, &ids[1]).await, RunState::Queued, "a run behind a dead one is not touched");
+    assert_eq!(status(&*store, &ids[3]).await, RunState::Dead, "another customer's dead run stays");
+
+    let dropped = store.bulk_dead(&of(None, Some("f1")), BulkAction::Drop).await.unwrap();
+    assert_eq!(dropped, [ids[3].clone()], "a's runs of f1 are no longer dead");
+    assert_eq!(status(&*store, &ids[3]).await, RunState::Dropped);
+    assert!(store.bulk_dead(&of(None, Some("f1")), BulkAction::Drop).await.unwrap().is_empty());
+    assert_eq!(status(&*store, &ids[4]).await, RunState::Succeeded);
 }
 
 pub async fn operators_retry_and_drop_runs_only_in_the_states_the_contract_names(store: Arc<dyn Store>) {

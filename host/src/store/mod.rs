@@ -93,6 +93,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -413,6 +414,25 @@ impl StoredRun {
     pub fn lease(&self) -> Option<Lease> {
         lease_of(self.status == RunState::Leased, &self.id, self.lease_owner.as_deref(), self.leases)
     }
+
+    /// The attempts made since the run was enqueued or an operator retried it: the failed ones the store
+    /// counts, and the one that ended the run or is in progress.
+    pub fn attempts_made(&self) -> u32 {
+        match self.status {
+            RunState::Leased | RunState::Succeeded | RunState::Failed => self.attempts + 1,
+            _ => self.attempts,
+        }
+    }
+
+    /// When the run will next be tried, for a run that will be: not for one that ended, is dead or dropped.
+    pub fn next_attempt(&self) -> Option<i64> {
+        matches!(self.status, RunState::Queued | RunState::Leased | RunState::Held).then_some(self.next_attempt_at)
+    }
+
+    /// The error of the last failed attempt, unless the run succeeded since.
+    pub fn error_to_show(&self) -> Option<&Value> {
+        self.last_error.as_ref().filter(|_| self.status != RunState::Succeeded)
+    }
 }
 
 fn lease_of(leased: bool, id: &str, owner: Option<&str>, token: u32) -> Option<Lease> {
@@ -640,6 +660,31 @@ impl InboundCounts {
     }
 }
 
+/// The run another run waits behind: the first open run of its ordering key (see the ordering rule).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldBy {
+    pub run: String,
+    pub status: RunState,
+    /// Its failed attempts: a `queued` run with attempts is waiting for its resend.
+    pub attempts: u32,
+}
+
+/// Queued and held runs that wait behind a run that is not moving by itself soon: a dead run (until an operator
+/// retries or drops it), or a run waiting for its resend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldBehind {
+    pub dead: u64,
+    pub resend: u64,
+}
+
+/// What an operator's action on many runs did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkAction {
+    Retry,
+    Drop,
+}
+
 /// Sizes for `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueCounts {
@@ -809,6 +854,39 @@ pub trait Store: Send + Sync {
 
     /// Runs and inbound messages per state, and the outbox size.
     async fn counts(&self) -> Result<QueueCounts, StoreError>;
+
+    /// For each of `ids` that is `queued` or `held` behind an earlier open run of its ordering key, that key's
+    /// first open run: the dead run or the resend it waits for. Runs that do not wait (their key's first open
+    /// run, runs in other states, unknown ids) are absent.
+    async fn held_by(&self, ids: &[String]) -> Result<HashMap<String, HeldBy>, StoreError>;
+
+    /// How many `queued` and `held` runs wait behind a dead run of their key, and behind a run waiting for its
+    /// resend (a `queued` first open run with failed attempts).
+    async fn held_behind(&self) -> Result<HeldBehind, StoreError>;
+
+    /// Retries (as [`retry_now`](Store::retry_now)) or drops (as [`drop_run`](Store::drop_run)) every dead
+    /// run that `filter` selects, whatever its `statuses`, `before_seq` and `limit`; returns their ids, newest
+    /// first. Each run is its own transaction: a run that changed state meanwhile is skipped. The default goes
+    /// through [`list`](Store::list) a page at a time.
+    async fn bulk_dead(&self, filter: &RunFilter, action: BulkAction) -> Result<Vec<String>, StoreError> {
+        let mut page =
+            RunFilter { statuses: vec![RunState::Dead], before_seq: None, limit: MAX_LIST_LIMIT, ..filter.clone() };
+        let mut done = Vec::new();
+        loop {
+            let runs = self.list(&page).await?;
+            let Some(last) = runs.last() else { return Ok(done) };
+            page.before_seq = Some(last.seq);
+            for run in runs {
+                let changed = match action {
+                    BulkAction::Retry => self.retry_now(&run.id).await?,
+                    BulkAction::Drop => self.drop_run(&run.id).await?,
+                };
+                if changed {
+                    done.push(run.id);
+                }
+            }
+        }
+    }
 
     /// Closes the store's connections once the calls in progress are done; later calls fail. A process calls it
     /// when it stops, after its workers. The default does nothing, for a store with nothing to close.

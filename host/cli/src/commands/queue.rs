@@ -1,9 +1,10 @@
 //! `flowhost queue list|retry|drop`: the resend queue of a service's store, the same operations as
-//! `GET /v1/queue`, `POST /v1/queue/{id}/retry` and `DELETE /v1/queue/{id}`. Safe while the service runs.
+//! `GET /v1/queue`, `POST /v1/queue/{id}/retry`, `DELETE /v1/queue/{id}` and, for every dead run of a customer
+//! or a flow, `POST /v1/queue/retry|drop`. Safe while the service runs.
 
 use clap::Subcommand;
 use flowhost::server::config::ServeConfig;
-use flowhost::store::{RunFilter, RunState, Store, parse_states};
+use flowhost::store::{BulkAction, RunFilter, RunState, Store, parse_states};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,22 +29,37 @@ pub enum QueueCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Make a dead, failed, held or waiting run due now, with a fresh count of attempts.
+    /// Make a dead, failed, held or waiting run due now, with a fresh count of attempts; or, with --customer
+    /// and/or --flow, every dead run of that customer or flow.
     Retry {
-        /// The run's id (`flowhost queue list` shows them).
-        #[arg(value_name = "RUN_ID")]
-        id: String,
+        #[command(flatten)]
+        runs: Which,
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Drop a run from the queue (kept for the record as `dropped`).
+    /// Drop a run from the queue (kept for the record as `dropped`); or, with --customer and/or --flow, every
+    /// dead run of that customer or flow.
     Drop {
-        /// The run's id (`flowhost queue list` shows them).
-        #[arg(value_name = "RUN_ID")]
-        id: String,
+        #[command(flatten)]
+        runs: Which,
         #[command(flatten)]
         store: StoreArgs,
     },
+}
+
+/// One run by its id, or every dead run of a customer, a flow, or both.
+#[derive(clap::Args)]
+#[group(required = true, multiple = true)]
+pub struct Which {
+    /// The run's id (`flowhost queue list` shows them).
+    #[arg(value_name = "RUN_ID", conflicts_with_all = ["customer", "flow"])]
+    id: Option<String>,
+    /// Every dead run of this customer.
+    #[arg(long)]
+    customer: Option<String>,
+    /// Every dead run of this flow.
+    #[arg(long)]
+    flow: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -73,8 +89,11 @@ pub async fn run(command: QueueCommand, out: &mut dyn Write, err: &mut dyn Write
             };
             let store = store.open().await?;
             let filter = RunFilter { customer, flow_id: flow, statuses, limit, ..RunFilter::default() };
-            let runs = store.list(&filter).await?;
+            let runs = store.list(&filter).await;
+            let ids: Vec<String> = runs.iter().flatten().map(|run| run.id.clone()).collect();
+            let held_by = store.held_by(&ids).await;
             store.close().await;
+            let (runs, held_by) = (runs?, held_by?);
             if json {
                 serde_json::to_writer_pretty(&mut *out, &runs)?;
                 writeln!(out)?;
@@ -89,43 +108,72 @@ pub async fn run(command: QueueCommand, out: &mut dyn Write, err: &mut dyn Write
                     .as_ref()
                     .and_then(|e| e.get("message"))
                     .and_then(|m| m.as_str())
+                    .filter(|_| run.error_to_show().is_some())
                     .map(|m| format!("  last error: {m}"))
                     .unwrap_or_default();
+                let held = match held_by.get(&run.id) {
+                    Some(by) if by.status == RunState::Queued && by.attempts > 0 => {
+                        format!("  held by {} (waiting for its resend)", by.run)
+                    }
+                    Some(by) => format!("  held by {} ({})", by.run, by.status.as_str()),
+                    None => String::new(),
+                };
                 writeln!(
                     out,
-                    "{}  {:<7}  {}  customer {}  attempts {}{error}",
+                    "{}  {:<7}  {}  customer {}  attempts {}{held}{error}",
                     run.id,
                     run.status.as_str(),
                     run.flow_id,
                     run.customer.as_deref().unwrap_or("-"),
-                    run.attempts
+                    run.attempts_made()
                 )?;
             }
             Ok(ExitCode::SUCCESS)
         }
-        QueueCommand::Retry { id, store } => {
-            let store = store.open().await?;
-            let done = store.retry_now(&id).await?;
-            store.close().await;
-            if done {
-                writeln!(out, "run {id} is due now")?;
-                Ok(ExitCode::SUCCESS)
-            } else {
-                writeln!(err, "error: run {id} is not dead, failed, held or queued")?;
-                Ok(ExitCode::from(1))
-            }
+        QueueCommand::Retry { runs, store } => act(runs, &store, BulkAction::Retry, out, err).await,
+        QueueCommand::Drop { runs, store } => act(runs, &store, BulkAction::Drop, out, err).await,
+    }
+}
+
+async fn act(
+    runs: Which,
+    store: &StoreArgs,
+    action: BulkAction,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let store = store.open().await?;
+    let Some(id) = runs.id else {
+        let filter = RunFilter { customer: runs.customer, flow_id: runs.flow, ..RunFilter::default() };
+        let result = store.bulk_dead(&filter, action).await;
+        store.close().await;
+        let ids = result?;
+        let done = match action {
+            BulkAction::Retry => "retried (due now)",
+            BulkAction::Drop => "dropped (kept for the record)",
+        };
+        writeln!(out, "{} dead run{} {done}", ids.len(), if ids.len() == 1 { "" } else { "s" })?;
+        for id in ids {
+            writeln!(out, "{id}")?;
         }
-        QueueCommand::Drop { id, store } => {
-            let store = store.open().await?;
-            let done = store.drop_run(&id).await?;
-            store.close().await;
-            if done {
-                writeln!(out, "run {id} dropped (kept for the record)")?;
-                Ok(ExitCode::SUCCESS)
-            } else {
-                writeln!(err, "error: run {id} is not queued, leased, held or dead")?;
-                Ok(ExitCode::from(1))
-            }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let result = match action {
+        BulkAction::Retry => store.retry_now(&id).await,
+        BulkAction::Drop => store.drop_run(&id).await,
+    };
+    store.close().await;
+    match (action, result?) {
+        (BulkAction::Retry, true) => writeln!(out, "run {id} is due now")?,
+        (BulkAction::Drop, true) => writeln!(out, "run {id} dropped (kept for the record)")?,
+        (BulkAction::Retry, false) => {
+            writeln!(err, "error: run {id} is not dead, failed, held or queued")?;
+            return Ok(ExitCode::from(1));
+        }
+        (BulkAction::Drop, false) => {
+            writeln!(err, "error: run {id} is not queued, leased, held or dead")?;
+            return Ok(ExitCode::from(1));
         }
     }
+    Ok(ExitCode::SUCCESS)
 }

@@ -32,12 +32,12 @@
 //! each key's head), [`leases`] (a lease holder's fenced calls: checkpoint, completion, resend, dead letter),
 //! [`inbound`] (the inbound message queue), [`outbox`], [`holds`] (disconnected connections),
 //! [`flow_connections`] (which flows use a connection), [`traces`] (compressed traces and trace blocks),
-//! [`counts`], [`decode`] (stored rows back into values), [`wal_sync`] (durable accepts) and [`allocator`]
+//! [`counts`], [`waiting`] (which runs wait behind which), [`decode`] (stored rows back into values), [`wal_sync`] (durable accepts) and [`allocator`]
 //! (SQLite's memory). This file opens the store and owns its connections.
 
 use super::{
-    Completion, ConnectionHold, DEFAULT_LIST_LIMIT, InboundFilter, InboundMessage, InboundOutcome, Lease,
-    MAX_LIST_LIMIT, NewOutboxEvent, NewRun, OutboxEvent, QueueCounts, RunCompletion, RunFilter, RunState, Store,
+    Completion, ConnectionHold, DEFAULT_LIST_LIMIT, HeldBehind, HeldBy, InboundFilter, InboundMessage, InboundOutcome,
+    Lease, MAX_LIST_LIMIT, NewOutboxEvent, NewRun, OutboxEvent, QueueCounts, RunCompletion, RunFilter, RunState, Store,
     StoreError, StoredInbound, StoredRun,
 };
 use async_trait::async_trait;
@@ -132,6 +132,7 @@ mod runs;
 #[cfg(test)]
 mod tests;
 mod traces;
+mod waiting;
 mod wal_sync;
 
 pub use allocator::use_the_global_allocator_for_sqlite;
@@ -535,6 +536,14 @@ impl Store for SqliteStore {
 
     async fn counts(&self) -> Result<QueueCounts, StoreError> {
         counts::counts(self).await
+    }
+
+    async fn held_by(&self, ids: &[String]) -> Result<std::collections::HashMap<String, HeldBy>, StoreError> {
+        waiting::held_by(self, ids).await
+    }
+
+    async fn held_behind(&self) -> Result<HeldBehind, StoreError> {
+        waiting::held_behind(self).await
     }
 
     async fn close(&self) {
