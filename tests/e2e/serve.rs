@@ -564,8 +564,9 @@ async fn resend_queue_dead_letters_and_operator_retry_and_drop() {
     // mParticle is back: the operator retries every dead letter of the flow over HTTP; both of cust-a's events
     // go, in order.
     handle.clear_faults();
-    let (status, body) = send(client().post(format!("{base}/v1/queue/retry"))).await;
-    assert_eq!(status, 400, "a bulk retry names its runs: {body}");
+    let (status, body) = send(client().post(format!("{base}/v1/queue/retry?customr=cust-a"))).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("customr"), "the bad parameter is named: {body}");
     let (status, body) = send(client().post(format!("{base}/v1/queue/retry?flow=point-add-to-mparticle"))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, json!({"count": 1, "ids": [first]}));

@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// One problem with one field of a JSON document, named by JSON pointer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub pointer: String,
     pub message: String,

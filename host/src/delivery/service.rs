@@ -25,10 +25,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// A loyalty event handed to the service (`POST /v1/events`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoyaltyEvent {
     /// The event name, e.g. `point_add`: every flow triggered by it runs.
+    #[schema(min_length = 1)]
     pub event: String,
     /// The event's payload, validated against each flow's trigger schema.
     #[serde(default)]
@@ -38,6 +39,7 @@ pub struct LoyaltyEvent {
     pub customer: Option<String>,
     /// The platform's id of the event: sending the same id again does not start a second run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1)]
     pub id: Option<String>,
 }
 
@@ -48,7 +50,7 @@ impl LoyaltyEvent {
 }
 
 /// What became of one accepted event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AcceptedEvent {
     pub event: String,
@@ -59,7 +61,7 @@ pub struct AcceptedEvent {
     pub notes: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AcceptedRun {
     pub flow: String,
@@ -395,7 +397,7 @@ pub struct InboundMessageView {
 }
 
 /// A run of an inbound message that failed or was dead-lettered.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FailedRun {
     pub run_id: String,

@@ -18,15 +18,20 @@
 //! 404, 409, 413 (body over the limit) or 503 (store unavailable); none of them echoes a token.
 
 pub mod config;
+mod openapi;
 
-use crate::connector::ErrorKind;
+pub use openapi::openapi_document;
+
 use crate::connector::secrets::token_matches;
+use crate::connector::{ErrorKind, FieldError};
 use crate::delivery::{
-    AcceptError, ConnectionError, InboundError, InboundMessageView, InboundReceipt, LoyaltyEvent, Service,
+    AcceptError, AcceptedEvent, ConnectionError, FailedRun, InboundError, InboundMessageView, InboundReceipt,
+    LoyaltyEvent, Service,
 };
 use crate::inbound::InboundRequest;
 use crate::store::{
-    BulkAction, HeldBy, InboundFilter, InboundState, RunFilter, RunState, StoreError, StoredRun, now_ms, parse_states,
+    BulkAction, HeldBy, InboundFilter, InboundState, MAX_LIST_LIMIT, OutboxEvent, RunCounts, RunFilter, RunState,
+    StoreError, StoredRun, now_ms, parse_states,
 };
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -34,12 +39,14 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, delete, get, post};
+use axum::routing::{MethodFilter, delete, get, on, post};
 use axum::{Json, Router};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -67,8 +74,9 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_api_token));
     Router::new()
         .merge(admin)
-        .route("/v1/inbound/{connection}", any(inbound))
-        .route("/v1/inbound/{connection}/{*path}", any(inbound_below))
+        .route("/v1/inbound/{connection}", on(INBOUND_METHODS, inbound))
+        .route("/v1/inbound/{connection}/{*path}", on(INBOUND_METHODS, inbound_below))
+        .route("/v1/openapi.json", get(openapi::serve))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
@@ -78,9 +86,36 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// Every error answer of the API.
+#[derive(Debug, Serialize, ToSchema)]
+struct ErrorBody {
+    /// What is wrong, for people.
+    error: String,
+    /// The fields at fault, by JSON pointer, when there are some.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    fields: Vec<FieldError>,
+}
+
 /// An error answer.
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": message.into()}))).into_response()
+    error_with_fields(status, message, Vec::new())
+}
+
+fn error_with_fields(status: StatusCode, message: impl Into<String>, fields: Vec<FieldError>) -> Response {
+    (status, Json(ErrorBody { error: message.into(), fields })).into_response()
+}
+
+/// A page size within what the store lists at once, or why not, with what is accepted.
+fn page_limit(limit: u32) -> Result<usize, String> {
+    match usize::try_from(limit) {
+        Ok(limit) if limit <= MAX_LIST_LIMIT => Ok(limit),
+        _ => Err(format!("limit: {limit} is too large; take 1 to {MAX_LIST_LIMIT}, or 0 for the default")),
+    }
+}
+
+/// A query string that does not parse: what broke, and the parameters the route takes.
+fn bad_query(rejection: QueryRejection, accepted: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, format!("bad query: {}; this route takes {accepted}", rejection.body_text()))
 }
 
 fn store_error(e: StoreError) -> Response {
@@ -129,6 +164,58 @@ async fn json_body(body: Body, limit: usize) -> Result<Value, Response> {
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("the body is not valid JSON: {e}")))
 }
 
+/// The body of `POST /v1/events`: one event, an array of events, or `{"events": [...]}`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+enum EventsRequest {
+    One(LoyaltyEvent),
+    Many(EventList),
+    Wrapped(EventsWrapped),
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+struct EventsWrapped {
+    events: EventList,
+}
+
+/// One event or more (utoipa derives no `minItems` for a variant's array).
+struct EventList;
+
+impl utoipa::PartialSchema for EventList {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ArrayBuilder::new()
+            .items(utoipa::openapi::Ref::from_schema_name(LoyaltyEvent::name()))
+            .min_items(Some(1))
+            .into()
+    }
+}
+
+impl ToSchema for EventList {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        schemas.push((LoyaltyEvent::name().into(), <LoyaltyEvent as utoipa::PartialSchema>::schema()));
+        LoyaltyEvent::schemas(schemas);
+    }
+}
+
+/// What became of each accepted event, in the order sent.
+#[derive(Debug, Serialize, ToSchema)]
+struct AcceptedEvents {
+    accepted: Vec<AcceptedEvent>,
+}
+
+/// Accepts loyalty events: all of them, durably, or none.
+#[utoipa::path(post, path = "/v1/events", tag = "events", request_body = EventsRequest,
+    responses(
+        (status = 202, description = "Durably accepted, with the runs each event started", body = AcceptedEvents),
+        (status = 400, description = "Not JSON, not events, or events that do not fit their flows' trigger \
+            schemas (each field named); nothing was accepted", body = ErrorBody),
+        (status = 401, description = "A missing or wrong API token", body = ErrorBody),
+        (status = 413, description = "The body is over the limit", body = ErrorBody),
+        (status = 503, description = "The store cannot take them now; nothing was accepted", body = ErrorBody),
+    ))]
 async fn post_events(State(state): State<ApiState>, body: Body) -> Response {
     let value = match json_body(body, state.max_body_bytes).await {
         Ok(value) => value,
@@ -137,6 +224,12 @@ async fn post_events(State(state): State<ApiState>, body: Body) -> Response {
     let list = match value {
         Value::Array(list) => list,
         Value::Object(mut object) if object.contains_key("events") && !object.contains_key("event") => {
+            if let Some(other) = object.keys().find(|key| *key != "events") {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("/{other}: unknown property; the body is an event, an array, or {{\"events\": [...]}}"),
+                );
+            }
             match object.remove("events") {
                 Some(Value::Array(list)) => list,
                 _ => return error(StatusCode::BAD_REQUEST, "/events: must be an array of events"),
@@ -161,19 +254,37 @@ async fn post_events(State(state): State<ApiState>, body: Body) -> Response {
         return error(StatusCode::BAD_REQUEST, "no events in the request");
     }
     match state.service.accept(&events).await {
-        Ok(accepted) => (StatusCode::ACCEPTED, Json(json!({"accepted": accepted}))).into_response(),
-        Err(AcceptError::Invalid(fields)) => (
+        Ok(accepted) => (StatusCode::ACCEPTED, Json(AcceptedEvents { accepted })).into_response(),
+        Err(AcceptError::Invalid(fields)) => error_with_fields(
             StatusCode::BAD_REQUEST,
-            Json(json!({
-                "error": format!("{} problem(s) with the events; nothing was accepted", fields.len()),
-                "fields": fields.iter().map(|f| json!({"pointer": f.pointer, "message": f.message})).collect::<Vec<_>>(),
-            })),
-        )
-            .into_response(),
+            format!("{} problem(s) with the events; nothing was accepted", fields.len()),
+            fields,
+        ),
         Err(AcceptError::Queue(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
+/// The methods a connection's sender may use: what webhooks and their verification handshakes send.
+const INBOUND_METHODS: MethodFilter =
+    MethodFilter::GET.or(MethodFilter::POST).or(MethodFilter::PUT).or(MethodFilter::PATCH).or(MethodFilter::DELETE);
+
+/// What a connection's sender sends, handed to the connection's connector with the method, the path below the
+/// connection (`/v1/inbound/{connection}/...`), the query, the headers and the body; its answer is the
+/// connector's.
+#[utoipa::path(method(get, post, put, patch, delete), path = "/v1/inbound/{connection}", tag = "inbound",
+    params(("connection" = String, Path, description = "The connection the sender posts to")),
+    request_body(content = String, description = "Whatever the connection's sender posts", content_type = "*/*"),
+    responses(
+        (status = "2XX", description = "The connector's answer (its status, headers and body); \
+            `flowhost-inbound-id` names the stored message"),
+        (status = 400, description = "A request the connector refused as malformed", body = ErrorBody),
+        (status = 401, description = "A missing or wrong token", body = ErrorBody),
+        (status = 403, description = "The connection is disconnected", body = ErrorBody),
+        (status = 404, description = "No such connection, or it has no inbound side", body = ErrorBody),
+        (status = 413, description = "The body is over the limit", body = ErrorBody),
+        (status = 503, description = "The connector's service or the store cannot take it now; send it again",
+            body = ErrorBody),
+    ))]
 async fn inbound(state: State<ApiState>, Path(connection): Path<String>, request: Request) -> Response {
     receive(state, connection, String::new(), request).await
 }
@@ -251,14 +362,9 @@ fn inbound_error(e: InboundError) -> Response {
         }
         InboundError::Unauthorized(_) => error(StatusCode::UNAUTHORIZED, e.to_string()),
         InboundError::Disconnected(_) => error(StatusCode::FORBIDDEN, e.to_string()),
-        InboundError::Malformed(ref fields) => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({
-                "error": e.to_string(),
-                "fields": fields.iter().map(|f| json!({"pointer": f.pointer, "message": f.message})).collect::<Vec<_>>(),
-            })),
-        )
-            .into_response(),
+        InboundError::Malformed(ref fields) => {
+            error_with_fields(StatusCode::BAD_REQUEST, e.to_string(), fields.clone())
+        }
         InboundError::Connector(ref failure) => {
             // Whether the sender should come back: a throttled or unreachable service may take it later.
             let status = match failure.kind() {
@@ -273,26 +379,40 @@ fn inbound_error(e: InboundError) -> Response {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Which runs to list, newest first.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RunQuery {
+    /// Only this customer's runs.
     customer: Option<String>,
+    /// Only this flow's runs.
     flow: Option<String>,
+    /// Only the runs of flows that use this connection.
     connection: Option<String>,
-    /// Comma-separated states.
+    /// Only these states, comma-separated: queued, leased, succeeded, failed, dead, held, dropped.
+    #[param(
+        pattern = r"^ *(queued|leased|succeeded|failed|dead|held|dropped) *(, *(queued|leased|succeeded|failed|dead|held|dropped) *)*$"
+    )]
     status: Option<String>,
+    /// Only runs older than this `seq`: the `next` of the previous page.
     before: Option<i64>,
+    /// At most this many: 1 to 1000, or 0 for the default, 100.
     #[serde(default)]
-    limit: usize,
+    #[param(minimum = 0, maximum = 1000)]
+    limit: u32,
 }
 
+const RUN_QUERY: &str = "customer, flow, connection, status, before and limit";
+
 impl RunQuery {
-    /// The store filter; the error names a bad status.
+    /// The store filter; the error names a bad status or limit.
     fn filter(self, default_states: &[RunState]) -> Result<RunFilter, String> {
         let statuses = match &self.status {
             Some(list) => parse_states(list).map_err(|e| e.to_string())?,
             None => default_states.to_vec(),
         };
+        let limit = page_limit(self.limit)?;
         Ok(RunFilter {
             customer: self.customer,
             flow_id: self.flow,
@@ -300,13 +420,13 @@ impl RunQuery {
             connection: self.connection,
             statuses,
             before_seq: self.before,
-            limit: self.limit,
+            limit,
         })
     }
 }
 
 /// A run in a listing: everything but its event, trace and checkpoint.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct RunSummary {
     id: String,
@@ -351,7 +471,7 @@ impl RunSummary {
 }
 
 /// A page of runs, newest first; `next` is the `before` of the next page.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct RunPage {
     runs: Vec<RunSummary>,
     next: Option<i64>,
@@ -375,12 +495,18 @@ async fn run_page(state: &ApiState, filter: &RunFilter) -> Response {
     }
 }
 
-async fn list_runs(
-    State(state): State<ApiState>,
-    query: Result<Query<RunQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Ok(Query(query)) = query else {
-        return error(StatusCode::BAD_REQUEST, "bad query: use customer, flow, connection, status, before, limit");
+/// The workflow log: runs, newest first, paged.
+#[utoipa::path(get, path = "/v1/runs", tag = "runs", params(RunQuery),
+    responses(
+        (status = 200, description = "A page of runs", body = RunPage),
+        (status = 400, description = "A bad query, named", body = ErrorBody),
+        (status = 401, description = "A missing or wrong API token", body = ErrorBody),
+        (status = 503, description = "The store is not reachable", body = ErrorBody),
+    ))]
+async fn list_runs(State(state): State<ApiState>, query: Result<Query<RunQuery>, QueryRejection>) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => return bad_query(rejection, RUN_QUERY),
     };
     match query.filter(&[]) {
         Ok(filter) => run_page(&state, &filter).await,
@@ -389,7 +515,7 @@ async fn list_runs(
 }
 
 /// One run: its summary, event and trace.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct RunDetail {
     #[serde(flatten)]
     summary: RunSummary,
@@ -398,6 +524,14 @@ struct RunDetail {
     trace: Value,
 }
 
+/// One run, with its event and trace.
+#[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", params(("id" = String, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The run", body = RunDetail),
+        (status = 401, description = "A missing or wrong API token", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 503, description = "The store is not reachable", body = ErrorBody),
+    ))]
 async fn get_run(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
     let run = match state.service.store().get(&id).await {
         Ok(Some(run)) => run,
@@ -418,12 +552,18 @@ async fn get_run(State(state): State<ApiState>, Path(id): Path<String>) -> Respo
     Json(RunDetail { summary: summary.remove(0), event: run.event, trace }).into_response()
 }
 
-async fn list_queue(
-    State(state): State<ApiState>,
-    query: Result<Query<RunQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Ok(Query(query)) = query else {
-        return error(StatusCode::BAD_REQUEST, "bad query: use customer, flow, connection, status, before, limit");
+/// The resend queue: queued, leased, held and dead runs (other states with `status`), newest first.
+#[utoipa::path(get, path = "/v1/queue", tag = "queue", params(RunQuery),
+    responses(
+        (status = 200, description = "A page of runs", body = RunPage),
+        (status = 400, description = "A bad query, named", body = ErrorBody),
+        (status = 401, description = "A missing or wrong API token", body = ErrorBody),
+        (status = 503, description = "The store is not reachable", body = ErrorBody),
+    ))]
+async fn list_queue(State(state): State<ApiState>, query: Result<Query<RunQuery>, QueryRejection>) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => return bad_query(rejection, RUN_QUERY),
     };
     match query.filter(&[RunState::Queued, RunState::Leased, RunState::Held, RunState::Dead]) {
         Ok(filter) => run_page(&state, &filter).await,
@@ -431,16 +571,19 @@ async fn list_queue(
     }
 }
 
-/// Which dead runs an operator's bulk action takes: those of a customer, of a flow, or of both.
-#[derive(Debug, Deserialize)]
+/// Which dead runs an operator's bulk action takes: those of a customer, of a flow, of both, or all of them.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct BulkQuery {
+    /// Every dead run of this customer.
     customer: Option<String>,
+    /// Every dead run of this flow.
     flow: Option<String>,
 }
 
 /// What a bulk retry or drop did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct BulkResult {
     /// How many dead runs it retried or dropped.
     count: usize,
@@ -448,10 +591,28 @@ struct BulkResult {
     ids: Vec<String>,
 }
 
+/// Retries every dead run of a customer, a flow, or both (every dead run when neither is given): due now, with a
+/// fresh count of attempts.
+#[utoipa::path(post, path = "/v1/queue/retry", tag = "queue", params(BulkQuery),
+    responses(
+        (status = 200, description = "The runs retried", body = BulkResult),
+        (status = 400, description = "A bad query, named", body = ErrorBody),
+        (status = 401, description = "A missing or wrong API token", body = ErrorBody),
+        (status = 503, description = "The store is not reachable", body = ErrorBody),
+    ))]
 async fn bulk_retry(state: State<ApiState>, query: Result<Query<BulkQuery>, QueryRejection>) -> Response {
     bulk(state, query, BulkAction::Retry).await
 }
 
+/// Drops every dead run of a customer, a flow, or both (every dead run when neither is given); they are kept for
+/// the record as `dropped`.
+#[utoipa::path(post, path = "/v1/queue/drop", tag = "queue", params(BulkQuery),
+    responses(
+        (status = 200, description = "The runs dropped", body = BulkResult),
+        (status = 400, description = "A bad query, named", body = ErrorBody),
+        (status = 401, description = "A missing or wrong API token", body = ErrorBody),
+        (status = 503, description = "The store is not reachable", body = ErrorBody),
+    ))]
 async fn bulk_drop(state: State<ApiState>, query: Result<Query<BulkQuery>, QueryRejection>) -> Response {
     bulk(state, query, BulkAction::Drop).await
 }
@@ -462,10 +623,8 @@ async fn bulk(
     action: BulkAction,
 ) -> Response {
     let filter = match query {
-        Ok(Query(BulkQuery { customer, flow })) if customer.is_some() || flow.is_some() => {
-            RunFilter { customer, flow_id: flow, ..RunFilter::default() }
-        }
-        _ => return error(StatusCode::BAD_REQUEST, "bad query: name the dead runs' customer, flow, or both"),
+        Ok(Query(BulkQuery { customer, flow })) => RunFilter { customer, flow_id: flow, ..RunFilter::default() },
+        Err(rejection) => return bad_query(rejection, "customer and flow"),
     };
     match state.service.store().bulk_dead(&filter, action).await {
         Ok(ids) => {
@@ -478,11 +637,30 @@ async fn bulk(
     }
 }
 
+/// What an operator's action on one run did.
+#[derive(Debug, Serialize, ToSchema)]
+struct RunAction {
+    id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retried: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dropped: Option<bool>,
+}
+
+/// Makes a dead, failed, held or waiting run due now, with a fresh count of attempts.
+#[utoipa::path(post, path = "/v1/queue/{id}/retry", tag = "queue",
+    params(("id" = String, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The run is due now", body = RunAction),
+        (status = 401, description = "A missing or wrong API token", body = ErrorBody),
+        (status = 404, description = "No such run in a state that can be retried", body = ErrorBody),
+        (status = 503, description = "The store is not reachable", body = ErrorBody),
+    ))]
 async fn retry_run(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
     match state.service.store().retry_now(&id).await {
         Ok(true) => {
             state.service.wake();
-            Json(json!({"id": id, "retried": true})).into_response()
+            Json(RunAction { id, retried: Some(true), dropped: None }).into_response()
         }
         Ok(false) => {
             error(StatusCode::NOT_FOUND, format!("run {id} is not in the queue (dead, failed, held or queued)"))
@@ -491,9 +669,18 @@ async fn retry_run(State(state): State<ApiState>, Path(id): Path<String>) -> Res
     }
 }
 
+/// Drops a queued, leased, held or dead run (kept for the record as `dropped`).
+#[utoipa::path(delete, path = "/v1/queue/{id}", tag = "queue",
+    params(("id" = String, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The run is dropped", body = RunAction),
+        (status = 401, description = "A missing or wrong API token", body = ErrorBody),
+        (status = 404, description = "No such run in the queue", body = ErrorBody),
+        (status = 503, description = "The store is not reachable", body = ErrorBody),
+    ))]
 async fn drop_run(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
     match state.service.store().drop_run(&id).await {
-        Ok(true) => Json(json!({"id": id, "dropped": true})).into_response(),
+        Ok(true) => Json(RunAction { id, retried: None, dropped: Some(true) }).into_response(),
         Ok(false) => {
             error(StatusCode::NOT_FOUND, format!("run {id} is not in the queue (queued, leased, held or dead)"))
         }
@@ -501,54 +688,133 @@ async fn drop_run(State(state): State<ApiState>, Path(id): Path<String>) -> Resp
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Which outbox events to read, oldest first.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct OutboxQuery {
+    /// Only events after this `seq`: the `next` of the previous read.
     #[serde(default)]
     after: i64,
+    /// At most this many: 1 to 1000, or 0 for the default, 100.
     #[serde(default)]
-    limit: usize,
+    #[param(minimum = 0, maximum = 1000)]
+    limit: u32,
 }
 
-async fn outbox(
-    State(state): State<ApiState>,
-    query: Result<Query<OutboxQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Ok(Query(query)) = query else { return error(StatusCode::BAD_REQUEST, "bad query: use after, limit") };
-    match state.service.store().outbox(query.after, query.limit).await {
+/// Events emitted for the platform, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+struct OutboxPage {
+    events: Vec<OutboxEvent>,
+    /// The `after` of the next read.
+    next: i64,
+}
+
+/// The outbox: loyalty events emitted by flows, oldest first.
+#[utoipa::path(get, path = "/v1/outbox", tag = "outbox", params(OutboxQuery),
+    responses(
+        (status = 200, description = "The events after `after`", body = OutboxPage),
+        (status = 400, description = "A bad query, named", body = ErrorBody),
+        (status = 401, description = "A missing or wrong API token", body = ErrorBody),
+        (status = 503, description = "The store is not reachable", body = ErrorBody),
+    ))]
+async fn outbox(State(state): State<ApiState>, query: Result<Query<OutboxQuery>, QueryRejection>) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => return bad_query(rejection, "after and limit"),
+    };
+    let limit = match page_limit(query.limit) {
+        Ok(limit) => limit,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    match state.service.store().outbox(query.after, limit).await {
         Ok(events) => {
             let next = events.last().map(|e| e.seq).unwrap_or(query.after);
-            Json(json!({"events": events, "next": next})).into_response()
+            Json(OutboxPage { events, next }).into_response()
         }
         Err(e) => store_error(e),
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Which inbound messages to list, newest first.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct InboundQuery {
+    /// Only this connection's messages.
     connection: Option<String>,
+    /// Only these states, comma-separated: received, leased, processed, unmatched, failed, held.
+    #[param(
+        pattern = r"^ *(received|leased|processed|unmatched|failed|held) *(, *(received|leased|processed|unmatched|failed|held) *)*$"
+    )]
     status: Option<String>,
+    /// Only messages older than this `seq`: the `next` of the previous page.
     before: Option<i64>,
+    /// At most this many: 1 to 1000, or 0 for the default, 100.
     #[serde(default)]
-    limit: usize,
+    #[param(minimum = 0, maximum = 1000)]
+    limit: u32,
 }
 
-fn inbound_summary(message: &InboundMessageView) -> Value {
-    let stored = &message.message;
-    json!({
-        "id": stored.id, "seq": stored.seq, "connection": stored.connection, "source": stored.source,
-        "externalId": stored.external_id, "status": message.status, "detail": stored.detail,
-        "runIds": stored.run_ids, "failedRuns": message.failed_runs, "receivedAt": stored.received_at,
-    })
+/// An inbound message and what became of it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct InboundSummary {
+    id: String,
+    seq: i64,
+    connection: String,
+    /// What sent it, in which format.
+    source: String,
+    /// The sender's id of the message.
+    external_id: Option<String>,
+    /// `failed` also when a run it started failed.
+    status: InboundState,
+    /// Why it was unmatched or failed.
+    detail: Option<Value>,
+    /// The runs it started.
+    run_ids: Vec<String>,
+    /// Those of its runs that failed or were dead-lettered.
+    failed_runs: Vec<FailedRun>,
+    received_at: i64,
 }
 
-async fn list_inbound(
-    State(state): State<ApiState>,
-    query: Result<Query<InboundQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Ok(Query(query)) = query else {
-        return error(StatusCode::BAD_REQUEST, "bad query: use connection, status, before, limit");
+impl From<&InboundMessageView> for InboundSummary {
+    fn from(message: &InboundMessageView) -> Self {
+        let stored = &message.message;
+        InboundSummary {
+            id: stored.id.clone(),
+            seq: stored.seq,
+            connection: stored.connection.clone(),
+            source: stored.source.clone(),
+            external_id: stored.external_id.clone(),
+            status: message.status,
+            detail: stored.detail.clone(),
+            run_ids: stored.run_ids.clone(),
+            failed_runs: message.failed_runs.clone(),
+            received_at: stored.received_at,
+        }
+    }
+}
+
+/// A page of inbound messages, newest first; `next` is the `before` of the next page.
+#[derive(Debug, Serialize, ToSchema)]
+struct InboundPage {
+    messages: Vec<InboundSummary>,
+    next: Option<i64>,
+}
+
+/// Inbound messages and what became of them, newest first.
+#[utoipa::path(get, path = "/v1/inbound", tag = "inbound", params(InboundQuery),
+    responses(
+        (status = 200, description = "A page of messages", body = InboundPage),
+        (status = 400, description = "A bad query, named", body = ErrorBody),
+        (status = 401, description = "A missing or wrong API token", body = ErrorBody),
+        (status = 503, description = "The store is not reachable", body = ErrorBody),
+    ))]
+async fn list_inbound(State(state): State<ApiState>, query: Result<Query<InboundQuery>, QueryRejection>) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => return bad_query(rejection, "connection, status, before and limit"),
     };
     let statuses = match &query.status {
         Some(list) => match parse_states::<InboundState>(list) {
@@ -557,11 +823,14 @@ async fn list_inbound(
         },
         None => Vec::new(),
     };
-    let filter = InboundFilter { connection: query.connection, statuses, before_seq: query.before, limit: query.limit };
+    let limit = match page_limit(query.limit) {
+        Ok(limit) => limit,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let filter = InboundFilter { connection: query.connection, statuses, before_seq: query.before, limit };
     match state.service.inbound_messages(&filter).await {
         Ok((messages, next)) => {
-            Json(json!({"messages": messages.iter().map(inbound_summary).collect::<Vec<_>>(), "next": next}))
-                .into_response()
+            Json(InboundPage { messages: messages.iter().map(InboundSummary::from).collect(), next }).into_response()
         }
         Err(e) => store_error(e),
     }
@@ -575,40 +844,119 @@ fn connection_error(e: ConnectionError) -> Response {
     }
 }
 
+/// Runs and inbound messages a disconnect held, or a reconnect released.
+#[derive(Debug, Serialize, ToSchema)]
+struct Moved {
+    runs: u64,
+    inbound: u64,
+}
+
+/// What a disconnect did.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Disconnected {
+    connection: String,
+    disconnected: bool,
+    held: Moved,
+    /// The flows that stopped with it.
+    stopped_flows: Vec<String>,
+}
+
+/// What a reconnect did.
+#[derive(Debug, Serialize, ToSchema)]
+struct Reconnected {
+    connection: String,
+    disconnected: bool,
+    released: Moved,
+}
+
+/// Disconnects a connection: the flows that use it stop, their queued work is held (kept, not sent), and its
+/// inbound requests are refused.
+#[utoipa::path(post, path = "/v1/connections/{name}/disconnect", tag = "connections",
+    params(("name" = String, Path, description = "The connection")),
+    responses(
+        (status = 200, description = "Disconnected", body = Disconnected),
+        (status = 401, description = "A missing or wrong API token", body = ErrorBody),
+        (status = 404, description = "No such connection", body = ErrorBody),
+        (status = 503, description = "The store is not reachable", body = ErrorBody),
+    ))]
 async fn disconnect(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
     match state.service.disconnect(&name).await {
-        Ok(hold) => Json(json!({
-            "connection": name, "disconnected": true,
-            "held": {"runs": hold.runs, "inbound": hold.inbound},
-            "stoppedFlows": state.service.flows().1.into_iter().filter(|(_, c)| *c == name).map(|(f, _)| f).collect::<Vec<_>>(),
-        }))
-        .into_response(),
+        Ok(hold) => {
+            let stopped_flows =
+                state.service.flows().1.into_iter().filter(|(_, c)| *c == name).map(|(f, _)| f).collect();
+            Json(Disconnected {
+                connection: name,
+                disconnected: true,
+                held: Moved { runs: hold.runs, inbound: hold.inbound },
+                stopped_flows,
+            })
+            .into_response()
+        }
         Err(e) => connection_error(e),
     }
 }
 
+/// Reconnects a connection: its flows run again and the work held for it goes back to the queue.
+#[utoipa::path(post, path = "/v1/connections/{name}/reconnect", tag = "connections",
+    params(("name" = String, Path, description = "The connection")),
+    responses(
+        (status = 200, description = "Reconnected", body = Reconnected),
+        (status = 401, description = "A missing or wrong API token", body = ErrorBody),
+        (status = 404, description = "No such connection", body = ErrorBody),
+        (status = 409, description = "The connection's configuration is incomplete for a direction it is \
+            configured for", body = ErrorBody),
+        (status = 503, description = "The store is not reachable", body = ErrorBody),
+    ))]
 async fn reconnect(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
     match state.service.reconnect(&name).await {
-        Ok(release) => Json(json!({
-            "connection": name, "disconnected": false,
-            "released": {"runs": release.runs, "inbound": release.inbound},
-        }))
+        Ok(release) => Json(Reconnected {
+            connection: name,
+            disconnected: false,
+            released: Moved { runs: release.runs, inbound: release.inbound },
+        })
         .into_response(),
         Err(e) => connection_error(e),
     }
 }
 
+/// The service's health.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Health {
+    /// `ok`.
+    status: String,
+    /// The flows that run.
+    flows: Vec<String>,
+    /// The flows stopped by a disconnect, with the connection that stopped each.
+    stopped_flows: BTreeMap<String, String>,
+    /// Runs per state.
+    queue: RunCounts,
+}
+
+/// Liveness: the store is reachable; the running and stopped flows and the queue's sizes.
+#[utoipa::path(get, path = "/healthz", tag = "service",
+    responses(
+        (status = 200, description = "Healthy", body = Health),
+        (status = 503, description = "The store is not reachable", body = ErrorBody),
+    ))]
 async fn healthz(State(state): State<ApiState>) -> Response {
     match state.service.store().counts().await {
         Ok(counts) => {
-            let (running, stopped) = state.service.flows();
-            Json(json!({"status": "ok", "flows": running, "stoppedFlows": stopped, "queue": counts.runs}))
-                .into_response()
+            let (flows, stopped_flows) = state.service.flows();
+            Json(Health { status: "ok".into(), flows, stopped_flows, queue: counts.runs }).into_response()
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("the store is not reachable: {e}")),
     }
 }
 
+/// The service's metrics, in the OpenMetrics text format.
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses(
+        (status = 200, description = "Prometheus metrics", body = String,
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 503, description = "The store is not reachable", body = ErrorBody),
+    ))]
 async fn metrics(State(state): State<ApiState>) -> Response {
     match state.service.render_metrics().await {
         Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)

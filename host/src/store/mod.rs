@@ -198,7 +198,7 @@ pub const DEFAULT_LIST_LIMIT: usize = 100;
 pub const MAX_LIST_LIMIT: usize = 1000;
 
 /// Where a run is in its life. See the [module documentation](self) for the transitions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunState {
     /// Ready, or waiting for a resend until `next_attempt_at`.
@@ -256,15 +256,15 @@ impl FromStr for RunState {
     type Err = StoreError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        RunState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| StoreError::invalid("status", format!("unknown run status `{s}`")))
+        RunState::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| {
+            let known: Vec<&str> = RunState::ALL.iter().map(|state| state.as_str()).collect();
+            StoreError::invalid("status", format!("unknown run status `{s}`; the states are {}", known.join(", ")))
+        })
     }
 }
 
 /// Where an inbound message is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InboundState {
     /// Recorded, waiting for the inbound worker.
@@ -313,10 +313,11 @@ impl FromStr for InboundState {
     type Err = StoreError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        InboundState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| StoreError::invalid("status", format!("unknown inbound message status `{s}`")))
+        InboundState::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| {
+            let known: Vec<&str> = InboundState::ALL.iter().map(|state| state.as_str()).collect();
+            let message = format!("unknown inbound message status `{s}`; the states are {}", known.join(", "));
+            StoreError::invalid("status", message)
+        })
     }
 }
 
@@ -486,7 +487,7 @@ pub struct NewOutboxEvent {
 }
 
 /// An event in the durable outbox.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OutboxEvent {
     /// Increasing; read on with `outbox(after_seq = last seen seq)`.
@@ -588,7 +589,7 @@ pub struct ConnectionHold {
 }
 
 /// Runs per state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunCounts {
     pub queued: u64,
     pub leased: u64,
@@ -661,7 +662,7 @@ impl InboundCounts {
 }
 
 /// The run another run waits behind: the first open run of its ordering key (see the ordering rule).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeldBy {
     pub run: String,
