@@ -7,8 +7,9 @@
 # binary it built; usage: tests/api/fuzz.sh [path to flowhost].
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+root=$PWD
 SCHEMATHESIS_VERSION=4.32.5
-flowhost=${1:-target/debug/flowhost}
+flowhost=$(realpath "${1:-target/debug/flowhost}")
 venv=target/schemathesis-$SCHEMATHESIS_VERSION
 if [ ! -x "$venv/bin/schemathesis" ]; then
   python3 -m venv "$venv"
@@ -45,9 +46,10 @@ url=$(grep -o "serving on [^ ]*" "$work/stdout" | head -1 | cut -d' ' -f3)
 [ -n "$url" ] || { cat "$work/server.log"; echo "flowhost serve did not say where it listens" >&2; exit 1; }
 
 status=0
-"$venv/bin/schemathesis" --config-file tests/api/schemathesis.toml run "$url/v1/openapi.json" --max-examples "${FUZZ_EXAMPLES:-50}" \
+# From the throwaway directory, where schemathesis leaves its cache.
+(cd "$work" && "$root/$venv/bin/schemathesis" --config-file "$root/tests/api/schemathesis.toml" run "$url/v1/openapi.json" --max-examples "${FUZZ_EXAMPLES:-50}" \
   --header "Authorization: Bearer fuzz-api-token" \
-  --workers 1 --suppress-health-check all --no-color || status=$?
+  --workers 1 --suppress-health-check all --no-color) || status=$?
 if grep -q "panicked" "$work/server.log"; then
   grep -A5 "panicked" "$work/server.log" >&2
   status=1
