@@ -3,6 +3,7 @@
 //! The library is what the `flowhost` binary runs; platforms embed it the same way: a [`Host`] loads
 //! connectors, checks and loads [`Flow`]s, and runs them for events, producing a [`Run`] trace.
 
+mod byte_size;
 pub mod connector;
 pub mod delivery;
 pub mod flow;
@@ -11,6 +12,8 @@ pub mod inbound;
 pub mod server;
 pub mod store;
 mod suggest;
+
+pub use byte_size::ByteSize;
 
 pub use flow::{Flow, LoadedFlow, Run};
 pub use host::{Host, HostConfig, HostError, InboundRuns, RunError};

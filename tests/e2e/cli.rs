@@ -477,3 +477,35 @@ async fn commands_describe_their_arguments_and_inspect_finds_a_built_in_connecto
     let unknown = flowhost(&["--no-cache", "connector", "inspect", "nope"]).await;
     assert!(unknown.err.contains("no built-in connector has that id (built in: mparticle)"), "{}", unknown.err);
 }
+
+#[tokio::test]
+async fn a_command_shows_and_takes_only_the_options_it_uses() {
+    let runtime = ["--cache-dir", "--no-cache", "--timeout"];
+    for (command, shown) in [
+        (&["connector", "inspect", "--help"][..], &["--cache-dir", "--no-cache", "--timeout", "--secrets-file"][..]),
+        (&["check", "--help"][..], &["--cache-dir", "--no-cache", "--timeout", "--secrets-file"][..]),
+        (&["serve", "--help"][..], &["--cache-dir", "--no-cache", "--timeout", "--secrets-file"][..]),
+        (&["demo", "--help"][..], &runtime[..]),
+        (&["queue", "list", "--help"][..], &[][..]),
+        (&["flow", "schema", "--help"][..], &[][..]),
+        (&["bench", "--help"][..], &[][..]),
+    ] {
+        let help = flowhost(command).await.out;
+        for option in ["--cache-dir", "--no-cache", "--timeout", "--secrets-file"] {
+            assert_eq!(help.contains(option), shown.contains(&option), "{command:?} and {option}:\n{help}");
+        }
+    }
+    assert!(!flowhost(&["demo", "--help"]).await.out.contains("--secrets-file"), "the demo needs no secrets");
+    // After the command, where it is shown; before it, as once when they were global; refused where ignored.
+    for args in
+        [&["connector", "inspect", "mparticle", "--no-cache"][..], &["--no-cache", "connector", "inspect", "mparticle"]]
+    {
+        let inspect = flowhost(args).await;
+        assert_eq!(inspect.code, ExitCode::SUCCESS, "{args:?}: {}", inspect.err);
+    }
+    let ignored = flowhost(&["flow", "schema", "--no-cache"]).await;
+    assert_eq!(ignored.code, ExitCode::from(2));
+    assert!(ignored.err.contains("unexpected argument '--no-cache'"), "{}", ignored.err);
+    let timeout = flowhost(&["connector", "inspect", "mparticle", "--timeout", "0"]).await;
+    assert!(timeout.err.contains("--timeout must be a positive number of seconds"), "{}", timeout.err);
+}

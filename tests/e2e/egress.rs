@@ -142,7 +142,7 @@ async fn slow_and_oversized_responses_are_cut_off() {
         .result
         .unwrap_err();
     assert_eq!(big.kind(), ErrorKind::Permanent, "{big}");
-    assert!(big.to_string().contains("exceeds 1024 bytes"), "{big}");
+    assert!(big.to_string().contains("exceeds 1 KiB"), "{big}");
 }
 
 #[tokio::test]

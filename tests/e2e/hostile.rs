@@ -44,7 +44,7 @@ async fn infinite_loop_times_out() {
 
 #[tokio::test]
 async fn memory_bomb_hits_the_memory_limit() {
-    assert_hostile(components::MEMORY_BOMB, ErrorKind::MemoryLimit, "memory limit of 33554432 bytes").await;
+    assert_hostile(components::MEMORY_BOMB, ErrorKind::MemoryLimit, "memory limit of 32 MiB").await;
 }
 
 #[tokio::test]

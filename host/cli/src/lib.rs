@@ -23,20 +23,47 @@ struct Cli {
     /// More logging on stderr (-v: info, -vv: debug). RUST_LOG overrides it.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// The options of the commands that load connectors, also accepted before the command (as they were once
+    /// global); hidden here, shown on the commands that use them.
+    #[command(flatten)]
+    before_command: BeforeCommand,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How connector components are compiled, cached and limited: for the commands that load connectors.
+#[derive(clap::Args, Default)]
+struct RuntimeArgs {
     /// Directory of precompiled components [default: $XDG_CACHE_HOME/flowhost or ~/.cache/flowhost].
     #[arg(long, global = true, env = "FLOWHOST_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
     /// Do not read or write precompiled components on disk.
     #[arg(long, global = true)]
     no_cache: bool,
-    /// A file of NAME=value lines that secret references resolve from before the environment.
-    #[arg(long, global = true, env = "FLOWHOST_SECRETS_FILE")]
-    secrets_file: Option<PathBuf>,
     /// Wall-clock limit of one connector invocation, in seconds [default: 30].
     #[arg(long, global = true, value_name = "SECONDS")]
     timeout: Option<f64>,
-    #[command(subcommand)]
-    command: Command,
+}
+
+/// Where secret references resolve from: for the commands that configure connections.
+#[derive(clap::Args, Default)]
+struct SecretsArgs {
+    /// A file of NAME=value lines that secret references resolve from before the environment.
+    #[arg(long, global = true, env = "FLOWHOST_SECRETS_FILE")]
+    secrets_file: Option<PathBuf>,
+}
+
+/// [`RuntimeArgs`] and [`SecretsArgs`] given before the command.
+#[derive(clap::Args)]
+struct BeforeCommand {
+    #[arg(long = "cache-dir", hide = true)]
+    cache_dir: Option<PathBuf>,
+    #[arg(long = "no-cache", hide = true)]
+    no_cache: bool,
+    #[arg(long = "secrets-file", hide = true)]
+    secrets_file: Option<PathBuf>,
+    #[arg(long = "timeout", hide = true)]
+    timeout: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -49,6 +76,10 @@ enum Command {
         files: Vec<PathBuf>,
         #[command(flatten)]
         host: flow::HostArgs,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+        #[command(flatten)]
+        secrets: SecretsArgs,
     },
     /// Run one flow for one event (or, for an inbound flow, for a request as its vendor sends it) and print
     /// the run trace.
@@ -68,12 +99,25 @@ enum Command {
         json: bool,
         #[command(flatten)]
         host: flow::HostArgs,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+        #[command(flatten)]
+        secrets: SecretsArgs,
     },
     /// The main job: run the example flows against an in-process mParticle emulator and show what happened.
-    Demo,
+    Demo {
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
     /// Inspect, check and call connector components.
-    #[command(subcommand)]
-    Connector(connector::ConnectorCommand),
+    Connector {
+        #[command(subcommand)]
+        command: connector::ConnectorCommand,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+        #[command(flatten)]
+        secrets: SecretsArgs,
+    },
     /// The flow format.
     #[command(subcommand)]
     Flow(FlowCommand),
@@ -82,6 +126,10 @@ enum Command {
         /// The service's configuration.
         #[arg(long, default_value = "flowhost.toml")]
         config: PathBuf,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+        #[command(flatten)]
+        secrets: SecretsArgs,
     },
     /// The end-to-end load test: `flowhost serve` and the mParticle emulator on loopback; throughput,
     /// latencies, cold start and memory.
@@ -124,35 +172,43 @@ where
         }
     };
     init_tracing(cli.verbose);
-    let timeout = match cli.timeout.map(Duration::try_from_secs_f64) {
-        Some(Ok(timeout)) if !timeout.is_zero() => Some(timeout),
-        Some(_) => {
-            let _ = writeln!(err, "error: --timeout must be a positive number of seconds");
-            return ExitCode::from(2);
-        }
-        None => None,
-    };
-    let options =
-        GlobalOptions { cache_dir: cli.cache_dir, no_cache: cli.no_cache, secrets_file: cli.secrets_file, timeout };
+    let before = &cli.before_command;
     let result = match cli.command {
-        Command::Check { files, host } => flow::check(&files, &host, &options, out, err).await,
-        Command::Run { file, event, inbound, json, host } => match (event, inbound) {
-            (Some(event), _) => flow::run(&file, &event, json, &host, &options, out, err).await,
-            (None, Some(body)) => flow::run_inbound(&file, &body, json, &host, &options, out, err).await,
-            (None, None) => unreachable!("clap requires --event or --inbound"),
-        },
-        Command::Connector(command) => connector::run(command, &options, out, err).await,
+        Command::Check { files, host, runtime, secrets } => {
+            async { flow::check(&files, &host, &options(before, runtime, secrets)?, out, err).await }.await
+        }
+        Command::Run { file, event, inbound, json, host, runtime, secrets } => {
+            async {
+                let options = options(before, runtime, secrets)?;
+                match (event, inbound) {
+                    (Some(event), _) => flow::run(&file, &event, json, &host, &options, out, err).await,
+                    (None, Some(body)) => flow::run_inbound(&file, &body, json, &host, &options, out, err).await,
+                    (None, None) => unreachable!("clap requires --event or --inbound"),
+                }
+            }
+            .await
+        }
+        Command::Connector { command, runtime, secrets } => {
+            async { connector::run(command, &options(before, runtime, secrets)?, out, err).await }.await
+        }
         Command::Flow(FlowCommand::Schema) => flow::schema(out),
-        Command::Serve { config } => serve::serve(&config, &options, out).await,
+        Command::Serve { config, runtime, secrets } => {
+            async { serve::serve(&config, &options(before, runtime, secrets)?, out).await }.await
+        }
         Command::Queue(command) => queue::run(command, out, err).await,
         Command::Bench(args) => commands::bench::run(&args, out).await,
-        Command::Demo => crate::demo::run(options.runtime_config(), out).await.map(|runs| {
-            if runs.iter().all(|r| r.status == flowhost::flow::RunStatus::Succeeded) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
+        Command::Demo { runtime } => {
+            async {
+                let options = options(before, runtime, SecretsArgs::default())?;
+                let runs = crate::demo::run(options.runtime_config(), out).await?;
+                Ok(if runs.iter().all(|r| r.status == flowhost::flow::RunStatus::Succeeded) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                })
             }
-        }),
+            .await
+        }
     };
     result.unwrap_or_else(|error| {
         // A reader that went away (`flowhost flow schema | head -1`) is not an error of ours.
@@ -166,7 +222,22 @@ where
     })
 }
 
-/// What every command may need from the global options.
+/// The options of a command that loads connectors, given before or after the command (after wins).
+fn options(before: &BeforeCommand, runtime: RuntimeArgs, secrets: SecretsArgs) -> anyhow::Result<GlobalOptions> {
+    let timeout = match runtime.timeout.or(before.timeout).map(Duration::try_from_secs_f64) {
+        Some(Ok(timeout)) if !timeout.is_zero() => Some(timeout),
+        Some(_) => anyhow::bail!("--timeout must be a positive number of seconds"),
+        None => None,
+    };
+    Ok(GlobalOptions {
+        cache_dir: runtime.cache_dir.or_else(|| before.cache_dir.clone()),
+        no_cache: runtime.no_cache || before.no_cache,
+        secrets_file: secrets.secrets_file.or_else(|| before.secrets_file.clone()),
+        timeout,
+    })
+}
+
+/// What the commands that load connectors need from their options.
 struct GlobalOptions {
     cache_dir: Option<PathBuf>,
     no_cache: bool,

@@ -99,7 +99,7 @@ pub enum InvokeError {
     Permanent { status: Option<u16>, message: String, body: String },
     #[error("timed out after {after_ms} ms")]
     Timeout { after_ms: u64 },
-    #[error("exceeded its memory limit of {limit_bytes} bytes")]
+    #[error("exceeded its memory limit of {}", crate::ByteSize(*limit_bytes))]
     MemoryLimit { limit_bytes: u64 },
     #[error("connector crashed: {message}")]
     Crashed { message: String },

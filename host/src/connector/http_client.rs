@@ -125,9 +125,9 @@ impl Fetcher {
         let deadline = tokio::time::Instant::now() + timeout;
         let too_large = |url: &Url| {
             FetchError::ResponseTooLarge(format!(
-                "the response of {} exceeds {} bytes",
+                "the response of {} exceeds {}",
                 origin_text(url),
-                self.limits.max_response_bytes
+                crate::ByteSize::from(self.limits.max_response_bytes)
             ))
         };
 
@@ -247,8 +247,13 @@ async fn read_response(
     max_bytes: usize,
     url: &Url,
 ) -> Result<FetchResponse, FetchError> {
-    let too_large =
-        || FetchError::ResponseTooLarge(format!("the response of {} exceeds {max_bytes} bytes", origin_text(url)));
+    let too_large = || {
+        FetchError::ResponseTooLarge(format!(
+            "the response of {} exceeds {}",
+            origin_text(url),
+            crate::ByteSize::from(max_bytes)
+        ))
+    };
     if response.content_length().is_some_and(|len| len > max_bytes as u64) {
         return Err(too_large());
     }

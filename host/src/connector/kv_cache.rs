@@ -36,7 +36,7 @@ impl KvCache {
     /// Stores a value; returns why it was not stored, if it was not.
     pub fn set(&self, scope: &str, key: &str, value: &str, ttl: Duration) -> Result<(), String> {
         if value.len() > MAX_VALUE_BYTES {
-            return Err(format!("cache value for {key:?} is larger than {MAX_VALUE_BYTES} bytes"));
+            return Err(format!("cache value for {key:?} is larger than {}", crate::ByteSize::from(MAX_VALUE_BYTES)));
         }
         let now = Instant::now();
         let mut scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());

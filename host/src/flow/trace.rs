@@ -242,5 +242,5 @@ fn truncate(text: &str, max: usize) -> String {
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!("{}… ({} bytes)", &text[..cut], text.len())
+    format!("{}… ({} in all)", &text[..cut], crate::ByteSize::from(text.len()))
 }

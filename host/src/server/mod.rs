@@ -150,7 +150,10 @@ async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Respon
         let over_limit = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
             .any(|e| e.is::<http_body_util::LengthLimitError>());
         if over_limit {
-            error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than the limit of {limit} bytes"))
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than the limit of {}", crate::ByteSize::from(limit)),
+            )
         } else {
             error(StatusCode::BAD_REQUEST, format!("the body could not be read: {e}"))
         }
