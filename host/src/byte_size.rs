@@ -12,7 +12,7 @@ impl fmt::Display for ByteSize {
         let bytes = self.0;
         for (unit, size) in UNITS {
             if bytes >= size {
-                return if bytes % size == 0 {
+                return if bytes.is_multiple_of(size) {
                     write!(f, "{} {unit}", bytes / size)
                 } else {
                     write!(f, "{:.1} {unit}", bytes as f64 / size as f64)
