@@ -1,8 +1,9 @@
 //! What the service counts, in Prometheus form (`GET /metrics`): events accepted, runs delivered, retried,
-//! failed and dead-lettered, inbound messages, queue depth per state, and node and run latencies.
+//! failed and dead-lettered, inbound messages, queue depth per state, node and run latencies, and what retention
+//! purged.
 
 use crate::flow::{Run, RunStatus};
-use crate::store::{InboundState, QueueCounts, RunState};
+use crate::store::{InboundState, Purged, QueueCounts, RunState};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -20,6 +21,11 @@ struct NodeLabels {
     flow: String,
     node: String,
     kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,6 +49,7 @@ pub struct Metrics {
     runs: Family<StateLabels, Gauge>,
     inbound: Family<StateLabels, Gauge>,
     outbox: Gauge,
+    purged: Family<KindLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,6 +86,7 @@ impl Metrics {
             runs: Family::default(),
             inbound: Family::default(),
             outbox: Gauge::default(),
+            purged: Family::default(),
             registry: Registry::default(),
         };
         registry.register("events_accepted", "Loyalty events durably accepted", metrics.accepted.clone());
@@ -118,6 +126,11 @@ impl Metrics {
         registry.register("queue_runs", "Runs in the store, by state", metrics.runs.clone());
         registry.register("queue_inbound", "Inbound messages in the store, by state", metrics.inbound.clone());
         registry.register("outbox_events", "Events in the outbox", metrics.outbox.clone());
+        registry.register(
+            "retention_purged",
+            "What retention deleted, by kind: finished runs (with their traces), processed inbound messages, outbox events",
+            metrics.purged.clone(),
+        );
         Metrics { registry, ..metrics }
     }
 
@@ -144,6 +157,13 @@ impl Metrics {
     pub fn dead_lettered(&self, flow: &str, accepted_at_ms: i64) {
         self.dead_lettered.get_or_create(&flow_labels(flow)).inc();
         self.observe_done(flow, accepted_at_ms);
+    }
+
+    /// What a batch of retention deleted.
+    pub fn purged(&self, purged: &Purged) {
+        for (kind, count) in [("runs", purged.runs), ("inbound", purged.inbound), ("outbox", purged.outbox)] {
+            self.purged.get_or_create(&KindLabels { kind }).inc_by(count);
+        }
     }
 
     /// A finished run: its end state and the latency of each node it executed (not replayed ones).
@@ -201,6 +221,8 @@ mod tests {
         let metrics = Metrics::new();
         metrics.accepted(3);
         metrics.retried("point-add");
+        metrics.purged(&Purged { runs: 500, inbound: 3, outbox: 0 });
+        metrics.purged(&Purged { runs: 20, inbound: 0, outbox: 7 });
         let mut counts = QueueCounts::default();
         counts.runs.queued = 7;
         counts.outbox = 2;
@@ -210,6 +232,9 @@ mod tests {
         assert!(text.contains(r#"flowhost_queue_runs{state="queued"} 7"#), "{text}");
         assert!(text.contains(r#"flowhost_queue_runs{state="dead"} 0"#), "{text}");
         assert!(text.contains("flowhost_outbox_events 2"), "{text}");
+        assert!(text.contains(r#"flowhost_retention_purged_total{kind="runs"} 520"#), "{text}");
+        assert!(text.contains(r#"flowhost_retention_purged_total{kind="inbound"} 3"#), "{text}");
+        assert!(text.contains(r#"flowhost_retention_purged_total{kind="outbox"} 7"#), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }
