@@ -57,3 +57,127 @@ pub(super) async fn run(shared: Arc<Shared>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::connector::SecretStore;
+    use crate::delivery::{LoyaltyEvent, RetentionConfig, Service, ServiceConfig};
+    use crate::store::{
+        Completion, InboundMessage, InboundOutcome, NewOutboxEvent, RunState, SqliteStore, Store, now_ms,
+    };
+    use crate::{Host, HostConfig};
+    use serde_json::json;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    /// A flow that needs no connector: it emits one event per `point_add`.
+    fn flow() -> (String, String) {
+        let flow = json!({
+            "id": "points", "version": "1.0.0",
+            "trigger": {"type": "event", "event": "point_add"},
+            "connections": {},
+            "nodes": [{"id": "tell", "emit": {"event": "points_seen", "payload": {"customer": "{{ trigger.customerId }}"}}}]
+        });
+        ("points.json".into(), flow.to_string())
+    }
+
+    async fn start(store: Arc<dyn Store>, retention: RetentionConfig) -> Service {
+        let host = Host::new(HostConfig::default(), SecretStore::default()).await.unwrap();
+        let config = ServiceConfig { idle_poll: Duration::from_millis(20), retention, ..ServiceConfig::default() };
+        Service::start(host, store, &[flow()], Vec::new(), config).await.unwrap()
+    }
+
+    fn run(key: &str) -> crate::store::NewRun {
+        crate::store::conformance::run(key)
+    }
+
+    /// Waits until `done` holds, for at most a minute.
+    async fn eventually<F, Fut>(what: &str, mut done: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done().await {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_service_purges_old_finished_runs_inbound_messages_and_outbox_events_and_keeps_dead_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("flowhost.db")).await.unwrap());
+        // Before the service starts: a run that succeeded with an event, one that failed, one dead-lettered and
+        // one waiting for its resend; a processed inbound message and an unmatched one.
+        let ids = store.enqueue(&[run("ok"), run("bad"), run("dead"), run("waiting")]).await.unwrap();
+        let claimed = store.claim("earlier", 10, 1, now_ms(), LEASE).await.unwrap();
+        let lease = |i: usize| claimed[i].lease().unwrap();
+        let emitted = [NewOutboxEvent { node_id: "tell".into(), event: "points_seen".into(), payload: json!({}) }];
+        store.complete(&lease(0), &Completion::Succeeded, &json!({"nodes": []}), &emitted).await.unwrap();
+        store.complete(&lease(1), &Completion::Failed { error: json!("refused") }, &json!({}), &[]).await.unwrap();
+        store.dead_letter(&lease(2), &json!({"status": 503}), &json!({})).await.unwrap();
+        store.reschedule(&lease(3), now_ms() + 3_600_000, &json!({"status": 429}), None).await.unwrap();
+        let message =
+            |id: &str| InboundMessage { connection: "crm".into(), source: "crm".into(), external_id: Some(id.into()), body: json!({}) };
+        let processed = store.record_inbound(&message("m1")).await.unwrap();
+        let unmatched = store.record_inbound(&message("m2")).await.unwrap();
+        let messages = store.claim_inbound("earlier", 10, now_ms(), LEASE).await.unwrap();
+        let outcome = InboundOutcome::Processed { unmatched: None };
+        store.complete_inbound(&messages[0].lease().unwrap(), &outcome, &[]).await.unwrap();
+        let outcome = InboundOutcome::Unmatched { reason: json!({"eventType": "screen_view"}) };
+        store.complete_inbound(&messages[1].lease().unwrap(), &outcome, &[]).await.unwrap();
+
+        // Retention's smallest age in flowhost.toml is an hour; an embedder may choose any, which lets this test
+        // see the purge without waiting for it.
+        let retention = RetentionConfig {
+            max_age: Some(Duration::from_millis(300)),
+            interval: Duration::from_millis(50),
+            batch: 2,
+            pause: Duration::from_millis(1),
+        };
+        let service = start(store.clone(), retention).await;
+        let event = LoyaltyEvent { event: "point_add".into(), data: json!({"customerId": "fresh"}), customer: None, id: None };
+        let fresh = service.accept(&[event]).await.unwrap()[0].runs[0].run_id.clone();
+        let gone = |id: String| {
+            let store = store.clone();
+            async move { store.get(&id).await.unwrap().is_none() }
+        };
+        eventually("the old finished runs are purged", || {
+            let (ok, bad) = (gone(ids[0].clone()), gone(ids[1].clone()));
+            async move { ok.await && bad.await }
+        })
+        .await;
+        assert!(store.get_inbound(&processed).await.unwrap().is_none(), "the processed message is purged");
+        assert!(store.outbox(0, 100).await.unwrap().iter().all(|event| event.run_id != ids[0]));
+        // What still needs someone is kept.
+        assert_eq!(store.get(&ids[2]).await.unwrap().map(|run| run.status), Some(RunState::Dead));
+        assert_eq!(store.get(&ids[3]).await.unwrap().map(|run| run.status), Some(RunState::Queued));
+        assert!(store.get_inbound(&unmatched).await.unwrap().is_some(), "an unmatched message is kept");
+        // The run accepted meanwhile is delivered, then purged in its turn once it is old enough.
+        eventually("the fresh run is delivered, then purged", || gone(fresh.clone())).await;
+        let metrics = service.render_metrics().await.unwrap();
+        assert!(metrics.contains(r#"flowhost_retention_purged_total{kind="runs"} 3"#), "{metrics}");
+        assert!(metrics.contains(r#"flowhost_retention_purged_total{kind="inbound"} 1"#), "{metrics}");
+        assert!(metrics.contains(r#"flowhost_retention_purged_total{kind="outbox"} 2"#), "{metrics}");
+        assert_eq!(store.get(&ids[2]).await.unwrap().map(|run| run.status), Some(RunState::Dead), "still kept");
+        service.shutdown(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_retention_off_nothing_is_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("flowhost.db")).await.unwrap());
+        let ids = store.enqueue(&[run("ok")]).await.unwrap();
+        let claimed = store.claim("earlier", 10, 1, now_ms(), LEASE).await.unwrap();
+        store.complete(&claimed[0].lease().unwrap(), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
+        let retention = RetentionConfig { interval: Duration::from_millis(10), ..RetentionConfig::off() };
+        let service = start(store.clone(), retention).await;
+        // The same wait as a purge with an interval of 10 ms would need many times over.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(store.get(&ids[0]).await.unwrap().map(|run| run.status), Some(RunState::Succeeded));
+        service.shutdown(Duration::from_secs(5)).await;
+    }
+}
