@@ -180,4 +180,122 @@ mod tests {
         assert_eq!(store.get(&ids[0]).await.unwrap().map(|run| run.status), Some(RunState::Succeeded));
         service.shutdown(Duration::from_secs(5)).await;
     }
+
+    /// Accept latencies of `clients` concurrent callers sending one event at a time, until `enough` says so
+    /// (asked between accepts, with how many were made).
+    async fn accept_latencies<F, Fut>(service: Arc<Service>, clients: usize, enough: F) -> Vec<Duration>
+    where
+        F: Fn(usize) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = bool> + Send,
+    {
+        let enough = Arc::new(enough);
+        let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for client in 0..clients {
+            let (service, enough, made) = (service.clone(), enough.clone(), made.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut i = 0;
+                while !enough(made.load(std::sync::atomic::Ordering::Relaxed)).await {
+                    let data = json!({"customerId": format!("load-{client}-{}", i % 50)});
+                    let event = LoyaltyEvent { event: "point_add".into(), data, customer: None, id: None };
+                    let started = Instant::now();
+                    service.accept(&[event]).await.unwrap();
+                    latencies.push(started.elapsed());
+                    made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    i += 1;
+                }
+                latencies
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        all.sort();
+        all
+    }
+
+    fn quantile(sorted: &[Duration], q: f64) -> Duration {
+        sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+    }
+
+    fn ms(duration: Duration) -> f64 {
+        duration.as_secs_f64() * 1000.0
+    }
+
+    /// A purge of a large backlog, with the service's own batches and pauses, while accepts go on: their latency
+    /// is compared with the same accepts on the same store with retention off. Only a generous bound is asserted
+    /// (timings vary with the machine and its load); the figures are printed, and BENCHMARKS.md ("Retention")
+    /// records them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_of_a_large_backlog_does_not_slow_accepts_beyond_noise() {
+        const BACKLOG: usize = 20_000;
+        const CHUNK: usize = 1_000;
+        const CLIENTS: usize = 4;
+        const BASELINE_ACCEPTS: usize = 2_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("flowhost.db")).await.unwrap());
+        let started = Instant::now();
+        let mut last = String::new();
+        for chunk in 0..BACKLOG / CHUNK {
+            let runs: Vec<_> = (0..CHUNK).map(|i| run(&format!("old-{chunk}-{i}"))).collect();
+            store.enqueue(&runs).await.unwrap();
+            let claimed = store.claim("earlier", CHUNK, 1, now_ms(), LEASE).await.unwrap();
+            let emitted = [NewOutboxEvent { node_id: "tell".into(), event: "points_seen".into(), payload: json!({}) }];
+            let completions: Vec<_> = claimed
+                .iter()
+                .map(|run| crate::store::RunCompletion {
+                    lease: run.lease().unwrap(),
+                    completion: Completion::Succeeded,
+                    trace: serde_json::value::to_raw_value(&json!({"run": run.id, "nodes": [{"nodeId": "tell"}]})).ok(),
+                    emitted: emitted.to_vec(),
+                })
+                .collect();
+            assert!(store.complete_many(&completions).await.unwrap().iter().all(Result::is_ok));
+            last = claimed.last().unwrap().id.clone();
+        }
+        let backlog_took = started.elapsed();
+
+        let service = Arc::new(start(store.clone(), RetentionConfig::off()).await);
+        let baseline = accept_latencies(service.clone(), CLIENTS, |made| async move { made >= BASELINE_ACCEPTS }).await;
+        service.shutdown(Duration::from_secs(10)).await;
+        assert!(store.get(&last).await.unwrap().is_some(), "retention off purges nothing");
+
+        // The defaults but the age: everything finished so far is old.
+        let retention = RetentionConfig {
+            max_age: Some(Duration::from_millis(1)),
+            interval: Duration::from_millis(10),
+            ..RetentionConfig::default()
+        };
+        let purge_started = Instant::now();
+        let service = Arc::new(start(store.clone(), retention).await);
+        let watched = store.clone();
+        let during = accept_latencies(service.clone(), CLIENTS, move |made| {
+            let (store, last) = (watched.clone(), last.clone());
+            async move { made >= BASELINE_ACCEPTS && store.get(&last).await.unwrap().is_none() }
+        })
+        .await;
+        let purge_took = purge_started.elapsed();
+        service.shutdown(Duration::from_secs(10)).await;
+
+        let (p50, p99) = (quantile(&baseline, 0.5), quantile(&baseline, 0.99));
+        let (p50_purging, p99_purging) = (quantile(&during, 0.5), quantile(&during, 0.99));
+        eprintln!(
+            "backlog of {BACKLOG} finished runs built in {:.1} s; purged in {:.1} s while {} accepts ran ({CLIENTS} \
+             clients); accept latency p50/p99: {:.2}/{:.2} ms without the purge ({} accepts), {:.2}/{:.2} ms during it",
+            backlog_took.as_secs_f64(),
+            purge_took.as_secs_f64(),
+            during.len(),
+            ms(p50),
+            ms(p99),
+            baseline.len(),
+            ms(p50_purging),
+            ms(p99_purging),
+        );
+        // Generous: a purge that held the writer for long (one transaction for the whole backlog, or no pause)
+        // would stall accepts for seconds.
+        let bound = p99 * 5 + Duration::from_millis(100);
+        assert!(p99_purging <= bound, "p99 {p99_purging:?} during the purge, {p99:?} without it");
+    }
 }
