@@ -120,8 +120,12 @@ mod tests {
         store.complete(&lease(1), &Completion::Failed { error: json!("refused") }, &json!({}), &[]).await.unwrap();
         store.dead_letter(&lease(2), &json!({"status": 503}), &json!({})).await.unwrap();
         store.reschedule(&lease(3), now_ms() + 3_600_000, &json!({"status": 429}), None).await.unwrap();
-        let message =
-            |id: &str| InboundMessage { connection: "crm".into(), source: "crm".into(), external_id: Some(id.into()), body: json!({}) };
+        let message = |id: &str| InboundMessage {
+            connection: "crm".into(),
+            source: "crm".into(),
+            external_id: Some(id.into()),
+            body: json!({}),
+        };
         let processed = store.record_inbound(&message("m1")).await.unwrap();
         let unmatched = store.record_inbound(&message("m2")).await.unwrap();
         let messages = store.claim_inbound("earlier", 10, now_ms(), LEASE).await.unwrap();
@@ -139,7 +143,8 @@ mod tests {
             pause: Duration::from_millis(1),
         };
         let service = start(store.clone(), retention).await;
-        let event = LoyaltyEvent { event: "point_add".into(), data: json!({"customerId": "fresh"}), customer: None, id: None };
+        let event =
+            LoyaltyEvent { event: "point_add".into(), data: json!({"customerId": "fresh"}), customer: None, id: None };
         let fresh = service.accept(&[event]).await.unwrap()[0].runs[0].run_id.clone();
         let gone = |id: String| {
             let store = store.clone();

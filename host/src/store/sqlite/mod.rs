@@ -38,8 +38,8 @@
 
 use super::{
     Completion, ConnectionHold, DEFAULT_LIST_LIMIT, InboundFilter, InboundMessage, InboundOutcome, Lease,
-    MAX_LIST_LIMIT, NewOutboxEvent, NewRun, OutboxEvent, Purged, QueueCounts, RunCompletion, RunFilter, RunState, Store,
-    StoreError, StoredInbound, StoredRun,
+    MAX_LIST_LIMIT, NewOutboxEvent, NewRun, OutboxEvent, Purged, QueueCounts, RunCompletion, RunFilter, RunState,
+    Store, StoreError, StoredInbound, StoredRun,
 };
 use async_trait::async_trait;
 use flow_connections::KnownFlowConnections;

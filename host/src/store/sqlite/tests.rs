@@ -739,10 +739,12 @@ async fn trace_blocks(store: &SqliteStore) -> i64 {
 
 /// Trace blocks that no run points at.
 async fn unused_trace_blocks(store: &SqliteStore) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM trace_blocks b WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.trace_block = b.id)")
-        .fetch_one(&mut *store.test_writer().await)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT count(*) FROM trace_blocks b WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.trace_block = b.id)",
+    )
+    .fetch_one(&mut *store.test_writer().await)
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
