@@ -90,6 +90,10 @@
 //! - The held-connection invariant: no `queued` run uses a held connection (enqueue, reschedule, retry and
 //!   release check it; claim first turns expired leases on held connections into `held`).
 //! - `enqueue` keeps the order of its input in `seq`.
+//! - `purge` must cost what it deletes, not the size of the store: find finished runs and processed messages by
+//!   an index on their state and the time they closed (SQLite sets `next_attempt_at` to it and reads `runs_due`),
+//!   take the outbox's front by `seq`, and delete a stored trace only with the last run that points at it. One
+//!   batch is one short transaction; the service pauses between batches.
 
 #[cfg(any(test, feature = "store-conformance"))]
 pub mod conformance;
