@@ -19,6 +19,49 @@ pub struct ServiceConfig {
     pub group_commit: GroupCommitConfig,
     /// Which finished runs keep their trace (every node's input, output, attempts and log).
     pub traces: TraceRetention,
+    /// How long finished runs, processed inbound messages and outbox events are kept.
+    pub retention: RetentionConfig,
+}
+
+/// Retention: finished runs (with their traces), processed inbound messages and outbox events are purged once
+/// older than `max_age` ([`Store::purge`](crate::store::Store::purge)); dead, queued, held and leased runs, and
+/// inbound messages that were not processed, are never purged. A background task of the service purges every
+/// `interval`, in batches of `batch` rows of each kind (one short transaction each) with a `pause` between
+/// them, so that accepts and claims take the store's writer in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// How old what is purged must be; `None` keeps everything.
+    pub max_age: Option<Duration>,
+    /// How often a purge starts (the first one soon after the service starts).
+    pub interval: Duration,
+    /// Rows of each kind (runs, inbound messages, outbox events) one batch deletes, at least 1.
+    pub batch: usize,
+    /// The pause between two batches of one purge.
+    pub pause: Duration,
+}
+
+impl RetentionConfig {
+    /// 30 days, as DaVinci keeps run details.
+    pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5 * 60);
+    pub const DEFAULT_BATCH: usize = 500;
+    pub const DEFAULT_PAUSE: Duration = Duration::from_millis(100);
+
+    /// Retention turned off: everything is kept.
+    pub fn off() -> Self {
+        RetentionConfig { max_age: None, ..RetentionConfig::default() }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            max_age: Some(Self::DEFAULT_MAX_AGE),
+            interval: Self::DEFAULT_INTERVAL,
+            batch: Self::DEFAULT_BATCH,
+            pause: Self::DEFAULT_PAUSE,
+        }
+    }
 }
 
 /// Which runs keep their trace once they end. A trace is most of what a completion writes, so keeping only the
@@ -79,6 +122,7 @@ impl Default for ServiceConfig {
             idle_poll: Duration::from_millis(100),
             group_commit: GroupCommitConfig::default(),
             traces: TraceRetention::All,
+            retention: RetentionConfig::default(),
         }
     }
 }

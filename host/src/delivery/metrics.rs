@@ -1,8 +1,9 @@
 //! What the service counts, in Prometheus form (`GET /metrics`): events accepted, runs delivered, retried,
-//! failed and dead-lettered, inbound messages, queue depth per state, and node and run latencies.
+//! failed and dead-lettered, inbound messages, queue depth per state, node and run latencies, and what retention
+//! purged.
 
 use crate::flow::{Run, RunStatus};
-use crate::store::{HeldBehind, InboundState, QueueCounts, RunState};
+use crate::store::{HeldBehind, InboundState, Purged, QueueCounts, RunState};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -20,6 +21,11 @@ struct NodeLabels {
     flow: String,
     node: String,
     kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,6 +55,7 @@ pub struct Metrics {
     inbound: Family<StateLabels, Gauge>,
     held_behind: Family<BehindLabels, Gauge>,
     outbox: Gauge,
+    purged: Family<KindLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,6 +93,7 @@ impl Metrics {
             inbound: Family::default(),
             held_behind: Family::default(),
             outbox: Gauge::default(),
+            purged: Family::default(),
             registry: Registry::default(),
         };
         registry.register("events_accepted", "Loyalty events durably accepted", metrics.accepted.clone());
@@ -131,6 +139,11 @@ impl Metrics {
             metrics.held_behind.clone(),
         );
         registry.register("outbox_events", "Events in the outbox", metrics.outbox.clone());
+        registry.register(
+            "retention_purged",
+            "What retention deleted, by kind: finished runs (with their traces), processed inbound messages, outbox events",
+            metrics.purged.clone(),
+        );
         Metrics { registry, ..metrics }
     }
 
@@ -157,6 +170,13 @@ impl Metrics {
     pub fn dead_lettered(&self, flow: &str, accepted_at_ms: i64) {
         self.dead_lettered.get_or_create(&flow_labels(flow)).inc();
         self.observe_done(flow, accepted_at_ms);
+    }
+
+    /// What a batch of retention deleted.
+    pub fn purged(&self, purged: &Purged) {
+        for (kind, count) in [("runs", purged.runs), ("inbound", purged.inbound), ("outbox", purged.outbox)] {
+            self.purged.get_or_create(&KindLabels { kind }).inc_by(count);
+        }
     }
 
     /// A finished run: its end state and the latency of each node it executed (not replayed ones).
@@ -217,6 +237,8 @@ mod tests {
         let metrics = Metrics::new();
         metrics.accepted(3);
         metrics.retried("point-add");
+        metrics.purged(&Purged { runs: 500, inbound: 3, outbox: 0 });
+        metrics.purged(&Purged { runs: 20, inbound: 0, outbox: 7 });
         let mut counts = QueueCounts::default();
         counts.runs.queued = 7;
         counts.outbox = 2;
@@ -228,6 +250,9 @@ mod tests {
         assert!(text.contains("flowhost_outbox_events 2"), "{text}");
         assert!(text.contains(r#"flowhost_queue_runs_held_behind{behind="dead"} 4"#), "{text}");
         assert!(text.contains(r#"flowhost_queue_runs_held_behind{behind="resend"} 0"#), "{text}");
+        assert!(text.contains(r#"flowhost_retention_purged_total{kind="runs"} 520"#), "{text}");
+        assert!(text.contains(r#"flowhost_retention_purged_total{kind="inbound"} 3"#), "{text}");
+        assert!(text.contains(r#"flowhost_retention_purged_total{kind="outbox"} 7"#), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -8,11 +8,12 @@ mod inbound_accept;
 mod inbound_endpoint;
 mod inbound_worker;
 pub mod metrics;
+mod retention;
 mod run_worker;
 pub mod service;
 mod shared;
 
-pub use config::{ServiceConfig, TraceRetention};
+pub use config::{RetentionConfig, ServiceConfig, TraceRetention};
 pub use inbound_accept::{Admission, PUBLIC_BODY_LIMIT};
 pub use inbound_endpoint::{InboundConnection, InboundError, InboundReceipt};
 pub use service::{

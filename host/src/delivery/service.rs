@@ -10,7 +10,7 @@ use super::inbound_accept::{self, Admission};
 use super::inbound_endpoint::{InboundConnection, InboundEndpoint, InboundError, InboundReceipt};
 use super::metrics::Metrics;
 use super::shared::{ActiveFlows, Shared, ordering_key};
-use super::{inbound_worker, run_worker};
+use super::{inbound_worker, retention, run_worker};
 use crate::flow::{EmittedEvent, Problem, Trigger};
 use crate::inbound::InboundRequest;
 use crate::store::{ConnectionHold, InboundFilter, InboundState, NewRun, RunState, Store, StoreError, StoredInbound};
@@ -157,6 +157,7 @@ impl Service {
         let tasks = TaskTracker::new();
         tasks.spawn(run_worker::run(shared.clone(), tasks.clone()));
         tasks.spawn(inbound_worker::run(shared.clone()));
+        tasks.spawn(retention::run(shared.clone()));
         Ok(Service { shared, commit, tasks })
     }
 

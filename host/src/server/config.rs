@@ -15,6 +15,12 @@
 //! shutdown_grace_seconds = 10
 //! traces = "all"                        # or "failures": runs that succeeded keep no trace
 //!
+//! [retention]                           # finished runs, processed inbound messages, outbox events
+//! max_age = "30d"                       # purged once older than this ("off": kept for ever)
+//! interval = "5m"                       # how often the purge runs
+//! batch = 500                           # rows of each kind per transaction
+//! pause = "100ms"                       # between two batches, so accepts and claims go on
+//!
 //! [retry]                               # the default policy of connector nodes, as in flows
 //! maxAttempts = 6
 //!
@@ -31,7 +37,7 @@
 use crate::HostConfig;
 use crate::connector::secrets::secret_reference;
 use crate::connector::{RuntimeConfig, SecretStore};
-use crate::delivery::{InboundConnection, ServiceConfig, TraceRetention};
+use crate::delivery::{InboundConnection, RetentionConfig, ServiceConfig, TraceRetention};
 use crate::flow::RetryPolicy;
 use crate::store::{StoreError, StoreLocation};
 use secrecy::SecretString;
@@ -61,6 +67,8 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     #[serde(default)]
     pub delivery: DeliverySection,
+    #[serde(default)]
+    pub retention: RetentionSection,
     #[serde(default)]
     pub retry: Option<RetryPolicy>,
     #[serde(default)]
@@ -94,6 +102,77 @@ impl Default for DeliverySection {
             shutdown_grace_seconds: default_grace(),
             traces: TraceRetention::default(),
         }
+    }
+}
+
+/// `[retention]`, as written: durations in humantime form (`30d`, `12h`, `5m`, `100ms`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Finished runs, processed inbound messages and outbox events older than this are purged; `"off"` keeps
+    /// them for ever.
+    #[serde(default = "default_max_age")]
+    pub max_age: String,
+    #[serde(default = "default_purge_interval")]
+    pub interval: String,
+    #[serde(default = "default_purge_batch")]
+    pub batch: usize,
+    #[serde(default = "default_purge_pause")]
+    pub pause: String,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        RetentionSection {
+            max_age: default_max_age(),
+            interval: default_purge_interval(),
+            batch: default_purge_batch(),
+            pause: default_purge_pause(),
+        }
+    }
+}
+
+/// The shortest `max_age`: what finished within the last hour is still being looked at.
+const MIN_MAX_AGE: Duration = Duration::from_secs(3600);
+/// The largest batch: a batch is one transaction, during which nothing else writes.
+const MAX_PURGE_BATCH: usize = 10_000;
+
+impl RetentionSection {
+    /// The service's retention, or what is wrong with the section, naming the field.
+    pub fn config(&self) -> Result<RetentionConfig, String> {
+        let duration = |field: &str, text: &str| {
+            humantime::parse_duration(text.trim()).map_err(|e| {
+                format!("retention.{field}: `{text}` is not a duration such as \"30d\", \"12h\" or \"100ms\": {e}")
+            })
+        };
+        let max_age = match self.max_age.trim() {
+            "off" => None,
+            text => {
+                let age = duration("max_age", text)?;
+                if age < MIN_MAX_AGE {
+                    return Err(format!(
+                        "retention.max_age must be at least 1h, or \"off\" to keep everything (it is `{}`)",
+                        self.max_age
+                    ));
+                }
+                Some(age)
+            }
+        };
+        let interval = duration("interval", &self.interval)?;
+        if interval < Duration::from_secs(1) {
+            return Err(format!("retention.interval must be at least 1s (it is `{}`)", self.interval));
+        }
+        if !(1..=MAX_PURGE_BATCH).contains(&self.batch) {
+            return Err(format!("retention.batch must be from 1 to {MAX_PURGE_BATCH} (it is {})", self.batch));
+        }
+        let pause = duration("pause", &self.pause)?;
+        if pause > interval {
+            return Err(format!(
+                "retention.pause (`{}`) must not be longer than retention.interval (`{}`)",
+                self.pause, self.interval
+            ));
+        }
+        Ok(RetentionConfig { max_age, interval, batch: self.batch, pause })
     }
 }
 
@@ -143,6 +222,18 @@ fn default_lease() -> u64 {
 fn default_grace() -> u64 {
     10
 }
+fn default_max_age() -> String {
+    "30d".into()
+}
+fn default_purge_interval() -> String {
+    "5m".into()
+}
+fn default_purge_batch() -> usize {
+    RetentionConfig::DEFAULT_BATCH
+}
+fn default_purge_pause() -> String {
+    "100ms".into()
+}
 fn yes() -> bool {
     true
 }
@@ -179,6 +270,7 @@ impl ServeConfig {
         if config.delivery.lease_seconds < 3 {
             return Err("delivery.lease_seconds must be at least 3".into());
         }
+        config.retention.config()?;
         if let Some(policy) = &config.retry
             && let Some(problem) = policy.problems().into_iter().next()
         {
@@ -246,13 +338,15 @@ impl ServeConfig {
         }
     }
 
-    pub fn service_config(&self) -> ServiceConfig {
-        ServiceConfig {
+    /// The service's configuration; `retention` was checked by [`ServeConfig::parse`].
+    pub fn service_config(&self) -> Result<ServiceConfig, String> {
+        Ok(ServiceConfig {
             concurrency: self.delivery.concurrency,
             lease: Duration::from_secs(self.delivery.lease_seconds),
             traces: self.delivery.traces,
+            retention: self.retention.config()?,
             ..ServiceConfig::default()
-        }
+        })
     }
 
     /// The inbound tokens, resolved from the secrets.
@@ -302,6 +396,41 @@ mod tests {
     }
 
     #[test]
+    fn retention_defaults_to_30_days_and_takes_durations_or_off() {
+        let defaults = ServeConfig::parse("flows = [\"f\"]\n").unwrap().service_config().unwrap().retention;
+        assert_eq!(defaults, RetentionConfig::default());
+        assert_eq!(defaults.max_age, Some(Duration::from_secs(30 * 24 * 3600)));
+        assert_eq!((defaults.interval, defaults.batch), (Duration::from_secs(300), 500));
+        let config = ServeConfig::parse(
+            "flows = [\"f\"]\n[retention]\nmax_age = \"7d 12h\"\ninterval = \"1m\"\nbatch = 50\npause = \"20ms\"\n",
+        )
+        .unwrap();
+        let retention = config.service_config().unwrap().retention;
+        assert_eq!(retention.max_age, Some(Duration::from_secs(7 * 24 * 3600 + 12 * 3600)));
+        assert_eq!(
+            (retention.interval, retention.batch, retention.pause),
+            (Duration::from_secs(60), 50, Duration::from_millis(20))
+        );
+        let off = ServeConfig::parse("flows = [\"f\"]\n[retention]\nmax_age = \"off\"\n").unwrap();
+        assert_eq!(off.service_config().unwrap().retention.max_age, None);
+
+        for (section, expected) in [
+            ("max_age = \"30\"", "retention.max_age: `30` is not a duration"),
+            ("max_age = \"forever\"", "retention.max_age: `forever` is not a duration"),
+            ("max_age = \"10m\"", "retention.max_age must be at least 1h, or \"off\""),
+            ("interval = \"0s\"", "retention.interval must be at least 1s"),
+            ("interval = 5", "invalid type: integer `5`, expected a string"),
+            ("batch = 0", "retention.batch must be from 1 to 10000 (it is 0)"),
+            ("batch = 20000", "retention.batch must be from 1 to 10000"),
+            ("pause = \"1h\"", "retention.pause (`1h`) must not be longer than retention.interval (`5m`)"),
+            ("days = 30", "unknown field `days`"),
+        ] {
+            let error = ServeConfig::parse(&format!("flows = [\"f\"]\n[retention]\n{section}\n")).unwrap_err();
+            assert!(error.contains(expected), "{section}: {error}");
+        }
+    }
+
+    #[test]
     fn parses_a_full_config_and_refuses_mistakes() {
         let config = ServeConfig::parse(
             r#"
@@ -319,9 +448,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.delivery.concurrency, 8);
-        assert_eq!(config.service_config().traces, TraceRetention::Failures);
+        assert_eq!(config.service_config().unwrap().traces, TraceRetention::Failures);
         let defaults = ServeConfig::parse("flows = [\"f\"]\n").unwrap();
-        assert_eq!(defaults.service_config().traces, TraceRetention::All);
+        assert_eq!(defaults.service_config().unwrap().traces, TraceRetention::All);
         assert_eq!(config.retry.as_ref().unwrap().max_attempts, 4);
         let secrets = SecretStore::from_pairs([("TOKEN", "t0ken")]);
         let inbound = config.inbound_connections(&secrets).unwrap();

@@ -32,8 +32,8 @@
 
 use super::{
     BulkAction, Completion, ConnectionHold, HeldBehind, HeldBy, InboundFilter, InboundMessage, InboundOutcome,
-    InboundState, Lease, NewOutboxEvent, NewRun, RunCompletion, RunCounts, RunFilter, RunState, Store, StoreError,
-    StoredInbound, StoredRun, now_ms,
+    InboundState, Lease, NewOutboxEvent, NewRun, Purged, RunCompletion, RunCounts, RunFilter, RunState, Store,
+    StoreError, StoredInbound, StoredRun, now_ms,
 };
 use serde_json::value::to_raw_value;
 use serde_json::{Value, json};
@@ -80,6 +80,11 @@ macro_rules! store_conformance_tests {
                 listing_filters_and_pages_newest_first,
                 counts_every_state,
                 bad_input_is_an_error_naming_the_field_and_changes_nothing,
+                purge_deletes_finished_runs_older_than_the_cutoff_and_never_open_or_dead_ones,
+                purge_keeps_each_keys_order_and_a_kept_runs_trace,
+                purge_deletes_in_batches_until_nothing_is_left,
+                purge_deletes_processed_inbound_messages_and_keeps_the_others,
+                purge_deletes_the_outbox_from_its_front_and_a_purged_runs_events_with_it,
             );
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1055,6 +1060,183 @@ pub async fn bad_input_is_an_error_naming_the_field_and_changes_nothing(store: A
     assert!(results[1].is_ok(), "{results:?}");
     assert_eq!(status(&*store, &claimed[0].id).await, RunState::Leased);
     assert_eq!(store.outbox(0, 10).await.unwrap().len(), 1);
+}
+
+/// A cutoff after everything the store has stored so far: the store's clock has moved past it when this returns.
+async fn cutoff_after_now() -> i64 {
+    let cutoff = now_ms() + 1;
+    while now_ms() <= cutoff {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    cutoff
+}
+
+pub async fn purge_deletes_finished_runs_older_than_the_cutoff_and_never_open_or_dead_ones(store: Arc<dyn Store>) {
+    let names = ["succeeded", "failed", "dropped", "dead", "waiting", "leased", "held", "queued"];
+    let ids = store.enqueue(&names[..6].iter().map(|name| run(name)).collect::<Vec<_>>()).await.unwrap();
+    let now = now_ms();
+    let claimed = store.claim("w", 10, 1, now, LEASE).await.unwrap();
+    assert_eq!(run_ids(&claimed), ids);
+    let lease = |i: usize| claimed[i].lease().unwrap();
+    let before_closing = now_ms();
+    let emitted = [emit("emit_points", "point_add", json!({"points": 5}))];
+    store.complete(&lease(0), &Completion::Succeeded, &json!({"nodes": []}), &emitted).await.unwrap();
+    store.complete(&lease(1), &Completion::Failed { error: json!("refused") }, &json!({}), &[]).await.unwrap();
+    assert!(store.drop_run(&ids[2]).await.unwrap());
+    store.dead_letter(&lease(3), &json!({"status": 503}), &json!({})).await.unwrap();
+    store.reschedule(&lease(4), now + 3_600_000, &json!({"status": 429}), None).await.unwrap();
+    store.hold_connection("crm").await.unwrap();
+    let more = store.enqueue(&[run_for("held", &["crm"]), run("queued")]).await.unwrap();
+    let ids: Vec<String> = ids.into_iter().chain(more).collect();
+
+    // A cutoff before they closed purges nothing.
+    assert_eq!(store.purge(before_closing, 100).await.unwrap(), Purged::default());
+    assert_eq!(total(&store.counts().await.unwrap().runs), 8);
+
+    let purged = store.purge(cutoff_after_now().await, 100).await.unwrap();
+    assert_eq!(purged, Purged { runs: 3, inbound: 0, outbox: 1 });
+    assert!(!purged.may_have_more(100) && purged.may_have_more(3));
+    let kept = [None, None, None, Some(RunState::Dead), Some(RunState::Queued), Some(RunState::Leased)];
+    let kept = kept.into_iter().chain([Some(RunState::Held), Some(RunState::Queued)]);
+    for ((name, id), expected) in names.iter().zip(&ids).zip(kept) {
+        assert_eq!(store.get(id).await.unwrap().map(|run| run.status), expected, "{name}");
+    }
+    let counts = store.counts().await.unwrap();
+    let expected = RunCounts { queued: 2, leased: 1, dead: 1, held: 1, ..RunCounts::default() };
+    assert_eq!((counts.runs, counts.outbox), (expected, 0));
+    assert_eq!(store.list(&RunFilter::default()).await.unwrap().len(), 5, "listings no longer show them");
+    assert!(store.outbox(0, 10).await.unwrap().is_empty(), "the purged run's event goes with it");
+    assert_eq!(store.purge(now_ms() + 1, 100).await.unwrap(), Purged::default(), "nothing more to purge");
+    // The lease holder of the leased run is untouched.
+    store.complete(&lease(5), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
+}
+
+pub async fn purge_keeps_each_keys_order_and_a_kept_runs_trace(store: Arc<dyn Store>) {
+    // Key a: a1 succeeded, a2 waits for its resend; key b: b1 dead, b2 queued behind it; key c: c1 failed, c2
+    // succeeded in the same batch of completions as a1 (so they may share stored traces), then c1 is retried.
+    let ids = store.enqueue(&[run("a"), run("b"), run("c"), run("a"), run("b")]).await.unwrap();
+    let now = now_ms();
+    let first = store.claim("w", 10, 1, now, LEASE).await.unwrap();
+    assert_eq!(positions(&first, &ids), [0, 1, 2]);
+    store.dead_letter(&first[1].lease().unwrap(), &json!({"status": 503}), &json!({"dead": true})).await.unwrap();
+    let batch = [
+        completing(&first[0], Completion::Succeeded, &[]),
+        completing(&first[2], Completion::Failed { error: json!("refused") }, &[]),
+    ];
+    assert!(store.complete_many(&batch).await.unwrap().iter().all(Result::is_ok));
+    let second = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
+    assert_eq!(positions(&second, &ids), [3]);
+    store.reschedule(&second[0].lease().unwrap(), now + 3_600_000, &json!({"status": 429}), None).await.unwrap();
+    let c2 = store.enqueue(&[run("c")]).await.unwrap().remove(0);
+    let third = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
+    assert_eq!(run_ids(&third), std::slice::from_ref(&c2));
+    succeed(&*store, &third[0]).await;
+    assert!(store.retry_now(&ids[2]).await.unwrap(), "c1 is queued again, before c2");
+    let c1_trace = store.get(&ids[2]).await.unwrap().unwrap().trace;
+
+    let purged = store.purge(cutoff_after_now().await, 100).await.unwrap();
+    assert_eq!(purged.runs, 2, "a1 and c2: {purged:?}");
+    assert!(store.get(&ids[0]).await.unwrap().is_none() && store.get(&c2).await.unwrap().is_none());
+    // What was kept reads back whole, its trace included.
+    let c1 = store.get(&ids[2]).await.unwrap().unwrap();
+    assert_eq!((c1.status, &c1.trace), (RunState::Queued, &c1_trace));
+    let b1 = store.get(&ids[1]).await.unwrap().unwrap();
+    assert_eq!((b1.status, b1.trace), (RunState::Dead, Some(json!({"dead": true}))));
+    // The order holds: b2 waits behind dead b1, a2 for its resend, and c1 goes.
+    let claimed = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
+    assert_eq!(run_ids(&claimed), [ids[2].clone()]);
+    succeed(&*store, &claimed[0]).await;
+    assert!(store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap().is_empty(), "b2 still waits behind b1");
+    let resend = store.claim("w", 10, 1, now + 3_600_000, LEASE).await.unwrap();
+    assert_eq!(run_ids(&resend), [ids[3].clone()], "a2 goes when its resend is due");
+    assert!(store.drop_run(&ids[1]).await.unwrap());
+    assert_eq!(run_ids(&store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap()), [ids[4].clone()]);
+}
+
+pub async fn purge_deletes_in_batches_until_nothing_is_left(store: Arc<dyn Store>) {
+    let ids = store.enqueue(&(0..7).map(|i| run(&format!("c{i}"))).collect::<Vec<_>>()).await.unwrap();
+    let claimed = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
+    let completions: Vec<RunCompletion> =
+        claimed.iter().map(|run| completing(run, Completion::Succeeded, &[])).collect();
+    assert!(store.complete_many(&completions).await.unwrap().iter().all(Result::is_ok));
+    let cutoff = cutoff_after_now().await;
+    let mut sizes = Vec::new();
+    loop {
+        let purged = store.purge(cutoff, 3).await.unwrap();
+        sizes.push(purged.runs);
+        if !purged.may_have_more(3) {
+            break;
+        }
+    }
+    assert_eq!(sizes, [3, 3, 1]);
+    for id in &ids {
+        assert!(store.get(id).await.unwrap().is_none(), "{id}");
+    }
+    let error = store.purge(cutoff, 0).await.unwrap_err();
+    assert!(is_invalid(&error, "batch"), "{error}");
+}
+
+pub async fn purge_deletes_processed_inbound_messages_and_keeps_the_others(store: Arc<dyn Store>) {
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
+        for connection in ["processed", "unmatched", "failed", "leased", "received"] {
+            ids.push(store.record_inbound(&message(connection, None)).await.unwrap());
+        }
+        ids
+    };
+    let claimed = store.claim_inbound("in", 4, now_ms(), LEASE).await.unwrap();
+    assert_eq!(message_ids(&claimed), ids[..4]);
+    let before_settling = now_ms();
+    let processed = InboundOutcome::Processed { unmatched: None };
+    let run_ids = store.complete_inbound(&claimed[0].lease().unwrap(), &processed, &[run("x")]).await.unwrap();
+    let unmatched = InboundOutcome::Unmatched { reason: json!({"eventType": "screen_view"}) };
+    store.complete_inbound(&claimed[1].lease().unwrap(), &unmatched, &[]).await.unwrap();
+    let failed = InboundOutcome::Failed { error: json!("unreadable") };
+    store.complete_inbound(&claimed[2].lease().unwrap(), &failed, &[]).await.unwrap();
+    store.hold_connection("held").await.unwrap();
+    let held = store.record_inbound(&message("held", None)).await.unwrap();
+
+    assert_eq!(store.purge(before_settling, 10).await.unwrap(), Purged::default());
+    let purged = store.purge(cutoff_after_now().await, 10).await.unwrap();
+    assert_eq!(purged, Purged { runs: 0, inbound: 1, outbox: 0 });
+    assert!(store.get_inbound(&ids[0]).await.unwrap().is_none());
+    let states = [InboundState::Unmatched, InboundState::Failed, InboundState::Leased, InboundState::Received];
+    for (id, state) in ids[1..].iter().zip(states) {
+        assert_eq!(store.get_inbound(id).await.unwrap().map(|m| m.status), Some(state), "{state} is kept");
+    }
+    assert_eq!(store.get_inbound(&held).await.unwrap().map(|m| m.status), Some(InboundState::Held));
+    assert_eq!(status(&*store, &run_ids[0]).await, RunState::Queued, "the message's run is the queue's, and kept");
+    // The message still leased is settled by its holder as usual.
+    store.complete_inbound(&claimed[3].lease().unwrap(), &processed, &[]).await.unwrap();
+}
+
+pub async fn purge_deletes_the_outbox_from_its_front_and_a_purged_runs_events_with_it(store: Arc<dyn Store>) {
+    // a's run fails with an event and is retried by the operator: its event is old, the run is open again.
+    let ids = store.enqueue(&[run("a"), run("b")]).await.unwrap();
+    let claimed = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
+    let failed = Completion::Failed { error: json!("refused") };
+    let events = |n: i64| (0..n).map(|i| emit(&format!("emit_{i}"), "point_add", json!({"i": i}))).collect::<Vec<_>>();
+    store.complete(&claimed[0].lease().unwrap(), &failed, &json!({}), &events(2)).await.unwrap();
+    assert!(store.retry_now(&ids[0]).await.unwrap());
+    let old_events = store.outbox(0, 100).await.unwrap();
+    let cutoff = cutoff_after_now().await;
+    // b's run ends after the cutoff, with events newer than it.
+    store.complete(&claimed[1].lease().unwrap(), &Completion::Succeeded, &json!({}), &events(3)).await.unwrap();
+
+    let purged = store.purge(cutoff, 100).await.unwrap();
+    assert_eq!(purged, Purged { runs: 0, inbound: 0, outbox: 2 });
+    let left = store.outbox(0, 100).await.unwrap();
+    assert_eq!(left.len(), 3);
+    assert!(left.iter().all(|event| event.run_id == ids[1]), "{left:?}");
+    assert!(left[0].seq > old_events[1].seq, "paging by `after` goes on from where the platform was");
+    assert_eq!(store.outbox(old_events[1].seq, 100).await.unwrap(), left);
+    assert_eq!(status(&*store, &ids[0]).await, RunState::Queued, "the open run is kept");
+
+    // Once b's run is old too, it goes with its events, whatever the batch of the outbox's front.
+    let purged = store.purge(cutoff_after_now().await, 1).await.unwrap();
+    assert_eq!((purged.runs, purged.outbox), (1, 3));
+    assert!(store.outbox(0, 100).await.unwrap().is_empty());
+    assert_eq!(store.counts().await.unwrap().outbox, 0);
 }
 
 pub async fn concurrent_claimers_never_get_the_same_run_and_keep_key_order(store: Arc<dyn Store>) {

@@ -64,7 +64,15 @@
 //! processed in arrival order: a claim takes a message only when no earlier message of its connection is
 //! leased, held or waiting, so one claim may take several consecutive messages of a connection, which the
 //! worker handles in `seq` order.
-
+//!
+//! # Retention
+//!
+//! [`Store::purge`] deletes what is only kept for the record once it is older than a cutoff: finished runs
+//! (`succeeded`, `failed`, `dropped`) with their traces, `processed` inbound messages and outbox events. What
+//! still needs someone (a `queued`, `leased`, `held` or `dead` run; an inbound message not yet processed, or
+//! `unmatched` or `failed`) is never purged. A finished run does not hold its key, so a purge never changes which
+//! runs are claimable. It deletes in batches, one transaction each, so that accepts and claims take their turns
+//! in between.
 //!
 //! # For backend implementers
 //!
@@ -82,6 +90,10 @@
 //! - The held-connection invariant: no `queued` run uses a held connection (enqueue, reschedule, retry and
 //!   release check it; claim first turns expired leases on held connections into `held`).
 //! - `enqueue` keeps the order of its input in `seq`.
+//! - `purge` must cost what it deletes, not the size of the store: find finished runs and processed messages by
+//!   an index on their state and the time they closed (SQLite sets `next_attempt_at` to it and reads `runs_due`),
+//!   take the outbox's front by `seq`, and delete a stored trace only with the last run that points at it. One
+//!   batch is one short transaction; the service pauses between batches.
 
 #[cfg(any(test, feature = "store-conformance"))]
 pub mod conformance;
@@ -695,6 +707,38 @@ pub struct QueueCounts {
     pub outbox: u64,
 }
 
+/// What one [`Store::purge`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purged {
+    /// Finished runs, with their traces.
+    pub runs: u64,
+    /// Processed inbound messages.
+    pub inbound: u64,
+    /// Outbox events: those older than the cutoff, and those of the runs purged.
+    pub outbox: u64,
+}
+
+impl Purged {
+    /// Whether a purge of batches of `batch` that deleted this may have left more to delete: it filled a batch.
+    pub fn may_have_more(&self, batch: usize) -> bool {
+        let batch = u64::try_from(batch).unwrap_or(u64::MAX);
+        self.runs >= batch || self.inbound >= batch || self.outbox >= batch
+    }
+
+    /// Whether it deleted nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Purged::default()
+    }
+}
+
+impl std::ops::AddAssign for Purged {
+    fn add_assign(&mut self, other: Purged) {
+        self.runs += other.runs;
+        self.inbound += other.inbound;
+        self.outbox += other.outbox;
+    }
+}
+
 /// Why a store call failed. Never a panic: bad input and bad stored data are errors like any other.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -888,6 +932,23 @@ pub trait Store: Send + Sync {
             }
         }
     }
+
+    /// Retention: deletes, in one transaction, at most `batch` of each of
+    ///
+    /// - runs that finished (`succeeded`, `failed` or `dropped`) before `older_than_ms`, that is whose last
+    ///   change (`updated_at`) is older, with their traces and their outbox events (which are older still);
+    /// - inbound messages `processed` before `older_than_ms`;
+    /// - outbox events created before `older_than_ms`, from the front of the outbox: the platform reads it
+    ///   forward by `seq`, so the purge takes the oldest events in `seq` order and stops at the first one that is
+    ///   not older than the cutoff (even if a later one is, after a clock step back).
+    ///
+    /// Never a `queued`, `leased`, `held` or `dead` run, nor an inbound message in another state than
+    /// `processed`; the keys' order is untouched (a finished run holds nothing). A run is purged whole: its trace
+    /// goes with it, and no stored trace is left that no run points at. Returns what it deleted; when that fills
+    /// a batch ([`Purged::may_have_more`]), more may be left, and the caller calls again, after a pause that
+    /// lets other writers in. Not durable by itself: a purge lost to a power loss is simply done again.
+    /// `batch` 0 is an error.
+    async fn purge(&self, older_than_ms: i64, batch: usize) -> Result<Purged, StoreError>;
 
     /// Closes the store's connections once the calls in progress are done; later calls fail. A process calls it
     /// when it stops, after its workers. The default does nothing, for a store with nothing to close.

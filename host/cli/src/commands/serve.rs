@@ -28,7 +28,8 @@ pub async fn serve(config_path: &Path, options: &GlobalOptions, out: &mut dyn Wr
     if api_token.is_none() && !address.ip().is_loopback() {
         tracing::warn!(%address, "the API has no api_token and listens beyond loopback: anyone who reaches it can send events and manage the queue");
     }
-    let service = Arc::new(Service::start(host, store.clone(), &flow_files, inbound, config.service_config()).await?);
+    let service_config = config.service_config().map_err(anyhow::Error::msg)?;
+    let service = Arc::new(Service::start(host, store.clone(), &flow_files, inbound, service_config).await?);
     let (running, stopped) = service.flows();
     writeln!(
         out,

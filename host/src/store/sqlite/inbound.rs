@@ -175,8 +175,10 @@ pub(super) async fn complete_inbound(
         InboundOutcome::Unmatched { reason } => (InboundState::Unmatched, Some(reason.to_string())),
         InboundOutcome::Failed { error } => (InboundState::Failed, Some(error.to_string())),
     };
+    // A settled message's `next_attempt_at` is when it was settled, which retention reads from `inbound_due`.
     let done = sqlx::query(concat!(
-        "UPDATE inbound SET status = ?4, detail = ?5, run_ids = ?6, lease_until = NULL, updated_at = ?7",
+        "UPDATE inbound SET status = ?4, detail = ?5, run_ids = ?6, lease_until = NULL, next_attempt_at = ?7, \
+         updated_at = ?7",
         fenced!()
     ))
     .bind(lease.id.as_str())

@@ -54,11 +54,13 @@ pub(super) async fn lease_lost(conn: &mut SqliteConnection, table: Leased, lease
 /// The fenced updates of a batch of completions, in one statement. ?1 is a JSON array of `[id, worker, token,
 /// status, trace slot or null, error or null]`, ?2 now, ?3 the batch's trace block or null (a run's trace is
 /// its slot of the block). Completing closes a run, so its head mark is cleared here, and the trigger of
-/// migration 0004 marks its key's next run. The unary `+` keeps the planner from reading every leased run
+/// migration 0004 marks its key's next run. `next_attempt_at` of a finished run is when it finished, which
+/// retention reads from `runs_due` (the status in that index changes anyway, so this costs no extra write). The
+/// unary `+` keeps the planner from reading every leased run
 /// through `runs_due` and scanning the batch for each: the batch is walked and each run found by id.
 pub(super) const COMPLETE_RUNS: &str = "UPDATE runs SET status = c.value ->> 3, head = 0, trace = NULL, \
      trace_block = iif(c.value ->> 4 IS NULL, NULL, ?3), trace_slot = c.value ->> 4, \
-     last_error = COALESCE(c.value ->> 5, last_error), lease_until = NULL, updated_at = ?2 \
+     last_error = COALESCE(c.value ->> 5, last_error), lease_until = NULL, next_attempt_at = ?2, updated_at = ?2 \
      FROM json_each(?1) c \
      WHERE runs.id = c.value ->> 0 AND +runs.status = 'leased' AND runs.lease_owner = c.value ->> 1 \
        AND runs.leases = c.value ->> 2 \

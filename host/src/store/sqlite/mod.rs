@@ -32,13 +32,14 @@
 //! each key's head), [`leases`] (a lease holder's fenced calls: checkpoint, completion, resend, dead letter),
 //! [`inbound`] (the inbound message queue), [`outbox`], [`holds`] (disconnected connections),
 //! [`flow_connections`] (which flows use a connection), [`traces`] (compressed traces and trace blocks),
-//! [`counts`], [`waiting`] (which runs wait behind which), [`decode`] (stored rows back into values), [`wal_sync`] (durable accepts) and [`allocator`]
-//! (SQLite's memory). This file opens the store and owns its connections.
+//! [`retention`] (purging what is old), [`counts`], [`waiting`] (which runs wait behind which), [`decode`]
+//! (stored rows back into values), [`wal_sync`] (durable accepts) and [`allocator`] (SQLite's memory). This file
+//! opens the store and owns its connections.
 
 use super::{
     Completion, ConnectionHold, DEFAULT_LIST_LIMIT, HeldBehind, HeldBy, InboundFilter, InboundMessage, InboundOutcome,
-    Lease, MAX_LIST_LIMIT, NewOutboxEvent, NewRun, OutboxEvent, QueueCounts, RunCompletion, RunFilter, RunState, Store,
-    StoreError, StoredInbound, StoredRun,
+    Lease, MAX_LIST_LIMIT, NewOutboxEvent, NewRun, OutboxEvent, Purged, QueueCounts, RunCompletion, RunFilter,
+    RunState, Store, StoreError, StoredInbound, StoredRun,
 };
 use async_trait::async_trait;
 use flow_connections::KnownFlowConnections;
@@ -128,6 +129,7 @@ mod holds;
 mod inbound;
 mod leases;
 mod outbox;
+mod retention;
 mod runs;
 #[cfg(test)]
 mod tests;
@@ -532,6 +534,10 @@ impl Store for SqliteStore {
 
     async fn held_connections(&self) -> Result<Vec<String>, StoreError> {
         holds::held_connections(self).await
+    }
+
+    async fn purge(&self, older_than_ms: i64, batch: usize) -> Result<Purged, StoreError> {
+        retention::purge(self, older_than_ms, batch).await
     }
 
     async fn counts(&self) -> Result<QueueCounts, StoreError> {

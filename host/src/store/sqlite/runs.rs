@@ -393,9 +393,10 @@ pub(super) async fn retry_now(store: &SqliteStore, id: &str) -> Result<bool, Sto
 pub(super) async fn drop_run(store: &SqliteStore, id: &str) -> Result<bool, StoreError> {
     const OP: &str = "dropping a run";
     let mut conn = store.write_connection(OP).await?;
-    // Dropping clears the run's own head mark, and the trigger of migration 0004 marks its key's next run.
+    // Dropping clears the run's own head mark, and the trigger of migration 0004 marks its key's next run. As for a
+    // completion, `next_attempt_at` becomes the time it closed, for retention.
     let done = sqlx::query(concat!(
-        "UPDATE runs SET status = 'dropped', head = 0, lease_until = NULL, updated_at = ?2 \
+        "UPDATE runs SET status = 'dropped', head = 0, lease_until = NULL, next_attempt_at = ?2, updated_at = ?2 \
              WHERE id = ?1 AND status IN ",
         open_statuses!()
     ))

@@ -5,6 +5,10 @@
 //! (`store::sqlite::tests::conformance::…`).
 
 use super::leases::COMPLETE_RUNS;
+use super::retention::{
+    DELETE_OUTBOX_FRONT, DELETE_PROCESSED_INBOUND, DELETE_RUNS, DELETE_RUNS_OUTBOX, DELETE_UNUSED_TRACE_BLOCKS,
+    FINISHED_RUNS,
+};
 use super::runs::{CLAIM_RUNS, DEMOTE_STALE_HEADS, INSERT_RUNS, KNOWN_DEDUP_KEYS, PROMOTE_HEADS};
 use super::traces::pack_trace;
 use super::*;
@@ -696,4 +700,86 @@ async fn every_operation_keeps_each_keys_head_on_its_first_open_run() {
     }
     let counts = store.counts().await.unwrap().runs;
     assert!(counts.succeeded > 0 && counts.failed > 0 && counts.dead > 0 && counts.dropped > 0, "{counts:?}");
+}
+
+#[tokio::test]
+async fn a_purge_finds_what_it_deletes_through_indexes_and_never_scans_a_table() {
+    let (_dir, store) = open().await;
+    let expected = [
+        (FINISHED_RUNS, "runs_due (status=? AND next_attempt_at<?)"),
+        (DELETE_RUNS_OUTBOX, "outbox_by_run (run_id=?)"),
+        (DELETE_RUNS, "INTEGER PRIMARY KEY (rowid=?)"),
+        (DELETE_UNUSED_TRACE_BLOCKS, "runs_by_trace_block (trace_block=?)"),
+        (DELETE_PROCESSED_INBOUND, "inbound_due (status=? AND next_attempt_at<?)"),
+        (DELETE_OUTBOX_FRONT, "INTEGER PRIMARY KEY (rowid=?)"),
+    ];
+    for (sql, index) in expected {
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+            .bind(0_i64)
+            .bind(10_i64)
+            .fetch_all(&mut *store.test_writer().await)
+            .await
+            .unwrap();
+        let details: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+        // Only the batch (json_each), a subquery's own rows, and the outbox's front in `seq` order are scanned.
+        let scans_a_table = |d: &&str| {
+            d.starts_with("SCAN")
+                && !d.contains("VIRTUAL TABLE")
+                && !d.starts_with("SCAN (subquery")
+                && *d != "SCAN outbox"
+        };
+        assert!(!details.iter().any(scans_a_table), "{sql}: {details:#?}");
+        assert!(details.iter().any(|d| d.starts_with("SEARCH") && d.contains(index)), "{sql}: {details:#?}");
+    }
+}
+
+async fn trace_blocks(store: &SqliteStore) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM trace_blocks").fetch_one(&mut *store.test_writer().await).await.unwrap()
+}
+
+/// Trace blocks that no run points at.
+async fn unused_trace_blocks(store: &SqliteStore) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM trace_blocks b WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.trace_block = b.id)",
+    )
+    .fetch_one(&mut *store.test_writer().await)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_purge_deletes_a_trace_block_with_the_last_run_that_points_at_it_and_keeps_heads_in_place() {
+    let (_dir, store) = open().await;
+    let keys: Vec<String> = (0..12).map(|i| format!("c{}", i % 4)).collect();
+    let ids = store.enqueue(&keys.iter().map(|key| run(key)).collect::<Vec<_>>()).await.unwrap();
+    // Three batches of completions, each with its own trace block; one run of the first is then retried.
+    for _ in 0..3 {
+        let claimed = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
+        let completions: Vec<RunCompletion> =
+            claimed.iter().map(|run| completing(run, Completion::Failed { error: json!("refused") }, &[])).collect();
+        assert!(store.complete_many(&completions).await.unwrap().iter().all(Result::is_ok));
+    }
+    assert!(store.retry_now(&ids[0]).await.unwrap());
+    assert_eq!(trace_blocks(&store).await, 3);
+
+    let cutoff = now_ms() + 1;
+    while now_ms() <= cutoff {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let purged = store.purge(cutoff, 100).await.unwrap();
+    assert_eq!(purged.runs, 11);
+    assert_eq!(trace_blocks(&store).await, 1, "the retried run's block is kept");
+    assert_eq!(unused_trace_blocks(&store).await, 0);
+    assert!(misplaced_heads(&store).await.is_empty());
+    let claimed = store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].trace, Some(json!({"run": ids[0]})), "its trace still reads");
+    store.complete(&claimed[0].lease().unwrap(), &Completion::Succeeded, &json!({"again": true}), &[]).await.unwrap();
+    assert_eq!(trace_blocks(&store).await, 1, "its old block went when it moved to a new one");
+    let cutoff = now_ms() + 1;
+    while now_ms() <= cutoff {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(store.purge(cutoff, 100).await.unwrap().runs, 1);
+    assert_eq!(trace_blocks(&store).await, 0, "no trace is left behind");
 }
