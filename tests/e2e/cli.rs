@@ -394,13 +394,13 @@ async fn check_takes_directories_skips_json_schemas_and_prints_warnings() {
     let mut sorted = files.clone();
     sorted.sort();
     assert_eq!(files, sorted, "name order");
-    assert_eq!(files.len(), 8, "{}", flows.out);
+    assert_eq!(files.len(), 11, "{}", flows.out);
     assert!(
         flows.out.lines().any(|l| l == format!("{}: skipped (a JSON Schema, not a flow)", repo("flows/schema.json"))),
         "{}",
         flows.out
     );
-    assert_eq!(flows.out.lines().filter(|l| l.contains(": ok (")).count(), 7, "{}", flows.out);
+    assert_eq!(flows.out.lines().filter(|l| l.contains(": ok (")).count(), 10, "{}", flows.out);
     // The schema named alone is skipped too.
     let schema = flowhost(&["--cache-dir", cache, "check", &repo("flows/schema.json")]).await;
     assert_eq!(schema.code, ExitCode::SUCCESS, "{}", schema.err);
