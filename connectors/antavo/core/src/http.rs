@@ -87,7 +87,7 @@ impl AntavoError {
     /// `160212 Customer not found` or what there is of it.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
-        if let Some(code) = self.code {
+        if let Some(code) = self.code.filter(|c| *c != 0) {
             parts.push(code.to_string());
         }
         if let Some(message) = &self.message {
