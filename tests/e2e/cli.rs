@@ -394,13 +394,13 @@ async fn check_takes_directories_skips_json_schemas_and_prints_warnings() {
     let mut sorted = files.clone();
     sorted.sort();
     assert_eq!(files, sorted, "name order");
-    assert_eq!(files.len(), 8, "{}", flows.out);
+    assert_eq!(files.len(), 11, "{}", flows.out);
     assert!(
         flows.out.lines().any(|l| l == format!("{}: skipped (a JSON Schema, not a flow)", repo("flows/schema.json"))),
         "{}",
         flows.out
     );
-    assert_eq!(flows.out.lines().filter(|l| l.contains(": ok (")).count(), 7, "{}", flows.out);
+    assert_eq!(flows.out.lines().filter(|l| l.contains(": ok (")).count(), 10, "{}", flows.out);
     // The schema named alone is skipped too.
     let schema = flowhost(&["--cache-dir", cache, "check", &repo("flows/schema.json")]).await;
     assert_eq!(schema.code, ExitCode::SUCCESS, "{}", schema.err);
@@ -475,7 +475,50 @@ async fn commands_describe_their_arguments_and_inspect_finds_a_built_in_connecto
     assert_eq!(builtin.code, ExitCode::SUCCESS, "{}", builtin.err);
     assert!(builtin.out.contains("Inbound (POST /v1/inbound/<connection>)"), "{}", builtin.out);
     let unknown = flowhost(&["--no-cache", "connector", "inspect", "nope"]).await;
-    assert!(unknown.err.contains("no built-in connector has that id (built in: mparticle)"), "{}", unknown.err);
+    assert!(unknown.err.contains("no built-in connector has that id (built in: mparticle, antavo)"), "{}", unknown.err);
+}
+
+/// `flowhost connector inspect antavo`: the built-in Antavo connector, every capability with its input (with an
+/// example) and output schema, its connection (the secrets marked) and its inbound side.
+#[tokio::test]
+async fn inspect_antavo_lists_every_capability_with_its_schemas() {
+    let text = flowhost(&["--no-cache", "connector", "inspect", "antavo"]).await;
+    assert_eq!(text.code, ExitCode::SUCCESS, "{}", text.err);
+    for needle in [
+        "antavo 0.1.0 (Antavo)",
+        "apiSecret     [optional, secret]",
+        "environment   [required]",
+        "verifies requests itself: yes",
+    ] {
+        assert!(text.out.contains(needle), "{needle}:\n{}", text.out);
+    }
+    let json = flowhost(&["--no-cache", "connector", "inspect", "--json", "antavo"]).await;
+    assert_eq!(json.code, ExitCode::SUCCESS, "{}", json.err);
+    let manifest: serde_json::Value = serde_json::from_str(&json.out).unwrap();
+    let capabilities = manifest["capabilities"].as_array().unwrap();
+    let ids: Vec<&str> = capabilities.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [
+            "sendEvent",
+            "sendEvents",
+            "sendAsyncEvent",
+            "getAsyncEventStatus",
+            "getCustomer",
+            "listChangedCustomers",
+            "optIn",
+            "updateProfile",
+            "optOut"
+        ]
+    );
+    for capability in capabilities {
+        let id = capability["id"].as_str().unwrap();
+        assert!(capability["inputSchema"]["default"]["example"].is_object(), "{id}: {capability}");
+        assert_eq!(capability["outputSchema"]["type"], "object", "{id}");
+        assert!(capability["outputSchema"]["example"].is_object(), "{id}");
+        assert!(text.out.contains(&format!("  {id} — ")), "{id} in the text form");
+    }
+    assert_eq!(manifest["inbound"]["eventTypes"], serde_json::json!(["loyalty_event", "profile_change"]));
 }
 
 #[tokio::test]

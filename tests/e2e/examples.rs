@@ -216,4 +216,19 @@ async fn the_demo_runs_every_example() {
     assert!(text.contains("2 attempts"), "the injected 503 is retried: {text}");
     assert!(!text.contains(mparticle_emulator::DEMO_API_SECRET), "no secret is printed");
     assert!(!text.contains(mparticle_emulator::DEMO_CLIENT_SECRET), "no secret is printed");
+    // Both directions between Antavo and mParticle, through both connectors and both emulators.
+    for needle in [
+        "and, through the Antavo connector, an Antavo event (flow mparticle-coupon-to-antavo)",
+        "of mparticle-coupon-to-antavo 1.0.0: succeeded",
+        "of antavo-point-add-to-mparticle 1.0.0: succeeded",
+        "of antavo-profile-to-mparticle 1.0.0: succeeded",
+        "coupon_redeem for cust-1001",
+        "\"$firstname\":\"Grace\"",
+        "HTTP 401: {\"error\":\"Antavo webhook refused: The signatures do not match",
+        "inbound messages stored from Antavo: 2",
+        "What Antavo received",
+    ] {
+        assert!(text.contains(needle), "{needle}:\n{text}");
+    }
+    assert!(!text.contains(antavo_emulator::DEMO_API_SECRET), "no secret is printed");
 }

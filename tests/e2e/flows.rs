@@ -34,7 +34,7 @@ pub async fn host_with_echo(cache: &Path) -> Host {
             limits: SandboxLimits { timeout: Duration::from_secs(5), ..SandboxLimits::default() },
             ..RuntimeConfig::default()
         },
-        embedded_connectors: vec![flowhost_cli::builtin::MPARTICLE],
+        embedded_connectors: flowhost_cli::builtin::COMPONENTS.to_vec(),
         ..HostConfig::default()
     };
     let mut host = Host::new(config, SecretStore::from_pairs([("ECHO_TOKEN", "let-me-in")])).await.unwrap();
@@ -55,7 +55,7 @@ async fn example_flows_pass_check_and_fit_the_schema() {
     let host = host_with_echo(cache.path()).await;
     let schema = jsonschema::validator_for(&flow_schema()).unwrap();
     let files = flow_files("flows");
-    assert_eq!(files.len(), 7);
+    assert_eq!(files.len(), 10);
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         if let Err(problems) = host.check(&text) {
@@ -353,7 +353,7 @@ async fn damaged_flows_never_panic_the_linter() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 420);
+    assert_eq!(checked, 600);
 }
 
 fn collect_paths(value: &Value, pointer: String, out: &mut Vec<String>) {

@@ -1,5 +1,6 @@
 //! flowhost's end-to-end tests: one binary, one module per topic.
 
+mod antavo;
 mod cli;
 mod egress;
 mod examples;

@@ -1,13 +1,17 @@
-//! `flowhost demo`: starts the mParticle emulator in-process on loopback, runs the example flows for a
-//! handful of realistic loyalty events (one of them through an injected outage, retried), and shows what
-//! happened: the run traces, the batches mParticle received, and the account, audience and
-//! calculated-attribute answers. No credentials and no set-up beyond the build.
+//! `flowhost demo`: starts the mParticle and Antavo emulators in-process on loopback, runs the example flows
+//! for a handful of realistic loyalty events (one of them through an injected outage, retried), and shows
+//! what happened: the run traces, the batches mParticle received, and the account, audience and
+//! calculated-attribute answers. Then the durable service runs both directions of the Antavo-mParticle link
+//! through both connectors and both emulators, served over HTTP: Antavo's signed webhooks become mParticle
+//! events and user attributes, and mParticle's events become Antavo events. No credentials and no set-up
+//! beyond the build.
 
 use anyhow::Context as _;
 use flowhost::connector::{RuntimeConfig, SecretStore};
 use flowhost::delivery::{InboundConnection, LoyaltyEvent, Service, ServiceConfig};
 use flowhost::flow::{Run, RunStatus};
 use flowhost::inbound::InboundRequest;
+use flowhost::server::{ApiState, router};
 use flowhost::store::{RunFilter, RunState, Store, StoreLocation, StoredRun};
 use flowhost::{Host, HostConfig};
 use mparticle_emulator::{EmulatorConfig, FaultRule};
@@ -26,7 +30,14 @@ pub const EXAMPLE_FLOWS: &[(&str, &str)] = &[
     ("calculated-attributes.json", include_str!("../../../flows/calculated-attributes.json")),
     ("upload-event-batch.json", include_str!("../../../flows/upload-event-batch.json")),
     ("inbound-coupon-redeemed.json", include_str!("../../../flows/inbound-coupon-redeemed.json")),
+    ("antavo-point-add-to-mparticle.json", include_str!("../../../flows/antavo-point-add-to-mparticle.json")),
+    ("antavo-profile-to-mparticle.json", include_str!("../../../flows/antavo-profile-to-mparticle.json")),
+    ("mparticle-coupon-to-antavo.json", include_str!("../../../flows/mparticle-coupon-to-antavo.json")),
 ];
+
+/// The flows of the durable service's two-way part: both directions between Antavo and mParticle.
+const TWO_WAY_FLOWS: [&str; 3] =
+    ["antavo-point-add-to-mparticle.json", "antavo-profile-to-mparticle.json", "mparticle-coupon-to-antavo.json"];
 
 /// The token the demo's mParticle "sends" inbound events with.
 const DEMO_INBOUND_TOKEN: &str = "demo-inbound-token";
@@ -91,7 +102,8 @@ fn steps() -> Vec<Step> {
 }
 
 /// A host configuration whose `mparticle` connections talk to the emulator at `url` with its demo
-/// credentials (the secrets the example flows reference).
+/// credentials (the secrets the example flows reference; the Antavo ones too, for the Antavo emulator's
+/// demo workspace, which [`two_way_host_config`] points the `antavo` connections at).
 pub fn emulator_host_config(url: &str, runtime: RuntimeConfig) -> (HostConfig, SecretStore) {
     let endpoints: Map<String, Value> = [
         ("authUrl", format!("{url}/oauth/token")),
@@ -114,7 +126,18 @@ pub fn emulator_host_config(url: &str, runtime: RuntimeConfig) -> (HostConfig, S
         ("MPARTICLE_CLIENT_SECRET", mparticle_emulator::DEMO_CLIENT_SECRET),
         ("MPARTICLE_API_KEY", mparticle_emulator::DEMO_API_KEY),
         ("MPARTICLE_API_SECRET", mparticle_emulator::DEMO_API_SECRET),
+        ("ANTAVO_API_KEY", antavo_emulator::DEMO_API_KEY),
+        ("ANTAVO_API_SECRET", antavo_emulator::DEMO_API_SECRET),
     ]);
+    (config, secrets)
+}
+
+/// [`emulator_host_config`] with the `antavo` connections pointed at the Antavo emulator at `antavo_url`.
+pub fn two_way_host_config(mparticle_url: &str, antavo_url: &str, runtime: RuntimeConfig) -> (HostConfig, SecretStore) {
+    let (mut config, secrets) = emulator_host_config(mparticle_url, runtime);
+    let antavo: Map<String, Value> =
+        [("apiUrl".to_string(), Value::String(antavo_url.to_string()))].into_iter().collect();
+    config.connection_overrides.insert("antavo".to_string(), antavo);
     (config, secrets)
 }
 
@@ -124,14 +147,23 @@ pub async fn run(runtime: RuntimeConfig, out: &mut dyn Write) -> anyhow::Result<
         .await
         .context("cannot start the mParticle emulator on loopback")?;
     let url = emulator.url();
+    let antavo = antavo_emulator::start(antavo_emulator::EmulatorConfig::default(), "127.0.0.1:0".parse()?)
+        .await
+        .context("cannot start the Antavo emulator on loopback")?;
     writeln!(out, "flowhost demo\n=============\n")?;
     writeln!(
         out,
-        "mParticle emulator listening on {url} (loopback only; the connector's default is the real mParticle)\n"
+        "mParticle emulator listening on {url} (loopback only; the connector's default is the real mParticle)"
+    )?;
+    writeln!(
+        out,
+        "Antavo emulator listening on {} (environment {}; the connector's default is https://api.<environment>.antavo.com)\n",
+        antavo.url(),
+        antavo_emulator::DEFAULT_REGION
     )?;
 
     let runtime_for_service = runtime.clone();
-    let (config, secrets) = emulator_host_config(&url, runtime);
+    let (config, secrets) = two_way_host_config(&url, &antavo.url(), runtime);
     let mut host = Host::new(config, secrets).await?;
     let emitted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = emitted.clone();
@@ -168,7 +200,7 @@ pub async fn run(runtime: RuntimeConfig, out: &mut dyn Write) -> anyhow::Result<
         runs.push(run);
     }
 
-    durable_service(&url, &emulator, runtime_for_service, out).await?;
+    durable_service(&url, &emulator, &antavo, runtime_for_service, out).await?;
 
     writeln!(out, "What mParticle received (Events API batches, as the emulator recorded them)")?;
     writeln!(out, "--------------------------------------------------------------------------")?;
@@ -217,17 +249,57 @@ pub async fn run(runtime: RuntimeConfig, out: &mut dyn Write) -> anyhow::Result<
     for event in emitted.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         writeln!(out, "  {} from {}: {}", event.event, event.flow_id, event.payload)?;
     }
+    writeln!(out, "\nWhat Antavo received (events the Antavo emulator recorded, and the webhooks it sent)")?;
+    writeln!(out, "------------------------------------------------------------------------------------")?;
+    for event in antavo.events() {
+        writeln!(
+            out,
+            "  #{} {} {} for {} {} ({} points) key={}",
+            event.seq,
+            event.id,
+            event.action,
+            event.customer,
+            event.data,
+            event.points,
+            event.api_key.as_deref().unwrap_or("-")
+        )?;
+    }
+    for delivery in antavo.deliveries() {
+        writeln!(
+            out,
+            "  webhook {} -> {} attempt {}: {}",
+            delivery.event_id,
+            delivery.url,
+            delivery.attempt,
+            delivery.status.map_or_else(|| delivery.error.clone().unwrap_or_default(), |s| format!("HTTP {s}"))
+        )?;
+    }
+    let antavo_stats = antavo.stats();
+    writeln!(
+        out,
+        "\nAntavo emulator stats: {} events accepted, {} refused; {} requests refused for their signature; {} faults injected; {} webhooks delivered",
+        antavo_stats.accepted_events,
+        antavo_stats.refused_events,
+        antavo_stats.unauthorized,
+        antavo_stats.faults_injected,
+        antavo_stats.webhooks_delivered
+    )?;
+
     let failed = runs.iter().filter(|r| r.status == RunStatus::Failed).count();
     writeln!(out, "\n{} runs, {} succeeded, {failed} failed.", runs.len(), runs.len() - failed)?;
     emulator.shutdown().await?;
+    antavo.shutdown().await?;
     Ok(runs)
 }
 
-/// The durable service in-process, on a SQLite store in a temporary directory: a transient failure resent,
-/// a dead letter retried by the operator, and an inbound mParticle event arriving as a loyalty event.
+/// The durable service in-process, on a SQLite store in a temporary directory, its HTTP API on loopback: a
+/// transient failure resent, a dead letter retried by the operator, an inbound mParticle event arriving as a
+/// loyalty event in the outbox and as an Antavo event, and Antavo's signed webhooks becoming mParticle events
+/// and user attributes.
 async fn durable_service(
     url: &str,
     emulator: &mparticle_emulator::RunningEmulator,
+    antavo: &antavo_emulator::RunningEmulator,
     runtime: RuntimeConfig,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
@@ -237,7 +309,7 @@ async fn durable_service(
     let location = StoreLocation::Sqlite(dir.join("flowhost.db"));
     let store = location.open().await?;
     writeln!(out, "store: {location} (WAL; accepted events fsynced)\n")?;
-    let (config, secrets) = emulator_host_config(url, runtime);
+    let (config, secrets) = two_way_host_config(url, &antavo.url(), runtime);
     let host = Host::new(config, secrets).await?;
     // The demo's copy of point_add retries three times 200 ms apart, so that the dead letter shows quickly.
     let (_, point_add) =
@@ -246,14 +318,38 @@ async fn durable_service(
     point_add["nodes"][0]["retry"] = json!({"maxAttempts": 3, "initialDelayMs": 200, "jitter": 0});
     let (_, inbound_flow) =
         EXAMPLE_FLOWS.iter().find(|(name, _)| *name == "inbound-coupon-redeemed.json").context("flow")?;
-    let flows = vec![
+    let mut flows = vec![
         ("point-add-to-mparticle.json".to_string(), point_add.to_string()),
         ("inbound-coupon-redeemed.json".to_string(), inbound_flow.to_string()),
     ];
+    for name in TWO_WAY_FLOWS {
+        let (_, text) = EXAMPLE_FLOWS.iter().find(|(file, _)| *file == name).context("flow")?;
+        flows.push((name.to_string(), text.to_string()));
+    }
+    // mParticle sends a token; Antavo signs its webhooks with Escher, so its connection needs none.
     let inbound = vec![InboundConnection { name: "mparticle".into(), token: SecretString::from(DEMO_INBOUND_TOKEN) }];
     let config = ServiceConfig { idle_poll: Duration::from_millis(50), ..ServiceConfig::default() };
-    let service = Service::start(host, store.clone(), &flows, inbound, config).await?;
-    let result = durable_steps(&service, emulator, out).await;
+    let service = std::sync::Arc::new(Service::start(host, store.clone(), &flows, inbound, config).await?);
+    // The HTTP API on loopback, so that the Antavo emulator posts its webhooks as Antavo would.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let state = ApiState { service: service.clone(), max_body_bytes: 1 << 20, api_token: None };
+    let server = tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    writeln!(out, "HTTP API: {base} (POST {base}/v1/inbound/antavo takes Antavo's Escher-signed webhooks)\n")?;
+    antavo.add_webhook(antavo_emulator::WebhookSubscription {
+        retry_interval_ms: 500,
+        ..antavo_emulator::WebhookSubscription::escher(
+            format!("{base}/v1/inbound/antavo"),
+            &["point_add", "profile"],
+            antavo_emulator::DEMO_API_KEY,
+            antavo_emulator::DEMO_API_SECRET,
+        )
+    });
+    let result = match durable_steps(&service, emulator, antavo, out).await {
+        Ok(()) => two_way_steps(&service, emulator, antavo, &base, out).await,
+        Err(e) => Err(e),
+    };
+    server.abort();
     service.shutdown(Duration::from_secs(5)).await;
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -263,6 +359,7 @@ async fn durable_service(
 async fn durable_steps(
     service: &Service,
     emulator: &mparticle_emulator::RunningEmulator,
+    antavo: &antavo_emulator::RunningEmulator,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let store = service.store().clone();
@@ -297,7 +394,11 @@ async fn durable_steps(
     let retried = wait_for(&*store, &second, RunState::Succeeded).await?;
     print_trace(&retried, out)?;
 
-    writeln!(out, "c. mParticle sends a coupon_redeemed event (webhook output, Bearer token)")?;
+    writeln!(
+        out,
+        "c. mParticle sends a coupon_redeemed event (webhook output, Bearer token) while Antavo answers 429 once"
+    )?;
+    antavo.add_fault(antavo_emulator::FaultRule::status(429).times(1).path_prefix("/events"));
     let body = json!({
         "batch_id": "demo-batch-1", "mpid": 8675309, "environment": "production",
         "user_identities": [{"identity_type": "customer_id", "identity": "cust-1001"}],
@@ -319,8 +420,101 @@ async fn durable_steps(
         anyhow::ensure!(std::time::Instant::now() < deadline, "the inbound event did not reach the outbox");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    writeln!(out, "   loyalty event in the outbox (GET /v1/outbox): {} {}\n", event.event, event.payload)?;
+    writeln!(out, "   loyalty event in the outbox (GET /v1/outbox): {} {}", event.event, event.payload)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !antavo.events().iter().any(|e| e.action == "coupon_redeem") {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the coupon did not reach Antavo");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run = wait_for_flow(&*store, "mparticle-coupon-to-antavo", RunState::Succeeded).await?;
+    writeln!(
+        out,
+        "   and, through the Antavo connector, an Antavo event (flow mparticle-coupon-to-antavo), resent after the 429:"
+    )?;
+    print_trace(&run, out)?;
     Ok(())
+}
+
+/// Antavo's side of the loop: events that happen in Antavo reach mParticle through Antavo's signed webhooks.
+async fn two_way_steps(
+    service: &Service,
+    emulator: &mparticle_emulator::RunningEmulator,
+    antavo: &antavo_emulator::RunningEmulator,
+    base: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let store = service.store().clone();
+    writeln!(
+        out,
+        "d. Points added to cust-1001 in Antavo (a purchase at the till) while mParticle answers 503 once: Antavo \
+         posts its Escher-signed point_add webhook to /v1/inbound/antavo; the Antavo connector verifies it"
+    )?;
+    emulator.add_fault(FaultRule::status(503).times(1).path_prefix("/v2/"));
+    let customer = antavo
+        .trigger(json!({"customer": "cust-1001", "action": "point_add", "data": {"points": 200, "reason": "purchase"}}))
+        .map_err(|e| anyhow::anyhow!("Antavo refused the demo's point_add: {e}"))?;
+    writeln!(out, "   Antavo: cust-1001 now has {} spendable points", customer["spendable"])?;
+    let run = wait_for_flow(&*store, "antavo-point-add-to-mparticle", RunState::Succeeded).await?;
+    writeln!(
+        out,
+        "   flow antavo-point-add-to-mparticle sent it to mParticle as a custom event, resent after the 503:"
+    )?;
+    print_trace(&run, out)?;
+
+    writeln!(
+        out,
+        "e. Grace (cust-1002) changes her profile in Antavo: the profile webhook becomes mParticle user attributes"
+    )?;
+    antavo
+        .trigger(json!({"customer": "cust-1002", "action": "profile",
+                        "data": {"first_name": "Grace", "last_name": "Hopper", "mobile_phone": "+15550100"}}))
+        .map_err(|e| anyhow::anyhow!("Antavo refused the demo's profile change: {e}"))?;
+    let run = wait_for_flow(&*store, "antavo-profile-to-mparticle", RunState::Succeeded).await?;
+    print_trace(&run, out)?;
+
+    writeln!(out, "f. A webhook that Antavo did not sign (a forged point_add): refused with 401, stored nowhere")?;
+    let forged = json!({"id": "forged-1", "action": "point_add", "customer": "cust-1001", "data": {"points": 1000000}});
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build()?;
+    // Well-formed and current, but signed by someone without the secret.
+    let date = antavo_core::time::long_date(flowhost::store::now_ms() / 1000);
+    let authorization = format!(
+        "ANTAVO-HMAC-SHA256 Credential={}/{}/st2/api/antavo_request, SignedHeaders=date;host, Signature={}",
+        antavo_emulator::DEMO_API_KEY,
+        &date[..8],
+        "0".repeat(64)
+    );
+    let response = client
+        .post(format!("{base}/v1/inbound/antavo"))
+        .header("date", date)
+        .header("authorization", authorization)
+        .json(&forged)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let body = response.text().await?;
+    anyhow::ensure!(status == 401, "a forged webhook was answered {status}: {body}");
+    let stored = store
+        .list_inbound(&flowhost::store::InboundFilter { connection: Some("antavo".into()), ..Default::default() })
+        .await?;
+    writeln!(out, "   HTTP {status}: {body}")?;
+    writeln!(out, "   inbound messages stored from Antavo: {} (the two genuine webhooks)\n", stored.len())?;
+    Ok(())
+}
+
+/// The newest run of a flow, once it is in `state`.
+async fn wait_for_flow(store: &dyn Store, flow: &str, state: RunState) -> anyhow::Result<StoredRun> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let filter = RunFilter { flow_id: Some(flow.to_string()), limit: 1, ..RunFilter::default() };
+        if let Some(run) = store.list(&filter).await?.into_iter().next()
+            && run.status == state
+        {
+            return Ok(run);
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no run of {flow} became {state} in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn accept(service: &Service, customer: &str, points: i64) -> anyhow::Result<String> {

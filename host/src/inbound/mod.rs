@@ -34,7 +34,8 @@ pub struct InboundRequest {
     pub path: String,
     /// The query string without the `?`.
     pub query: String,
-    /// The headers, names in lower case, the authorization header left out.
+    /// The headers, names in lower case; the authorization header is left out when it carried the connection's
+    /// token, and kept otherwise (a sender's own credential, such as a signature, for the connector to verify).
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     /// Whether the request carried the connection's inbound token.

@@ -313,10 +313,14 @@ async fn receive(State(state): State<ApiState>, connection: String, path: String
         Ok(bytes) => Vec::from(bytes),
         Err(response) => return response,
     };
+    // The connection's token is the host's alone: it never reaches the connector. An `Authorization` that is not
+    // the token (a connection without one, whose connector verifies requests itself) is the sender's own
+    // credential, e.g. a signature, and is handed over with the other headers.
+    let token_sent = admission.authenticated();
     let headers = parts
         .headers
         .iter()
-        .filter(|(name, _)| *name != header::AUTHORIZATION)
+        .filter(|(name, _)| !(token_sent && *name == header::AUTHORIZATION))
         .map(|(name, value)| (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
         .collect();
     let request = InboundRequest {
