@@ -210,9 +210,9 @@ async fn the_demo_runs_every_example() {
     let mut out = Vec::new();
     let runs = flowhost_cli::demo::run(runtime, &mut out).await.unwrap();
     let text = String::from_utf8(out).unwrap();
-    assert_eq!(runs.len(), 7);
+    assert_eq!(runs.len(), 12, "the seven example flows run inline, and five runs of the durable service");
     assert!(runs.iter().all(|r| r.status == RunStatus::Succeeded), "{text}");
-    assert!(text.contains("What mParticle received") && text.contains("7 runs, 7 succeeded, 0 failed."), "{text}");
+    assert!(text.contains("What mParticle received") && text.contains("12 runs, 12 succeeded, 0 failed."), "{text}");
     assert!(text.contains("2 attempts"), "the injected 503 is retried: {text}");
     assert!(!text.contains(mparticle_emulator::DEMO_API_SECRET), "no secret is printed");
     assert!(!text.contains(mparticle_emulator::DEMO_CLIENT_SECRET), "no secret is printed");

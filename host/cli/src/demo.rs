@@ -141,7 +141,8 @@ pub fn two_way_host_config(mparticle_url: &str, antavo_url: &str, runtime: Runti
     (config, secrets)
 }
 
-/// Runs the demo, writing a report to `out`. Returns the runs, for tests.
+/// Runs the demo, writing a report to `out`. Returns the runs it showed (inline, then the durable service's), for
+/// tests.
 pub async fn run(runtime: RuntimeConfig, out: &mut dyn Write) -> anyhow::Result<Vec<Run>> {
     let emulator = mparticle_emulator::start(EmulatorConfig::default(), "127.0.0.1:0".parse()?)
         .await
@@ -200,7 +201,7 @@ pub async fn run(runtime: RuntimeConfig, out: &mut dyn Write) -> anyhow::Result<
         runs.push(run);
     }
 
-    durable_service(&url, &emulator, &antavo, runtime_for_service, out).await?;
+    let durable_runs = durable_service(&url, &emulator, &antavo, runtime_for_service, out).await?;
 
     writeln!(out, "What mParticle received (Events API batches, as the emulator recorded them)")?;
     writeln!(out, "--------------------------------------------------------------------------")?;
@@ -285,8 +286,10 @@ pub async fn run(runtime: RuntimeConfig, out: &mut dyn Write) -> anyhow::Result<
         antavo_stats.webhooks_delivered
     )?;
 
-    let failed = runs.iter().filter(|r| r.status == RunStatus::Failed).count();
-    writeln!(out, "\n{} runs, {} succeeded, {failed} failed.", runs.len(), runs.len() - failed)?;
+    // Every run shown: the example flows run inline, and the durable service's.
+    runs.extend(durable_runs);
+    let succeeded = runs.iter().filter(|r| r.status == RunStatus::Succeeded).count();
+    writeln!(out, "\n{} runs, {succeeded} succeeded, {} failed.", runs.len(), runs.len() - succeeded)?;
     emulator.shutdown().await?;
     antavo.shutdown().await?;
     Ok(runs)
@@ -302,7 +305,7 @@ async fn durable_service(
     antavo: &antavo_emulator::RunningEmulator,
     runtime: RuntimeConfig,
     out: &mut dyn Write,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Run>> {
     writeln!(out, "The durable service (what `flowhost serve` runs): resend queue, dead letter, inbound events")?;
     writeln!(out, "-------------------------------------------------------------------------------------------")?;
     let dir = std::env::temp_dir().join(format!("flowhost-demo-{}", uuid::Uuid::new_v4().simple()));
@@ -345,15 +348,16 @@ async fn durable_service(
             antavo_emulator::DEMO_API_SECRET,
         )
     });
-    let result = match durable_steps(&service, emulator, antavo, out).await {
-        Ok(()) => two_way_steps(&service, emulator, antavo, &base, out).await,
+    let mut shown = Vec::new();
+    let result = match durable_steps(&service, emulator, antavo, out, &mut shown).await {
+        Ok(()) => two_way_steps(&service, emulator, antavo, &base, out, &mut shown).await,
         Err(e) => Err(e),
     };
     server.abort();
     service.shutdown(Duration::from_secs(5)).await;
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    result.map(|()| shown)
 }
 
 async fn durable_steps(
@@ -361,6 +365,7 @@ async fn durable_steps(
     emulator: &mparticle_emulator::RunningEmulator,
     antavo: &antavo_emulator::RunningEmulator,
     out: &mut dyn Write,
+    shown: &mut Vec<Run>,
 ) -> anyhow::Result<()> {
     let store = service.store().clone();
     let faults = emulator.handle();
@@ -370,7 +375,7 @@ async fn durable_steps(
     let first = accept(service, "cust-2001", 75).await?;
     let run = wait_for(&*store, &first, RunState::Succeeded).await?;
     writeln!(out, "   accepted as run {first}; it was re-queued after the 503 and resent:")?;
-    print_trace(&run, out)?;
+    print_trace(&run, out, shown)?;
 
     writeln!(out, "b. mParticle down for good: three attempts, then a dead letter, kept and visible")?;
     faults.add_fault(FaultRule::status(503).fraction(1.0).path_prefix("/v2/"));
@@ -392,7 +397,7 @@ async fn durable_steps(
     store.retry_now(&dead.id).await?;
     service.wake();
     let retried = wait_for(&*store, &second, RunState::Succeeded).await?;
-    print_trace(&retried, out)?;
+    print_trace(&retried, out, shown)?;
 
     writeln!(
         out,
@@ -431,7 +436,7 @@ async fn durable_steps(
         out,
         "   and, through the Antavo connector, an Antavo event (flow mparticle-coupon-to-antavo), resent after the 429:"
     )?;
-    print_trace(&run, out)?;
+    print_trace(&run, out, shown)?;
     Ok(())
 }
 
@@ -442,6 +447,7 @@ async fn two_way_steps(
     antavo: &antavo_emulator::RunningEmulator,
     base: &str,
     out: &mut dyn Write,
+    shown: &mut Vec<Run>,
 ) -> anyhow::Result<()> {
     let store = service.store().clone();
     writeln!(
@@ -459,7 +465,7 @@ async fn two_way_steps(
         out,
         "   flow antavo-point-add-to-mparticle sent it to mParticle as a custom event, resent after the 503:"
     )?;
-    print_trace(&run, out)?;
+    print_trace(&run, out, shown)?;
 
     writeln!(
         out,
@@ -470,7 +476,7 @@ async fn two_way_steps(
                         "data": {"first_name": "Grace", "last_name": "Hopper", "mobile_phone": "+15550100"}}))
         .map_err(|e| anyhow::anyhow!("Antavo refused the demo's profile change: {e}"))?;
     let run = wait_for_flow(&*store, "antavo-profile-to-mparticle", RunState::Succeeded).await?;
-    print_trace(&run, out)?;
+    print_trace(&run, out, shown)?;
 
     writeln!(out, "f. A webhook that Antavo did not sign (a forged point_add): refused with 401, stored nowhere")?;
     let forged = json!({"id": "forged-1", "action": "point_add", "customer": "cust-1001", "data": {"points": 1000000}});
@@ -541,11 +547,13 @@ async fn wait_for(store: &dyn Store, id: &str, state: RunState) -> anyhow::Resul
     }
 }
 
-fn print_trace(run: &StoredRun, out: &mut dyn Write) -> anyhow::Result<()> {
+/// Prints a durable run's trace, and counts it among the runs `shown`.
+fn print_trace(run: &StoredRun, out: &mut dyn Write, shown: &mut Vec<Run>) -> anyhow::Result<()> {
     let trace: Run = serde_json::from_value(run.trace.clone().unwrap_or_default())?;
     for line in trace.to_text().lines() {
         writeln!(out, "   {line}")?;
     }
     writeln!(out)?;
+    shown.push(trace);
     Ok(())
 }
