@@ -122,8 +122,8 @@ macro_rules! fenced {
 
 mod allocator;
 mod counts;
-mod decode;
-mod flow_connections;
+pub(super) mod decode;
+pub(super) mod flow_connections;
 mod holds;
 mod inbound;
 mod leases;
@@ -131,7 +131,7 @@ mod outbox;
 mod runs;
 #[cfg(test)]
 mod tests;
-mod traces;
+pub(super) mod traces;
 mod wal_sync;
 
 pub use allocator::use_the_global_allocator_for_sqlite;
