@@ -82,6 +82,10 @@ enum Command {
         /// The service's configuration.
         #[arg(long, default_value = "flowhost.toml")]
         config: PathBuf,
+        /// The store, instead of the configuration's `store`: a SQLite file, or a PostgreSQL URL
+        /// (`postgres://user@host:5432/database`) that any number of `flowhost serve` processes share.
+        #[arg(long, env = "FLOWHOST_STORE", value_name = "PATH|URL", hide_env_values = true)]
+        store: Option<String>,
     },
     /// The end-to-end load test: `flowhost serve` and the mParticle emulator on loopback; throughput,
     /// latencies, cold start and memory.
@@ -143,7 +147,7 @@ where
         },
         Command::Connector(command) => connector::run(command, &options, out, err).await,
         Command::Flow(FlowCommand::Schema) => flow::schema(out),
-        Command::Serve { config } => serve::serve(&config, &options, out).await,
+        Command::Serve { config, store } => serve::serve(&config, store, &options, out).await,
         Command::Queue(command) => queue::run(command, out, err).await,
         Command::Bench(args) => commands::bench::run(&args, out).await,
         Command::Demo => crate::demo::run(options.runtime_config(), out).await.map(|runs| {

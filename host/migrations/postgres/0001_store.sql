@@ -152,7 +152,9 @@ $$;
 --
 -- 1. Expired leases on held connections become held (rows another transaction holds are left for the next claim).
 -- 2. The keys whose first open run is due, oldest first, are locked: `FOR UPDATE SKIP LOCKED` on their run_keys
---    rows, so a key another process is claiming is skipped rather than taken twice or waited for.
+--    rows, so a key another process is claiming is skipped rather than taken twice or waited for. The keys are found
+--    by a loose scan of runs_open_by_key (one probe per key with open runs), not by reading the due runs in order,
+--    which would read every queued run behind a leased one.
 -- 3. In a new snapshot, taken once the keys are locked, each locked key's claimable runs are chosen, and locked in
 --    `id` order (skipping rows another transaction holds, such as a late completion of an expired lease); a key
 --    keeps its chosen runs up to the first one it could not lock, so a later run never goes without the earlier
@@ -171,26 +173,39 @@ BEGIN
                     WHERE r.status = 'leased' AND r.next_attempt_at <= p_now
                       AND r.connections && ARRAY(SELECT h.connection FROM held_connections AS h)
                     ORDER BY r.id FOR UPDATE SKIP LOCKED);
+    -- The keys with open runs, one index probe each (a loose scan of runs_open_by_key), and each one's first open
+    -- run: a claim costs O(keys with open runs), however long each key's backlog is.
+    WITH RECURSIVE open_keys (ordering_key) AS (
+        (SELECT r.ordering_key FROM runs AS r WHERE r.status IN ('queued', 'leased', 'held', 'dead')
+          ORDER BY r.ordering_key LIMIT 1)
+        UNION ALL
+        SELECT (SELECT r.ordering_key FROM runs AS r
+                 WHERE r.status IN ('queued', 'leased', 'held', 'dead') AND r.ordering_key > o.ordering_key
+                 ORDER BY r.ordering_key LIMIT 1)
+          FROM open_keys AS o WHERE o.ordering_key IS NOT NULL
+    ), heads AS (
+        SELECT f.seq, f.ordering_key FROM open_keys AS o
+         CROSS JOIN LATERAL (SELECT r.seq, r.ordering_key, r.status, r.next_attempt_at FROM runs AS r
+                              WHERE r.ordering_key = o.ordering_key
+                                AND r.status IN ('queued', 'leased', 'held', 'dead')
+                              ORDER BY r.seq LIMIT 1) AS f
+         WHERE f.status IN ('queued', 'leased') AND f.next_attempt_at <= p_now
+    )
     SELECT array_agg(s.ordering_key) INTO v_keys
       FROM (SELECT k.ordering_key FROM run_keys AS k
-             WHERE k.ordering_key IN (
-                       SELECT r.ordering_key FROM runs AS r
-                        WHERE r.status IN ('queued', 'leased') AND r.next_attempt_at <= p_now
-                          AND NOT EXISTS (SELECT 1 FROM runs AS e
-                                           WHERE e.ordering_key = r.ordering_key AND e.seq < r.seq
-                                             AND e.status IN ('queued', 'leased', 'held', 'dead'))
-                        ORDER BY r.seq LIMIT p_limit)
+             WHERE k.ordering_key IN (SELECT h.ordering_key FROM heads AS h ORDER BY h.seq LIMIT p_limit)
                FOR UPDATE SKIP LOCKED) AS s;
     IF v_keys IS NULL THEN
         RETURN;
     END IF;
     RETURN QUERY
     WITH heads AS (
-        SELECT r.seq, r.ordering_key FROM runs AS r
-         WHERE r.ordering_key = ANY (v_keys) AND r.status IN ('queued', 'leased') AND r.next_attempt_at <= p_now
-           AND NOT EXISTS (SELECT 1 FROM runs AS e
-                            WHERE e.ordering_key = r.ordering_key AND e.seq < r.seq
-                              AND e.status IN ('queued', 'leased', 'held', 'dead'))
+        SELECT f.seq, f.ordering_key FROM unnest(v_keys) AS k (ordering_key)
+         CROSS JOIN LATERAL (SELECT r.seq, r.ordering_key, r.status, r.next_attempt_at FROM runs AS r
+                              WHERE r.ordering_key = k.ordering_key
+                                AND r.status IN ('queued', 'leased', 'held', 'dead')
+                              ORDER BY r.seq LIMIT 1) AS f
+         WHERE f.status IN ('queued', 'leased') AND f.next_attempt_at <= p_now
     ), behind AS (
         SELECT h.seq AS head, o.seq, (o.status IN ('queued', 'leased') AND o.next_attempt_at <= p_now) AS due
           FROM heads AS h
