@@ -49,8 +49,9 @@ async fn three_processes_on_one_postgresql_lose_nothing_duplicate_nothing_and_ke
     ]);
     let flows = [("point-add.json", repo_flow("point-add-to-mparticle.json"))];
     let url = database.url("pool_size=4");
-    let services: Vec<ServiceDir> =
-        (0..PROCESSES).map(|_| ServiceDir::new(&emulator, &flows, "").store(&url).delivery("concurrency = 128")).collect();
+    let services: Vec<ServiceDir> = (0..PROCESSES)
+        .map(|_| ServiceDir::new(&emulator, &flows, "").store(&url).delivery("concurrency = 128"))
+        .collect();
     let mut servers: Vec<Option<crate::serve::Server>> =
         tokio::task::block_in_place(|| services.iter().map(|service| Some(service.start())).collect());
     let urls: Arc<Vec<RwLock<Option<String>>>> =
@@ -129,7 +130,11 @@ async fn three_processes_on_one_postgresql_lose_nothing_duplicate_nothing_and_ke
     let delivered = delivered_points(&handle.batches());
     let unique: BTreeSet<(String, i64)> = delivered.iter().cloned().collect();
     let missing: Vec<_> = accepted.difference(&unique).take(10).collect();
-    assert!(missing.is_empty(), "accepted but not delivered (first 10 of {}): {missing:?}", accepted.len() - unique.len());
+    assert!(
+        missing.is_empty(),
+        "accepted but not delivered (first 10 of {}): {missing:?}",
+        accepted.len() - unique.len()
+    );
     assert_eq!(unique, accepted, "nothing was delivered that was not accepted");
     assert_eq!(delivered.len(), unique.len(), "none twice after mParticle's de-duplication");
     let mut per_customer_points: BTreeMap<String, Vec<i64>> = BTreeMap::new();

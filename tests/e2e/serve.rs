@@ -70,8 +70,11 @@ config = {{ eventsApiUrl = "{url}/v2", authUrl = "{url}/oauth/token", platformAp
     /// Uses `store` (e.g. a PostgreSQL URL) instead of the directory's SQLite file.
     pub(crate) fn store(self, store: &str) -> Self {
         let text = std::fs::read_to_string(self.config()).unwrap();
-        std::fs::write(self.config(), text.replacen("store = \"data/flowhost.db\"", &format!("store = \"{store}\""), 1))
-            .unwrap();
+        std::fs::write(
+            self.config(),
+            text.replacen("store = \"data/flowhost.db\"", &format!("store = \"{store}\""), 1),
+        )
+        .unwrap();
         self
     }
 

@@ -308,7 +308,9 @@ async fn phases(
     }
     let after = emulator.handle().stats();
     drop(servers);
-    let per_event_us = |before: u64, after: u64| (after.saturating_sub(before)) as f64 / ticks_per_second() * 1e6 / options.events as f64;
+    let per_event_us = |before: u64, after: u64| {
+        (after.saturating_sub(before)) as f64 / ticks_per_second() * 1e6 / options.events as f64
+    };
     let service_cpu_us_per_event = per_event_us(cpu_before.0, cpu_after.0);
     let database_cpu_us_per_event = match (options.store.is_some(), cpu_before.1, cpu_after.1) {
         (true, Some(before), Some(after)) if after > before => Some(per_event_us(before, after)),

@@ -92,7 +92,7 @@ async fn a_customers_runs_go_one_after_another_in_order_across_processes() {
     for task in enqueuers.into_iter().chain(workers) {
         task.await.unwrap();
     }
-    let done = done.lock().unwrap();
+    let done = done.lock().unwrap().clone();
     assert_eq!(done.len(), CUSTOMERS * PER_CUSTOMER);
     let mut last: HashMap<&str, i64> = HashMap::new();
     for (key, seq) in done.iter() {
