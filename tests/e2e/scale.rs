@@ -127,6 +127,14 @@ async fn three_processes_on_one_postgresql_lose_nothing_duplicate_nothing_and_ke
         }
     })
     .await;
+    // The operator's view of the same queue, from the command line: nothing queued, leased, held or dead.
+    let listed = std::process::Command::new(crate::serve::flowhost_bin())
+        .args(["queue", "list", "--json", "--store", &url])
+        .env_remove("FLOWHOST_STORE")
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&listed.stdout).unwrap(), json!([]));
     let delivered = delivered_points(&handle.batches());
     let unique: BTreeSet<(String, i64)> = delivered.iter().cloned().collect();
     let missing: Vec<_> = accepted.difference(&unique).take(10).collect();

@@ -74,9 +74,10 @@
 //!   `record_inbound`, and operators' actions (`retry_now`, `drop_run`, `retry_inbound`, `hold_connection`,
 //!   `release_connection`). Claims and the lease holders' calls may reach the disk later, provided commits reach
 //!   it in order: losing the newest of them to a power loss only makes runs and messages go again.
-//!   In PostgreSQL: select the candidates (due, no earlier open run of the key, `ORDER BY seq LIMIT n`)
-//!   `FOR UPDATE SKIP LOCKED` and update them in the same statement or transaction; an earlier run that
-//!   another claimer has locked is still `queued` in the snapshot, so its key's later runs stay blocked.
+//!   With concurrent claimers in their own transactions (PostgreSQL), `SKIP LOCKED` on the runs alone is not
+//!   enough: a claimer that skips a key's first run, locked by another, can take the second. [`PostgresStore`]
+//!   locks a row per key (`SKIP LOCKED`) before it reads the key's runs in a new snapshot, and makes a key's
+//!   enqueues take turns so that `seq` follows commit order (see its module documentation).
 //! - `next_attempt_at` of a leased run equals `lease_until`, so "due" is one condition for both states.
 //! - Fencing: lease-holder updates match `id`, `status = 'leased'`, `lease_owner` and `leases` (the token).
 //! - The held-connection invariant: no `queued` run uses a held connection (enqueue, reschedule, retry and

@@ -199,6 +199,13 @@ async fn asynchronous_commits(conn: &mut PgConnection, asynchronous: bool) -> Re
     Ok(())
 }
 
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // The listener task holds no reference to the store: stop it with it.
+        self.wake.stop();
+    }
+}
+
 /// The newest migration this binary knows.
 pub fn schema_version() -> i64 {
     MIGRATOR.iter().map(|migration| migration.version).max().unwrap_or(0)
