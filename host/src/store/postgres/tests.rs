@@ -200,8 +200,12 @@ async fn concurrent_enqueues_claims_completions_and_operators_never_deadlock() {
             let mut round = 0;
             while Instant::now() < until {
                 // Overlapping keys in different orders, and connections that get held.
-                let mut batch: Vec<NewRun> =
-                    (0..20).map(|i| run_for(&format!("c{}", (i * 7 + round + e) % 30), &["cdp", "crm"])).collect();
+                let mut batch: Vec<NewRun> = (0..20)
+                    .map(|i| {
+                        let connections: &[&str] = if i % 3 == 0 { &["cdp", "crm"] } else { &["cdp"] };
+                        run_for(&format!("c{}", (i * 7 + round + e) % 30), connections)
+                    })
+                    .collect();
                 if e % 2 == 1 {
                     batch.reverse();
                 }
@@ -266,10 +270,11 @@ async fn concurrent_enqueues_claims_completions_and_operators_never_deadlock() {
                 if let Err(error) = store.hold_connection("crm").await {
                     record(error);
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 if let Err(error) = store.release_connection("crm").await {
                     record(error);
                 }
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 if let Ok(runs) = store.list(&crate::store::RunFilter { limit: 5, ..Default::default() }).await {
                     for run in runs {
                         let result = if run.seq % 2 == 0 {
