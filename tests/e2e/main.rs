@@ -9,6 +9,7 @@ mod hostile;
 mod inbound;
 mod mparticle;
 mod runtime;
+mod scale;
 mod serve;
 
 use flowhost::connector::{

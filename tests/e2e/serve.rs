@@ -17,7 +17,7 @@ const INBOUND_TOKEN: &str = "inbound-token-4f1c";
 
 /// The `flowhost` command line as a binary cargo builds for these tests (`tests/bin/flowhost-e2e.rs`: the
 /// product's `flowhost_cli::main`), so the tests never run a stale or missing build.
-fn flowhost_bin() -> PathBuf {
+pub(crate) fn flowhost_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_flowhost-e2e"))
 }
 
@@ -26,17 +26,17 @@ fn compile_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-compile-cache")
 }
 
-fn repo_flow(name: &str) -> String {
+pub(crate) fn repo_flow(name: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../flows").join(name)).unwrap()
 }
 
 /// A service directory: its config, its flows, its store.
-struct ServiceDir {
+pub(crate) struct ServiceDir {
     dir: tempfile::TempDir,
 }
 
 impl ServiceDir {
-    fn new(emulator: &RunningEmulator, flows: &[(&str, String)], extra: &str) -> Self {
+    pub(crate) fn new(emulator: &RunningEmulator, flows: &[(&str, String)], extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("flows")).unwrap();
         for (name, text) in flows {
@@ -67,19 +67,30 @@ config = {{ eventsApiUrl = "{url}/v2", authUrl = "{url}/oauth/token", platformAp
         ServiceDir { dir }
     }
 
+    /// Uses `store` (e.g. a PostgreSQL URL) instead of the directory's SQLite file.
+    pub(crate) fn store(self, store: &str) -> Self {
+        let text = std::fs::read_to_string(self.config()).unwrap();
+        std::fs::write(
+            self.config(),
+            text.replacen("store = \"data/flowhost.db\"", &format!("store = \"{store}\""), 1),
+        )
+        .unwrap();
+        self
+    }
+
     /// Adds a line to the config's `[delivery]` section.
-    fn delivery(self, line: &str) -> Self {
+    pub(crate) fn delivery(self, line: &str) -> Self {
         let text = std::fs::read_to_string(self.config()).unwrap();
         std::fs::write(self.config(), text.replacen("[delivery]\n", &format!("[delivery]\n{line}\n"), 1)).unwrap();
         self
     }
 
-    fn config(&self) -> PathBuf {
+    pub(crate) fn config(&self) -> PathBuf {
         self.dir.path().join("flowhost.toml")
     }
 
     /// Starts `flowhost serve` and waits for it to listen.
-    fn start(&self) -> Server {
+    pub(crate) fn start(&self) -> Server {
         let log = std::fs::File::options().create(true).append(true).open(self.dir.path().join("server.log")).unwrap();
         let mut child = Command::new(flowhost_bin())
             .arg("--cache-dir")
@@ -90,6 +101,7 @@ config = {{ eventsApiUrl = "{url}/v2", authUrl = "{url}/oauth/token", platformAp
             .env("MPARTICLE_API_SECRET", DEMO_API_SECRET)
             .env("MPARTICLE_INBOUND_TOKEN", INBOUND_TOKEN)
             .env("RUST_LOG", "info")
+            .env_remove("FLOWHOST_STORE")
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -117,26 +129,26 @@ config = {{ eventsApiUrl = "{url}/v2", authUrl = "{url}/oauth/token", platformAp
         Server { child, url, lines: receiver }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Server {
     /// SIGKILL: no shutdown code runs.
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
 
     /// SIGTERM: a graceful shutdown; returns what it printed.
-    fn terminate(mut self) -> Vec<String> {
+    pub(crate) fn terminate(mut self) -> Vec<String> {
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
         let exit = self.child.wait().unwrap();
@@ -152,7 +164,7 @@ impl Drop for Server {
     }
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -160,21 +172,21 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
-async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
+pub(crate) async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-async fn get(url: String) -> Value {
+pub(crate) async fn get(url: String) -> Value {
     let (status, body) = send(client().get(url)).await;
     assert_eq!(status, 200, "{body}");
     body
 }
 
 /// Waits until `check` holds, or fails with `what` after `timeout`.
-async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -187,7 +199,7 @@ where
 }
 
 /// `(customer, points)` of every point_add event mParticle accepted, in arrival order.
-fn delivered_points(batches: &[RecordedBatch]) -> Vec<(String, i64)> {
+pub(crate) fn delivered_points(batches: &[RecordedBatch]) -> Vec<(String, i64)> {
     batches
         .iter()
         .filter_map(|b| {

@@ -9,6 +9,12 @@
 //! - **memory**: the service's idle RSS, and its peak RSS with many invocations in flight (mParticle stalls
 //!   every request for a while, so they pile up).
 //!
+//! With `--store postgres://…` the service runs on that PostgreSQL database instead (an empty one: the bench does not
+//! clear it), and `--processes N` starts N `flowhost serve` processes on the store for the throughput phase, the
+//! clients posting to them round robin. Then the bench also reports the CPU time the processes named `postgres` on
+//! this machine used during the throughput phase (the server, when it runs here), per delivered event; the phases
+//! that measure one process (memory, inbound) are left out.
+//!
 //! Nothing leaves loopback. Timing figures are reported, never asserted.
 
 use anyhow::{Context as _, bail};
@@ -43,6 +49,10 @@ pub struct BenchOptions {
     pub progress: bool,
     /// Which runs keep their trace (`[delivery] traces`).
     pub traces: TraceRetention,
+    /// The store (`store` in flowhost.toml), when not a fresh SQLite file per phase: a PostgreSQL URL.
+    pub store: Option<String>,
+    /// `flowhost serve` processes sharing the store in the throughput phase.
+    pub processes: usize,
 }
 
 impl BenchOptions {
@@ -57,6 +67,8 @@ impl BenchOptions {
             in_flight: 1000,
             progress: true,
             traces: TraceRetention::All,
+            store: None,
+            processes: 1,
         }
     }
 
@@ -74,6 +86,10 @@ pub struct BenchReport {
     pub customers: usize,
     pub connections: usize,
     pub traces: TraceRetention,
+    /// The store, as it may be shown (`SQLite` for a fresh file per phase).
+    pub store: String,
+    /// `flowhost serve` processes in the throughput phase.
+    pub processes: usize,
     pub cold_start_empty_cache_ms: f64,
     pub cold_start_warm_cache_ms: f64,
     pub accepted_per_second: f64,
@@ -86,7 +102,22 @@ pub struct BenchReport {
     pub emulator_batches: u64,
     pub emulator_requests: u64,
     pub duplicates: u64,
+    /// CPU time of the `flowhost serve` processes during the throughput phase, per delivered event.
+    pub service_cpu_us_per_event: f64,
+    /// CPU time of the processes named `postgres` on this machine during the throughput phase, per delivered event
+    /// (with a PostgreSQL store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_cpu_us_per_event: Option<f64>,
     pub idle_rss_mb: f64,
+    /// The memory and inbound phases (one process on a fresh SQLite store; not run with `--store`).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub single_process: Option<SingleProcessFigures>,
+}
+
+/// The figures of the phases that measure one process on a fresh SQLite store.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SingleProcessFigures {
     pub in_flight: usize,
     pub peak_rss_in_flight_mb: f64,
     /// Inbound: Webhook batches of [`INBOUND_BATCH`] events posted to `/v1/inbound/{connection}`, received by
@@ -97,18 +128,25 @@ pub struct BenchReport {
 
 impl BenchReport {
     pub fn to_text(&self) -> String {
-        format!(
-            "flowhost bench: {} events, {} customers, {} connections, traces kept: {}\n\
+        let database = match self.database_cpu_us_per_event {
+            Some(us) => format!("; PostgreSQL {us:.0} µs"),
+            None => String::new(),
+        };
+        let mut text = format!(
+            "flowhost bench: {} events, {} customers, {} connections, traces kept: {}; store {}, {} process{}\n\
              cold start to first delivery: {:.0} ms with an empty compile cache, {:.0} ms with a warm one\n\
              accepted: {:.0} events/s; accept latency p50 {:.1} ms, p99 {:.1} ms (per POST of a batch of events)\n\
              delivered: {:.0} events/s (counted by the emulator: {} batches in {} Events API requests, {} duplicates)\n\
              accept to delivery: p50 {:.0} ms, p99 {:.0} ms\n\
-             memory: {:.0} MB idle, {:.0} MB peak with {} invocations in flight\n\
-             inbound: {:.0} events/s accepted, {:.0} events/s mapped into the outbox (Webhook batches of {} events)\n",
+             CPU per delivered event: flowhost {:.0} µs{database}\n\
+             memory: {:.0} MB idle\n",
             self.events,
             self.customers,
             self.connections,
             self.traces,
+            self.store,
+            self.processes,
+            if self.processes == 1 { "" } else { "es" },
             self.cold_start_empty_cache_ms,
             self.cold_start_warm_cache_ms,
             self.accepted_per_second,
@@ -120,13 +158,21 @@ impl BenchReport {
             self.duplicates,
             self.accept_to_delivery_p50_ms,
             self.accept_to_delivery_p99_ms,
+            self.service_cpu_us_per_event,
             self.idle_rss_mb,
-            self.peak_rss_in_flight_mb,
-            self.in_flight,
-            self.inbound_accepted_per_second,
-            self.inbound_mapped_per_second,
-            INBOUND_BATCH,
-        )
+        );
+        if let Some(single) = &self.single_process {
+            text.push_str(&format!(
+                "memory: {:.0} MB peak with {} invocations in flight\n\
+                 inbound: {:.0} events/s accepted, {:.0} events/s mapped into the outbox (Webhook batches of {} events)\n",
+                single.peak_rss_in_flight_mb,
+                single.in_flight,
+                single.inbound_accepted_per_second,
+                single.inbound_mapped_per_second,
+                INBOUND_BATCH,
+            ));
+        }
+        text
     }
 }
 
@@ -169,7 +215,7 @@ async fn phases(
             emulator,
             keys,
             options.service_concurrency,
-            options.traces,
+            options,
         )?;
         let started = Instant::now();
         let server = service.start(flowhost, &cache)?;
@@ -180,11 +226,23 @@ async fn phases(
         drop(server);
     }
 
-    // Throughput.
-    let service = ServiceDir::create(&work.join("load"), emulator, keys, options.service_concurrency, options.traces)?;
-    let server = service.start(flowhost, &cache)?;
+    // Throughput: `options.processes` processes on one store (their own directories, the same `store`).
+    let mut servers = Vec::new();
+    for process in 0..options.processes.max(1) {
+        let service = ServiceDir::create(
+            &work.join(format!("load-{process}")),
+            emulator,
+            keys,
+            options.service_concurrency,
+            options,
+        )?;
+        servers.push(service.start(flowhost, &cache)?);
+    }
+    let urls: Arc<Vec<String>> = Arc::new(servers.iter().map(|server| server.url.clone()).collect());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle_rss_mb = rss_mb(server.child.id(), "VmRSS").unwrap_or(0.0);
+    let idle_rss_mb = rss_mb(servers[0].child.id(), "VmRSS").unwrap_or(0.0);
+    let pids: Vec<u32> = servers.iter().map(|server| server.child.id()).collect();
+    let cpu_before = (cpu_ticks(&pids), database_cpu_ticks());
     let before = emulator.handle().stats();
     let first_batch = emulator.handle().batches().last().map(|b| b.seq).unwrap_or(0);
     let progress = progress_bar(options);
@@ -193,8 +251,8 @@ async fn phases(
     let started_unix_ms = unix_ms();
     let mut clients = Vec::new();
     for _ in 0..options.clients.max(1) {
-        let (client, url, next, options, progress) =
-            (client.clone(), server.url.clone(), next.clone(), options.clone(), progress.clone());
+        let (client, urls, next, options, progress) =
+            (client.clone(), urls.clone(), next.clone(), options.clone(), progress.clone());
         clients.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut sent_at = HashMap::new();
@@ -207,7 +265,7 @@ async fn phases(
                 let events: Vec<Value> = (from..to).map(|i| event(i % options.customers, i, &options)).collect();
                 let at = unix_ms();
                 let start = Instant::now();
-                post(&client, &url, &events).await?;
+                post(&client, &urls[(from / options.batch) % urls.len()], &events).await?;
                 latencies.push(start.elapsed().as_secs_f64() * 1000.0);
                 for i in from..to {
                     sent_at.insert(i as i64, at);
@@ -234,6 +292,7 @@ async fn phases(
     })
     .await
     .context("not every event was delivered")?;
+    let cpu_after = (cpu_ticks(&pids), database_cpu_ticks());
     progress.finish_and_clear();
     let batches = emulator.handle().batches_since(first_batch);
     let last_delivery_ms = batches.iter().map(|b| b.received_unix_ms).max().unwrap_or(started_unix_ms);
@@ -248,16 +307,70 @@ async fn phases(
         }
     }
     let after = emulator.handle().stats();
-    drop(server);
+    drop(servers);
+    let per_event_us = |before: u64, after: u64| {
+        (after.saturating_sub(before)) as f64 / ticks_per_second() * 1e6 / options.events as f64
+    };
+    let service_cpu_us_per_event = per_event_us(cpu_before.0, cpu_after.0);
+    let database_cpu_us_per_event = match (options.store.is_some(), cpu_before.1, cpu_after.1) {
+        (true, Some(before), Some(after)) if after > before => Some(per_event_us(before, after)),
+        _ => None,
+    };
+    let single_process = if options.store.is_none() && options.processes <= 1 {
+        Some(single_process_phases(flowhost, options, emulator, keys, work, &cache, &client).await?)
+    } else {
+        None
+    };
 
+    accept_latencies.sort_by(f64::total_cmp);
+    delivery_latencies.sort_by(f64::total_cmp);
+    let delivered_secs = ((last_delivery_ms - started_unix_ms) as f64 / 1000.0).max(accepted_secs);
+    Ok(BenchReport {
+        events: options.events,
+        customers: options.customers,
+        connections: options.connections,
+        traces: options.traces,
+        store: match &options.store {
+            Some(store) => flowhost::store::redact_store_setting(store),
+            None => "SQLite".to_string(),
+        },
+        processes: options.processes.max(1),
+        cold_start_empty_cache_ms: cold[0],
+        cold_start_warm_cache_ms: cold[1],
+        accepted_per_second: options.events as f64 / accepted_secs,
+        delivered_per_second: options.events as f64 / delivered_secs,
+        accept_p50_ms: percentile(&accept_latencies, 0.50),
+        accept_p99_ms: percentile(&accept_latencies, 0.99),
+        accept_to_delivery_p50_ms: percentile(&delivery_latencies, 0.50),
+        accept_to_delivery_p99_ms: percentile(&delivery_latencies, 0.99),
+        emulator_batches: after.received - before.received,
+        emulator_requests: events_api_requests(&after) - events_api_requests(&before),
+        duplicates: after.duplicates - before.duplicates,
+        service_cpu_us_per_event,
+        database_cpu_us_per_event,
+        idle_rss_mb,
+        single_process,
+    })
+}
+
+/// The phases that measure one process on a fresh SQLite store: memory with many invocations in flight, and inbound.
+async fn single_process_phases(
+    flowhost: &Path,
+    options: &BenchOptions,
+    emulator: &RunningEmulator,
+    keys: &[(String, String)],
+    work: &Path,
+    cache: &Path,
+    client: &reqwest::Client,
+) -> anyhow::Result<SingleProcessFigures> {
     // Memory with many invocations in flight: mParticle holds every request for a while.
-    let service = ServiceDir::create(&work.join("memory"), emulator, keys, options.in_flight, options.traces)?;
-    let server = service.start(flowhost, &cache)?;
+    let service = ServiceDir::create(&work.join("memory"), emulator, keys, options.in_flight, options)?;
+    let server = service.start(flowhost, cache)?;
     emulator.handle().set_faults(vec![FaultRule::stall(1500).fraction(1.0).path_prefix("/v2/")]);
     let events: Vec<Value> =
         (0..options.in_flight).map(|i| event(i % options.customers, 2_000_000 + i, options)).collect();
     for chunk in events.chunks(100) {
-        post(&client, &server.url, chunk).await?;
+        post(client, &server.url, chunk).await?;
     }
     let mut peak: f64 = 0.0;
     let sampling = Instant::now();
@@ -270,28 +383,8 @@ async fn phases(
     drop(server);
 
     let (inbound_accepted_per_second, inbound_mapped_per_second) =
-        inbound_phase(flowhost, options, emulator, keys, &work.join("inbound"), &cache, &client).await?;
-
-    accept_latencies.sort_by(f64::total_cmp);
-    delivery_latencies.sort_by(f64::total_cmp);
-    let delivered_secs = ((last_delivery_ms - started_unix_ms) as f64 / 1000.0).max(accepted_secs);
-    Ok(BenchReport {
-        events: options.events,
-        customers: options.customers,
-        connections: options.connections,
-        traces: options.traces,
-        cold_start_empty_cache_ms: cold[0],
-        cold_start_warm_cache_ms: cold[1],
-        accepted_per_second: options.events as f64 / accepted_secs,
-        delivered_per_second: options.events as f64 / delivered_secs,
-        accept_p50_ms: percentile(&accept_latencies, 0.50),
-        accept_p99_ms: percentile(&accept_latencies, 0.99),
-        accept_to_delivery_p50_ms: percentile(&delivery_latencies, 0.50),
-        accept_to_delivery_p99_ms: percentile(&delivery_latencies, 0.99),
-        emulator_batches: after.received - before.received,
-        emulator_requests: events_api_requests(&after) - events_api_requests(&before),
-        duplicates: after.duplicates - before.duplicates,
-        idle_rss_mb,
+        inbound_phase(flowhost, options, emulator, keys, &work.join("inbound"), cache, client).await?;
+    Ok(SingleProcessFigures {
         in_flight: options.in_flight,
         peak_rss_in_flight_mb: peak,
         inbound_accepted_per_second,
@@ -311,7 +404,7 @@ async fn inbound_phase(
     cache: &Path,
     client: &reqwest::Client,
 ) -> anyhow::Result<(f64, f64)> {
-    let mut service = ServiceDir::create(dir, emulator, keys, options.service_concurrency, options.traces)?;
+    let mut service = ServiceDir::create(dir, emulator, keys, options.service_concurrency, options)?;
     service.add_inbound_flow()?;
     let server = service.start(flowhost, cache)?;
     let url = format!("{}/v1/inbound/{INBOUND_CONNECTION}", server.url);
@@ -435,12 +528,14 @@ impl ServiceDir {
         emulator: &RunningEmulator,
         keys: &[(String, String)],
         concurrency: usize,
-        traces: TraceRetention,
+        options: &BenchOptions,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir.join("flows"))?;
         let url = emulator.url();
+        let traces = options.traces;
+        let store = serde_json::to_string(options.store.as_deref().unwrap_or("flowhost.db"))?;
         let mut config = format!(
-            "listen = \"127.0.0.1:0\"\nstore = \"flowhost.db\"\nflows = [\"flows\"]\n\n[delivery]\nconcurrency = {concurrency}\ntraces = \"{traces}\"\n\n[connectors]\nallow_private = true\n"
+            "listen = \"127.0.0.1:0\"\nstore = {store}\nflows = [\"flows\"]\n\n[delivery]\nconcurrency = {concurrency}\ntraces = \"{traces}\"\n\n[connectors]\nallow_private = true\n"
         );
         let mut secrets = Vec::new();
         for (brand, (key, secret)) in keys.iter().enumerate() {
@@ -475,7 +570,9 @@ impl ServiceDir {
             .arg("--config")
             .arg(self.dir.join("flowhost.toml"))
             .stdout(Stdio::piped())
-            .stderr(log);
+            .stderr(log)
+            // The store is the config's.
+            .env_remove("FLOWHOST_STORE");
         for (name, value) in &self.secrets {
             command.env(name, value);
         }
@@ -547,6 +644,51 @@ fn progress_bar(options: &BenchOptions) -> ProgressBar {
     );
     bar.set_message("posting");
     bar
+}
+
+/// User and system CPU time of processes, in clock ticks (`/proc/<pid>/stat`); 0 for one that is gone.
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|pid| process_ticks(&format!("/proc/{pid}/stat"))).sum()
+}
+
+fn process_ticks(stat_path: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // The fields after the command (which may hold spaces), from the third: utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// CPU ticks of every process named `postgres` on this machine (a server running here, with all its backends),
+/// including what finished backends left in their parent's `cutime`/`cstime`; `None` when there is none.
+fn database_cpu_ticks() -> Option<u64> {
+    let mut total = 0;
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let path = entry.path();
+        if std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim() == "postgres")
+            && let Ok(stat) = std::fs::read_to_string(path.join("stat"))
+            && let Some(rest) = stat.rfind(')').map(|at| &stat[at + 2..])
+        {
+            let fields: Vec<u64> = rest.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+            // utime, stime, cutime, cstime (fields 14 to 17; the state letter is not a number).
+            total += fields.get(10..14).map_or(0, |times| times.iter().sum::<u64>());
+            found = true;
+        }
+    }
+    found.then_some(total)
+}
+
+fn ticks_per_second() -> f64 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sysconf only reads a configuration value.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if ticks > 0 {
+            return ticks as f64;
+        }
+    }
+    100.0
 }
 
 /// A line of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in MB.

@@ -126,6 +126,10 @@ enum Command {
         /// The service's configuration.
         #[arg(long, default_value = "flowhost.toml")]
         config: PathBuf,
+        /// The store, instead of the configuration's `store`: a SQLite file, or a PostgreSQL URL
+        /// (`postgres://user@host:5432/database`) that any number of `flowhost serve` processes share.
+        #[arg(long, env = "FLOWHOST_STORE", value_name = "PATH|URL", hide_env_values = true)]
+        store: Option<String>,
         #[command(flatten)]
         runtime: RuntimeArgs,
         #[command(flatten)]
@@ -192,8 +196,8 @@ where
             async { connector::run(command, &options(before, runtime, secrets)?, out, err).await }.await
         }
         Command::Flow(FlowCommand::Schema) => flow::schema(out),
-        Command::Serve { config, runtime, secrets } => {
-            async { serve::serve(&config, &options(before, runtime, secrets)?, out).await }.await
+        Command::Serve { config, store, runtime, secrets } => {
+            async { serve::serve(&config, store, &options(before, runtime, secrets)?, out).await }.await
         }
         Command::Queue(command) => queue::run(command, out, err).await,
         Command::Bench(args) => commands::bench::run(&args, out).await,

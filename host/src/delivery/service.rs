@@ -13,7 +13,9 @@ use super::shared::{ActiveFlows, Shared, ordering_key};
 use super::{inbound_worker, retention, run_worker};
 use crate::flow::{EmittedEvent, Problem, Trigger};
 use crate::inbound::InboundRequest;
-use crate::store::{ConnectionHold, InboundFilter, InboundState, NewRun, RunState, Store, StoreError, StoredInbound};
+use crate::store::{
+    ConnectionHold, InboundFilter, InboundState, NewRun, RunState, Store, StoreError, StoredInbound, Wake,
+};
 use crate::{Host, connector::FieldError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -153,6 +155,17 @@ impl Service {
             completions: CompletionBatch::new(store.clone()),
             config,
         });
+        // Another process's enqueue (or retry, or recorded message) wakes this one's workers, where the store can
+        // tell (PostgreSQL's LISTEN); they poll anyway.
+        let weak = Arc::downgrade(&shared);
+        store.on_wake(Arc::new(move |what| {
+            if let Some(shared) = weak.upgrade() {
+                match what {
+                    Wake::Runs => shared.runs_waiting.notify_waiters(),
+                    Wake::Inbound => shared.inbound_waiting.notify_waiters(),
+                }
+            }
+        }));
         let commit = GroupCommit::new(store, shared.config.group_commit);
         let tasks = TaskTracker::new();
         tasks.spawn(run_worker::run(shared.clone(), tasks.clone()));

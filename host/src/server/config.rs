@@ -4,7 +4,9 @@
 //! ```toml
 //! listen = "127.0.0.1:8080"
 //! store = "flowhost.db"                 # SQLite file, created on first start (relative to this file),
-//!                                       # or a URL: "sqlite://data/flowhost.db", "sqlite:///var/lib/flowhost.db"
+//!                                       # or a URL: "sqlite://data/flowhost.db", "sqlite:///var/lib/flowhost.db",
+//!                                       # or PostgreSQL, shared by many processes:
+//!                                       # "postgres://flowhost@db:5432/flowhost?pool_size=8&poll_only=false"
 //! flows = ["flows/point-add-to-crm.json", "flows/inbound"]   # files, or directories of *.json
 //! api_token = { secret = "FLOWHOST_API_TOKEN" }   # Bearer token for /v1/* (inbound excepted)
 //! max_body_bytes = 1048576
@@ -39,7 +41,7 @@ use crate::connector::secrets::secret_reference;
 use crate::connector::{RuntimeConfig, SecretStore};
 use crate::delivery::{InboundConnection, RetentionConfig, ServiceConfig, TraceRetention};
 use crate::flow::RetryPolicy;
-use crate::store::{StoreError, StoreLocation};
+use crate::store::{StoreError, StoreLocation, redact_store_setting};
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -48,14 +50,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The configuration file, as written.
-#[derive(Debug, Clone, Deserialize)]
+/// The configuration file, as written. Its `Debug` shows the store without a password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Where the store is: a SQLite file's path, or a `sqlite://` URL ([`StoreLocation`]); a relative path is
-    /// relative to this file.
+    /// Where the store is: a SQLite file's path, a `sqlite://` URL or a `postgres://` URL ([`StoreLocation`]); a
+    /// relative path is relative to this file. A PostgreSQL URL may hold a password: show it with
+    /// [`redact_store_setting`].
     #[serde(default = "default_store")]
     pub store: String,
     pub flows: Vec<PathBuf>,
@@ -78,6 +81,23 @@ pub struct ServeConfig {
     /// Where relative paths are resolved: the config file's directory.
     #[serde(skip)]
     pub base: PathBuf,
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("listen", &self.listen)
+            .field("store", &redact_store_setting(&self.store))
+            .field("flows", &self.flows)
+            .field("api_token", &self.api_token)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("delivery", &self.delivery)
+            .field("retry", &self.retry)
+            .field("connectors", &self.connectors)
+            .field("connections", &self.connections)
+            .field("base", &self.base)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -389,8 +409,15 @@ mod tests {
         assert_eq!(at("data/flowhost.db").unwrap(), sqlite("/etc/flowhost/data/flowhost.db"));
         assert_eq!(at("sqlite://data/flowhost.db").unwrap(), sqlite("/etc/flowhost/data/flowhost.db"));
         assert_eq!(at("sqlite:///var/lib/flowhost.db").unwrap(), sqlite("/var/lib/flowhost.db"));
-        let error = at("postgres://db/flowhost").unwrap_err().to_string();
-        assert!(error.contains("unknown store scheme `postgres`"), "{error}");
+        let postgres = at("postgres://flowhost:hunter2@db:5432/flowhost").unwrap();
+        assert_eq!(
+            postgres.to_string(),
+            "PostgreSQL at postgres://flowhost@db:5432/flowhost",
+            "not relative to the file"
+        );
+        let config = ServeConfig::parse("store = \"postgres://flowhost:hunter2@db/q\"\nflows = [\"f\"]\n").unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2") && shown.contains("postgres://flowhost:redacted@db/q"), "{shown}");
         let defaults = ServeConfig::parse("flows = [\"f\"]\n").unwrap();
         assert_eq!(defaults.store_location().unwrap(), sqlite("flowhost.db"));
     }

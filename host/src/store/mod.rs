@@ -1,8 +1,8 @@
 //! Storage for durable delivery: the run queue (with resends and dead letters), checkpoints, the outbox of
 //! emitted loyalty events and the inbound message queue, behind one [`Store`] trait.
 //!
-//! [`SqliteStore`] is the embedded default; a PostgreSQL backend (many hosts sharing one queue with
-//! `FOR UPDATE SKIP LOCKED`) implements the same trait, so callers never change. Everything the trait
+//! [`SqliteStore`] is the embedded default; [`PostgresStore`] (many processes sharing one queue, see its module
+//! documentation for how they keep each key's order) implements the same trait, so callers never change. Everything the trait
 //! exchanges is backend-neutral: JSON as [`serde_json::Value`], times as milliseconds since the Unix epoch
 //! (`i64`, see [`now_ms`]), ids as strings.
 //!
@@ -82,9 +82,10 @@
 //!   `record_inbound`, and operators' actions (`retry_now`, `drop_run`, `retry_inbound`, `hold_connection`,
 //!   `release_connection`). Claims and the lease holders' calls may reach the disk later, provided commits reach
 //!   it in order: losing the newest of them to a power loss only makes runs and messages go again.
-//!   In PostgreSQL: select the candidates (due, no earlier open run of the key, `ORDER BY seq LIMIT n`)
-//!   `FOR UPDATE SKIP LOCKED` and update them in the same statement or transaction; an earlier run that
-//!   another claimer has locked is still `queued` in the snapshot, so its key's later runs stay blocked.
+//!   With concurrent claimers in their own transactions (PostgreSQL), `SKIP LOCKED` on the runs alone is not
+//!   enough: a claimer that skips a key's first run, locked by another, can take the second. [`PostgresStore`]
+//!   locks a row per key (`SKIP LOCKED`) before it reads the key's runs in a new snapshot, and makes a key's
+//!   enqueues take turns so that `seq` follows commit order (see its module documentation).
 //! - `next_attempt_at` of a leased run equals `lease_until`, so "due" is one condition for both states.
 //! - Fencing: lease-holder updates match `id`, `status = 'leased'`, `lease_owner` and `leases` (the token).
 //! - The held-connection invariant: no `queued` run uses a held connection (enqueue, reschedule, retry and
@@ -97,8 +98,14 @@
 
 #[cfg(any(test, feature = "store-conformance"))]
 pub mod conformance;
+mod postgres;
 mod sqlite;
 
+pub use postgres::location::{PostgresLocation, redact_store_setting};
+/// A real PostgreSQL for tests: a throwaway cluster, or `FLOWHOST_TEST_POSTGRES_URL`'s server.
+#[cfg(any(test, feature = "store-conformance"))]
+pub use postgres::testing as postgres_testing;
+pub use postgres::{PostgresStore, schema_version as postgres_schema_version};
 pub use sqlite::{SqliteStore, use_the_global_allocator_for_sqlite};
 
 use async_trait::async_trait;
@@ -113,20 +120,25 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Opens the store at `location`: a SQLite file given as a path (`flowhost.db`, `/var/lib/flowhost.db`) or as a
-/// `sqlite://` URL (`sqlite://flowhost.db`, `sqlite:///var/lib/flowhost.db`). See [`StoreLocation`].
+/// `sqlite://` URL (`sqlite://flowhost.db`, `sqlite:///var/lib/flowhost.db`), or a PostgreSQL database as a
+/// `postgres://` URL. See [`StoreLocation`].
 pub async fn open(location: &str) -> Result<Arc<dyn Store>, StoreError> {
     StoreLocation::parse(location)?.open().await
 }
 
 /// Where a store is: which backend, and where that backend finds its data.
+/// Its `Debug` and `Display` never show a password.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreLocation {
     /// A SQLite database file, created with its directories on first start.
     Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://user:password@host:port/database`), shared by any number of processes.
+    Postgres(PostgresLocation),
 }
 
 /// What [`StoreLocation::parse`] names when a location has a scheme it does not know.
-const SUPPORTED_STORES: &str = "this build supports sqlite (a path, or sqlite:// and a path)";
+const SUPPORTED_STORES: &str =
+    "this build supports sqlite (a path, or sqlite:// and a path) and postgres (postgres:// or postgresql://)";
 
 impl StoreLocation {
     /// Reads a location: a path, or a URL whose scheme names the backend. This match on the scheme is where a
@@ -141,6 +153,9 @@ impl StoreLocation {
         match url_scheme(location) {
             None => sqlite_file(location),
             Some(("sqlite", path)) => sqlite_file(path),
+            Some(("postgres" | "postgresql", _)) => {
+                PostgresLocation::parse(location).map(StoreLocation::Postgres).map_err(|message| refused(&message))
+            }
             Some((scheme, _)) => Err(refused(&format!("unknown store scheme `{scheme}`; {SUPPORTED_STORES}"))),
         }
     }
@@ -150,6 +165,7 @@ impl StoreLocation {
     pub fn relative_to(self, dir: &Path) -> Self {
         match self {
             StoreLocation::Sqlite(path) => StoreLocation::Sqlite(dir.join(path)),
+            postgres @ StoreLocation::Postgres(_) => postgres,
         }
     }
 
@@ -157,6 +173,7 @@ impl StoreLocation {
     pub fn file(&self) -> Option<&Path> {
         match self {
             StoreLocation::Sqlite(path) => Some(path),
+            StoreLocation::Postgres(_) => None,
         }
     }
 
@@ -164,6 +181,7 @@ impl StoreLocation {
     pub async fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
         match self {
             StoreLocation::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
+            StoreLocation::Postgres(location) => Ok(Arc::new(PostgresStore::open(location).await?)),
         }
     }
 }
@@ -172,6 +190,7 @@ impl fmt::Display for StoreLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreLocation::Sqlite(path) => write!(f, "SQLite at {}", path.display()),
+            StoreLocation::Postgres(location) => write!(f, "PostgreSQL at {}", location.shown()),
         }
     }
 }
@@ -186,13 +205,27 @@ fn url_scheme(location: &str) -> Option<(&str, &str)> {
     valid.then_some((scheme, rest))
 }
 
-/// A location as an error shows it: a URL of another backend may carry a password, so only its scheme is shown.
+/// A location as an error shows it: a PostgreSQL URL without its password and parameters; a URL of a backend this
+/// build does not know may carry a password too, so only its scheme is shown.
 fn shown_location(location: &str) -> String {
     match url_scheme(location) {
         None | Some(("sqlite", _)) => location.to_string(),
+        Some(("postgres" | "postgresql", _)) => redact_store_setting(location),
         Some((scheme, _)) => format!("{scheme}://…"),
     }
 }
+
+/// What may have become claimable, for [`Store::on_wake`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Runs: enqueued, released, retried, or put back by a reconnect.
+    Runs,
+    /// Inbound messages: recorded or retried.
+    Inbound,
+}
+
+/// A callback for [`Store::on_wake`].
+pub type WakeFn = Arc<dyn Fn(Wake) + Send + Sync>;
 
 /// Milliseconds since the Unix epoch, the store's clock.
 pub fn now_ms() -> i64 {
@@ -953,6 +986,14 @@ pub trait Store: Send + Sync {
     /// Closes the store's connections once the calls in progress are done; later calls fail. A process calls it
     /// when it stops, after its workers. The default does nothing, for a store with nothing to close.
     async fn close(&self) {}
+
+    /// Asks to be called when work may have become claimable because of another process (its enqueue, release,
+    /// retry, recorded message), so that idle workers look at once rather than at their next poll. Workers poll
+    /// anyway: a wake-up is a hint, and may come twice or not at all. The default never calls: a store no other
+    /// process writes to has nothing to report.
+    fn on_wake(&self, wake: WakeFn) {
+        let _ = wake;
+    }
 }
 
 #[cfg(test)]
@@ -983,12 +1024,29 @@ mod tests {
     }
 
     #[test]
+    fn a_postgres_url_names_a_postgresql_database_and_is_never_shown_with_its_password() {
+        let url = "postgres://flowhost:hunter2@db.internal:6432/queue?pool_size=3";
+        let StoreLocation::Postgres(location) = StoreLocation::parse(url).unwrap() else { panic!("not PostgreSQL") };
+        assert_eq!((location.shown(), location.pool_size), ("postgres://flowhost@db.internal:6432/queue", 3));
+        let parsed = StoreLocation::parse(url).unwrap();
+        assert_eq!(parsed.clone().relative_to(Path::new("/etc")), parsed, "a URL is not relative to a directory");
+        assert_eq!(parsed.file(), None);
+        for shown in [parsed.to_string(), format!("{parsed:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+        assert_eq!(parsed.to_string(), "PostgreSQL at postgres://flowhost@db.internal:6432/queue");
+        let error = StoreLocation::parse("postgresql://flowhost:hunter2@db.internal/").unwrap_err().to_string();
+        assert!(error.contains("names no database") && !error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
     fn another_scheme_is_an_error_naming_it_and_what_this_build_supports_without_the_rest_of_the_url() {
-        let error = StoreLocation::parse("postgres://flowhost:hunter2@db.internal/flowhost").unwrap_err();
+        let error = StoreLocation::parse("mysql://flowhost:hunter2@db.internal/flowhost").unwrap_err();
         let shown = error.to_string();
         assert!(matches!(error, StoreError::Open { .. }), "{shown}");
-        assert!(shown.contains("store at postgres://…"), "{shown}");
-        assert!(shown.contains("unknown store scheme `postgres`; this build supports sqlite"), "{shown}");
+        assert!(shown.contains("store at mysql://…"), "{shown}");
+        assert!(shown.contains("unknown store scheme `mysql`; this build supports sqlite"), "{shown}");
+        assert!(shown.contains("and postgres"), "{shown}");
         assert!(!shown.contains("hunter2") && !shown.contains("db.internal"), "the URL may hold a password: {shown}");
         let error = StoreLocation::parse("mysql+tls://db/flowhost").unwrap_err().to_string();
         assert!(error.contains("unknown store scheme `mysql+tls`"), "{error}");
@@ -1007,7 +1065,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn open_opens_sqlite_from_a_url_or_a_path_and_refuses_other_schemes() {
+    async fn open_opens_sqlite_from_a_url_or_a_path_and_refuses_unknown_schemes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/flowhost.db");
         let url = format!("sqlite://{}", path.display());
@@ -1027,7 +1085,7 @@ mod tests {
         assert!(again.get(&ids[0]).await.unwrap().is_some(), "the same file by its path");
         again.close().await;
 
-        let error = open("postgres://db/flowhost").await.err().expect("no PostgreSQL in this build");
-        assert!(error.to_string().contains("unknown store scheme `postgres`"), "{error}");
+        let error = open("redis://db/flowhost").await.err().expect("no Redis in this build");
+        assert!(error.to_string().contains("unknown store scheme `redis`"), "{error}");
     }
 }

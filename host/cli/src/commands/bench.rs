@@ -1,4 +1,5 @@
-//! `flowhost bench [--quick] [--events N] [--traces all|failures] [--json] [--service PATH]`: the end-to-end load test
+//! `flowhost bench [--quick] [--events N] [--traces all|failures] [--json] [--service PATH] [--store URL]
+//! [--processes N]`: the end-to-end load test
 //! (see `crate::bench`).
 
 use crate::bench::{BenchOptions, run as run_bench};
@@ -35,6 +36,13 @@ pub struct BenchArgs {
     /// The `flowhost` binary to run as the service [default: this one], e.g. another build to compare with.
     #[arg(long, value_name = "PATH")]
     service: Option<std::path::PathBuf>,
+    /// Run the service on this store instead of a fresh SQLite file per phase: an empty PostgreSQL database
+    /// (`postgres://user@host:5432/database`). Only the cold start and throughput phases run.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// `flowhost serve` processes sharing the store in the throughput phase (clients post to them round robin).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    processes: u16,
 }
 
 pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
@@ -48,6 +56,12 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<ExitCo
     options.batch = args.batch.max(1);
     options.traces = args.traces;
     options.progress = !args.json;
+    if let Some(store) = &args.store {
+        // Refused here, with the reason, rather than by each service process.
+        flowhost::store::StoreLocation::parse(store)?;
+    }
+    options.store = args.store.clone();
+    options.processes = usize::from(args.processes);
     let flowhost = match &args.service {
         Some(path) => path.clone(),
         None => std::env::current_exe()?,

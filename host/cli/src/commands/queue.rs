@@ -4,7 +4,7 @@
 
 use clap::Subcommand;
 use flowhost::server::config::ServeConfig;
-use flowhost::store::{BulkAction, RunFilter, RunState, Store, parse_states};
+use flowhost::store::{BulkAction, RunFilter, RunState, Store, StoreLocation, parse_states};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,12 +67,18 @@ pub struct StoreArgs {
     /// The service's configuration, for its store.
     #[arg(long, default_value = "flowhost.toml")]
     config: PathBuf,
+    /// The store itself, instead of the configuration's: a SQLite file, or a PostgreSQL URL
+    /// (`postgres://user@host:5432/database`).
+    #[arg(long, env = "FLOWHOST_STORE", value_name = "PATH|URL", hide_env_values = true)]
+    store: Option<String>,
 }
 
 impl StoreArgs {
     async fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
-        let config = ServeConfig::load(&self.config)?;
-        let location = config.store_location()?;
+        let location = match &self.store {
+            Some(store) => StoreLocation::parse(store)?,
+            None => ServeConfig::load(&self.config)?.store_location()?,
+        };
         if let Some(path) = location.file() {
             anyhow::ensure!(path.exists(), "no store at {} (has the service run yet?)", path.display());
         }

@@ -1,4 +1,5 @@
-//! `flowhost serve --config flowhost.toml`: the durable service behind its HTTP API, until SIGINT or SIGTERM.
+//! `flowhost serve --config flowhost.toml [--store PATH|URL]`: the durable service behind its HTTP API, until SIGINT or
+//! SIGTERM.
 
 use crate::GlobalOptions;
 use anyhow::Context as _;
@@ -6,20 +7,30 @@ use flowhost::Host;
 use flowhost::delivery::Service;
 use flowhost::server::config::ServeConfig;
 use flowhost::server::{ApiState, router};
+use flowhost::store::StoreLocation;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub async fn serve(config_path: &Path, options: &GlobalOptions, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub async fn serve(
+    config_path: &Path,
+    store: Option<String>,
+    options: &GlobalOptions,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
     let config = ServeConfig::load(config_path)?;
     let secrets = options.secrets()?;
     let inbound = config.inbound_connections(&secrets).map_err(anyhow::Error::msg)?;
     let api_token = config.api_token(&secrets).map_err(anyhow::Error::msg)?;
     let flow_files = config.flow_files()?;
     let host = Host::new(config.host_config(options.runtime_config(), crate::builtin::COMPONENTS), secrets).await?;
-    let store_location = config.store_location()?;
+    // `--store`: a path is relative to the working directory, as paths on the command line are.
+    let store_location = match store {
+        Some(store) => StoreLocation::parse(&store)?,
+        None => config.store_location()?,
+    };
     let store = store_location.open().await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

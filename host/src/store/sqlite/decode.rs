@@ -6,35 +6,40 @@ use serde_json::Value;
 use std::fmt::Display;
 use std::str::FromStr;
 
-pub(super) fn corrupt(what: &str, id: &str, field: &str, message: impl Display) -> StoreError {
+pub(in crate::store) fn corrupt(what: &str, id: &str, field: &str, message: impl Display) -> StoreError {
     StoreError::Corrupt { what: format!("{what} {id}, column {field}"), message: message.to_string() }
 }
 
 /// Decodes one stored row's JSON and numbers, naming the row and column when the data is bad.
-pub(super) struct Decoder<'a> {
-    pub(super) what: &'static str,
-    pub(super) id: &'a str,
+pub(in crate::store) struct Decoder<'a> {
+    pub(in crate::store) what: &'static str,
+    pub(in crate::store) id: &'a str,
 }
 
 impl Decoder<'_> {
-    pub(super) fn json(&self, field: &str, text: &str) -> Result<Value, StoreError> {
+    pub(in crate::store) fn json(&self, field: &str, text: &str) -> Result<Value, StoreError> {
         serde_json::from_str(text).map_err(|e| corrupt(self.what, self.id, field, format!("not valid JSON: {e}")))
     }
 
-    pub(super) fn opt_json(&self, field: &str, text: Option<&str>) -> Result<Option<Value>, StoreError> {
+    pub(in crate::store) fn opt_json(&self, field: &str, text: Option<&str>) -> Result<Option<Value>, StoreError> {
         text.map(|text| self.json(field, text)).transpose()
     }
 
     /// A run's trace: zstd-compressed JSON ([`pack_trace`](super::traces::pack_trace)), or JSON text as written
     /// before compression.
-    pub(super) fn trace(&self, stored: &[u8]) -> Result<Value, StoreError> {
+    pub(in crate::store) fn trace(&self, stored: &[u8]) -> Result<Value, StoreError> {
         let bad = |message: String| corrupt(self.what, self.id, "trace", message);
         let json = decompress(stored).map_err(bad)?;
         serde_json::from_slice(&json).map_err(|e| bad(format!("not JSON: {e}")))
     }
 
     /// Trace `slot` of trace block `block` (migration 0005).
-    pub(super) fn trace_in_block(&self, blocks: &TraceBlocks, block: i64, slot: i64) -> Result<Value, StoreError> {
+    pub(in crate::store) fn trace_in_block(
+        &self,
+        blocks: &TraceBlocks,
+        block: i64,
+        slot: i64,
+    ) -> Result<Value, StoreError> {
         let bad = |message: String| corrupt(self.what, self.id, "trace", message);
         let traces = match blocks.get(&block) {
             None => return Err(bad(format!("trace block {block} does not exist"))),
@@ -48,20 +53,20 @@ impl Decoder<'_> {
         serde_json::from_str(trace.get()).map_err(|e| bad(format!("not JSON: {e}")))
     }
 
-    pub(super) fn strings(&self, field: &str, text: &str) -> Result<Vec<String>, StoreError> {
+    pub(in crate::store) fn strings(&self, field: &str, text: &str) -> Result<Vec<String>, StoreError> {
         serde_json::from_str(text)
             .map_err(|e| corrupt(self.what, self.id, field, format!("not a JSON array of strings: {e}")))
     }
 
-    pub(super) fn count(&self, field: &str, value: i64) -> Result<u32, StoreError> {
+    pub(in crate::store) fn count(&self, field: &str, value: i64) -> Result<u32, StoreError> {
         u32::try_from(value).map_err(|_| corrupt(self.what, self.id, field, format!("{value} is out of range")))
     }
 
-    pub(super) fn state<T: FromStr>(&self, text: &str) -> Result<T, StoreError> {
+    pub(in crate::store) fn state<T: FromStr>(&self, text: &str) -> Result<T, StoreError> {
         text.parse().map_err(|_| corrupt(self.what, self.id, "status", format!("unknown status `{text}`")))
     }
 }
 
-pub(super) fn convert<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>, StoreError> {
+pub(in crate::store) fn convert<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>, StoreError> {
     rows.into_iter().map(T::try_from).collect()
 }

@@ -11,14 +11,14 @@ use std::collections::{HashMap, HashSet};
 /// deleted, so an insert of runs writes only the pairs it brings that are not known yet: after the first runs of
 /// each flow, none.
 #[derive(Default)]
-pub(super) struct KnownFlowConnections(std::sync::Mutex<HashMap<String, HashSet<String>>>);
+pub(in crate::store) struct KnownFlowConnections(std::sync::Mutex<HashMap<String, HashSet<String>>>);
 
 /// Pairs of (connection, flow id) to store.
-pub(super) type FlowConnectionPairs = Vec<(String, String)>;
+pub(in crate::store) type FlowConnectionPairs = Vec<(String, String)>;
 
 impl KnownFlowConnections {
     /// The pairs of `runs` not known to be stored, each once.
-    pub(super) fn unknown(&self, runs: &[NewRun]) -> FlowConnectionPairs {
+    pub(in crate::store) fn unknown(&self, runs: &[NewRun]) -> FlowConnectionPairs {
         let known = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut pairs = FlowConnectionPairs::new();
         for run in runs {
@@ -35,7 +35,7 @@ impl KnownFlowConnections {
     }
 
     /// Records pairs as stored, once what wrote them has committed.
-    pub(super) fn learn(&self, pairs: FlowConnectionPairs) {
+    pub(in crate::store) fn learn(&self, pairs: FlowConnectionPairs) {
         let mut known = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (connection, flow_id) in pairs {
             known.entry(flow_id).or_default().insert(connection);

@@ -123,8 +123,8 @@ macro_rules! fenced {
 
 mod allocator;
 mod counts;
-mod decode;
-mod flow_connections;
+pub(super) mod decode;
+pub(super) mod flow_connections;
 mod holds;
 mod inbound;
 mod leases;
@@ -133,7 +133,7 @@ mod retention;
 mod runs;
 #[cfg(test)]
 mod tests;
-mod traces;
+pub(super) mod traces;
 mod waiting;
 mod wal_sync;
 

@@ -13,7 +13,7 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// A trace stored in its run's row (a dead letter's): zstd-compressed JSON. A `null` trace (not kept) is stored
 /// as `NULL`. Completions store their traces together instead
 /// ([`closing_batch`](super::leases::closing_batch)).
-pub(super) fn pack_trace(trace: &Value) -> Option<Vec<u8>> {
+pub(in crate::store) fn pack_trace(trace: &Value) -> Option<Vec<u8>> {
     if trace.is_null() {
         return None;
     }
@@ -22,7 +22,7 @@ pub(super) fn pack_trace(trace: &Value) -> Option<Vec<u8>> {
 
 /// JSON compressed with zstd. Compressing a slice into a buffer sized by zstd's bound cannot fail; the JSON is
 /// kept as it is if it ever does ([`decompress`] reads both).
-pub(super) fn compress(json: Vec<u8>) -> Vec<u8> {
+pub(in crate::store) fn compress(json: Vec<u8>) -> Vec<u8> {
     let packed = TRACE_COMPRESSOR.with_borrow_mut(|compressor| match compressor {
         Ok(compressor) => compressor.compress(&json).ok(),
         Err(_) => None,
@@ -32,7 +32,7 @@ pub(super) fn compress(json: Vec<u8>) -> Vec<u8> {
 
 /// The JSON of a stored trace or trace block: zstd-compressed, or JSON text (JSON never starts with zstd's magic
 /// number).
-pub(super) fn decompress(stored: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+pub(in crate::store) fn decompress(stored: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
     if stored.starts_with(&ZSTD_MAGIC) {
         zstd::decode_all(stored).map(Into::into).map_err(|e| format!("cannot decompress: {e}"))
     } else {
@@ -41,7 +41,7 @@ pub(super) fn decompress(stored: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, St
 }
 
 /// Trace blocks by id (migration 0005), each decompressed and split into its traces, or why it could not be.
-pub(super) type TraceBlocks = HashMap<i64, Result<Vec<Box<RawValue>>, String>>;
+pub(in crate::store) type TraceBlocks = HashMap<i64, Result<Vec<Box<RawValue>>, String>>;
 
 /// Loads the trace blocks with these ids (those the runs read point into), each once.
 pub(super) async fn read_trace_blocks(

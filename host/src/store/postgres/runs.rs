@@ -1,0 +1,345 @@
+//! The run queue: enqueue, claim and release, reading runs, and the operators' retry and drop.
+
+use super::notify::RUNS_CHANNEL;
+use super::{HOLDS_SHARED, PostgresStore, clamp_claim, clamp_limit, db, non_empty, token};
+use crate::store::sqlite::decode::Decoder;
+use crate::store::sqlite::traces::TraceBlocks;
+use crate::store::{Lease, NewRun, RunFilter, StoreError, StoredRun, add_ms, now_ms, validate_runs};
+use sqlx::postgres::PgPool;
+use sqlx::{FromRow, PgExecutor, Postgres, QueryBuilder};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+#[derive(FromRow)]
+pub(super) struct RunRow {
+    id: String,
+    seq: i64,
+    flow_id: String,
+    flow_version: String,
+    connections: Vec<String>,
+    ordering_key: String,
+    customer: Option<String>,
+    dedup_key: Option<String>,
+    event: String,
+    status: String,
+    attempts: i32,
+    leases: i32,
+    next_attempt_at: i64,
+    lease_owner: Option<String>,
+    lease_until: Option<i64>,
+    checkpoint: Option<String>,
+    last_error: Option<String>,
+    trace: Option<Vec<u8>>,
+    trace_block: Option<i64>,
+    trace_slot: Option<i32>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl RunRow {
+    fn into_run(self, blocks: &TraceBlocks) -> Result<StoredRun, StoreError> {
+        let row = self;
+        let d = Decoder { what: "run", id: &row.id };
+        let trace = match (row.trace_block, row.trace_slot) {
+            (Some(block), Some(slot)) => Some(d.trace_in_block(blocks, block, i64::from(slot))?),
+            _ => row.trace.as_deref().map(|stored| d.trace(stored)).transpose()?,
+        };
+        Ok(StoredRun {
+            event: d.json("event", &row.event)?,
+            status: d.state(&row.status)?,
+            attempts: d.count("attempts", i64::from(row.attempts))?,
+            leases: d.count("leases", i64::from(row.leases))?,
+            checkpoint: d.opt_json("checkpoint", row.checkpoint.as_deref())?,
+            last_error: d.opt_json("last_error", row.last_error.as_deref())?,
+            trace,
+            connections: row.connections,
+            seq: row.seq,
+            flow_id: row.flow_id,
+            flow_version: row.flow_version,
+            ordering_key: row.ordering_key,
+            customer: row.customer,
+            dedup_key: row.dedup_key,
+            next_attempt_at: row.next_attempt_at,
+            lease_owner: row.lease_owner,
+            lease_until: row.lease_until,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            id: row.id,
+        })
+    }
+}
+
+/// Runs as read, with the traces they point into from the trace blocks.
+pub(super) async fn stored_runs(pool: &PgPool, rows: Vec<RunRow>) -> Result<Vec<StoredRun>, StoreError> {
+    let ids: HashSet<i64> = rows.iter().filter_map(|row| row.trace_block).collect();
+    let mut blocks = TraceBlocks::new();
+    if !ids.is_empty() {
+        let ids: Vec<i64> = ids.into_iter().collect();
+        let stored: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT id, traces FROM trace_blocks WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(pool)
+            .await
+            .map_err(db("reading traces"))?;
+        for (id, stored) in stored {
+            let unpacked = crate::store::sqlite::traces::decompress(&stored).and_then(|json| {
+                serde_json::from_slice(&json).map_err(|e| format!("is not a JSON array of traces: {e}"))
+            });
+            blocks.insert(id, unpacked);
+        }
+    }
+    rows.into_iter().map(|row| row.into_run(&blocks)).collect()
+}
+
+/// Stores (connection, flow id) pairs in `flow_connections`, if not there yet, in a statement of its own before the
+/// runs that have them (a pair without its runs is harmless). Sorted, so two processes storing the same new pairs
+/// never wait for each other in a cycle.
+pub(super) async fn store_flow_connections(pool: &PgPool, pairs: &[(String, String)]) -> Result<(), StoreError> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let mut sorted = pairs.to_vec();
+    sorted.sort();
+    let (connections, flows): (Vec<String>, Vec<String>) = sorted.into_iter().unzip();
+    sqlx::query(
+        "INSERT INTO flow_connections (connection, flow_id) \
+         SELECT c, f FROM unnest($1::text[], $2::text[]) AS u (c, f) ORDER BY c, f ON CONFLICT DO NOTHING",
+    )
+    .bind(connections)
+    .bind(flows)
+    .execute(pool)
+    .await
+    .map_err(db("storing the connections of flows"))?;
+    Ok(())
+}
+
+/// Inserts runs (through `flowhost_enqueue`, migration 0001) and returns their ids, in order: for a run whose dedup
+/// key its flow already has (stored, or earlier in `runs`), the stored run's id.
+pub(super) async fn insert_runs<'c>(
+    executor: impl PgExecutor<'c>,
+    runs: &[NewRun],
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    const OP: &str = "enqueuing runs";
+    let mut ids = Vec::with_capacity(runs.len());
+    let mut first_by_dedup: HashMap<(&str, &str), usize> = HashMap::new();
+    // Each run's provisional id, or the index of the earlier run of the batch with its dedup key.
+    let mut fresh: Vec<usize> = Vec::with_capacity(runs.len());
+    let mut same_as: Vec<Option<usize>> = Vec::with_capacity(runs.len());
+    for (i, run) in runs.iter().enumerate() {
+        // Time-ordered (v7), so new ids land at the end of the id index.
+        ids.push(uuid::Uuid::now_v7().to_string());
+        match run.dedup_key.as_deref() {
+            Some(key) => match first_by_dedup.get(&(run.flow_id.as_str(), key)) {
+                Some(first) => same_as.push(Some(*first)),
+                None => {
+                    first_by_dedup.insert((run.flow_id.as_str(), key), i);
+                    fresh.push(i);
+                    same_as.push(None);
+                }
+            },
+            None => {
+                fresh.push(i);
+                same_as.push(None);
+            }
+        }
+    }
+    let column = |f: &dyn Fn(&NewRun) -> String| fresh.iter().map(|&i| f(&runs[i])).collect::<Vec<String>>();
+    let connections = column(&|run| {
+        let mut seen = HashSet::new();
+        let names: Vec<&str> = run.connections.iter().map(String::as_str).filter(|name| seen.insert(*name)).collect();
+        serde_json::Value::from(names).to_string()
+    });
+    let customers: Vec<Option<&str>> = fresh.iter().map(|&i| runs[i].customer.as_deref()).collect();
+    let dedup_keys: Vec<Option<&str>> = fresh.iter().map(|&i| runs[i].dedup_key.as_deref()).collect();
+    let stored: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT flow_id, dedup_key, id FROM flowhost_enqueue($1::text[], $2::text[], $3::text[], $4::text[], \
+         $5::text[], $6::text[], $7::text[], $8::text[], $9)",
+    )
+    .bind(fresh.iter().map(|&i| ids[i].clone()).collect::<Vec<_>>())
+    .bind(column(&|run| run.flow_id.clone()))
+    .bind(column(&|run| run.flow_version.clone()))
+    .bind(connections)
+    .bind(column(&|run| run.ordering_key.clone()))
+    .bind(customers)
+    .bind(dedup_keys)
+    .bind(column(&|run| run.event.to_string()))
+    .bind(now)
+    .fetch_all(executor)
+    .await
+    .map_err(db(OP))?;
+    let stored: HashMap<(String, String), String> =
+        stored.into_iter().map(|(flow_id, dedup_key, id)| ((flow_id, dedup_key), id)).collect();
+    for (i, run) in runs.iter().enumerate() {
+        if let Some(key) = run.dedup_key.as_deref() {
+            let id = stored
+                .get(&(run.flow_id.clone(), key.to_string()))
+                .cloned()
+                .or_else(|| same_as[i].map(|first| ids[first].clone()));
+            match id {
+                Some(id) => ids[i] = id,
+                None => {
+                    return Err(StoreError::Corrupt {
+                        what: format!("run with dedup key {key}"),
+                        message: "enqueued but not found".into(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(ids)
+}
+
+pub(super) async fn enqueue(store: &PostgresStore, runs: &[NewRun]) -> Result<Vec<String>, StoreError> {
+    validate_runs(runs)?;
+    if runs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pairs = store.flow_connections.unknown(runs);
+    store_flow_connections(&store.durable, &pairs).await?;
+    let ids = insert_runs(&store.durable, runs, now_ms()).await?;
+    store.flow_connections.learn(pairs);
+    Ok(ids)
+}
+
+pub(super) async fn claim(
+    store: &PostgresStore,
+    worker: &str,
+    limit: usize,
+    per_key: usize,
+    now_ms: i64,
+    lease: Duration,
+) -> Result<Vec<StoredRun>, StoreError> {
+    non_empty("worker", worker)?;
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<RunRow> =
+        sqlx::query_as(concat!("SELECT ", run_columns!(), " FROM flowhost_claim_runs($1, $2, $3, $4, $5)"))
+            .bind(worker)
+            .bind(add_ms(now_ms, lease))
+            .bind(now_ms)
+            .bind(clamp_claim(limit))
+            .bind(clamp_claim(per_key.max(1)))
+            .fetch_all(&store.bookkeeping)
+            .await
+            .map_err(db("claiming runs"))?;
+    let mut runs = stored_runs(&store.bookkeeping, rows).await?;
+    runs.sort_by_key(|run| run.seq);
+    Ok(runs)
+}
+
+pub(super) async fn release(store: &PostgresStore, leases: &[Lease]) -> Result<(), StoreError> {
+    if leases.is_empty() {
+        return Ok(());
+    }
+    const OP: &str = "releasing runs";
+    let mut tx = store.bookkeeping.begin().await.map_err(db(OP))?;
+    sqlx::query(HOLDS_SHARED).execute(&mut *tx).await.map_err(db(OP))?;
+    let released = sqlx::query(concat!(
+        "UPDATE runs SET status = CASE WHEN ", uses_held_connection!(), " THEN 'held' ELSE 'queued' END, \
+         next_attempt_at = $4, lease_until = NULL, updated_at = $4 \
+         WHERE runs.seq IN (SELECT r.seq FROM runs r \
+                            JOIN unnest($1::text[], $2::text[], $3::int4[]) AS c (id, worker, token) \
+                              ON r.id = c.id AND r.status = 'leased' AND r.lease_owner = c.worker AND r.leases = c.token \
+                            ORDER BY r.id FOR UPDATE OF r)"
+    ))
+    .bind(leases.iter().map(|lease| lease.id.as_str()).collect::<Vec<_>>())
+    .bind(leases.iter().map(|lease| lease.worker.as_str()).collect::<Vec<_>>())
+    .bind(leases.iter().map(token).collect::<Vec<_>>())
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await
+    .map_err(db(OP))?;
+    if released.rows_affected() > 0 {
+        sqlx::query("SELECT pg_notify($1, '')").bind(RUNS_CHANNEL).execute(&mut *tx).await.map_err(db(OP))?;
+    }
+    tx.commit().await.map_err(db(OP))
+}
+
+pub(super) async fn get(store: &PostgresStore, id: &str) -> Result<Option<StoredRun>, StoreError> {
+    let row: Option<RunRow> = sqlx::query_as(concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&store.bookkeeping)
+        .await
+        .map_err(db("reading a run"))?;
+    Ok(stored_runs(&store.bookkeeping, Vec::from_iter(row)).await?.pop())
+}
+
+pub(super) async fn list(store: &PostgresStore, filter: &RunFilter) -> Result<Vec<StoredRun>, StoreError> {
+    let mut query = QueryBuilder::<Postgres>::new(concat!("SELECT ", run_columns!(), " FROM runs WHERE true"));
+    if let Some(customer) = &filter.customer {
+        query.push(" AND customer = ").push_bind(customer.clone());
+    }
+    if let Some(flow_id) = &filter.flow_id {
+        query.push(" AND flow_id = ").push_bind(flow_id.clone());
+    }
+    if let Some(key) = &filter.ordering_key {
+        query.push(" AND ordering_key = ").push_bind(key.clone());
+    }
+    if let Some(connection) = &filter.connection {
+        query.push(" AND runs.flow_id IN (SELECT fc.flow_id FROM flow_connections fc WHERE fc.connection = ");
+        query.push_bind(connection.clone());
+        query.push(") AND ").push_bind(connection.clone()).push(" = ANY (runs.connections)");
+    }
+    if !filter.statuses.is_empty() {
+        let states: Vec<&str> = filter.statuses.iter().map(|state| state.as_str()).collect();
+        query.push(" AND status = ANY (").push_bind(states).push(")");
+    }
+    if let Some(before) = filter.before_seq {
+        query.push(" AND seq < ").push_bind(before);
+    }
+    query.push(" ORDER BY seq DESC LIMIT ").push_bind(clamp_limit(filter.limit));
+    let rows: Vec<RunRow> = query.build_query_as().fetch_all(&store.bookkeeping).await.map_err(db("listing runs"))?;
+    stored_runs(&store.bookkeeping, rows).await
+}
+
+pub(super) async fn retry_now(store: &PostgresStore, id: &str) -> Result<bool, StoreError> {
+    const OP: &str = "retrying a run";
+    let mut tx = store.durable.begin().await.map_err(db(OP))?;
+    sqlx::query(HOLDS_SHARED).execute(&mut *tx).await.map_err(db(OP))?;
+    let key: Option<String> = sqlx::query_scalar("SELECT ordering_key FROM runs WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db(OP))?;
+    let Some(key) = key else { return Ok(false) };
+    // A failed run reopens, and may be older than its key's open runs: no claim of the key may read the key's runs
+    // meanwhile (see flowhost_claim_runs).
+    sqlx::query("SELECT 1 FROM run_keys WHERE ordering_key = $1 FOR UPDATE")
+        .bind(&key)
+        .execute(&mut *tx)
+        .await
+        .map_err(db(OP))?;
+    let done = sqlx::query(concat!(
+        "UPDATE runs SET status = CASE WHEN ",
+        uses_held_connection!(),
+        " THEN 'held' ELSE 'queued' END, \
+         attempts = CASE WHEN status IN ('dead', 'failed') THEN 0 ELSE attempts END, \
+         next_attempt_at = $2, lease_until = NULL, updated_at = $2 \
+         WHERE id = $1 AND status IN ('dead', 'queued', 'held', 'failed')"
+    ))
+    .bind(id)
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await
+    .map_err(db(OP))?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query("SELECT pg_notify($1, '')").bind(RUNS_CHANNEL).execute(&mut *tx).await.map_err(db(OP))?;
+    tx.commit().await.map_err(db(OP))?;
+    Ok(true)
+}
+
+pub(super) async fn drop_run(store: &PostgresStore, id: &str) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE runs SET status = 'dropped', lease_until = NULL, updated_at = $2 \
+         WHERE id = $1 AND status IN ('queued', 'leased', 'held', 'dead')",
+    )
+    .bind(id)
+    .bind(now_ms())
+    .execute(&store.durable)
+    .await
+    .map_err(db("dropping a run"))?;
+    Ok(done.rows_affected() > 0)
+}
