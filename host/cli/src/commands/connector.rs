@@ -150,7 +150,7 @@ async fn load(context: &GlobalOptions, component: &Path) -> anyhow::Result<Arc<C
     } else {
         let mut builtin = Vec::new();
         for bytes in crate::builtin::COMPONENTS {
-            builtin.push(runtime.load_bytes(bytes).await?);
+            builtin.push(runtime.load_embedded(bytes).await?);
         }
         let id = component.to_string_lossy();
         let ids: Vec<String> = builtin.iter().map(|c| c.manifest().id.clone()).collect();
