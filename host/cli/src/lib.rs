@@ -2,6 +2,7 @@
 //! and printing what the library returns), the demo, the load benchmark and the connectors built into the
 //! binary. Platforms embed the `flowhost` library instead; nothing here is part of it.
 
+pub mod acceptance;
 pub mod bench;
 pub mod builtin;
 mod commands;
@@ -71,7 +72,7 @@ enum Command {
     },
     /// The main job: run the example flows against an in-process mParticle emulator and show what happened.
     Demo,
-    /// Inspect, check and call connector components.
+    /// Inspect, check, call and test connector components.
     #[command(subcommand)]
     Connector(connector::ConnectorCommand),
     /// The flow format.

@@ -1,4 +1,4 @@
-//! `flowhost connector inspect | check | call`.
+//! `flowhost connector inspect | check | call | test`.
 
 use crate::{GlobalOptions, json_argument};
 use anyhow::Context as _;
@@ -42,6 +42,18 @@ pub enum ConnectorCommand {
         /// The capability's input: JSON, or @file.
         #[arg(long)]
         input: String,
+    },
+    /// Run the acceptance suite every connector passes: a valid manifest, check and inputs refused properly,
+    /// examples within the sandbox's limits, batches in order, no secret in any output. Requests go to a stub
+    /// remote in the process, never to the network. Exits non-zero when a check fails.
+    Test {
+        /// A connector component (.wasm file), or the id of a connector built into flowhost (e.g. `http`).
+        #[arg(value_name = "COMPONENT")]
+        component: PathBuf,
+        /// A working connection config: JSON, or @file, secrets by reference. Without it, one is made from the
+        /// connection properties' schemas (their examples), with marker values for the secrets.
+        #[arg(long)]
+        config: Option<String>,
     },
 }
 
@@ -117,6 +129,18 @@ pub async fn run(
                 Err(error) => report(err, &error)?,
             })
         }
+        ConnectorCommand::Test { component, config } => {
+            let (bytes, name) = component_bytes(&component)?;
+            let config = config.map(|c| json_argument("--config", &c)).transpose()?;
+            let options = crate::acceptance::SuiteOptions {
+                config,
+                secrets: context.secrets()?,
+                runtime: context.runtime_config(),
+            };
+            let report = crate::acceptance::run(&bytes, &name, options).await;
+            write!(out, "{}", report.render())?;
+            Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
         ConnectorCommand::Call { component, capability, connection, input } => {
             let connector = load(context, &component).await?;
             let connection = connect(context, &connector, &connection)?;
@@ -137,6 +161,24 @@ pub async fn run(
                 }
                 Err(error) => report(err, &error)?,
             })
+        }
+    }
+}
+
+/// The bytes of a component file, or of a built-in connector named by its id, and a name for it.
+fn component_bytes(component: &Path) -> anyhow::Result<(Vec<u8>, String)> {
+    let bare_name = component.components().count() == 1 && component.extension().is_none();
+    if component.exists() || !bare_name {
+        let bytes = std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
+        return Ok((bytes, component.display().to_string()));
+    }
+    let id = component.to_string_lossy();
+    let builtin = [("mparticle", crate::builtin::MPARTICLE), ("http", crate::builtin::HTTP)];
+    match builtin.iter().find(|(name, _)| *name == id) {
+        Some((name, bytes)) => Ok((bytes.to_vec(), format!("built-in {name}"))),
+        None => {
+            let ids: Vec<&str> = builtin.iter().map(|(name, _)| *name).collect();
+            anyhow::bail!("{id}: no such file, and no built-in connector has that id (built in: {})", ids.join(", "))
         }
     }
 }
