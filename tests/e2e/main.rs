@@ -9,6 +9,7 @@ mod inbound;
 mod mparticle;
 mod runtime;
 mod serve;
+mod typescript;
 
 use flowhost::connector::{
     Connection, ConnectionOptions, Connector, HttpLimits, InvocationContext, Runtime, RuntimeConfig, SandboxLimits,

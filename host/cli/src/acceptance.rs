@@ -130,8 +130,9 @@ pub struct SuiteOptions {
 /// (Not `apiKey` alone: some services pair a public key with a secret, as mParticle's Events API does.)
 const CREDENTIAL_WORDS: &[&str] = &["secret", "password", "token", "privatekey", "credential", "passphrase"];
 
-/// Runs the suite over a component's bytes.
-pub async fn run(bytes: &[u8], name: &str, options: SuiteOptions) -> Report {
+/// Runs the suite over a component's bytes. They live as long as the process (as a built-in connector's do),
+/// so that runs over the same component in one process compile it once.
+pub async fn run(bytes: &'static [u8], name: &str, options: SuiteOptions) -> Report {
     let mut report = Report { connector: name.to_string(), ..Report::default() };
     let remote = Arc::new(StubRemote { status: AtomicU16::new(200), requests: AtomicUsize::new(0) });
     let runtime = match Runtime::with_transport(options.runtime.clone(), remote.clone()) {
@@ -141,7 +142,7 @@ pub async fn run(bytes: &[u8], name: &str, options: SuiteOptions) -> Report {
             return report;
         }
     };
-    let connector = match runtime.load_bytes(bytes).await {
+    let connector = match runtime.load_embedded(bytes).await {
         Ok(connector) => connector,
         Err(error) => {
             report.fail("load", format!("the component cannot be loaded: {error}"));

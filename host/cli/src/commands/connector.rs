@@ -137,7 +137,9 @@ pub async fn run(
                 secrets: context.secrets()?,
                 runtime: context.runtime_config(),
             };
-            let report = crate::acceptance::run(&bytes, &name, options).await;
+            // The command ends with the suite: the bytes may live as long as the process.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            let report = crate::acceptance::run(bytes, &name, options).await;
             write!(out, "{}", report.render())?;
             Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }

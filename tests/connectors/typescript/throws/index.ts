@@ -22,7 +22,7 @@ export const { describe, check, invoke } = exportConnector({
       const profile = input.profile as unknown as { name: string };
       return profile.name; // input.profile is undefined: TypeError
     }
-    if (capabilityId === "ok") return { ok: true, now: Date.now() > 0, random: Math.random() < 1 };
+    if (capabilityId === "ok") return { ok: true };
     throw invalidInput("", `unknown capability ${capabilityId}`);
   },
 });
