@@ -53,6 +53,13 @@ fn main() {
         writeln!(code, "/// Path of the `{}` component.", component.name).unwrap();
         writeln!(code, "pub const {constant}: &str = {:?};", component.path.display().to_string()).unwrap();
     }
+    // For the tests of `flowhost connector new`, which build generated projects with what the workspace uses.
+    println!("cargo:rustc-env=FLOWHOST_TS_NODE_MODULES={}", connector_build::typescript_node_modules(&root).display());
+    let wasm_target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("wasm-components");
+    println!("cargo:rustc-env=FLOWHOST_WASM_TARGET_DIR={}", wasm_target.display());
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("components.rs");
     std::fs::write(out, code).unwrap();
 }

@@ -259,3 +259,87 @@ async fn the_example_flow_calls_an_api_through_the_http_connector() {
     assert!(!text.contains("crm-token"), "the token leaked into the trace: {text}");
     server.abort();
 }
+
+/// Runs `flowhost` in-process; returns the exit code's success, stdout and stderr.
+async fn flowhost(args: &[&str]) -> (bool, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = flowhost_cli::run(std::iter::once("flowhost").chain(args.iter().copied()), &mut out, &mut err).await;
+    (code == std::process::ExitCode::SUCCESS, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+}
+
+fn run(command: &mut std::process::Command) {
+    let output = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_new_typescript_connector_builds_and_passes_the_acceptance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("acme-crm");
+    let (ok, out, err) =
+        flowhost(&["connector", "new", "acme-crm", "--lang", "typescript", "--dir", project.to_str().unwrap()]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("npm ci") && out.contains("flowhost connector test dist/acme-crm.wasm"), "{out}");
+    // `npm ci` would install exactly the workspace's packages (the same lockfile): share them instead of
+    // downloading them again.
+    let lock: Value =
+        serde_json::from_str(&std::fs::read_to_string(project.join("package-lock.json")).unwrap()).unwrap();
+    let sdk_lock: Value =
+        serde_json::from_str(include_str!("../../connectors/sdk-typescript/package-lock.json")).unwrap();
+    assert_eq!(
+        lock["packages"]["node_modules/componentize-qjs"],
+        sdk_lock["packages"]["node_modules/componentize-qjs"]
+    );
+    std::os::unix::fs::symlink(env!("FLOWHOST_TS_NODE_MODULES"), project.join("node_modules")).unwrap();
+    run(std::process::Command::new("npm").args(["run", "build"]).current_dir(&project));
+
+    let wasm = project.join("dist/acme-crm.wasm");
+    let cache = dir.path().join("cache");
+    let (ok, out, err) =
+        flowhost(&["--cache-dir", cache.to_str().unwrap(), "connector", "test", wasm.to_str().unwrap()]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("acme-crm 0.1.0") && out.contains("passed:") && out.contains("0 failed"), "{out}");
+
+    // The same name twice is refused, naming the directory.
+    let (ok, _, err) =
+        flowhost(&["connector", "new", "acme-crm", "--lang", "typescript", "--dir", project.to_str().unwrap()]).await;
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let (ok, _, err) = flowhost(&["connector", "new", "Acme CRM", "--lang", "rust"]).await;
+    assert!(!ok && err.contains("is not a connector id"), "{err}");
+}
+
+#[tokio::test]
+async fn a_new_rust_connector_builds_and_passes_the_acceptance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("acme-rs");
+    let (ok, out, err) =
+        flowhost(&["connector", "new", "acme-rs", "--lang", "rust", "--dir", project.to_str().unwrap()]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("target/wasm32-wasip2/wasm/acme_rs.wasm"), "{out}");
+    // The workspace's wasm target directory: the SDK's dependencies (same lockfile, same profile) are built there
+    // already, so only the project's own two crates compile.
+    let target = env!("FLOWHOST_WASM_TARGET_DIR");
+    let mut cargo = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo
+        .args(["build", "--target", "wasm32-wasip2", "--profile", "wasm"])
+        .current_dir(&project)
+        .env("CARGO_TARGET_DIR", target);
+    for var in
+        ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "CARGO_BUILD_TARGET"]
+    {
+        cargo.env_remove(var);
+    }
+    run(&mut cargo);
+
+    let wasm = std::path::Path::new(target).join("wasm32-wasip2/wasm/acme_rs.wasm");
+    let cache = dir.path().join("cache");
+    let (ok, out, err) =
+        flowhost(&["--cache-dir", cache.to_str().unwrap(), "connector", "test", wasm.to_str().unwrap()]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("acme-rs 0.1.0") && out.contains("passed:") && out.contains("0 failed"), "{out}");
+}

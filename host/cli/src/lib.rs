@@ -7,6 +7,7 @@ pub mod bench;
 pub mod builtin;
 mod commands;
 pub mod demo;
+pub mod template;
 
 use commands::{connector, flow, queue, serve};
 

@@ -1,4 +1,4 @@
-//! `flowhost connector inspect | check | call | test`.
+//! `flowhost connector inspect | check | call | test | new`.
 
 use crate::{GlobalOptions, json_argument};
 use anyhow::Context as _;
@@ -54,6 +54,17 @@ pub enum ConnectorCommand {
         /// connection properties' schemas (their examples), with marker values for the secrets.
         #[arg(long)]
         config: Option<String>,
+    },
+    /// Create a connector project that builds and passes `flowhost connector test` as generated.
+    New {
+        /// The connector's id: lower-case letters, digits and dashes (e.g. `acme-crm`).
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum)]
+        lang: crate::template::Language,
+        /// Where to create it [default: ./<name>].
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -128,6 +139,23 @@ pub async fn run(
                 }
                 Err(error) => report(err, &error)?,
             })
+        }
+        ConnectorCommand::New { name, lang, dir } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let files = crate::template::generate(&name, lang, &dir)?;
+            writeln!(out, "Created {} ({} files). Next:\n", dir.display(), files.len())?;
+            let wasm = match lang {
+                crate::template::Language::Typescript => {
+                    writeln!(out, "  cd {}\n  npm ci\n  npm run build", dir.display())?;
+                    format!("dist/{name}.wasm")
+                }
+                crate::template::Language::Rust => {
+                    writeln!(out, "  cd {}\n  cargo build --target wasm32-wasip2 --profile wasm", dir.display())?;
+                    format!("target/wasm32-wasip2/wasm/{}.wasm", name.replace('-', "_"))
+                }
+            };
+            writeln!(out, "  flowhost connector test {wasm}")?;
+            Ok(ExitCode::SUCCESS)
         }
         ConnectorCommand::Test { component, config } => {
             let (bytes, name) = component_bytes(&component)?;
