@@ -106,8 +106,42 @@ fn main() {
             assert!(results.iter().all(|r| r.result.is_ok()));
         })
     });
+    // Other JavaScript components to compare (e.g. the same echo connector built with componentize-js and
+    // with componentize-qjs): FLOWHOST_BENCH_JS=a.wasm,b.wasm, each exporting an `echo` capability.
+    let extra: Vec<String> =
+        std::env::var("FLOWHOST_BENCH_JS").map(|v| v.split(',').map(String::from).collect()).unwrap_or_default();
+    let mut extra_figures = Vec::new();
+    for path in &extra {
+        let bytes = std::fs::read(path).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let js_runtime = self::runtime(Some(dir.path().to_path_buf()));
+        let started = std::time::Instant::now();
+        let js = tokio.block_on(js_runtime.load_bytes(&bytes)).unwrap();
+        let compile = started.elapsed();
+        let compiled: u64 = std::fs::read_dir(dir.path().join("components"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().unwrap().len())
+            .sum();
+        let connection = js.connection("bench", &json!({}), &SecretStore::default(), &options).unwrap();
+        let input = json!({"message": "hello"});
+        let name = std::path::Path::new(path).file_stem().unwrap().to_string_lossy().into_owned();
+        invoke.bench_function(format!("js_{name}_call"), |b| {
+            b.to_async(&tokio)
+                .iter(|| async { js.invoke(&connection, "echo", &input, &contexts[0]).await.result.unwrap() })
+        });
+        extra_figures.push((name, bytes.len(), compiled, compile));
+    }
     invoke.finish();
     c.final_summary();
+    for (name, size, compiled, compile) in extra_figures {
+        println!(
+            "{name}: {:.1} MiB, compiled {:.1} MiB, cold compile {:.2} s",
+            size as f64 / 1048576.0,
+            compiled as f64 / 1048576.0,
+            compile.as_secs_f64()
+        );
+    }
 
     let compiled: Vec<(String, u64)> = std::fs::read_dir(cache.path().join("components"))
         .unwrap()
