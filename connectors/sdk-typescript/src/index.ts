@@ -444,7 +444,14 @@ export function exportBatchConnector(connector: BatchConnector) {
           results.push({ tag: "err", val: (e as ConnectorFailure).error });
         }
       }
-      const outputs = unguarded(() => connector.invokeBatch(capability, parsedConnection, valid));
+      let outputs: (Json | ConnectorFailure)[];
+      try {
+        outputs = connector.invokeBatch(capability, parsedConnection, valid);
+      } catch (e) {
+        // A connector error for the whole batch (e.g. its connection) is each item's.
+        if (!(e instanceof ConnectorFailure)) crash(e);
+        outputs = valid.map(() => e as ConnectorFailure);
+      }
       if (outputs.length !== valid.length) {
         crash(new Error(`invokeBatch returned ${outputs.length} results for ${valid.length} items`));
       }
