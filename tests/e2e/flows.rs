@@ -34,7 +34,7 @@ pub async fn host_with_echo(cache: &Path) -> Host {
             limits: SandboxLimits { timeout: Duration::from_secs(5), ..SandboxLimits::default() },
             ..RuntimeConfig::default()
         },
-        embedded_connectors: vec![flowhost_cli::builtin::MPARTICLE],
+        embedded_connectors: flowhost_cli::builtin::COMPONENTS.to_vec(),
         ..HostConfig::default()
     };
     let mut host = Host::new(config, SecretStore::from_pairs([("ECHO_TOKEN", "let-me-in")])).await.unwrap();
