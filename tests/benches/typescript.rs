@@ -67,7 +67,8 @@ fn main() {
     }
     load.finish();
 
-    let runtime = runtime(None);
+    // Compiled above: loaded from the cache.
+    let runtime = runtime(Some(cache.path().to_path_buf()));
     let echo = tokio.block_on(runtime.load_bytes(&echo_bytes)).unwrap();
     let http = tokio.block_on(runtime.load_bytes(&http_bytes)).unwrap();
     let secrets = SecretStore::from_pairs([("TOKEN", "let-me-in")]);
