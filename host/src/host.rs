@@ -89,7 +89,7 @@ impl Host {
         let runtime = Runtime::new(config.runtime.clone()).map_err(HostError::Runtime)?;
         let mut registry = ConnectorRegistry::default();
         for bytes in &config.embedded_connectors {
-            registry.add(runtime.load_bytes(bytes).await?);
+            registry.add(runtime.load_embedded(bytes).await?);
         }
         registry.load_dirs(&runtime, &config.connector_dirs).await?;
         Ok(Host { runtime, registry, secrets, config, on_emit: Arc::new(|_| {}) })

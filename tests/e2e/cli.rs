@@ -394,13 +394,13 @@ async fn check_takes_directories_skips_json_schemas_and_prints_warnings() {
     let mut sorted = files.clone();
     sorted.sort();
     assert_eq!(files, sorted, "name order");
-    assert_eq!(files.len(), 11, "{}", flows.out);
+    assert_eq!(files.len(), 12, "{}", flows.out);
     assert!(
         flows.out.lines().any(|l| l == format!("{}: skipped (a JSON Schema, not a flow)", repo("flows/schema.json"))),
         "{}",
         flows.out
     );
-    assert_eq!(flows.out.lines().filter(|l| l.contains(": ok (")).count(), 10, "{}", flows.out);
+    assert_eq!(flows.out.lines().filter(|l| l.contains(": ok (")).count(), 11, "{}", flows.out);
     // The schema named alone is skipped too.
     let schema = flowhost(&["--cache-dir", cache, "check", &repo("flows/schema.json")]).await;
     assert_eq!(schema.code, ExitCode::SUCCESS, "{}", schema.err);
@@ -475,7 +475,11 @@ async fn commands_describe_their_arguments_and_inspect_finds_a_built_in_connecto
     assert_eq!(builtin.code, ExitCode::SUCCESS, "{}", builtin.err);
     assert!(builtin.out.contains("Inbound (POST /v1/inbound/<connection>)"), "{}", builtin.out);
     let unknown = flowhost(&["--no-cache", "connector", "inspect", "nope"]).await;
-    assert!(unknown.err.contains("no built-in connector has that id (built in: mparticle, antavo)"), "{}", unknown.err);
+    assert!(
+        unknown.err.contains("no built-in connector has that id (built in: mparticle, antavo, http)"),
+        "{}",
+        unknown.err
+    );
 }
 
 /// `flowhost connector inspect antavo`: the built-in Antavo connector, every capability with its input (with an

@@ -55,7 +55,7 @@ async fn example_flows_pass_check_and_fit_the_schema() {
     let host = host_with_echo(cache.path()).await;
     let schema = jsonschema::validator_for(&flow_schema()).unwrap();
     let files = flow_files("flows");
-    assert_eq!(files.len(), 10);
+    assert_eq!(files.len(), 11);
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         if let Err(problems) = host.check(&text) {
@@ -353,7 +353,7 @@ async fn damaged_flows_never_panic_the_linter() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 600);
+    assert_eq!(checked, 660);
 }
 
 fn collect_paths(value: &Value, pointer: String, out: &mut Vec<String>) {

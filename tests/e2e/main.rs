@@ -11,6 +11,7 @@ mod mparticle;
 mod runtime;
 mod scale;
 mod serve;
+mod typescript;
 
 use flowhost::connector::{
     Connection, ConnectionOptions, Connector, HttpLimits, InvocationContext, Runtime, RuntimeConfig, SandboxLimits,

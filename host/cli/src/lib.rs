@@ -2,10 +2,12 @@
 //! and printing what the library returns), the demo, the load benchmark and the connectors built into the
 //! binary. Platforms embed the `flowhost` library instead; nothing here is part of it.
 
+pub mod acceptance;
 pub mod bench;
 pub mod builtin;
 mod commands;
 pub mod demo;
+pub mod template;
 
 use commands::{connector, flow, queue, serve};
 
@@ -109,7 +111,7 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
-    /// Inspect, check and call connector components.
+    /// Inspect, check, call and test connector components, or start a new one.
     Connector {
         #[command(subcommand)]
         command: connector::ConnectorCommand,

@@ -3,8 +3,10 @@
 //! loads in milliseconds instead of compiling for seconds.
 
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -95,14 +97,48 @@ impl DiskCache {
     }
 }
 
-/// Compiles `bytes`, or loads the precompiled artifact from the disk cache.
+/// Precompiled built-in components of this process, by content hash and engine compatibility hash.
+type EmbeddedArtifacts = Mutex<HashMap<(String, u64), Arc<Vec<u8>>>>;
+static EMBEDDED: OnceLock<EmbeddedArtifacts> = OnceLock::new();
+
+fn engine_hash(engine: &Engine) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Compiles `bytes`, or loads the precompiled artifact from the disk cache (or, for a component `embedded` in
+/// the program, from this process's memory, where it is kept after its first load).
 pub fn compile_or_load(
     engine: &Engine,
     disk: Option<&DiskCache>,
     hash: &str,
     bytes: &[u8],
+    embedded: bool,
 ) -> wasmtime::Result<(Component, LoadSource, Duration)> {
     let started = Instant::now();
+    let key = (hash.to_string(), engine_hash(engine));
+    let artifacts = EMBEDDED.get_or_init(Default::default);
+    if embedded && let Some(artifact) = artifacts.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned() {
+        // SAFETY: the artifact was made by `Component::serialize` in this process, for an engine of the same
+        // compatibility hash; it never left memory.
+        let component = unsafe { Component::deserialize(engine, &artifact[..])? };
+        return Ok((component, LoadSource::Memory, started.elapsed()));
+    }
+    let (component, source, elapsed) = compile_or_load_uncached(engine, disk, hash, bytes, started)?;
+    if embedded && let Ok(artifact) = component.serialize() {
+        artifacts.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Arc::new(artifact));
+    }
+    Ok((component, source, elapsed))
+}
+
+fn compile_or_load_uncached(
+    engine: &Engine,
+    disk: Option<&DiskCache>,
+    hash: &str,
+    bytes: &[u8],
+    started: Instant,
+) -> wasmtime::Result<(Component, LoadSource, Duration)> {
     if let Some(component) = disk.and_then(|d| d.load(engine, hash)) {
         let elapsed = started.elapsed();
         tracing::info!(

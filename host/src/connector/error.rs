@@ -149,6 +149,12 @@ pub enum LoadError {
     Compile(String),
     #[error("the component does not implement flowhost:connector@0.1.0: {0}")]
     Contract(String),
+    /// The component was built for a version of the WIT contract this host does not know.
+    #[error(
+        "the component was built for {found}, which this host does not support: it supports {}; rebuild the \
+         connector against one of those (wit/ in flowhost's repository)", supported.join(", ")
+    )]
+    UnsupportedWitVersion { found: String, supported: Vec<String> },
     #[error("describe failed: {0}")]
     Describe(String),
     #[error("invalid manifest: {0}")]

@@ -25,7 +25,9 @@ pub use http_client::{FetchError, FetchRequest, FetchResponse, HttpLimits, HttpT
 pub use invocation::{Invocation, InvocationContext};
 pub use manifest::{CapabilityInfo, ConnectionProperty, Manifest, unwrap_davinci};
 pub use registry::ConnectorRegistry;
-pub use runtime::{Connection, ConnectionOptions, Connector, Runtime, RuntimeConfig};
+pub use runtime::{
+    CRASH_LOG_PREFIX, Connection, ConnectionOptions, Connector, Runtime, RuntimeConfig, SUPPORTED_WIT_VERSIONS,
+};
 pub use sandbox::{LogLevel, LogLine, LogSource, SandboxLimits};
 pub use secrets::{Redactor, SecretStore};
 pub use strict_inputs::InputError;

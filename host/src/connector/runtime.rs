@@ -54,6 +54,32 @@ impl Default for RuntimeConfig {
 /// The interface a connector's inbound side exports.
 const INBOUND_INTERFACE: &str = "flowhost:connector/inbound@0.1.0";
 
+/// The versions of the `flowhost:connector` WIT package this host loads components of (`wit/`).
+pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["0.1.0"];
+
+/// The prefix of the log line (level error) in which a connector that is about to trap says why: the SDKs of
+/// languages whose exceptions trap without a message the host can read (TypeScript) write it, and the host
+/// reports the line's rest as the crash's message.
+pub const CRASH_LOG_PREFIX: &str = "crashed: ";
+
+/// Refuses a component that imports or exports `flowhost:connector` interfaces of a version this host does
+/// not know, naming both versions (wasmtime's own link error would name only an interface).
+fn check_wit_version(component: &wasmtime::component::Component, engine: &Engine) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let names = ty.imports(engine).map(|(name, _)| name).chain(ty.exports(engine).map(|(name, _)| name));
+    for name in names {
+        let Some(rest) = name.strip_prefix("flowhost:connector/") else { continue };
+        let Some((_, version)) = rest.split_once('@') else { continue };
+        if !SUPPORTED_WIT_VERSIONS.contains(&version) {
+            return Err(LoadError::UnsupportedWitVersion {
+                found: format!("flowhost:connector@{version}"),
+                supported: SUPPORTED_WIT_VERSIONS.iter().map(|v| format!("flowhost:connector@{v}")).collect(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The connector runtime. Cheap to clone; all clones share one engine and one set of caches.
 #[derive(Clone)]
 pub struct Runtime {
@@ -136,6 +162,18 @@ impl Runtime {
     /// Loads a component from its bytes: from memory if already loaded, else from the disk cache, else
     /// compiled. Then it is described once and its schemas compiled.
     pub async fn load_bytes(&self, bytes: &[u8]) -> Result<Arc<Connector>, LoadError> {
+        self.load(bytes, false).await
+    }
+
+    /// Loads a component built into the program (a built-in connector) as [`Runtime::load_bytes`] does, and
+    /// keeps its compiled form for the life of the process: another runtime of the same engine settings in
+    /// this process (a second host, a command run in-process, a test) deserializes it instead of compiling
+    /// it again, even without a disk cache.
+    pub async fn load_embedded(&self, bytes: &'static [u8]) -> Result<Arc<Connector>, LoadError> {
+        self.load(bytes, true).await
+    }
+
+    async fn load(&self, bytes: &[u8], embedded: bool) -> Result<Arc<Connector>, LoadError> {
         let hash = content_hash(bytes);
         if let Some(loaded) =
             self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(&hash).and_then(Weak::upgrade)
@@ -145,11 +183,13 @@ impl Runtime {
         let inner = self.inner.clone();
         let owned = bytes.to_vec();
         let key = hash.clone();
-        let (component, source, load_time) =
-            tokio::task::spawn_blocking(move || compile_or_load(&inner.engine, inner.disk.as_ref(), &key, &owned))
-                .await
-                .map_err(|e| LoadError::Compile(e.to_string()))?
-                .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let (component, source, load_time) = tokio::task::spawn_blocking(move || {
+            compile_or_load(&inner.engine, inner.disk.as_ref(), &key, &owned, embedded)
+        })
+        .await
+        .map_err(|e| LoadError::Compile(e.to_string()))?
+        .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        check_wit_version(&component, &self.inner.engine)?;
         let instance_pre =
             self.inner.linker.instantiate_pre(&component).map_err(|e| LoadError::Contract(format!("{e:#}")))?;
         // A component that also exports `invoke-batch` (the `batch-connector` world) gets calls in batches.
@@ -314,6 +354,31 @@ impl Connector {
         secrets: &SecretStore,
         options: &ConnectionOptions,
     ) -> Result<Connection, ConfigError> {
+        self.connection_with(name, config, secrets, options, true)
+    }
+
+    /// A connection whose config is not validated against the connection properties (secret references are
+    /// still resolved): for the acceptance suite, which hands a connector's `check` configs the host would
+    /// refuse, to see that the connector refuses them itself.
+    #[doc(hidden)]
+    pub fn connection_unvalidated(
+        &self,
+        name: &str,
+        config: &Value,
+        secrets: &SecretStore,
+        options: &ConnectionOptions,
+    ) -> Result<Connection, ConfigError> {
+        self.connection_with(name, config, secrets, options, false)
+    }
+
+    fn connection_with(
+        &self,
+        name: &str,
+        config: &Value,
+        secrets: &SecretStore,
+        options: &ConnectionOptions,
+        validate: bool,
+    ) -> Result<Connection, ConfigError> {
         let Value::Object(given) = config else {
             return Err(ConfigError::Invalid(vec![FieldError {
                 pointer: String::new(),
@@ -337,17 +402,26 @@ impl Connector {
             }
         }
         let resolved = Value::Object(resolved);
-        self.validators.validate_connection(&resolved).map_err(ConfigError::Invalid)?;
+        if validate {
+            self.validators.validate_connection(&resolved).map_err(ConfigError::Invalid)?;
+        }
 
         let mut connector_hosts = Vec::new();
         for entry in &self.manifest.allowed_hosts {
             match entry.strip_prefix('{').and_then(|e| e.strip_suffix('}')) {
                 Some(property) => {
                     if let Some(url) = resolved.get(property).and_then(Value::as_str) {
-                        let pattern = HostPattern::origin_of(url).map_err(|message| {
-                            ConfigError::Invalid(vec![FieldError { pointer: format!("/{property}"), message }])
-                        })?;
-                        connector_hosts.push(pattern);
+                        match HostPattern::origin_of(url) {
+                            Ok(pattern) => connector_hosts.push(pattern),
+                            Err(message) if validate => {
+                                return Err(ConfigError::Invalid(vec![FieldError {
+                                    pointer: format!("/{property}"),
+                                    message,
+                                }]));
+                            }
+                            // Unvalidated: a URL that is none allows no host.
+                            Err(_) => {}
+                        }
                     }
                 }
                 None => connector_hosts.push(HostPattern::parse(entry).expect("checked when the manifest was loaded")),
@@ -441,6 +515,19 @@ impl Connector {
         if let Err(error) = self.validate_input_for(connection, capability, input) {
             return Invocation { result: Err(error), log: Vec::new(), duration: Duration::ZERO };
         }
+        self.invoke_unvalidated(connection, capability, input, context).await
+    }
+
+    /// Invokes a capability without validating the input first: for the acceptance suite, which checks that
+    /// a connector refuses invalid inputs itself.
+    #[doc(hidden)]
+    pub async fn invoke_unvalidated(
+        &self,
+        connection: &Connection,
+        capability: &str,
+        input: &Value,
+        context: &InvocationContext,
+    ) -> Invocation {
         let config = connection.resolved_config.expose_secret().to_string();
         let input = serde_json::to_string(input).expect("a JSON value always serialises");
         let capability = capability.to_string();
@@ -496,10 +583,36 @@ impl Connector {
             }
             return results;
         };
+        self.invoke_batch_with(connection, capability, items, batch_pre, true).await
+    }
+
+    /// One `invoke-batch` of a batched capability for all items, none validated first (`None` when the
+    /// capability is not batched): for the acceptance suite, which checks that each item gets its own result,
+    /// in order.
+    #[doc(hidden)]
+    pub async fn invoke_batch_unvalidated(
+        &self,
+        connection: &Connection,
+        capability: &str,
+        items: &[(&Value, &InvocationContext)],
+    ) -> Option<Vec<Invocation>> {
+        let batch_pre = self.batch_pre.as_ref().filter(|_| self.batches(capability))?;
+        Some(self.invoke_batch_with(connection, capability, items, batch_pre, false).await)
+    }
+
+    async fn invoke_batch_with(
+        &self,
+        connection: &Connection,
+        capability: &str,
+        items: &[(&Value, &InvocationContext)],
+        batch_pre: &bindings::batch::BatchConnectorPre<StoreState>,
+        validate: bool,
+    ) -> Vec<Invocation> {
         let mut results: Vec<Option<Invocation>> = Vec::with_capacity(items.len());
         let mut batch = Vec::new();
         for (input, context) in items {
-            match self.validate_input_for(connection, capability, input) {
+            let valid = if validate { self.validate_input_for(connection, capability, input) } else { Ok(()) };
+            match valid {
                 Ok(()) => {
                     batch.push(bindings::types::BatchItem {
                         input: serde_json::to_string(input).expect("a JSON value always serialises"),
@@ -773,10 +886,14 @@ fn classify_trap(error: &wasmtime::Error, state: &StoreState, limits: &SandboxLi
         Some(Trap::Interrupt) => InvokeError::Timeout { after_ms: timeout_ms },
         Some(Trap::StackOverflow) => InvokeError::Crashed { message: "stack overflow".into() },
         Some(trap) => {
-            let message = panic_message(&state.stderr_text()).unwrap_or_else(|| format!("trap: {trap}"));
+            let message = panic_message(&state.stderr_text())
+                .or_else(|| state.crash_report())
+                .unwrap_or_else(|| format!("trap: {trap}"));
             InvokeError::Crashed { message }
         }
-        None => InvokeError::Crashed { message: state.redactor().redact(&format!("{error:#}")) },
+        None => InvokeError::Crashed {
+            message: state.crash_report().unwrap_or_else(|| state.redactor().redact(&format!("{error:#}"))),
+        },
     }
 }
 

@@ -160,6 +160,17 @@ impl StoreState {
         self.log
     }
 
+    /// Why the connector said it is about to crash: the last error line of its log that starts with
+    /// [`CRASH_LOG_PREFIX`](super::runtime::CRASH_LOG_PREFIX) (already redacted), without the prefix.
+    pub fn crash_report(&self) -> Option<String> {
+        self.log.iter().rev().find_map(|line| {
+            (line.source == LogSource::Connector && line.level == LogLevel::Error)
+                .then(|| line.message.strip_prefix(super::runtime::CRASH_LOG_PREFIX))
+                .flatten()
+                .map(str::to_string)
+        })
+    }
+
     /// What the connector wrote to stderr, e.g. a panic message.
     pub fn stderr_text(&self) -> String {
         self.scope.redactor.redact(&String::from_utf8_lossy(&self.stderr.contents()))

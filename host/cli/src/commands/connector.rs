@@ -1,4 +1,4 @@
-//! `flowhost connector inspect | check | call`.
+//! `flowhost connector inspect | check | call | test | new`.
 
 use crate::{GlobalOptions, json_argument};
 use anyhow::Context as _;
@@ -42,6 +42,29 @@ pub enum ConnectorCommand {
         /// The capability's input: JSON, or @file.
         #[arg(long)]
         input: String,
+    },
+    /// Run the acceptance suite every connector passes: a valid manifest, check and inputs refused properly,
+    /// examples within the sandbox's limits, batches in order, no secret in any output. Requests go to a stub
+    /// remote in the process, never to the network. Exits non-zero when a check fails.
+    Test {
+        /// A connector component (.wasm file), or the id of a connector built into flowhost (e.g. `http`).
+        #[arg(value_name = "COMPONENT")]
+        component: PathBuf,
+        /// A working connection config: JSON, or @file, secrets by reference. Without it, one is made from the
+        /// connection properties' schemas (their examples), with marker values for the secrets.
+        #[arg(long)]
+        config: Option<String>,
+    },
+    /// Create a connector project that builds and passes `flowhost connector test` as generated.
+    New {
+        /// The connector's id: lower-case letters, digits and dashes (e.g. `acme-crm`).
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum)]
+        lang: crate::template::Language,
+        /// Where to create it [default: ./<name>].
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -117,6 +140,37 @@ pub async fn run(
                 Err(error) => report(err, &error)?,
             })
         }
+        ConnectorCommand::New { name, lang, dir } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let files = crate::template::generate(&name, lang, &dir)?;
+            writeln!(out, "Created {} ({} files). Next:\n", dir.display(), files.len())?;
+            let wasm = match lang {
+                crate::template::Language::Typescript => {
+                    writeln!(out, "  cd {}\n  npm ci\n  npm run build", dir.display())?;
+                    format!("dist/{name}.wasm")
+                }
+                crate::template::Language::Rust => {
+                    writeln!(out, "  cd {}\n  cargo build --target wasm32-wasip2 --profile wasm", dir.display())?;
+                    format!("target/wasm32-wasip2/wasm/{}.wasm", name.replace('-', "_"))
+                }
+            };
+            writeln!(out, "  flowhost connector test {wasm}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ConnectorCommand::Test { component, config } => {
+            let (bytes, name) = component_bytes(&component)?;
+            let config = config.map(|c| json_argument("--config", &c)).transpose()?;
+            let options = crate::acceptance::SuiteOptions {
+                config,
+                secrets: context.secrets()?,
+                runtime: context.runtime_config(),
+            };
+            // The command ends with the suite: the bytes may live as long as the process.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            let report = crate::acceptance::run(bytes, &name, options).await;
+            write!(out, "{}", report.render())?;
+            Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
         ConnectorCommand::Call { component, capability, connection, input } => {
             let connector = load(context, &component).await?;
             let connection = connect(context, &connector, &connection)?;
@@ -141,6 +195,24 @@ pub async fn run(
     }
 }
 
+/// The bytes of a component file, or of a built-in connector named by its id, and a name for it.
+fn component_bytes(component: &Path) -> anyhow::Result<(Vec<u8>, String)> {
+    let bare_name = component.components().count() == 1 && component.extension().is_none();
+    if component.exists() || !bare_name {
+        let bytes = std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
+        return Ok((bytes, component.display().to_string()));
+    }
+    let id = component.to_string_lossy();
+    let builtin = [("mparticle", crate::builtin::MPARTICLE), ("http", crate::builtin::HTTP)];
+    match builtin.iter().find(|(name, _)| *name == id) {
+        Some((name, bytes)) => Ok((bytes.to_vec(), format!("built-in {name}"))),
+        None => {
+            let ids: Vec<&str> = builtin.iter().map(|(name, _)| *name).collect();
+            anyhow::bail!("{id}: no such file, and no built-in connector has that id (built in: {})", ids.join(", "))
+        }
+    }
+}
+
 /// Loads a component file, or a built-in connector named by its id (a bare name that is no file here).
 async fn load(context: &GlobalOptions, component: &Path) -> anyhow::Result<Arc<Connector>> {
     let runtime = context.runtime()?;
@@ -150,7 +222,7 @@ async fn load(context: &GlobalOptions, component: &Path) -> anyhow::Result<Arc<C
     } else {
         let mut builtin = Vec::new();
         for bytes in crate::builtin::COMPONENTS {
-            builtin.push(runtime.load_bytes(bytes).await?);
+            builtin.push(runtime.load_embedded(bytes).await?);
         }
         let id = component.to_string_lossy();
         let ids: Vec<String> = builtin.iter().map(|c| c.manifest().id.clone()).collect();
