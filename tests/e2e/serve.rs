@@ -524,6 +524,9 @@ async fn resend_queue_dead_letters_and_operator_retry_and_drop() {
     assert_eq!(status, 202, "{body}");
     let first = body["accepted"][0]["runs"][0]["runId"].as_str().unwrap().to_string();
     let third = body["accepted"][2]["runs"][0]["runId"].as_str().unwrap().to_string();
+    // The platform sends them again (a timeout on its side): the same runs, not enqueued a second time.
+    let (status, again) = send(client().post(format!("{base}/v1/events")).json(&events)).await;
+    assert_eq!((status, &again), (202, &body));
     let deadline = Instant::now() + Duration::from_secs(30);
     while get(format!("{base}/v1/queue?status=dead")).await["runs"].as_array().unwrap().len() != 2 {
         let queue = get(format!("{base}/v1/queue")).await;
@@ -557,6 +560,8 @@ async fn resend_queue_dead_letters_and_operator_retry_and_drop() {
     let metrics = send(client().get(format!("{base}/metrics"))).await.1;
     let metrics = metrics.as_str().unwrap();
     assert!(metrics.contains(r#"flowhost_queue_runs_held_behind{behind="dead"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"flowhost_runs_enqueued_total{flow="point-add-to-mparticle"} 3"#), "{metrics}");
+    assert!(metrics.contains("flowhost_events_accepted_total 6"), "{metrics}");
 
     // The CLI sees the same queue, and drops every dead letter of cust-b.
     let config = service.config().display().to_string();

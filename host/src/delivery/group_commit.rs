@@ -7,6 +7,7 @@
 //! answer still means "durably accepted". Bad input is checked per caller before batching, so one caller's
 //! mistake never fails the others' commit.
 
+use crate::store::Enqueued;
 use crate::store::{NewRun, Store, StoreError, validate_runs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,7 +72,7 @@ struct Counters {
 
 struct Request {
     runs: Vec<NewRun>,
-    reply: oneshot::Sender<Result<Vec<String>, Arc<StoreError>>>,
+    reply: oneshot::Sender<Result<Vec<Enqueued>, Arc<StoreError>>>,
 }
 
 /// Batches concurrent enqueues into shared store transactions. Create it inside a Tokio runtime; share it
@@ -97,6 +98,11 @@ impl GroupCommit {
     /// Durably enqueues `runs` (in a transaction shared with concurrent callers) and returns their ids, in
     /// order, once committed.
     pub async fn enqueue(&self, runs: Vec<NewRun>) -> Result<Vec<String>, GroupCommitError> {
+        Ok(self.enqueue_runs(runs).await?.into_iter().map(|run| run.id).collect())
+    }
+
+    /// As [`enqueue`](Self::enqueue), saying of each run whether it is new or a re-sent one, de-duplicated.
+    pub async fn enqueue_runs(&self, runs: Vec<NewRun>) -> Result<Vec<Enqueued>, GroupCommitError> {
         validate_runs(&runs).map_err(GroupCommitError::Invalid)?;
         if runs.is_empty() {
             return Ok(Vec::new());
@@ -189,12 +195,12 @@ async fn commit(store: &dyn Store, batch: Vec<Request>, counters: &Counters) {
     counters.transactions.fetch_add(1, Ordering::Relaxed);
     counters.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
     counters.largest_batch.fetch_max(batch.len() as u64, Ordering::Relaxed);
-    match store.enqueue(&runs).await {
+    match store.enqueue_runs(&runs).await {
         Ok(ids) if ids.len() == runs.len() => {
             counters.runs.fetch_add(ids.len() as u64, Ordering::Relaxed);
             let mut ids = ids.into_iter();
             for request in batch {
-                let mine: Vec<String> = ids.by_ref().take(request.runs.len()).collect();
+                let mine: Vec<Enqueued> = ids.by_ref().take(request.runs.len()).collect();
                 // A caller that gave up waiting still had its runs accepted; nobody to tell.
                 let _ = request.reply.send(Ok(mine));
             }

@@ -249,15 +249,18 @@ impl Service {
             return Err(AcceptError::Invalid(errors));
         }
         let flow_ids: Vec<String> = runs.iter().map(|r| r.flow_id.clone()).collect();
-        let ids = self.commit.enqueue(runs).await?;
-        let mut ids = ids.into_iter();
+        let enqueued = self.commit.enqueue_runs(runs).await?;
+        // A re-sent event's run is the one stored before: not enqueued again.
+        for (flow, run) in flow_ids.iter().zip(&enqueued) {
+            if run.new {
+                self.shared.metrics.enqueued(flow);
+            }
+        }
+        let mut ids = enqueued.into_iter().map(|run| run.id);
         for run in accepted.iter_mut().flat_map(|a| a.runs.iter_mut()) {
             run.run_id = ids.next().unwrap_or_default();
         }
         self.shared.metrics.accepted(events.len() as u64);
-        for flow in &flow_ids {
-            self.shared.metrics.enqueued(flow);
-        }
         if !flow_ids.is_empty() {
             self.shared.runs_waiting.notify_waiters();
         }

@@ -32,9 +32,9 @@
 //! times after it), as the delivery service does.
 
 use super::{
-    BulkAction, Completion, ConnectionHold, HeldBehind, HeldBy, InboundFilter, InboundMessage, InboundOutcome,
-    InboundState, Lease, NewOutboxEvent, NewRun, Purged, RunCompletion, RunCounts, RunFilter, RunState, Store,
-    StoreError, StoredInbound, StoredRun, now_ms,
+    BulkAction, Completion, ConnectionHold, Enqueued, HeldBehind, HeldBy, InboundFilter, InboundMessage,
+    InboundOutcome, InboundState, Lease, NewOutboxEvent, NewRun, Purged, RunCompletion, RunCounts, RunFilter, RunState,
+    Store, StoreError, StoredInbound, StoredRun, now_ms,
 };
 use serde_json::value::to_raw_value;
 use serde_json::{Value, json};
@@ -239,14 +239,19 @@ pub async fn enqueue_returns_ids_in_order_and_de_duplicates_by_dedup_key(store: 
     for claimed in store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap() {
         succeed(&*store, &claimed).await;
     }
-    let again = store.enqueue(&[run("dave"), keyed.clone()]).await.unwrap();
-    assert_eq!(again[1], ids[2]);
-    assert_ne!(again[0], ids[2]);
+    let again = store.enqueue_runs(&[run("dave"), keyed.clone(), keyed.clone()]).await.unwrap();
+    assert_eq!(again[1], Enqueued { id: ids[2].clone(), new: false }, "stored before: not new");
+    assert_eq!(again[2], again[1]);
+    assert!(again[0].new && again[0].id != ids[2]);
+    let fresh = NewRun { dedup_key: Some("evt-2".into()), ..run("erin") };
+    let twice = store.enqueue_runs(&[fresh.clone(), fresh]).await.unwrap();
+    assert_eq!((twice[0].new, twice[1].new), (true, false), "the second of a batch is the first");
+    assert_eq!(twice[0].id, twice[1].id);
     // A dedup key is the flow's: another flow's run with the same key is a run of its own.
     let other_flow = NewRun { flow_id: "profile-sync".into(), ..keyed };
     let other = store.enqueue(&[other_flow]).await.unwrap();
     assert!(!ids.contains(&other[0]));
-    assert_eq!(total(&store.counts().await.unwrap().runs), 5);
+    assert_eq!(total(&store.counts().await.unwrap().runs), 6);
 }
 
 pub async fn a_large_batch_keeps_its_order_and_de_duplicates_within_itself(store: Arc<dyn Store>) {

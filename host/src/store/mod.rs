@@ -414,6 +414,14 @@ impl NewRun {
     }
 }
 
+/// A run handed to [`Store::enqueue_runs`]: its id, and whether that call stored it (`false` for a re-sent run,
+/// de-duplicated by its dedup key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: String,
+    pub new: bool,
+}
+
 /// Checks every run of a batch; the error names the first bad one (`runs[i].field`).
 pub fn validate_runs(runs: &[NewRun]) -> Result<(), StoreError> {
     runs.iter().enumerate().try_for_each(|(i, run)| run.validate(&format!("runs[{i}]")))
@@ -815,7 +823,13 @@ impl StoreError {
 pub trait Store: Send + Sync {
     /// Accepts runs as `queued` (or `held`, if one of their connections is held) and returns their ids, in
     /// order. All or nothing. A run whose `dedup_key` its flow already has returns the existing id.
-    async fn enqueue(&self, runs: &[NewRun]) -> Result<Vec<String>, StoreError>;
+    async fn enqueue(&self, runs: &[NewRun]) -> Result<Vec<String>, StoreError> {
+        Ok(self.enqueue_runs(runs).await?.into_iter().map(|run| run.id).collect())
+    }
+
+    /// As [`enqueue`](Store::enqueue), saying of each run whether this call stored it: not when its flow already
+    /// had its `dedup_key`, stored before or earlier in `runs`.
+    async fn enqueue_runs(&self, runs: &[NewRun]) -> Result<Vec<Enqueued>, StoreError>;
 
     /// Leases up to `limit` claimable runs (see the ordering rule) to `worker` until `now_ms + lease`, oldest
     /// first, with up to `per_key` runs of a key (a claimable run and the due runs right behind it; every

@@ -141,7 +141,11 @@ pub(super) async fn complete_inbound(
     let pairs = store.flow_connections.unknown(runs);
     store_flow_connections(&store.durable, &pairs).await?;
     let mut tx = store.durable.begin().await.map_err(db(OP))?;
-    let ids = if runs.is_empty() { Vec::new() } else { insert_runs(&mut *tx, runs, now).await? };
+    let ids: Vec<String> = if runs.is_empty() {
+        Vec::new()
+    } else {
+        insert_runs(&mut *tx, runs, now).await?.into_iter().map(|run| run.id).collect()
+    };
     let (status, detail) = match outcome {
         InboundOutcome::Processed { unmatched } => (InboundState::Processed, unmatched.as_ref().map(Value::to_string)),
         InboundOutcome::Unmatched { reason } => (InboundState::Unmatched, Some(reason.to_string())),

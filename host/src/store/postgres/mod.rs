@@ -269,7 +269,7 @@ fn token(lease: &Lease) -> i32 {
 /// Each call is carried out in the file of its concern.
 #[async_trait]
 impl Store for PostgresStore {
-    async fn enqueue(&self, runs: &[NewRun]) -> Result<Vec<String>, StoreError> {
+    async fn enqueue_runs(&self, runs: &[NewRun]) -> Result<Vec<crate::store::Enqueued>, StoreError> {
         runs::enqueue(self, runs).await
     }
 

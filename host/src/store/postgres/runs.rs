@@ -2,6 +2,7 @@
 
 use super::notify::RUNS_CHANNEL;
 use super::{HOLDS_SHARED, PostgresStore, clamp_claim, clamp_limit, db, non_empty, token};
+use crate::store::Enqueued;
 use crate::store::sqlite::decode::Decoder;
 use crate::store::sqlite::traces::TraceBlocks;
 use crate::store::{Lease, NewRun, RunFilter, StoreError, StoredRun, add_ms, now_ms, validate_runs};
@@ -118,7 +119,7 @@ pub(super) async fn insert_runs<'c>(
     executor: impl PgExecutor<'c>,
     runs: &[NewRun],
     now: i64,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<Enqueued>, StoreError> {
     const OP: &str = "enqueuing runs";
     let mut ids = Vec::with_capacity(runs.len());
     let mut first_by_dedup: HashMap<(&str, &str), usize> = HashMap::new();
@@ -143,6 +144,7 @@ pub(super) async fn insert_runs<'c>(
             }
         }
     }
+    let provisional = ids.clone();
     let column = |f: &dyn Fn(&NewRun) -> String| fresh.iter().map(|&i| f(&runs[i])).collect::<Vec<String>>();
     let connections = column(&|run| {
         let mut seen = HashSet::new();
@@ -186,10 +188,11 @@ pub(super) async fn insert_runs<'c>(
             }
         }
     }
-    Ok(ids)
+    // A run whose id is not its provisional one is a run stored before, or earlier in the batch.
+    Ok(ids.into_iter().zip(provisional).map(|(id, provisional)| Enqueued { new: id == provisional, id }).collect())
 }
 
-pub(super) async fn enqueue(store: &PostgresStore, runs: &[NewRun]) -> Result<Vec<String>, StoreError> {
+pub(super) async fn enqueue(store: &PostgresStore, runs: &[NewRun]) -> Result<Vec<Enqueued>, StoreError> {
     validate_runs(runs)?;
     if runs.is_empty() {
         return Ok(Vec::new());

@@ -169,7 +169,7 @@ pub(super) async fn complete_inbound(
     let mut writer = store.writer(OP).await?;
     let mut tx = writer.begin(OP).await?;
     store_flow_connections(&mut tx, &pairs).await?;
-    let ids = insert_runs(&mut tx, runs, now).await?;
+    let ids: Vec<String> = insert_runs(&mut tx, runs, now).await?.into_iter().map(|run| run.id).collect();
     let (status, detail) = match outcome {
         InboundOutcome::Processed { unmatched } => (InboundState::Processed, unmatched.as_ref().map(Value::to_string)),
         InboundOutcome::Unmatched { reason } => (InboundState::Unmatched, Some(reason.to_string())),

@@ -414,7 +414,7 @@ fn non_empty(field: &str, value: &str) -> Result<(), StoreError> {
 /// Each call is carried out in the file of its concern.
 #[async_trait]
 impl Store for SqliteStore {
-    async fn enqueue(&self, runs: &[NewRun]) -> Result<Vec<String>, StoreError> {
+    async fn enqueue_runs(&self, runs: &[NewRun]) -> Result<Vec<crate::store::Enqueued>, StoreError> {
         runs::enqueue(self, runs).await
     }
 

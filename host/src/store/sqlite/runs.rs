@@ -5,6 +5,7 @@ use super::decode::Decoder;
 use super::flow_connections::store_flow_connections;
 use super::traces::{TraceBlocks, read_trace_blocks};
 use super::{SqliteStore, clamp_claim, clamp_limit, db, non_empty};
+use crate::store::Enqueued;
 use crate::store::{Lease, NewRun, RunFilter, StoreError, StoredRun, add_ms, now_ms, validate_runs};
 use serde_json::{Value, json};
 use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection};
@@ -193,7 +194,7 @@ pub(super) async fn insert_runs(
     conn: &mut SqliteConnection,
     runs: &[NewRun],
     now: i64,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<Enqueued>, StoreError> {
     const OP: &str = "enqueuing runs";
     let dedup_keys: Vec<Value> = runs
         .iter()
@@ -214,7 +215,7 @@ pub(super) async fn insert_runs(
     for run in runs {
         let dedup = run.dedup_key.as_ref().map(|key| (run.flow_id.clone(), key.clone()));
         if let Some(id) = dedup.as_ref().and_then(|dedup| keyed.get(dedup)) {
-            ids.push(id.clone());
+            ids.push(Enqueued { id: id.clone(), new: false });
             continue;
         }
         let mut seen = HashSet::new();
@@ -226,7 +227,7 @@ pub(super) async fn insert_runs(
         if let Some(dedup) = dedup {
             keyed.insert(dedup, id.clone());
         }
-        ids.push(id.clone());
+        ids.push(Enqueued { id: id.clone(), new: true });
         fresh.push((
             id,
             run.flow_id.as_str(),
@@ -254,7 +255,7 @@ impl SqliteStore {
     }
 }
 
-pub(super) async fn enqueue(store: &SqliteStore, runs: &[NewRun]) -> Result<Vec<String>, StoreError> {
+pub(super) async fn enqueue(store: &SqliteStore, runs: &[NewRun]) -> Result<Vec<Enqueued>, StoreError> {
     validate_runs(runs)?;
     if runs.is_empty() {
         return Ok(Vec::new());
