@@ -220,10 +220,13 @@ async fn phases(
         let started = Instant::now();
         let server = service.start(flowhost, &cache)?;
         let before = emulator.handle().stats().accepted;
-        post(&client, &server.url, &[event(0, 1_000_000 + round, options)]).await?;
+        // A customer of its own (no other phase sends for it): on a shared store, the run of a stopped process
+        // must not hold a later phase's runs of the same customer.
+        post(&client, &server.url, &[event(options.customers + round, 1_000_000 + round, options)]).await?;
         wait_until(Duration::from_secs(120), || emulator.handle().stats().accepted > before).await?;
         cold.push(started.elapsed().as_secs_f64() * 1000.0);
-        drop(server);
+        // Stopped gracefully, so that its run's completion is committed rather than left leased on a shared store.
+        server.stop();
     }
 
     // Throughput: `options.processes` processes on one store (their own directories, the same `store`).
@@ -307,7 +310,9 @@ async fn phases(
         }
     }
     let after = emulator.handle().stats();
-    drop(servers);
+    for server in servers {
+        server.stop();
+    }
     let per_event_us = |before: u64, after: u64| {
         (after.saturating_sub(before)) as f64 / ticks_per_second() * 1e6 / options.events as f64
     };
@@ -592,6 +597,25 @@ impl ServiceDir {
 struct Server {
     url: String,
     child: Child,
+}
+
+impl Server {
+    /// SIGTERM, and up to 15 s for the graceful shutdown (settling what is in flight); then SIGKILL.
+    fn stop(mut self) {
+        #[cfg(target_os = "linux")]
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill only sends a signal to our own child process.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.child.kill();
+    }
 }
 
 impl Drop for Server {

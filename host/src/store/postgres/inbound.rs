@@ -222,6 +222,8 @@ pub(super) async fn retry_inbound(store: &PostgresStore, id: &str) -> Result<boo
     .await
     .map_err(db(OP))?;
     if done.rows_affected() == 0 {
+        // Ended now rather than when the connection is next used: it holds the held-connections lock.
+        tx.rollback().await.map_err(db(OP))?;
         return Ok(false);
     }
     sqlx::query("SELECT pg_notify($1, '')").bind(INBOUND_CHANNEL).execute(&mut *tx).await.map_err(db(OP))?;

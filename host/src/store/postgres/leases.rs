@@ -253,7 +253,12 @@ pub(super) async fn reschedule(
             tx.commit().await.map_err(db(OP))?;
             Decoder { what: "run", id: &lease.id }.state(&status)
         }
-        None => Err(lease_lost(&mut *tx, Leased::Run, lease).await),
+        None => {
+            let error = lease_lost(&mut *tx, Leased::Run, lease).await;
+            // Ended now rather than when the connection is next used: it holds the held-connections lock.
+            tx.rollback().await.map_err(db(OP))?;
+            Err(error)
+        }
     }
 }
 

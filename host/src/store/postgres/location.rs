@@ -86,6 +86,11 @@ impl PostgresLocation {
         &self.shown
     }
 
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `host:port`, for errors.
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)

@@ -305,7 +305,11 @@ pub(super) async fn retry_now(store: &PostgresStore, id: &str) -> Result<bool, S
         .fetch_optional(&mut *tx)
         .await
         .map_err(db(OP))?;
-    let Some(key) = key else { return Ok(false) };
+    let Some(key) = key else {
+        // Ended now rather than when the connection is next used: it holds the held-connections lock.
+        tx.rollback().await.map_err(db(OP))?;
+        return Ok(false);
+    };
     // A failed run reopens, and may be older than its key's open runs: no claim of the key may read the key's runs
     // meanwhile (see flowhost_claim_runs).
     sqlx::query("SELECT 1 FROM run_keys WHERE ordering_key = $1 FOR UPDATE")
@@ -327,6 +331,9 @@ pub(super) async fn retry_now(store: &PostgresStore, id: &str) -> Result<bool, S
     .await
     .map_err(db(OP))?;
     if done.rows_affected() == 0 {
+        // Ended now: a transaction dropped is rolled back only when its connection is next used, and until then it
+        // would hold the key's row, which claims skip.
+        tx.rollback().await.map_err(db(OP))?;
         return Ok(false);
     }
     sqlx::query("SELECT pg_notify($1, '')").bind(RUNS_CHANNEL).execute(&mut *tx).await.map_err(db(OP))?;
