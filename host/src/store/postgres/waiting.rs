@@ -3,7 +3,8 @@
 
 use super::{PostgresStore, db};
 use crate::store::sqlite::decode::Decoder;
-use crate::store::{HeldBehind, HeldBy, RunState, StoreError};
+use crate::store::sqlite::waiting::held_behind_counts;
+use crate::store::{HeldBehind, HeldBy, StoreError};
 use std::collections::HashMap;
 
 pub(super) async fn held_by(store: &PostgresStore, ids: &[String]) -> Result<HashMap<String, HeldBy>, StoreError> {
@@ -46,13 +47,5 @@ pub(super) async fn held_behind(store: &PostgresStore) -> Result<HeldBehind, Sto
     .fetch_all(&store.bookkeeping)
     .await
     .map_err(db("counting the runs that wait behind a dead run or a resend"))?;
-    let decode = Decoder { what: "runs", id: "count" };
-    let mut counts = HeldBehind::default();
-    for (status, n) in rows {
-        match decode.state::<RunState>(&status)? {
-            RunState::Dead => counts.dead = n.max(0) as u64,
-            _ => counts.resend = n.max(0) as u64,
-        }
-    }
-    Ok(counts)
+    held_behind_counts(rows)
 }

@@ -134,7 +134,7 @@ mod runs;
 #[cfg(test)]
 mod tests;
 pub(super) mod traces;
-mod waiting;
+pub(super) mod waiting;
 mod wal_sync;
 
 pub use allocator::use_the_global_allocator_for_sqlite;

@@ -44,8 +44,14 @@ pub(super) async fn held_behind(store: &SqliteStore) -> Result<HeldBehind, Store
     .fetch_all(&store.reader)
     .await
     .map_err(db(OP))?;
-    let mut counts = HeldBehind::default();
+    held_behind_counts(rows)
+}
+
+/// The counts from rows of (the status of the run waited for, how many runs wait), as both backends' queries
+/// return them: `dead`, or `queued` for a resend.
+pub(in crate::store) fn held_behind_counts(rows: Vec<(String, i64)>) -> Result<HeldBehind, StoreError> {
     let decode = Decoder { what: "runs", id: "count" };
+    let mut counts = HeldBehind::default();
     for (status, n) in rows {
         match decode.state::<RunState>(&status)? {
             RunState::Dead => counts.dead = n.max(0) as u64,
