@@ -250,9 +250,16 @@ pub(super) async fn insert_runs(
 impl SqliteStore {
     /// Runs as read, with the traces they point into from the trace blocks.
     async fn stored_runs(&self, rows: Vec<RunRow>) -> Result<Vec<StoredRun>, StoreError> {
-        let blocks = read_trace_blocks(&self.reader, rows.iter().filter_map(|row| row.trace_block)).await?;
-        rows.into_iter().map(|row| row.into_run(&blocks)).collect()
+        let mut reader = self.reader.acquire().await.map_err(db("reading trace blocks"))?;
+        stored_runs_in(&mut reader, rows).await
     }
+}
+
+/// Runs with their traces, read on `reader`: in the read transaction that read the rows, so that a purge
+/// cannot delete a trace block between the two reads.
+async fn stored_runs_in(reader: &mut SqliteConnection, rows: Vec<RunRow>) -> Result<Vec<StoredRun>, StoreError> {
+    let blocks = read_trace_blocks(reader, rows.iter().filter_map(|row| row.trace_block)).await?;
+    rows.into_iter().map(|row| row.into_run(&blocks)).collect()
 }
 
 pub(super) async fn enqueue(store: &SqliteStore, runs: &[NewRun]) -> Result<Vec<Enqueued>, StoreError> {
@@ -324,12 +331,16 @@ pub(super) async fn release(store: &SqliteStore, leases: &[Lease]) -> Result<(),
 }
 
 pub(super) async fn get(store: &SqliteStore, id: &str) -> Result<Option<StoredRun>, StoreError> {
+    const OP: &str = "reading a run";
+    let mut tx = store.reader.begin().await.map_err(db(OP))?;
     let row: Option<RunRow> = sqlx::query_as(concat!("SELECT ", run_columns!(), " FROM runs WHERE id = ?1"))
         .bind(id)
-        .fetch_optional(&store.reader)
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(db("reading a run"))?;
-    Ok(store.stored_runs(Vec::from_iter(row)).await?.pop())
+        .map_err(db(OP))?;
+    let run = stored_runs_in(&mut tx, Vec::from_iter(row)).await?.pop();
+    tx.commit().await.map_err(db(OP))?;
+    Ok(run)
 }
 
 pub(super) async fn list(store: &SqliteStore, filter: &RunFilter) -> Result<Vec<StoredRun>, StoreError> {
@@ -362,8 +373,12 @@ pub(super) async fn list(store: &SqliteStore, filter: &RunFilter) -> Result<Vec<
         query.push(" AND seq < ").push_bind(before);
     }
     query.push(" ORDER BY seq DESC LIMIT ").push_bind(clamp_limit(filter.limit));
-    let rows: Vec<RunRow> = query.build_query_as().fetch_all(&store.reader).await.map_err(db("listing runs"))?;
-    store.stored_runs(rows).await
+    const OP: &str = "listing runs";
+    let mut tx = store.reader.begin().await.map_err(db(OP))?;
+    let rows: Vec<RunRow> = query.build_query_as().fetch_all(&mut *tx).await.map_err(db(OP))?;
+    let runs = stored_runs_in(&mut tx, rows).await?;
+    tx.commit().await.map_err(db(OP))?;
+    Ok(runs)
 }
 
 pub(super) async fn retry_now(store: &SqliteStore, id: &str) -> Result<bool, StoreError> {

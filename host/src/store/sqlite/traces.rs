@@ -4,7 +4,7 @@ use super::db;
 use crate::store::StoreError;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqliteConnection;
 use std::collections::{HashMap, HashSet};
 
 /// The first bytes of a zstd frame; JSON text never starts with them.
@@ -45,7 +45,7 @@ pub(in crate::store) type TraceBlocks = HashMap<i64, Result<Vec<Box<RawValue>>, 
 
 /// Loads the trace blocks with these ids (those the runs read point into), each once.
 pub(super) async fn read_trace_blocks(
-    reader: &SqlitePool,
+    reader: &mut SqliteConnection,
     ids: impl IntoIterator<Item = i64>,
 ) -> Result<TraceBlocks, StoreError> {
     let ids: HashSet<i64> = ids.into_iter().collect();
