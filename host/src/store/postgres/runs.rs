@@ -71,14 +71,14 @@ impl RunRow {
 }
 
 /// Runs as read, with the traces they point into from the trace blocks.
-pub(super) async fn stored_runs(pool: &PgPool, rows: Vec<RunRow>) -> Result<Vec<StoredRun>, StoreError> {
+pub(super) async fn stored_runs(reader: impl PgExecutor<'_>, rows: Vec<RunRow>) -> Result<Vec<StoredRun>, StoreError> {
     let ids: HashSet<i64> = rows.iter().filter_map(|row| row.trace_block).collect();
     let mut blocks = TraceBlocks::new();
     if !ids.is_empty() {
         let ids: Vec<i64> = ids.into_iter().collect();
         let stored: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT id, traces FROM trace_blocks WHERE id = ANY($1)")
             .bind(ids)
-            .fetch_all(pool)
+            .fetch_all(reader)
             .await
             .map_err(db("reading traces"))?;
         for (id, stored) in stored {
@@ -259,13 +259,28 @@ pub(super) async fn release(store: &PostgresStore, leases: &[Lease]) -> Result<(
     tx.commit().await.map_err(db(OP))
 }
 
+/// A read-only snapshot for reading runs and then their trace blocks, so a retention purge that commits between the
+/// two reads cannot leave a finished run pointing at a block that is gone.
+async fn snapshot(store: &PostgresStore, op: &'static str) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+    let mut tx = store.bookkeeping.begin().await.map_err(db(op))?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(db(op))?;
+    Ok(tx)
+}
+
 pub(super) async fn get(store: &PostgresStore, id: &str) -> Result<Option<StoredRun>, StoreError> {
+    const OP: &str = "reading a run";
+    let mut tx = snapshot(store, OP).await?;
     let row: Option<RunRow> = sqlx::query_as(concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1"))
         .bind(id)
-        .fetch_optional(&store.bookkeeping)
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(db("reading a run"))?;
-    Ok(stored_runs(&store.bookkeeping, Vec::from_iter(row)).await?.pop())
+        .map_err(db(OP))?;
+    let run = stored_runs(&mut *tx, Vec::from_iter(row)).await?.pop();
+    tx.commit().await.map_err(db(OP))?;
+    Ok(run)
 }
 
 pub(super) async fn list(store: &PostgresStore, filter: &RunFilter) -> Result<Vec<StoredRun>, StoreError> {
@@ -292,8 +307,12 @@ pub(super) async fn list(store: &PostgresStore, filter: &RunFilter) -> Result<Ve
         query.push(" AND seq < ").push_bind(before);
     }
     query.push(" ORDER BY seq DESC LIMIT ").push_bind(clamp_limit(filter.limit));
-    let rows: Vec<RunRow> = query.build_query_as().fetch_all(&store.bookkeeping).await.map_err(db("listing runs"))?;
-    stored_runs(&store.bookkeeping, rows).await
+    const OP: &str = "listing runs";
+    let mut tx = snapshot(store, OP).await?;
+    let rows: Vec<RunRow> = query.build_query_as().fetch_all(&mut *tx).await.map_err(db(OP))?;
+    let runs = stored_runs(&mut *tx, rows).await?;
+    tx.commit().await.map_err(db(OP))?;
+    Ok(runs)
 }
 
 pub(super) async fn retry_now(store: &PostgresStore, id: &str) -> Result<bool, StoreError> {
