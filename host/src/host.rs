@@ -20,8 +20,12 @@ pub struct HostConfig {
     pub embedded_connectors: Vec<&'static [u8]>,
     /// Directories whose `*.wasm` components are loaded as connectors too.
     pub connector_dirs: Vec<PathBuf>,
-    /// Let connections reach loopback and private addresses (local services, the emulator).
+    /// Let connections reach loopback and private addresses (local services, the emulator), and take a
+    /// plain-`http` origin from a connection property.
     pub allow_private: bool,
+    /// The hosts the operator lets connections reach, whatever a flow says, by connection name; the entry `""`
+    /// applies to every connection without its own. A flow's `allowedHosts` narrows them, never widens them.
+    pub operator_hosts: BTreeMap<String, Vec<String>>,
     /// The retry policy of connector nodes that do not set one.
     pub default_retry: RetryPolicy,
     /// Config values merged into connections by connection name, e.g. base URLs of another environment.
@@ -37,6 +41,7 @@ impl std::fmt::Debug for HostConfig {
             .field("embedded_connectors (bytes)", &embedded)
             .field("connector_dirs", &self.connector_dirs)
             .field("allow_private", &self.allow_private)
+            .field("operator_hosts", &self.operator_hosts)
             .field("default_retry", &self.default_retry)
             .field("connection_overrides", &self.connection_overrides)
             .finish()
@@ -154,8 +159,11 @@ impl Host {
             if let Some(overrides) = self.config.connection_overrides.get(name) {
                 config.extend(overrides.clone());
             }
+            let operator_hosts =
+                self.config.operator_hosts.get(name).or_else(|| self.config.operator_hosts.get("")).cloned();
             let options = ConnectionOptions {
                 allowed_hosts: spec.allowed_hosts.clone(),
+                operator_hosts,
                 allow_private: self.config.allow_private,
                 open_inputs: spec.open_inputs,
             };

@@ -40,6 +40,10 @@ flows = ["flows"]
 [connectors]
 allow_private = true
 
+[secrets]
+environment = true
+allow = ["MPARTICLE_*"]
+
 [connections.mparticle]
 inbound_token = { secret = "MPARTICLE_INBOUND_TOKEN" }
 config = { eventsApiUrl = "http://127.0.0.1:9/v2", authUrl = "http://127.0.0.1:9/oauth/token", platformApiUrl = "http://127.0.0.1:9" }

@@ -62,7 +62,7 @@ impl Env {
             ("CID", antavo_emulator::DEMO_CLIENT_ID),
             ("CSECRET", antavo_emulator::DEMO_CLIENT_SECRET),
         ]);
-        let options = ConnectionOptions { allowed_hosts: None, allow_private: true, open_inputs: false };
+        let options = ConnectionOptions { allow_private: true, ..ConnectionOptions::default() };
         self.connector.connection("antavo", &config, &secrets, &options).unwrap()
     }
 
@@ -268,7 +268,8 @@ impl Loop {
         let tokens = vec![InboundConnection { name: "mparticle".into(), token: SecretString::from(MPARTICLE_TOKEN) }];
         let service_config = ServiceConfig { idle_poll: Duration::from_millis(50), ..ServiceConfig::default() };
         let service = Arc::new(Service::start(host, store.clone(), &flows, tokens, service_config).await.unwrap());
-        let state = ApiState { service: service.clone(), max_body_bytes: 1 << 20, api_token: None };
+        let state =
+            ApiState { service: service.clone(), max_body_bytes: 1 << 20, api_token: None, metrics_token: None };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router(state)).await });

@@ -77,16 +77,17 @@ async fn loopback_is_refused_unless_private_addresses_are_allowed() {
     let (runtime, _cache) = test_runtime(Duration::from_secs(5));
     let fetcher = load(&runtime, components::FETCHER).await;
 
-    // An IP literal is refused by the policy check.
-    let connection = connect(&fetcher, json!({"baseUrl": server.url("/")}), ConnectionOptions::default());
-    let refused = fetcher.invoke(&connection, "get", &json!({"url": server.url("/ok")}), &context("f")).await;
+    // An IP literal is refused by the policy check (https: a `{property}` host is https only without the switch).
+    let https = |url: String| url.replacen("http://", "https://", 1);
+    let connection = connect(&fetcher, json!({"baseUrl": https(server.url("/"))}), ConnectionOptions::default());
+    let refused = fetcher.invoke(&connection, "get", &json!({"url": https(server.url("/ok"))}), &context("f")).await;
     assert!(refused.duration < REFUSAL_DEADLINE, "{:?}", refused.duration);
     let error = refused.result.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::EgressDenied);
     assert!(error.to_string().contains("loopback (127.0.0.0/8)"), "{error}");
 
     // A name is refused by the resolver once it resolves to loopback (`localhost` comes from /etc/hosts).
-    let by_name = format!("http://localhost:{}/", server.addr.port());
+    let by_name = format!("https://localhost:{}/", server.addr.port());
     let connection = connect(&fetcher, json!({"baseUrl": by_name}), ConnectionOptions::default());
     let error = fetcher
         .invoke(&connection, "get", &json!({"url": format!("{by_name}ok")}), &context("f"))

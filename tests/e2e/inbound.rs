@@ -70,7 +70,7 @@ where
         .collect();
     let service = Service::start(host, store.clone(), &files, tokens, ServiceConfig::default()).await?;
     let service = Arc::new(service);
-    let state = ApiState { service: service.clone(), max_body_bytes: 16 * 1024, api_token: None };
+    let state = ApiState { service: service.clone(), max_body_bytes: 16 * 1024, api_token: None, metrics_token: None };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await });

@@ -10,6 +10,7 @@ mod inbound;
 mod mparticle;
 mod runtime;
 mod scale;
+mod security;
 mod serve;
 mod typescript;
 

@@ -75,7 +75,7 @@ impl Env {
     }
 
     fn connection_with(&self, name: &str, secrets: &SecretStore, open_inputs: bool) -> Connection {
-        let options = ConnectionOptions { allowed_hosts: None, allow_private: true, open_inputs };
+        let options = ConnectionOptions { allow_private: true, open_inputs, ..ConnectionOptions::default() };
         self.connector.connection(name, &self.config(), secrets, &options).unwrap_or_else(|e| panic!("connection: {e}"))
     }
 

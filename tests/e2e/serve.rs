@@ -58,6 +58,10 @@ shutdown_grace_seconds = 5
 [connectors]
 allow_private = true
 
+[secrets]
+environment = true
+allow = ["MPARTICLE_API_KEY", "MPARTICLE_API_SECRET"]
+
 [connections.mparticle]
 inbound_token = {{ secret = "MPARTICLE_INBOUND_TOKEN" }}
 config = {{ eventsApiUrl = "{url}/v2", authUrl = "{url}/oauth/token", platformApiUrl = "{url}" }}
@@ -85,12 +89,25 @@ config = {{ eventsApiUrl = "{url}/v2", authUrl = "{url}/oauth/token", platformAp
         self
     }
 
+    /// Adds a line to the config's `[connections.mparticle]` section.
+    pub(crate) fn connection(self, line: &str) -> Self {
+        let text = std::fs::read_to_string(self.config()).unwrap();
+        let section = "[connections.mparticle]\n";
+        std::fs::write(self.config(), text.replacen(section, &format!("{section}{line}\n"), 1)).unwrap();
+        self
+    }
+
     pub(crate) fn config(&self) -> PathBuf {
         self.dir.path().join("flowhost.toml")
     }
 
     /// Starts `flowhost serve` and waits for it to listen.
     pub(crate) fn start(&self) -> Server {
+        self.start_with(&[])
+    }
+
+    /// Starts `flowhost serve` with more environment variables (secrets the config references).
+    pub(crate) fn start_with(&self, env: &[(&str, &str)]) -> Server {
         let log = std::fs::File::options().create(true).append(true).open(self.dir.path().join("server.log")).unwrap();
         let mut child = Command::new(flowhost_bin())
             .arg("--cache-dir")
@@ -102,6 +119,7 @@ config = {{ eventsApiUrl = "{url}/v2", authUrl = "{url}/oauth/token", platformAp
             .env("MPARTICLE_INBOUND_TOKEN", INBOUND_TOKEN)
             .env("RUST_LOG", "info")
             .env_remove("FLOWHOST_STORE")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

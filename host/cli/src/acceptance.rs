@@ -209,7 +209,7 @@ impl Suite {
 
     fn options() -> ConnectionOptions {
         // The stub remote answers every request, so private addresses in a config cannot reach anything.
-        ConnectionOptions { allowed_hosts: None, allow_private: true, open_inputs: false }
+        ConnectionOptions { allow_private: true, ..ConnectionOptions::default() }
     }
 
     async fn check_with(&mut self, config: &Value, secrets: &SecretStore) -> Result<Invocation<()>, String> {

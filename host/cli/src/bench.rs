@@ -540,7 +540,7 @@ impl ServiceDir {
         let traces = options.traces;
         let store = serde_json::to_string(options.store.as_deref().unwrap_or("flowhost.db"))?;
         let mut config = format!(
-            "listen = \"127.0.0.1:0\"\nstore = {store}\nflows = [\"flows\"]\n\n[delivery]\nconcurrency = {concurrency}\ntraces = \"{traces}\"\n\n[connectors]\nallow_private = true\n"
+            "listen = \"127.0.0.1:0\"\nstore = {store}\nflows = [\"flows\"]\n\n[delivery]\nconcurrency = {concurrency}\ntraces = \"{traces}\"\n\n[connectors]\nallow_private = true\n\n[secrets]\nenvironment = true\nallow = [\"BENCH_API_KEY_*\", \"BENCH_API_SECRET_*\"]\n"
         );
         let mut secrets = Vec::new();
         for (brand, (key, secret)) in keys.iter().enumerate() {

@@ -336,7 +336,7 @@ async fn durable_service(
     // The HTTP API on loopback, so that the Antavo emulator posts its webhooks as Antavo would.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let state = ApiState { service: service.clone(), max_body_bytes: 1 << 20, api_token: None };
+    let state = ApiState { service: service.clone(), max_body_bytes: 1 << 20, api_token: None, metrics_token: None };
     let server = tokio::spawn(async move { axum::serve(listener, router(state)).await });
     writeln!(out, "HTTP API: {base} (POST {base}/v1/inbound/antavo takes Antavo's Escher-signed webhooks)\n")?;
     antavo.add_webhook(antavo_emulator::WebhookSubscription {

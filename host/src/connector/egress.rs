@@ -55,11 +55,17 @@ impl HostPattern {
     }
 
     /// The pattern that allows exactly the origin of `url`.
+    /// The message never shows the value: it may be, or hold, a secret.
     pub fn origin_of(url: &str) -> Result<Self, String> {
-        let url = Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-        let host = url.host_str().ok_or_else(|| format!("{url} has no host"))?;
+        let url = Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
+        let host = url.host_str().ok_or("the URL has no host")?;
         let port = url.port_or_known_default().unwrap_or(default_port(url.scheme()));
         HostPattern::parse(&format!("{}://{}:{}", url.scheme(), host, port))
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &str {
+        &self.scheme
     }
 
     pub fn matches(&self, url: &Url) -> bool {
@@ -120,13 +126,20 @@ pub struct EgressPolicy {
     pub(crate) connector_hosts: Vec<HostPattern>,
     /// `None`: the connection adds no restriction beyond the connector's declared hosts.
     pub(crate) connection_hosts: Option<Vec<HostPattern>>,
+    /// The operator's pinned hosts (flowhost.toml), which no flow can widen; `None`: no pin.
+    pub(crate) operator_hosts: Option<Vec<HostPattern>>,
     pub(crate) allow_private: bool,
 }
 
 impl EgressPolicy {
     /// A policy that refuses everything (used while describing a component).
     pub fn deny_all() -> Self {
-        EgressPolicy { connector_hosts: Vec::new(), connection_hosts: Some(Vec::new()), allow_private: false }
+        EgressPolicy {
+            connector_hosts: Vec::new(),
+            connection_hosts: Some(Vec::new()),
+            operator_hosts: Some(Vec::new()),
+            allow_private: false,
+        }
     }
 
     pub fn allow_private(&self) -> bool {
@@ -146,6 +159,13 @@ impl EgressPolicy {
             && !allowed.iter().any(|p| p.matches(url))
         {
             return Err(format!("{origin} is not in the connection's allowed hosts"));
+        }
+        if let Some(pinned) = &self.operator_hosts
+            && !pinned.iter().any(|p| p.matches(url))
+        {
+            return Err(format!(
+                "{origin} is not among the hosts the operator allows (`allowed_hosts` in flowhost.toml's [connectors] or [connections.<name>])"
+            ));
         }
         if let Some(host) = url.host() {
             let literal = match host {
@@ -305,6 +325,7 @@ mod tests {
         let policy = EgressPolicy {
             connector_hosts: vec![HostPattern::parse("https://*.example.com").unwrap()],
             connection_hosts: Some(vec![HostPattern::parse("https://api.example.com").unwrap()]),
+            operator_hosts: None,
             allow_private: false,
         };
         assert!(policy.check_url(&url("https://api.example.com/x")).is_ok());
@@ -316,6 +337,7 @@ mod tests {
         let loopback = EgressPolicy {
             connector_hosts: vec![HostPattern::parse("http://127.0.0.1:*").unwrap()],
             connection_hosts: None,
+            operator_hosts: None,
             allow_private: false,
         };
         let err = loopback.check_url(&url("http://127.0.0.1:9/")).unwrap_err();
@@ -323,5 +345,16 @@ mod tests {
         assert!(err.contains("allow_private = true") && err.contains("--allow-private"), "says how to allow it: {err}");
         let allowed = EgressPolicy { allow_private: true, ..loopback };
         assert!(allowed.check_url(&url("http://127.0.0.1:9/")).is_ok());
+
+        // The operator's pin holds whatever the connector and the flow allow.
+        let pinned = EgressPolicy {
+            connector_hosts: vec![HostPattern::parse("https://*.example.com").unwrap()],
+            connection_hosts: Some(vec![HostPattern::parse("https://evil.example.com").unwrap()]),
+            operator_hosts: Some(vec![HostPattern::parse("https://api.example.com").unwrap()]),
+            allow_private: false,
+        };
+        let err = pinned.check_url(&url("https://evil.example.com/x")).unwrap_err();
+        assert!(err.contains("the operator allows"), "{err}");
+        assert!(pinned.check_url(&url("https://api.example.com/x")).is_err(), "the flow's list still narrows");
     }
 }

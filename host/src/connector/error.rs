@@ -171,8 +171,14 @@ pub enum ConfigError {
          e.g. {{\"secret\": \"MY_SECRET\"}}, never inline"
     )]
     InlineSecret { property: String },
-    #[error("secret {name:?} (for property {property:?}) is not set: define it in the environment or the secrets file")]
+    #[error(
+        "secret {name:?} (for property {property:?}) is not set: define it in the secrets file or the environment (under `flowhost serve`, the environment counts only with `[secrets] environment = true`)"
+    )]
     MissingSecret { property: String, name: String },
+    #[error(
+        "secret {name:?} (for property {property:?}) is not one the operator lets flows use: list it in flowhost.toml's `[secrets] allow`, or define it in the secrets file"
+    )]
+    SecretNotAllowed { property: String, name: String },
     #[error("invalid allowed host {pattern:?}: {reason}")]
     AllowedHost { pattern: String, reason: String },
 }

@@ -177,15 +177,21 @@ impl Validators {
 
     /// Validates a connection config whose secret values are resolved. Messages about secret properties
     /// never show the value.
-    pub fn validate_connection(&self, config: &Value) -> Result<(), Vec<FieldError>> {
+    /// Validates a connection config; the messages about a secret property, or one whose value came from a secret
+    /// reference (`from_secrets`), say what is wrong without the value.
+    pub fn validate_connection(&self, config: &Value, from_secrets: &[String]) -> Result<(), Vec<FieldError>> {
         let errors: Vec<FieldError> = self
             .connection
             .iter_errors(config)
             .map(|e| {
                 let pointer = e.instance_path().as_str().to_string();
                 let property = pointer.trim_start_matches('/').split('/').next().unwrap_or_default();
-                let message =
-                    if self.secret_properties.contains(property) { e.masked().to_string() } else { e.to_string() };
+                let message = if self.secret_properties.contains(property) || from_secrets.iter().any(|p| p == property)
+                {
+                    e.masked().to_string()
+                } else {
+                    e.to_string()
+                };
                 FieldError { pointer, message }
             })
             .collect();

@@ -13,7 +13,7 @@ use super::invocation::{Invocation, InvocationContext};
 use super::kv_cache::KvCache;
 use super::manifest::{Manifest, Validators};
 use super::sandbox::{ConnectionScope, LogLevel, LogLine, LogSource, SandboxLimits, StoreState};
-use super::secrets::{Redactor, SecretStore, secret_reference};
+use super::secrets::{Redactor, SecretMissing, SecretStore, secret_reference};
 use super::strict_inputs::InputError;
 use crate::inbound::InboundInfo;
 use secrecy::{ExposeSecret, SecretString};
@@ -275,7 +275,11 @@ impl std::fmt::Debug for Connector {
 pub struct ConnectionOptions {
     /// The hosts this connection may reach (intersected with the connector's); `None` adds no restriction.
     pub allowed_hosts: Option<Vec<String>>,
-    /// Allow loopback and private addresses (tests, the emulator, on-premises services).
+    /// The hosts the operator lets this connection reach, whatever the flow says (intersected with both lists
+    /// above); `None` adds no restriction.
+    pub operator_hosts: Option<Vec<String>>,
+    /// Allow loopback and private addresses (tests, the emulator, on-premises services), and a plain-`http`
+    /// origin taken from a connection property (`{property}` hosts are `https` only otherwise).
     pub allow_private: bool,
     /// Send input properties that the capability's schema does not declare instead of refusing them, for a
     /// connector that needs open inputs (a flow connection's `"openInputs": true`).
@@ -387,14 +391,20 @@ impl Connector {
         };
         let mut resolved = Map::new();
         let mut secret_values = Vec::new();
+        let mut from_secrets = Vec::new();
         for (key, value) in given {
             let declared_secret = self.manifest.connection_properties.iter().any(|p| p.name == *key && p.secret);
             if let Some(secret_name) = secret_reference(value) {
-                let secret = secrets
-                    .get(secret_name)
-                    .ok_or_else(|| ConfigError::MissingSecret { property: key.clone(), name: secret_name.into() })?;
+                let secret = secrets.lookup(secret_name).map_err(|missing| {
+                    let (property, name) = (key.clone(), secret_name.to_string());
+                    match missing {
+                        SecretMissing::NotAllowed => ConfigError::SecretNotAllowed { property, name },
+                        SecretMissing::NotSet => ConfigError::MissingSecret { property, name },
+                    }
+                })?;
                 resolved.insert(key.clone(), Value::String(secret.expose_secret().to_string()));
                 secret_values.push(secret);
+                from_secrets.push(key.clone());
             } else if declared_secret {
                 return Err(ConfigError::InlineSecret { property: key.clone() });
             } else {
@@ -402,8 +412,18 @@ impl Connector {
             }
         }
         let resolved = Value::Object(resolved);
+        let redactor = Redactor::new(secret_values);
+        // What is wrong is named by property; a message never shows a secret's value, in any form.
+        let invalid = |errors: Vec<FieldError>| {
+            ConfigError::Invalid(
+                errors
+                    .into_iter()
+                    .map(|e| FieldError { pointer: e.pointer, message: redactor.redact(&e.message) })
+                    .collect(),
+            )
+        };
         if validate {
-            self.validators.validate_connection(&resolved).map_err(ConfigError::Invalid)?;
+            self.validators.validate_connection(&resolved, &from_secrets).map_err(invalid)?;
         }
 
         let mut connector_hosts = Vec::new();
@@ -412,12 +432,20 @@ impl Connector {
                 Some(property) => {
                     if let Some(url) = resolved.get(property).and_then(Value::as_str) {
                         match HostPattern::origin_of(url) {
+                            // A flow may set the property: only the operator may point it at plain HTTP.
+                            Ok(pattern) if pattern.scheme() != "https" && !options.allow_private && validate => {
+                                return Err(invalid(vec![FieldError {
+                                    pointer: format!("/{property}"),
+                                    message: format!(
+                                        "the connector takes its host from `{property}`, which must be an https URL \
+                                         (plain http only where the operator allows private targets: \
+                                         `[connectors] allow_private = true`, `--allow-private`)"
+                                    ),
+                                }]));
+                            }
                             Ok(pattern) => connector_hosts.push(pattern),
                             Err(message) if validate => {
-                                return Err(ConfigError::Invalid(vec![FieldError {
-                                    pointer: format!("/{property}"),
-                                    message,
-                                }]));
+                                return Err(invalid(vec![FieldError { pointer: format!("/{property}"), message }]));
                             }
                             // Unvalidated: a URL that is none allows no host.
                             Err(_) => {}
@@ -427,18 +455,22 @@ impl Connector {
                 None => connector_hosts.push(HostPattern::parse(entry).expect("checked when the manifest was loaded")),
             }
         }
-        let connection_hosts = options
-            .allowed_hosts
-            .as_ref()
-            .map(|hosts| {
-                hosts
-                    .iter()
-                    .map(|h| {
-                        HostPattern::parse(h).map_err(|reason| ConfigError::AllowedHost { pattern: h.clone(), reason })
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?;
+        let patterns = |hosts: &Option<Vec<String>>| {
+            hosts
+                .as_ref()
+                .map(|hosts| {
+                    hosts
+                        .iter()
+                        .map(|h| {
+                            HostPattern::parse(h)
+                                .map_err(|reason| ConfigError::AllowedHost { pattern: h.clone(), reason })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()
+        };
+        let connection_hosts = patterns(&options.allowed_hosts)?;
+        let operator_hosts = patterns(&options.operator_hosts)?;
 
         let resolved_text = resolved.to_string();
         let mut hasher = Sha256::new();
@@ -451,9 +483,14 @@ impl Connector {
             connector_id: self.manifest.id.clone(),
             public_config: config.clone(),
             resolved_config: SecretString::from(resolved_text),
-            egress: Arc::new(EgressPolicy { connector_hosts, connection_hosts, allow_private: options.allow_private }),
+            egress: Arc::new(EgressPolicy {
+                connector_hosts,
+                connection_hosts,
+                operator_hosts,
+                allow_private: options.allow_private,
+            }),
             cache_scope: hex::encode(hasher.finalize()),
-            redactor: Arc::new(Redactor::new(secret_values)),
+            redactor: Arc::new(redactor),
             open_inputs: options.open_inputs,
             batcher: Batcher::default(),
         })

@@ -210,7 +210,8 @@ impl http::Host for StoreState {
     async fn fetch(&mut self, request: http::Request) -> Result<http::Response, http::HttpError> {
         let method = request.method.clone();
         let url = Url::parse(&request.url);
-        let origin = url.as_ref().map(super::egress::origin_text).unwrap_or_default();
+        // The origin goes to the service's log: a secret in the host name (a tenant label, say) is redacted.
+        let origin = self.scope.redactor.redact(&url.as_ref().map(super::egress::origin_text).unwrap_or_default());
         let started = Instant::now();
         let fetch = FetchRequest {
             method: request.method,

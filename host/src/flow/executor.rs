@@ -183,6 +183,11 @@ impl LoadedFlow {
         &self.flow.id
     }
 
+    /// Redacts the secrets of every connection of the flow (for what is shown besides the trace).
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
     /// The connector and the set-up connection of one of the flow's connections.
     pub fn connection(&self, name: &str) -> Option<(&Arc<Connector>, &Connection)> {
         self.connections.get(name).map(|(connector, connection)| (connector, connection))

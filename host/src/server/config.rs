@@ -8,8 +8,19 @@
 //!                                       # or PostgreSQL, shared by many processes:
 //!                                       # "postgres://flowhost@db:5432/flowhost?pool_size=8&poll_only=false"
 //! flows = ["flows/point-add-to-crm.json", "flows/inbound"]   # files, or directories of *.json
-//! api_token = { secret = "FLOWHOST_API_TOKEN" }   # Bearer token for /v1/* (inbound excepted)
+//! api_token = { secret = "FLOWHOST_API_TOKEN" }   # Bearer token for /v1/* (inbound excepted), /metrics
+//! metrics_token = { secret = "FLOWHOST_METRICS_TOKEN" }   # a token for /metrics alone
+//! insecure = false                      # true: serve without api_token beyond loopback
 //! max_body_bytes = 1048576
+//!
+//! [server]
+//! header_read_timeout = "10s"
+//! body_read_timeout = "30s"
+//! max_connections = 1024
+//!
+//! [secrets]                             # what flows may reference
+//! allow = ["CRM_*"]                     # names or prefixes; without it, the secrets file's names
+//! environment = false                   # true: also from the process environment
 //!
 //! [delivery]
 //! concurrency = 256
@@ -30,10 +41,12 @@
 //! builtin = true
 //! dirs = []
 //! allow_private = false
+//! allowed_hosts = ["https://*.crm.example"]   # every connection, whatever flows say
 //!
 //! [connections.crm]
 //! inbound_token = { secret = "CRM_INBOUND_TOKEN" }
 //! config = { eventsApiUrl = "https://api.eu.crm.example" }   # merged into the flows' connection config
+//! allowed_hosts = ["https://api.eu.crm.example"]             # this connection, instead of [connectors]
 //! ```
 
 use crate::HostConfig;
@@ -66,6 +79,13 @@ pub struct ServeConfig {
     /// send `Authorization: Bearer <token>`.
     #[serde(default)]
     pub api_token: Option<toml::Value>,
+    /// `{ secret = "NAME" }`: a token for `/metrics` alone; `/metrics` takes the API token too.
+    #[serde(default)]
+    pub metrics_token: Option<toml::Value>,
+    /// Serve without an `api_token` on an address beyond loopback: anyone who reaches it may send events and
+    /// manage the queue. Off by default: such a `serve` refuses to start.
+    #[serde(default)]
+    pub insecure: bool,
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
     #[serde(default)]
@@ -78,6 +98,10 @@ pub struct ServeConfig {
     pub connectors: ConnectorsSection,
     #[serde(default)]
     pub connections: BTreeMap<String, ConnectionSection>,
+    #[serde(default)]
+    pub secrets: SecretsSection,
+    #[serde(default)]
+    pub server: ServerSection,
     /// Where relative paths are resolved: the config file's directory.
     #[serde(skip)]
     pub base: PathBuf,
@@ -90,11 +114,15 @@ impl std::fmt::Debug for ServeConfig {
             .field("store", &redact_store_setting(&self.store))
             .field("flows", &self.flows)
             .field("api_token", &self.api_token)
+            .field("metrics_token", &self.metrics_token)
+            .field("insecure", &self.insecure)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("delivery", &self.delivery)
             .field("retry", &self.retry)
             .field("connectors", &self.connectors)
             .field("connections", &self.connections)
+            .field("secrets", &self.secrets)
+            .field("server", &self.server)
             .field("base", &self.base)
             .finish()
     }
@@ -203,13 +231,19 @@ pub struct ConnectorsSection {
     pub builtin: bool,
     #[serde(default)]
     pub dirs: Vec<PathBuf>,
+    /// Let connections reach loopback and private addresses, and take a plain-`http` origin from a connection
+    /// property (a connector's `{property}` host).
     #[serde(default)]
     pub allow_private: bool,
+    /// The hosts every connection may reach (`scheme://host[:port]` patterns), whatever a flow says: a flow's
+    /// `allowedHosts` can narrow them, never widen them. `[connections.X] allowed_hosts` replaces it for X.
+    #[serde(default)]
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 impl Default for ConnectorsSection {
     fn default() -> Self {
-        ConnectorsSection { builtin: true, dirs: Vec::new(), allow_private: false }
+        ConnectorsSection { builtin: true, dirs: Vec::new(), allow_private: false, allowed_hosts: None }
     }
 }
 
@@ -222,6 +256,79 @@ pub struct ConnectionSection {
     /// Config merged into the flows' connection of this name.
     #[serde(default)]
     pub config: Map<String, Value>,
+    /// The hosts this connection may reach, whatever its flows say (instead of `[connectors] allowed_hosts`).
+    #[serde(default)]
+    pub allowed_hosts: Option<Vec<String>>,
+}
+
+/// `[secrets]`: which secrets flows may reference, and where their values come from. The operator's own
+/// references in this file (`api_token`, `metrics_token`, `inbound_token`) are not limited by it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSection {
+    /// The names flows may reference; a name ending in `*` is a prefix (`"MPARTICLE_*"`). Without it, the names
+    /// the secrets file (`--secrets-file`) defines.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    /// Also look the names flows may reference up in the process environment, after the secrets file. Off by
+    /// default: a flow must not read the service's environment.
+    #[serde(default)]
+    pub environment: bool,
+}
+
+impl SecretsSection {
+    /// The secrets flows see: `secrets` (the secrets file, and the environment) narrowed by this section.
+    pub fn for_flows(&self, secrets: &SecretStore) -> SecretStore {
+        secrets.restricted(self.allow.clone(), self.environment)
+    }
+}
+
+/// `[server]`: how long a client may take and how many connections may be open, so that slow or idle clients
+/// cannot lock everyone out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// The time a client has to send a request's headers (from when the connection opens or goes idle).
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout: String,
+    /// The time a client has to send a request's whole body.
+    #[serde(default = "default_body_timeout")]
+    pub body_read_timeout: String,
+    /// Connections open at once; further clients wait to be accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            header_read_timeout: default_header_timeout(),
+            body_read_timeout: default_body_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+impl ServerSection {
+    /// The limits, or what is wrong with the section, naming the field.
+    pub fn limits(&self) -> Result<super::limits::ServerLimits, String> {
+        let duration = |field: &str, text: &str| {
+            let duration = humantime::parse_duration(text.trim())
+                .map_err(|e| format!("server.{field}: `{text}` is not a duration such as \"10s\": {e}"))?;
+            if duration.is_zero() {
+                return Err(format!("server.{field} must be longer than 0"));
+            }
+            Ok(duration)
+        };
+        if self.max_connections == 0 {
+            return Err("server.max_connections must be at least 1".into());
+        }
+        Ok(super::limits::ServerLimits {
+            header_read_timeout: duration("header_read_timeout", &self.header_read_timeout)?,
+            body_read_timeout: duration("body_read_timeout", &self.body_read_timeout)?,
+            max_connections: self.max_connections,
+        })
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -253,6 +360,15 @@ fn default_purge_batch() -> usize {
 }
 fn default_purge_pause() -> String {
     "100ms".into()
+}
+fn default_header_timeout() -> String {
+    "10s".into()
+}
+fn default_body_timeout() -> String {
+    "30s".into()
+}
+fn default_max_connections() -> usize {
+    1024
 }
 fn yes() -> bool {
     true
@@ -291,6 +407,15 @@ impl ServeConfig {
             return Err("delivery.lease_seconds must be at least 3".into());
         }
         config.retention.config()?;
+        config.server.limits()?;
+        for (field, hosts) in std::iter::once(("connectors".to_string(), &config.connectors.allowed_hosts))
+            .chain(config.connections.iter().map(|(name, c)| (format!("connections.{name}"), &c.allowed_hosts)))
+        {
+            for host in hosts.iter().flatten() {
+                crate::connector::egress::HostPattern::parse(host)
+                    .map_err(|reason| format!("{field}.allowed_hosts: `{host}`: {reason}"))?;
+            }
+        }
         if let Some(policy) = &config.retry
             && let Some(problem) = policy.problems().into_iter().next()
         {
@@ -348,6 +473,7 @@ impl ServeConfig {
             embedded_connectors: if self.connectors.builtin { builtin.to_vec() } else { Vec::new() },
             connector_dirs: self.connectors.dirs.iter().map(|d| self.resolve(d)).collect(),
             allow_private: self.connectors.allow_private,
+            operator_hosts: self.operator_hosts(),
             default_retry: self.retry.clone().unwrap_or_default(),
             connection_overrides: self
                 .connections
@@ -356,6 +482,30 @@ impl ServeConfig {
                 .map(|(name, c)| (name.clone(), c.config.clone()))
                 .collect(),
         }
+    }
+
+    /// The hosts the operator pins per connection name (`""`: every connection without its own list).
+    fn operator_hosts(&self) -> BTreeMap<String, Vec<String>> {
+        let every = self.connectors.allowed_hosts.iter().map(|hosts| (String::new(), hosts.clone()));
+        let own = self.connections.iter().filter_map(|(name, c)| Some((name.clone(), c.allowed_hosts.clone()?)));
+        every.chain(own).collect()
+    }
+
+    /// Whether the service may listen on `address`: beyond loopback only with an API token, or when the operator
+    /// says `insecure = true`. Checked before anything listens.
+    pub fn check_listen(&self, address: SocketAddr, has_api_token: bool) -> Result<(), String> {
+        if has_api_token || self.insecure || address.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to serve on {address} without an api_token: anyone who reaches it could send events and manage \
+             the queue. Set api_token, listen on loopback (127.0.0.1), or set `insecure = true` to serve it open"
+        ))
+    }
+
+    /// The metrics token, resolved from the secrets.
+    pub fn metrics_token(&self, secrets: &SecretStore) -> Result<Option<SecretString>, String> {
+        self.metrics_token.as_ref().map(|reference| resolve_secret(reference, secrets, "metrics_token")).transpose()
     }
 
     /// The service's configuration; `retention` was checked by [`ServeConfig::parse`].
@@ -498,5 +648,73 @@ mod tests {
         let inline = ServeConfig::parse("flows = [\"f\"]\n[connections.m]\ninbound_token = \"plain\"\n").unwrap();
         let error = inline.inbound_connections(&secrets).unwrap_err();
         assert!(error.contains("secret reference") && !error.contains("plain"), "{error}");
+    }
+
+    #[test]
+    fn an_open_api_listens_on_loopback_only_unless_the_operator_says_insecure() {
+        let open = ServeConfig::parse("flows = [\"f\"]\n").unwrap();
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        for loopback in ["127.0.0.1:8080", "127.9.0.1:1", "[::1]:8080"] {
+            assert!(open.check_listen(loopback.parse().unwrap(), false).is_ok(), "{loopback}");
+        }
+        let refused = open.check_listen(any, false).unwrap_err();
+        assert!(refused.contains("0.0.0.0:8080") && refused.contains("insecure = true"), "{refused}");
+        assert!(open.check_listen("[::]:8080".parse().unwrap(), false).is_err());
+        assert!(open.check_listen(any, true).is_ok(), "with an api_token");
+        let insecure = ServeConfig::parse("flows = [\"f\"]\ninsecure = true\n").unwrap();
+        assert!(insecure.check_listen(any, false).is_ok());
+    }
+
+    #[test]
+    fn server_limits_default_and_refuse_mistakes() {
+        let defaults = ServeConfig::parse("flows = [\"f\"]\n").unwrap().server.limits().unwrap();
+        assert_eq!(defaults, crate::server::ServerLimits::default());
+        let config = ServeConfig::parse(
+            "flows = [\"f\"]\n[server]\nheader_read_timeout = \"2s\"\nbody_read_timeout = \"1m\"\nmax_connections = 8\n",
+        )
+        .unwrap();
+        let limits = config.server.limits().unwrap();
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(limits.body_read_timeout, Duration::from_secs(60));
+        assert_eq!(limits.max_connections, 8);
+        for (section, expected) in [
+            ("header_read_timeout = \"soon\"", "server.header_read_timeout: `soon` is not a duration"),
+            ("body_read_timeout = \"0s\"", "server.body_read_timeout must be longer than 0"),
+            ("max_connections = 0", "server.max_connections must be at least 1"),
+        ] {
+            let error = ServeConfig::parse(&format!("flows = [\"f\"]\n[server]\n{section}\n")).unwrap_err();
+            assert!(error.contains(expected), "{section}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_operator_lists_the_secrets_and_pins_the_hosts_of_flows() {
+        let config = ServeConfig::parse(
+            r#"
+            flows = ["f"]
+            api_token = { secret = "API_TOKEN" }
+            [secrets]
+            allow = ["CRM_*"]
+            [connectors]
+            allowed_hosts = ["https://*.crm.example"]
+            [connections.billing]
+            allowed_hosts = ["https://billing.example"]
+            "#,
+        )
+        .unwrap();
+        let secrets = SecretStore::from_pairs([("API_TOKEN", "t0ken-1"), ("CRM_KEY", "k"), ("OTHER", "o")]);
+        // The operator's own references see every secret; flows only the listed ones.
+        assert!(config.api_token(&secrets).unwrap().is_some());
+        let flows = config.secrets.for_flows(&secrets);
+        assert!(flows.get("CRM_KEY").is_some());
+        assert!(flows.get("API_TOKEN").is_none() && flows.get("OTHER").is_none());
+        let hosts = config.host_config(RuntimeConfig::default(), &[]).operator_hosts;
+        assert_eq!(hosts[""], ["https://*.crm.example"]);
+        assert_eq!(hosts["billing"], ["https://billing.example"]);
+
+        let bad = ServeConfig::parse("flows = [\"f\"]\n[connections.x]\nallowed_hosts = [\"ftp://x\"]\n").unwrap_err();
+        assert!(bad.contains("connections.x.allowed_hosts: `ftp://x`"), "{bad}");
+        let unknown = ServeConfig::parse("flows = [\"f\"]\n[secrets]\nenv = true\n").unwrap_err();
+        assert!(unknown.contains("unknown field `env`"), "{unknown}");
     }
 }

@@ -18,8 +18,10 @@
 //! 404, 409, 413 (body over the limit) or 503 (store unavailable); none of them echoes a token.
 
 pub mod config;
+pub mod limits;
 mod openapi;
 
+pub use limits::{ServerLimits, serve};
 pub use openapi::openapi_document;
 
 use crate::connector::secrets::token_matches;
@@ -54,6 +56,8 @@ pub struct ApiState {
     pub service: Arc<Service>,
     pub max_body_bytes: usize,
     pub api_token: Option<Arc<SecretString>>,
+    /// A token for `/metrics` alone (a scraper need not hold the API token); `/metrics` also takes the API token.
+    pub metrics_token: Option<Arc<SecretString>>,
 }
 
 /// The router of the whole API.
@@ -83,7 +87,81 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "this route takes another method")
         })
+        .layer(axum::middleware::from_fn(refuse_cross_site))
         .with_state(state)
+}
+
+/// Whether a request comes from a web page of another origin, which a browser says in `Origin`: the service's
+/// own origin is the host the request was sent to (`Host`, or the authority of an HTTP/2 request).
+fn cross_origin(request: &Request) -> Option<String> {
+    let origin = request.headers().get(header::ORIGIN)?;
+    let own = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    let origin_text = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+    let same = origin_text
+        .strip_prefix("http://")
+        .or_else(|| origin_text.strip_prefix("https://"))
+        .is_some_and(|authority| !own.is_empty() && authority.eq_ignore_ascii_case(own));
+    (!same).then_some(origin_text)
+}
+
+/// Whether a request to `/v1` that may change something carries what it says it does: JSON, or nothing. A web page
+/// of another origin can send a form or `text/plain` without asking the browser first; it cannot send JSON so.
+fn unsupported_content_type(request: &Request) -> Option<String> {
+    let path = request.uri().path();
+    let writes = matches!(request.method().as_str(), "POST" | "PUT" | "PATCH");
+    if !writes || !path.starts_with("/v1/") || path.starts_with("/v1/inbound/") {
+        return None;
+    }
+    match request.headers().get(header::CONTENT_TYPE) {
+        Some(value) => {
+            let text = value.to_str().unwrap_or_default();
+            let essence = text.split(';').next().unwrap_or_default().trim();
+            (!essence.eq_ignore_ascii_case("application/json")).then(|| text.to_string())
+        }
+        None => {
+            let headers = request.headers();
+            let empty = !headers.contains_key(header::TRANSFER_ENCODING)
+                && headers.get(header::CONTENT_LENGTH).is_none_or(|length| length.as_bytes() == b"0");
+            (!empty).then(|| "none".to_string())
+        }
+    }
+}
+
+/// Refuses what a web page of another origin could make a browser send: requests whose `Origin` is not the
+/// service's own (403), and writes to `/v1` whose body is not JSON (415). Inbound routes take what their
+/// connection's sender posts, from wherever it is: their connector checks them.
+async fn refuse_cross_site(request: Request, next: Next) -> Response {
+    if !request.uri().path().starts_with("/v1/inbound/")
+        && let Some(origin) = cross_origin(&request)
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("cross-origin requests are refused: Origin `{origin}` is not this service's own"),
+        );
+    }
+    if let Some(content_type) = unsupported_content_type(&request) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("the body must be JSON, sent as `Content-Type: application/json` (it is {content_type})"),
+        );
+    }
+    next.run(request).await
+}
+
+/// Whether a request carries `token` as `Authorization: Bearer <token>`, compared in constant time.
+fn bearer_matches(request: &Request, token: &SecretString) -> bool {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    token_matches(presented, token)
 }
 
 /// Every error answer of the API.
@@ -130,16 +208,10 @@ fn store_error(e: StoreError) -> Response {
 }
 
 async fn require_api_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    if let Some(expected) = &state.api_token {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !token_matches(presented, expected) {
-            return error(StatusCode::UNAUTHORIZED, "missing or wrong API token: send `Authorization: Bearer <token>`");
-        }
+    if let Some(expected) = &state.api_token
+        && !bearer_matches(&request, expected)
+    {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong API token: send `Authorization: Bearer <token>`");
     }
     next.run(request).await
 }
@@ -149,7 +221,11 @@ async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Respon
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let over_limit = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
             .any(|e| e.is::<http_body_util::LengthLimitError>());
-        if over_limit {
+        let timed_out = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+            .any(|e| e.is::<limits::BodyTimeout>());
+        if timed_out {
+            error(StatusCode::REQUEST_TIMEOUT, format!("{e}"))
+        } else if over_limit {
             error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the body is larger than the limit of {}", crate::ByteSize::from(limit)),
@@ -927,44 +1003,62 @@ async fn reconnect(State(state): State<ApiState>, Path(name): Path<String>) -> R
     }
 }
 
-/// The service's health.
+/// The service's health: to a caller without the API token (when the service has one), only `status`.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Health {
     /// `ok`.
     status: String,
     /// The flows that run.
-    flows: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flows: Option<Vec<String>>,
     /// The flows stopped by a disconnect, with the connection that stopped each.
-    stopped_flows: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stopped_flows: Option<BTreeMap<String, String>>,
     /// Runs per state.
-    queue: RunCounts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue: Option<RunCounts>,
 }
 
-/// Liveness: the store is reachable; the running and stopped flows and the queue's sizes.
+/// Liveness: the store is reachable. With the API token (or when the service has none), also the running and
+/// stopped flows and the queue's sizes; an anonymous caller learns only up or down.
 #[utoipa::path(get, path = "/healthz", tag = "service",
     responses(
         (status = 200, description = "Healthy", body = Health),
         (status = 503, description = "The store is not reachable", body = ErrorBody),
     ))]
-async fn healthz(State(state): State<ApiState>) -> Response {
+async fn healthz(State(state): State<ApiState>, request: Request) -> Response {
+    let details = state.api_token.as_ref().is_none_or(|token| bearer_matches(&request, token));
     match state.service.store().counts().await {
-        Ok(counts) => {
+        Ok(counts) if details => {
             let (flows, stopped_flows) = state.service.flows();
-            Json(Health { status: "ok".into(), flows, stopped_flows, queue: counts.runs }).into_response()
+            let queue = Some(counts.runs);
+            Json(Health { status: "ok".into(), flows: Some(flows), stopped_flows: Some(stopped_flows), queue })
+                .into_response()
         }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("the store is not reachable: {e}")),
+        Ok(_) => Json(Health { status: "ok".into(), flows: None, stopped_flows: None, queue: None }).into_response(),
+        Err(e) if details => error(StatusCode::SERVICE_UNAVAILABLE, format!("the store is not reachable: {e}")),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "down"),
     }
 }
 
-/// The service's metrics, in the OpenMetrics text format.
+/// The service's metrics, in the OpenMetrics text format. When the service has an API token or a metrics token,
+/// either is required.
 #[utoipa::path(get, path = "/metrics", tag = "service",
     responses(
         (status = 200, description = "Prometheus metrics", body = String,
             content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 401, description = "A missing or wrong token", body = ErrorBody),
         (status = 503, description = "The store is not reachable", body = ErrorBody),
     ))]
-async fn metrics(State(state): State<ApiState>) -> Response {
+async fn metrics(State(state): State<ApiState>, request: Request) -> Response {
+    let tokens: Vec<&Arc<SecretString>> = state.api_token.iter().chain(&state.metrics_token).collect();
+    if !tokens.is_empty() && !tokens.iter().any(|token| bearer_matches(&request, token)) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token: send `Authorization: Bearer <token>` (the metrics token or the API token)",
+        );
+    }
     match state.service.render_metrics().await {
         Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
             .into_response(),

@@ -13,13 +13,15 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
         description = "The HTTP API of `flowhost serve`: events in, the workflow log, the resend queue, the outbox, \
             inbound requests for connections, and connections' disconnect and reconnect. Every route under `/v1` \
             but `/v1/inbound/{connection}` and `/v1/openapi.json` takes `Authorization: Bearer <api_token>` when \
-            the service has an `api_token`."
+            the service has an `api_token`. Requests whose `Origin` is not the service's own are refused (403), and \
+            so are writes to `/v1` whose body is not `application/json` (415); `/v1/inbound/{connection}` takes \
+            what its connection's sender posts."
     ),
     paths(
         post_events, inbound, list_runs, get_run, list_queue, bulk_retry, bulk_drop, retry_run, drop_run, outbox,
         list_inbound, disconnect, reconnect, serve, healthz, metrics
     ),
-    modifiers(&BearerToken),
+    modifiers(&BearerToken, &BrowserRules),
     tags(
         (name = "events", description = "Loyalty events in"),
         (name = "inbound", description = "What connections' senders post, and what became of it"),
@@ -48,6 +50,27 @@ impl utoipa::Modify for BearerToken {
             }
             for operation in [&mut item.get, &mut item.post, &mut item.delete].into_iter().flatten() {
                 operation.security = Some(vec![SecurityRequirement::new("apiToken", Vec::<String>::new())]);
+            }
+        }
+    }
+}
+
+/// Declares the answers of `refuse_cross_site` (see `router`): 415 for a write to `/v1` that is not JSON.
+struct BrowserRules;
+
+impl utoipa::Modify for BrowserRules {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let unsupported = ResponseBuilder::new()
+            .description("The body is not `application/json`")
+            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") || path.starts_with("/v1/inbound/") {
+                continue;
+            }
+            for operation in [&mut item.post, &mut item.put, &mut item.patch].into_iter().flatten() {
+                operation.responses.responses.insert("415".into(), unsupported.clone().into());
             }
         }
     }

@@ -186,6 +186,8 @@ pub async fn run(
             print_log(err, &log)?;
             Ok(match result {
                 Ok(output) => {
+                    // A connector may echo a credential (or its base64) in its output: never on the terminal.
+                    let output = connection.redactor().redact_json(&output);
                     writeln!(out, "{}", serde_json::to_string_pretty(&output)?)?;
                     ExitCode::SUCCESS
                 }
@@ -244,7 +246,7 @@ fn connect(
     let options = ConnectionOptions {
         allowed_hosts: (!args.allow_hosts.is_empty()).then(|| args.allow_hosts.clone()),
         allow_private: args.allow_private,
-        open_inputs: false,
+        ..ConnectionOptions::default()
     };
     Ok(connector.connection("cli", &config, &context.secrets()?, &options)?)
 }

@@ -199,7 +199,7 @@ pub async fn run_inbound(
         }
     };
     if json {
-        let answer = String::from_utf8_lossy(&outcome.response.body);
+        let answer = flow.redactor().redact(&String::from_utf8_lossy(&outcome.response.body));
         let report = serde_json::json!({
             "runs": outcome.runs,
             "skipped": outcome.skipped,

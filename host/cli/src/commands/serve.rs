@@ -24,8 +24,16 @@ pub async fn serve(
     let secrets = options.secrets()?;
     let inbound = config.inbound_connections(&secrets).map_err(anyhow::Error::msg)?;
     let api_token = config.api_token(&secrets).map_err(anyhow::Error::msg)?;
+    let metrics_token = config.metrics_token(&secrets).map_err(anyhow::Error::msg)?;
+    // Checked before anything listens: an open API goes on loopback only, unless the operator says otherwise.
+    config.check_listen(config.listen, api_token.is_some()).map_err(anyhow::Error::msg)?;
+    let limits = config.server.limits().map_err(anyhow::Error::msg)?;
     let flow_files = config.flow_files()?;
-    let host = Host::new(config.host_config(options.runtime_config(), crate::builtin::COMPONENTS), secrets).await?;
+    // Flows reference only the secrets the operator lets them (`[secrets]`); this file's own references are the
+    // operator's, resolved above from everything.
+    let flow_secrets = config.secrets.for_flows(&secrets);
+    let host =
+        Host::new(config.host_config(options.runtime_config(), crate::builtin::COMPONENTS), flow_secrets).await?;
     // `--store`: a path is relative to the working directory, as paths on the command line are.
     let store_location = match store {
         Some(store) => StoreLocation::parse(&store)?,
@@ -37,7 +45,7 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     if api_token.is_none() && !address.ip().is_loopback() {
-        tracing::warn!(%address, "the API has no api_token and listens beyond loopback: anyone who reaches it can send events and manage the queue");
+        tracing::warn!(%address, "insecure = true: the API has no api_token and listens beyond loopback: anyone who reaches it can send events and manage the queue");
     }
     let service_config = config.service_config().map_err(anyhow::Error::msg)?;
     let service = Arc::new(Service::start(host, store.clone(), &flow_files, inbound, service_config).await?);
@@ -54,8 +62,9 @@ pub async fn serve(
         service: service.clone(),
         max_body_bytes: config.max_body_bytes,
         api_token: api_token.map(Arc::new),
+        metrics_token: metrics_token.map(Arc::new),
     };
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    flowhost::server::serve(listener, router(state), limits, shutdown_signal()).await?;
     writeln!(out, "shutting down: finishing runs in flight, leaving the rest queued")?;
     service.shutdown(Duration::from_secs(config.delivery.shutdown_grace_seconds)).await;
     store.close().await;
