@@ -10,6 +10,7 @@ pub mod error;
 pub mod http_client;
 mod invocation;
 mod kv_cache;
+pub mod pacing;
 pub mod manifest;
 mod receive;
 pub mod registry;
