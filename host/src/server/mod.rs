@@ -939,6 +939,9 @@ struct Health {
     stopped_flows: BTreeMap<String, String>,
     /// Runs per state.
     queue: RunCounts,
+    /// The connections whose service refused calls for their rate in the last 10 seconds, or that are paused
+    /// for it, with their pacing.
+    throttled_connections: BTreeMap<String, crate::connector::pacing::PacerStatus>,
 }
 
 /// Liveness: the store is reachable; the running and stopped flows and the queue's sizes.
@@ -951,7 +954,10 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     match state.service.store().counts().await {
         Ok(counts) => {
             let (flows, stopped_flows) = state.service.flows();
-            Json(Health { status: "ok".into(), flows, stopped_flows, queue: counts.runs }).into_response()
+            let mut throttled_connections = state.service.host().pacing().status();
+            throttled_connections.retain(|_, status| status.throttled_now);
+            Json(Health { status: "ok".into(), flows, stopped_flows, queue: counts.runs, throttled_connections })
+                .into_response()
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("the store is not reachable: {e}")),
     }
