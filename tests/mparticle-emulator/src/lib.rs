@@ -322,6 +322,16 @@ impl EmulatorHandle {
         state::lock(&self.shared.faults).clone()
     }
 
+    /// Sets the provisioned throughput in batches per second of one API key, or with `None` of every key
+    /// without a limit of its own (see `POST /_emulator/throttle`); `None` or 0 as the limit: no limit.
+    pub fn set_batches_per_second(&self, api_key: Option<&str>, limit: Option<u32>) {
+        let mut throttle = state::lock(&self.shared.throttle);
+        match api_key {
+            Some(key) => throttle.set_key(key, limit),
+            None => throttle.set_default(limit),
+        }
+    }
+
     /// Makes every issued token expire now; returns how many were still valid.
     pub fn expire_tokens(&self) -> usize {
         self.shared.expire_tokens()

@@ -22,8 +22,8 @@ use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 
 use crate::faults::{FaultKind, FaultRule};
-use crate::throttle::Admission;
 use crate::state::{Account, CalculatedAttribute, RecordedBatch, Shared, lock};
+use crate::throttle::Admission;
 use crate::time::{now_unix_ms, platform_timestamp, rfc3339};
 use crate::validate::{self, BatchError, Historical};
 

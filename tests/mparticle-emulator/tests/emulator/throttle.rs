@@ -85,7 +85,8 @@ async fn limits_are_set_through_the_emulator_routes() {
     let (s, v) = set(json!({"api_key": DEMO_API_KEY, "batches_per_second": 1})).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["api_keys"][DEMO_API_KEY], 1);
-    let got: Value = client().get(format!("{}/_emulator/throttle", emu.url())).send().await.unwrap().json().await.unwrap();
+    let got: Value =
+        client().get(format!("{}/_emulator/throttle", emu.url())).send().await.unwrap().json().await.unwrap();
     assert_eq!(got, v);
     assert_eq!(post_events(&emu, "/v2/bulkevents", &json!([valid_batch(), valid_batch(), valid_batch()])).await.0, 202);
     assert_eq!(post_events(&emu, "/v2/events", &valid_batch()).await.0, 429, "3 batches over a limit of 1 per second");
