@@ -109,9 +109,12 @@ async fn wait_until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> 
     }
 }
 
+/// Delivered sequences per API key and customer, in arrival order.
+type Sequences = HashMap<String, HashMap<String, Vec<i64>>>;
+
 /// Each API key's delivered sequences, per customer, in arrival order; and each key's last arrival.
-fn delivered(emulator: &RunningEmulator) -> (HashMap<String, HashMap<String, Vec<i64>>>, HashMap<String, i64>) {
-    let mut by_key: HashMap<String, HashMap<String, Vec<i64>>> = HashMap::new();
+fn delivered(emulator: &RunningEmulator) -> (Sequences, HashMap<String, i64>) {
+    let mut by_key: Sequences = HashMap::new();
     let mut last: HashMap<String, i64> = HashMap::new();
     for batch in emulator.batches() {
         let customer = batch.batch["user_identities"]["customer_id"].as_str().unwrap().to_string();
