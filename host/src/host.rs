@@ -1,6 +1,7 @@
 //! The embedding API: a `Host` knows the connectors, checks and loads flows, and runs them for events,
 //! exactly as the CLI does.
 
+use crate::connector::pacing::Pacing;
 use crate::connector::{
     ConnectionOptions, ConnectorRegistry, FieldError, InvokeError, LoadError, Runtime, RuntimeConfig, SecretStore,
 };
@@ -30,6 +31,9 @@ pub struct HostConfig {
     pub default_retry: RetryPolicy,
     /// Config values merged into connections by connection name, e.g. base URLs of another environment.
     pub connection_overrides: BTreeMap<String, Map<String, Value>>,
+    /// Do not pace connections whose services refuse calls for their rate: each run then resends on its own
+    /// schedule (for comparison; see `connector::pacing`).
+    pub no_pacing: bool,
 }
 
 impl std::fmt::Debug for HostConfig {
@@ -44,6 +48,7 @@ impl std::fmt::Debug for HostConfig {
             .field("operator_hosts", &self.operator_hosts)
             .field("default_retry", &self.default_retry)
             .field("connection_overrides", &self.connection_overrides)
+            .field("no_pacing", &self.no_pacing)
             .finish()
     }
 }
@@ -87,6 +92,8 @@ pub struct Host {
     secrets: SecretStore,
     config: HostConfig,
     on_emit: EmitCallback,
+    /// Each connection's limiter, by name, shared by the flows that name it.
+    pacing: Arc<Pacing>,
 }
 
 impl Host {
@@ -97,7 +104,8 @@ impl Host {
             registry.add(runtime.load_embedded(bytes).await?);
         }
         registry.load_dirs(&runtime, &config.connector_dirs).await?;
-        Ok(Host { runtime, registry, secrets, config, on_emit: Arc::new(|_| {}) })
+        let pacing = Arc::new(Pacing::new(!config.no_pacing));
+        Ok(Host { runtime, registry, secrets, config, on_emit: Arc::new(|_| {}), pacing })
     }
 
     /// Adds one connector component to the ones this host knows.
@@ -121,6 +129,11 @@ impl Host {
 
     pub fn registry(&self) -> &ConnectorRegistry {
         &self.registry
+    }
+
+    /// The connections' pacing: send rates, refusals and pauses.
+    pub fn pacing(&self) -> &Pacing {
+        &self.pacing
     }
 
     /// Parses and lints a flow file without running anything: the flow, or every problem (errors and
@@ -177,7 +190,7 @@ impl Host {
         if !problems.is_empty() {
             return Err(problems);
         }
-        LoadedFlow::compile(flow, connections, &self.config.default_retry)
+        LoadedFlow::compile(flow, connections, &self.config.default_retry, &self.pacing)
             .map_err(|message| vec![Problem::error("", message)])
     }
 

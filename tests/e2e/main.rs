@@ -8,6 +8,7 @@ mod flows;
 mod hostile;
 mod inbound;
 mod mparticle;
+mod pacing;
 mod runtime;
 mod scale;
 mod security;

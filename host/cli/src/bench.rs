@@ -17,6 +17,8 @@
 //!
 //! Nothing leaves loopback. Timing figures are reported, never asserted.
 
+pub mod limit;
+
 use anyhow::{Context as _, bail};
 use flowhost::delivery::TraceRetention;
 use indicatif::{ProgressBar, ProgressStyle};

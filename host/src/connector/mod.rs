@@ -11,6 +11,7 @@ pub mod http_client;
 mod invocation;
 mod kv_cache;
 pub mod manifest;
+pub mod pacing;
 mod receive;
 pub mod registry;
 mod runtime;

@@ -2,6 +2,7 @@
 //! failed and dead-lettered, inbound messages, queue depth per state, node and run latencies, and what retention
 //! purged.
 
+use crate::connector::pacing::PacerStatus;
 use crate::flow::{Run, RunStatus};
 use crate::store::{HeldBehind, InboundState, Purged, QueueCounts, RunState};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -9,7 +10,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FlowLabels {
@@ -31,6 +34,11 @@ struct KindLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    connection: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,6 +64,11 @@ pub struct Metrics {
     held_behind: Family<BehindLabels, Gauge>,
     outbox: Gauge,
     purged: Family<KindLabels, Counter>,
+    throttled_runs: Family<FlowLabels, Counter>,
+    connection_send_rate: Family<ConnectionLabels, Gauge<f64, AtomicU64>>,
+    connection_limit: Family<ConnectionLabels, Gauge<f64, AtomicU64>>,
+    connection_throttled: Family<ConnectionLabels, Counter>,
+    connection_paused: Family<ConnectionLabels, Counter<f64, AtomicU64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -94,6 +107,11 @@ impl Metrics {
             held_behind: Family::default(),
             outbox: Gauge::default(),
             purged: Family::default(),
+            throttled_runs: Family::default(),
+            connection_send_rate: Family::default(),
+            connection_limit: Family::default(),
+            connection_throttled: Family::default(),
+            connection_paused: Family::default(),
             registry: Registry::default(),
         };
         registry.register("events_accepted", "Loyalty events durably accepted", metrics.accepted.clone());
@@ -144,7 +162,55 @@ impl Metrics {
             "What retention deleted, by kind: finished runs (with their traces), processed inbound messages, outbox events",
             metrics.purged.clone(),
         );
+        registry.register(
+            "runs_throttled",
+            "Runs put back in the queue because their service refused a call for its rate or its connection was \
+             paused (no attempt spent), by flow",
+            metrics.throttled_runs.clone(),
+        );
+        registry.register(
+            "connection_send_rate",
+            "Calls the connection's service accepted over the last second",
+            metrics.connection_send_rate.clone(),
+        );
+        registry.register(
+            "connection_rate_limit",
+            "The rate the connection is paced at, in calls per second (0 while it is not paced)",
+            metrics.connection_limit.clone(),
+        );
+        registry.register(
+            "connection_throttled",
+            "Calls the connection's service refused for their rate (HTTP 429)",
+            metrics.connection_throttled.clone(),
+        );
+        registry.register_with_unit(
+            "connection_paused",
+            "Time the connection spent paused after its service refused calls for their rate",
+            Unit::Seconds,
+            metrics.connection_paused.clone(),
+        );
         Metrics { registry, ..metrics }
+    }
+
+    /// A run put back in the queue because it was throttled.
+    pub fn throttled(&self, flow: &str) {
+        self.throttled_runs.get_or_create(&flow_labels(flow)).inc();
+    }
+
+    /// The connections' pacing, as it is now (before a render).
+    pub fn set_pacing(&self, pacing: &BTreeMap<String, PacerStatus>) {
+        for (name, status) in pacing {
+            let labels = ConnectionLabels { connection: name.clone() };
+            self.connection_send_rate.get_or_create(&labels).set(status.send_rate);
+            self.connection_limit.get_or_create(&labels).set(status.limit.unwrap_or(0.0));
+            let throttled = self.connection_throttled.get_or_create(&labels);
+            throttled.inc_by(status.throttled.saturating_sub(throttled.get()));
+            let paused = self.connection_paused.get_or_create(&labels);
+            let more = status.paused_seconds - paused.get();
+            if more > 0.0 {
+                paused.inc_by(more);
+            }
+        }
     }
 
     pub fn accepted(&self, events: u64) {

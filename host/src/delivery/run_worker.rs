@@ -245,6 +245,18 @@ async fn execute(shared: &Shared, run: &StoredRun, event: Value, lease: &Lease, 
                 shared.metrics.retried(&run.flow_id);
             }
         }
+        Outcome::Stopped { stop: Stop::Throttled { error, delay }, run: trace, checkpoint } => {
+            // The service refused the call for its rate (or its connection is paused): back in the queue for
+            // when the connection takes calls again, without spending an attempt.
+            shared.metrics.observe_nodes(&trace);
+            let checkpoint = serde_json::to_value(&checkpoint).unwrap_or(Value::Null);
+            let at = add_ms(now_ms(), delay);
+            let result = shared.store.reschedule(lease, at, &error_value(&error), Some(&checkpoint)).await;
+            if settle(&run.id, result) {
+                tracing::info!(run = %run.id, flow = %run.flow_id, node = %error.node_id, delay_ms = delay.as_millis() as u64, "throttled: the run waits for its connection");
+                shared.metrics.throttled(&run.flow_id);
+            }
+        }
         Outcome::Stopped { stop: Stop::Exhausted { error }, run: trace, checkpoint } => {
             shared.metrics.observe_nodes(&trace);
             // The attempts that ran out stay with the run, for the trace of an operator's retry.

@@ -385,6 +385,7 @@ impl Service {
     pub async fn render_metrics(&self) -> Result<String, StoreError> {
         let counts = self.shared.store.counts().await?;
         let held_behind = self.shared.store.held_behind().await?;
+        self.shared.metrics.set_pacing(&self.host().pacing().status());
         Ok(self.shared.metrics.render(&counts, &held_behind))
     }
 

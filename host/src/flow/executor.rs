@@ -12,8 +12,11 @@
 use super::expression::{Expression, Scope, Template};
 use super::model::{Action, Flow, Node};
 use super::retry::RetryPolicy;
-use super::trace::{Attempt, EmittedEvent, FlowFailure, NodeError, NodeStatus, NodeTrace, Run, RunStatus};
-use crate::connector::{Connection, Connector, InvocationContext, Redactor};
+use super::trace::{
+    Attempt, EmittedEvent, FlowFailure, NodeError, NodeStatus, NodeTrace, Run, RunStatus, ThrottledWait,
+};
+use crate::connector::pacing::{Admission, Pacer, Pacing};
+use crate::connector::{Connection, Connector, ErrorKind, InvocationContext, InvokeError, Redactor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +27,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// A runaway guard: no run executes more node steps than this (forEach iterations included).
 pub const MAX_STEPS: usize = 100_000;
+
+/// The longest a durable run waits in place for its connection (pacing, a pause after a refusal); a longer wait
+/// stops the run for a resend at the end of it instead, so that it does not hold a worker (no attempt is spent).
+pub const DURABLE_MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// A durable run's saved progress: the connector calls it has made, by node path (`send_event`, or
 /// `each_item/3/send` inside a forEach), so a resumed run does not make them again.
@@ -40,6 +47,13 @@ pub struct Checkpoint {
     /// retry policy.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub earlier_attempts: BTreeMap<String, Vec<Attempt>>,
+    /// The throttled waits of calls that are waiting for a resend (they are not attempts).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub throttled: BTreeMap<String, Vec<ThrottledWait>>,
+    /// When a call of the run was first refused for its rate (milliseconds since the Unix epoch): the start of
+    /// the run's throttling budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled_since_ms: Option<i64>,
 }
 
 impl Checkpoint {
@@ -49,6 +63,8 @@ impl Checkpoint {
         for (path, attempts) in std::mem::take(&mut self.failed_attempts) {
             self.earlier_attempts.entry(path).or_default().extend(attempts);
         }
+        // A fresh throttling budget too.
+        self.throttled_since_ms = None;
     }
 }
 
@@ -68,7 +84,11 @@ pub struct CallRecord {
 pub enum Stop {
     /// A connector call failed with a retryable error and may be tried again after `delay` (a resend).
     Resend { error: NodeError, delay: Duration },
-    /// A connector call failed with a retryable error and its attempts are used up: a dead letter.
+    /// A connector call was refused for its rate, or its connection is paused: try again after `delay`, without
+    /// spending an attempt.
+    Throttled { error: NodeError, delay: Duration },
+    /// A connector call failed with a retryable error and its attempts are used up (or its throttling budget):
+    /// a dead letter.
     Exhausted { error: NodeError },
     /// The checkpoint could not be saved (e.g. the run's lease was lost): the run must stop here.
     Aborted { reason: String },
@@ -120,6 +140,8 @@ pub struct LoadedFlow {
     start: Option<String>,
     on_error: Option<String>,
     pub(crate) connections: HashMap<String, (Arc<Connector>, Connection)>,
+    /// Each connection's limiter, shared with every flow that names the connection.
+    pacers: HashMap<String, Arc<Pacer>>,
     pub(crate) event_schema: Option<jsonschema::Validator>,
     redactor: Redactor,
     vars: Value,
@@ -153,6 +175,7 @@ impl LoadedFlow {
         flow: Flow,
         connections: HashMap<String, (Arc<Connector>, Connection)>,
         default_retry: &RetryPolicy,
+        pacing: &Pacing,
     ) -> Result<Self, String> {
         let mut nodes = HashMap::new();
         compile_nodes(&flow.nodes, default_retry, &mut nodes)?;
@@ -163,6 +186,7 @@ impl LoadedFlow {
             _ => None,
         };
         let secrets: Vec<Redactor> = connections.values().map(|(_, c)| c.redactor().clone()).collect();
+        let pacers = connections.keys().map(|name| (name.clone(), pacing.pacer(name))).collect();
         Ok(LoadedFlow {
             start: flow.start.clone().or_else(|| flow.nodes.first().map(|n| n.id.clone())),
             on_error: flow.on_error.clone(),
@@ -170,6 +194,7 @@ impl LoadedFlow {
             redactor: Redactor::merge(&secrets),
             nodes,
             connections,
+            pacers,
             event_schema,
             flow,
         })
@@ -363,6 +388,8 @@ impl LoadedFlow {
             duration_ms: 0,
             attempts: Vec::new(),
             earlier_attempts: Vec::new(),
+            throttled: Vec::new(),
+            paced_ms: 0,
             input: None,
             output: None,
             error: None,
@@ -537,8 +564,30 @@ impl LoadedFlow {
         trace.attempts = state.memo.failed_attempts.remove(&path).unwrap_or_default();
         // Kept in the checkpoint too, for the traces of later resends.
         trace.earlier_attempts = state.memo.earlier_attempts.get(&path).cloned().unwrap_or_default();
+        trace.throttled = state.memo.throttled.remove(&path).unwrap_or_default();
+        let pacer = self.pacers.get(connection.name());
         let mut attempt = trace.attempts.len() as u32 + 1;
         loop {
+            if let Some(pacer) = pacer
+                && let Err(delay) = pace(pacer, state.mode, trace).await
+            {
+                // Durable, and the connection is paused (or paced) for longer than a run waits in place: a wait
+                // for the service's rate like a refusal, within the run's throttling budget.
+                let message = format!(
+                    "connection {} is paused: its service refused calls for their rate; the call waits its turn",
+                    connection.name()
+                );
+                let now = crate::store::now_ms();
+                let since = *state.memo.throttled_since_ms.get_or_insert(now);
+                let spent = Duration::from_millis(now.saturating_sub(since).max(0) as u64);
+                let budget = node.retry.throttle_budget();
+                if spent >= budget {
+                    let error = InvokeError::RateLimited { retry_after_ms: None, message };
+                    return Err(self.budget_spent(node, &path, state, trace, attempt, &error, spent));
+                }
+                let delay = delay.min(budget - spent);
+                return Err(self.throttled_stop(node, path, state, trace, attempt, message, None, delay, None));
+            }
             let context = InvocationContext {
                 run_id: state.run_id.clone(),
                 node_id: node.id.clone(),
@@ -558,11 +607,28 @@ impl LoadedFlow {
             };
             let error = match invocation.result {
                 Ok(output) => {
+                    if let Some(pacer) = pacer {
+                        pacer.accepted();
+                    }
                     trace.attempts.push(record);
                     return Ok(output);
                 }
                 Err(error) => error,
             };
+            if error.kind() == ErrorKind::RateLimited && node.retry.retries(ErrorKind::RateLimited) {
+                match self.throttled(node, &path, state, trace, pacer, attempt, &error) {
+                    Ok(delay) => {
+                        tokio::time::sleep(delay).await;
+                        // The same attempt again: a refusal for the rate does not spend one.
+                        continue;
+                    }
+                    Err(halt) => return Err(halt),
+                }
+            }
+            if let Some(pacer) = pacer {
+                // Any other answer reached the service without a refusal for its rate.
+                pacer.accepted();
+            }
             let mut failure = NodeError::from_invoke(&node.id, &error);
             failure.message = self.redactor.redact(&failure.message);
             record.error = Some(failure.clone());
@@ -589,6 +655,159 @@ impl LoadedFlow {
             attempt += 1;
         }
     }
+}
+
+impl LoadedFlow {
+    /// Handles a refusal for the rate: pauses the connection, records the wait in the trace, and returns how long
+    /// to wait in place before the same attempt again — or stops the run (a resend without spending an attempt,
+    /// or a dead letter once the run's throttling budget is spent).
+    // `Halt` is what every step of a run returns on its way out; boxing it here alone would help nothing.
+    #[allow(clippy::too_many_arguments, clippy::result_large_err)]
+    fn throttled(
+        &self,
+        node: &CompiledNode,
+        path: &str,
+        state: &mut RunState<'_>,
+        trace: &mut NodeTrace,
+        pacer: Option<&Arc<Pacer>>,
+        attempt: u32,
+        error: &InvokeError,
+    ) -> Result<Duration, Halt> {
+        let message = self.redactor.redact(&error.to_string());
+        let asked = error.retry_after();
+        // A Retry-After beyond what the host honours is capped, and the trace says so.
+        let (retry_after, note) = match asked {
+            Some(after) if after > super::retry::MAX_RETRY_AFTER => (
+                Some(super::retry::MAX_RETRY_AFTER),
+                Some(format!(
+                    "the service asked to wait {}, more than the longest wait honoured ({}); waiting that",
+                    humantime::format_duration(after),
+                    humantime::format_duration(super::retry::MAX_RETRY_AFTER)
+                )),
+            ),
+            other => (other, None),
+        };
+        let pause = pacer.map_or(Duration::ZERO, |p| p.refused(retry_after));
+        let now = crate::store::now_ms();
+        let since = *state.memo.throttled_since_ms.get_or_insert(now);
+        let spent = Duration::from_millis(now.saturating_sub(since).max(0) as u64);
+        let budget = node.retry.throttle_budget();
+        if spent >= budget {
+            return Err(self.budget_spent(node, path, state, trace, attempt, error, spent));
+        }
+        // Paced, the connection's pause says when to try again (it is the same for every run of the connection);
+        // unpaced, the run's own backoff, honouring Retry-After.
+        let wait = match pacer {
+            Some(p) if !pause.is_zero() || p.pause_left() > Duration::ZERO => p.pause_left(),
+            _ => node.retry.delay(trace.throttled.len() as u32 + 1, retry_after),
+        };
+        // Never past the end of the budget: the last try comes before the dead letter.
+        let wait = wait.min(budget - spent);
+        if wait > DURABLE_MAX_WAIT && matches!(state.mode, Mode::Durable) {
+            return Err(self.throttled_stop(node, path.to_string(), state, trace, attempt, message, asked, wait, note));
+        }
+        trace.throttled.push(ThrottledWait {
+            at_unix_ms: now,
+            attempt,
+            message,
+            retry_after_ms: asked.map(|d| d.as_millis() as u64),
+            waited_ms: wait.as_millis() as u64,
+            note,
+        });
+        Ok(wait)
+    }
+
+    /// The run's throttling budget is spent: the call fails (inline) or the run is dead-lettered (durable), with
+    /// the reason.
+    #[allow(clippy::too_many_arguments)]
+    fn budget_spent(
+        &self,
+        node: &CompiledNode,
+        path: &str,
+        state: &mut RunState<'_>,
+        trace: &mut NodeTrace,
+        attempt: u32,
+        error: &InvokeError,
+        spent: Duration,
+    ) -> Halt {
+        let mut failure = NodeError::from_invoke(&node.id, error);
+        failure.message = self.redactor.redact(&format!(
+            "{}; the service has refused the run's calls for their rate for {}: its throttling budget ({}) is spent",
+            failure.message,
+            humantime::format_duration(Duration::from_secs(spent.as_secs())),
+            humantime::format_duration(node.retry.throttle_budget())
+        ));
+        let record = Attempt {
+            attempt,
+            started_ms: state.elapsed_ms(),
+            duration_ms: 0,
+            error: Some(failure.clone()),
+            retry_after_ms: None,
+        };
+        trace.attempts.push(record);
+        if let Mode::Durable = state.mode {
+            state.memo.failed_attempts.insert(path.to_string(), trace.attempts.clone());
+            state.memo.throttled.insert(path.to_string(), trace.throttled.clone());
+            return Halt::Stopped(Stop::Exhausted { error: failure });
+        }
+        Halt::Failed(failure)
+    }
+
+    /// Stops a durable run for a resend after `delay` without spending an attempt, recording the wait.
+    #[allow(clippy::too_many_arguments)]
+    fn throttled_stop(
+        &self,
+        node: &CompiledNode,
+        path: String,
+        state: &mut RunState<'_>,
+        trace: &mut NodeTrace,
+        attempt: u32,
+        message: String,
+        asked: Option<Duration>,
+        delay: Duration,
+        note: Option<String>,
+    ) -> Halt {
+        trace.throttled.push(ThrottledWait {
+            at_unix_ms: crate::store::now_ms(),
+            attempt,
+            message: message.clone(),
+            retry_after_ms: asked.map(|d| d.as_millis() as u64),
+            waited_ms: delay.as_millis() as u64,
+            note,
+        });
+        state.memo.failed_attempts.insert(path.clone(), trace.attempts.clone());
+        state.memo.throttled.insert(path, trace.throttled.clone());
+        let error = NodeError::from_invoke(&node.id, &InvokeError::RateLimited { retry_after_ms: None, message });
+        Halt::Stopped(Stop::Throttled { error, delay })
+    }
+}
+
+/// Waits for the connection's pacing before a call, adding the wait to the trace. Durable, a wait longer than
+/// [`DURABLE_MAX_WAIT`] is not waited: it is returned, and nothing is reserved.
+async fn pace(pacer: &Pacer, mode: Mode, trace: &mut NodeTrace) -> Result<(), Duration> {
+    let max_wait = match mode {
+        Mode::Inline => Duration::MAX,
+        Mode::Durable => DURABLE_MAX_WAIT,
+    };
+    let started = Instant::now();
+    match pacer.admit(max_wait) {
+        Admission::Go => return Ok(()),
+        Admission::Wait(wait) => tokio::time::sleep(wait).await,
+        Admission::TooLong(wait) => return Err(wait),
+    }
+    // A refusal while we waited paused the connection: our slot comes after the pause.
+    for _ in 0..3 {
+        let left = pacer.pause_left();
+        if left.is_zero() {
+            break;
+        }
+        if matches!(mode, Mode::Durable) && left > DURABLE_MAX_WAIT {
+            return Err(left);
+        }
+        tokio::time::sleep(left).await;
+    }
+    trace.paced_ms += started.elapsed().as_millis() as u64;
+    Ok(())
 }
 
 impl CompiledAction {

@@ -13,4 +13,4 @@ pub use executor::{CallRecord, Checkpoint, CheckpointSink, LoadedFlow, Outcome, 
 pub use lint::{Problem, Severity, is_json_schema, lint, parse};
 pub use model::{Flow, Trigger, flow_schema};
 pub use retry::{MAX_RETRY_AFTER, RetryPolicy};
-pub use trace::{EmittedEvent, NodeError, NodeStatus, NodeTrace, Run, RunStatus};
+pub use trace::{EmittedEvent, NodeError, NodeStatus, NodeTrace, Run, RunStatus, ThrottledWait};

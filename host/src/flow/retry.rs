@@ -30,6 +30,11 @@ pub struct RetryPolicy {
     /// The error kinds that are retried; by default the retryable ones (rate-limited, transient, timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<Vec<ErrorKind>>,
+    /// How long a run may keep waiting on a remote service that refuses its calls for their rate
+    /// (`rate-limited`), from the first refusal, before it is dead-lettered. Such refusals do not spend
+    /// attempts. Default 24 hours.
+    #[serde(default = "defaults::throttle_budget_ms")]
+    pub throttle_budget_ms: u64,
 }
 
 mod defaults {
@@ -48,6 +53,9 @@ mod defaults {
     pub fn jitter() -> f64 {
         0.2
     }
+    pub fn throttle_budget_ms() -> u64 {
+        24 * 3600 * 1000
+    }
 }
 
 impl Default for RetryPolicy {
@@ -59,6 +67,7 @@ impl Default for RetryPolicy {
             max_delay_ms: defaults::max_delay_ms(),
             jitter: defaults::jitter(),
             retry_on: None,
+            throttle_budget_ms: defaults::throttle_budget_ms(),
         }
     }
 }
@@ -74,6 +83,19 @@ impl RetryPolicy {
                 Some(kinds) => kinds.contains(&kind),
                 None => kind.is_retryable(),
             }
+    }
+
+    /// Whether failures of `kind` are retried at all (attempts aside).
+    pub fn retries(&self, kind: ErrorKind) -> bool {
+        match &self.retry_on {
+            Some(kinds) => kinds.contains(&kind),
+            None => kind.is_retryable(),
+        }
+    }
+
+    /// How long a run may wait on a service that throttles it.
+    pub fn throttle_budget(&self) -> Duration {
+        Duration::from_millis(self.throttle_budget_ms)
     }
 
     /// The delay before the next attempt, after `attempts_made` attempts (1 or more).
@@ -122,6 +144,7 @@ mod tests {
             max_delay_ms: 350,
             jitter: 0.0,
             retry_on: None,
+            throttle_budget_ms: 60_000,
         }
     }
 

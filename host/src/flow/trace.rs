@@ -77,6 +77,13 @@ pub struct NodeTrace {
     /// Attempts made before an operator retried the run (its attempts had run out).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub earlier_attempts: Vec<Attempt>,
+    /// Every time the remote service refused the call for its rate (`rate-limited`), and how long the run
+    /// waited: these do not count as attempts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub throttled: Vec<ThrottledWait>,
+    /// Milliseconds the call waited for its connection's pacing before it was sent (beyond the waits above).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub paced_ms: u64,
     /// The input after expressions were evaluated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Value>,
@@ -104,6 +111,31 @@ pub struct Attempt {
     /// How long the executor waited after this attempt before the next one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One wait of a connector call whose remote service refused it for its rate (or whose connection was paused
+/// for that reason): not a failed attempt, and bounded by the run's throttling budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThrottledWait {
+    /// When, in milliseconds since the Unix epoch.
+    pub at_unix_ms: i64,
+    /// The attempt that was refused, or that waited for the paused connection (it was not spent).
+    pub attempt: u32,
+    /// What the connector said (redacted); or why the call did not go out.
+    pub message: String,
+    /// The Retry-After the remote service sent, as the connector read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// How long the run waited before trying again.
+    pub waited_ms: u64,
+    /// Anything the host did not take as given, e.g. a Retry-After longer than it honours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// A node's failure.
@@ -211,6 +243,17 @@ fn render(run: &Run) -> String {
                 "         attempt {} failed in {} ms: {error}{retry}",
                 attempt.attempt, attempt.duration_ms
             );
+        }
+        for wait in &node.throttled {
+            let note = wait.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
+            let _ = writeln!(
+                text,
+                "         throttled (attempt {} not spent): {}; waited {} ms{note}",
+                wait.attempt, wait.message, wait.waited_ms
+            );
+        }
+        if node.paced_ms > 0 {
+            let _ = writeln!(text, "         paced: waited {} ms for the connection's rate", node.paced_ms);
         }
         if let Some(input) = &node.input {
             let _ = writeln!(text, "         input:  {input}");

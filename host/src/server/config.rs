@@ -27,6 +27,7 @@
 //! lease_seconds = 30
 //! shutdown_grace_seconds = 10
 //! traces = "all"                        # or "failures": runs that succeeded keep no trace
+//! pacing = true                         # pace connections whose service refuses calls for their rate (429)
 //!
 //! [retention]                           # finished runs, processed inbound messages, outbox events
 //! max_age = "30d"                       # purged once older than this ("off": kept for ever)
@@ -36,6 +37,7 @@
 //!
 //! [retry]                               # the default policy of connector nodes, as in flows
 //! maxAttempts = 6
+//! throttleBudgetMs = 86400000           # how long a run may wait on a service that refuses it for its rate
 //!
 //! [connectors]
 //! builtin = true
@@ -140,6 +142,10 @@ pub struct DeliverySection {
     /// `"all"` (the default) or `"failures"`: runs that succeeded keep no trace.
     #[serde(default)]
     pub traces: TraceRetention,
+    /// Pace each connection whose service refuses calls for their rate (default true); false lets every run
+    /// resend on its own schedule.
+    #[serde(default = "yes")]
+    pub pacing: bool,
 }
 
 impl Default for DeliverySection {
@@ -149,6 +155,7 @@ impl Default for DeliverySection {
             lease_seconds: default_lease(),
             shutdown_grace_seconds: default_grace(),
             traces: TraceRetention::default(),
+            pacing: true,
         }
     }
 }
@@ -481,6 +488,7 @@ impl ServeConfig {
                 .filter(|(_, c)| !c.config.is_empty())
                 .map(|(name, c)| (name.clone(), c.config.clone()))
                 .collect(),
+            no_pacing: !self.delivery.pacing,
         }
     }
 

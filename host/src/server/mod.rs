@@ -1018,6 +1018,10 @@ struct Health {
     /// Runs per state.
     #[serde(skip_serializing_if = "Option::is_none")]
     queue: Option<RunCounts>,
+    /// The connections whose service refused calls for their rate in the last 10 seconds, or that are paused
+    /// for it, with their pacing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    throttled_connections: Option<BTreeMap<String, crate::connector::pacing::PacerStatus>>,
 }
 
 /// Liveness: the store is reachable. With the API token (or when the service has none), also the running and
@@ -1032,11 +1036,25 @@ async fn healthz(State(state): State<ApiState>, request: Request) -> Response {
     match state.service.store().counts().await {
         Ok(counts) if details => {
             let (flows, stopped_flows) = state.service.flows();
-            let queue = Some(counts.runs);
-            Json(Health { status: "ok".into(), flows: Some(flows), stopped_flows: Some(stopped_flows), queue })
+            let mut throttled = state.service.host().pacing().status();
+            throttled.retain(|_, status| status.throttled_now);
+            Json(Health {
+                status: "ok".into(),
+                flows: Some(flows),
+                stopped_flows: Some(stopped_flows),
+                queue: Some(counts.runs),
+                throttled_connections: Some(throttled),
+            })
                 .into_response()
         }
-        Ok(_) => Json(Health { status: "ok".into(), flows: None, stopped_flows: None, queue: None }).into_response(),
+        Ok(_) => Json(Health {
+            status: "ok".into(),
+            flows: None,
+            stopped_flows: None,
+            queue: None,
+            throttled_connections: None,
+        })
+        .into_response(),
         Err(e) if details => error(StatusCode::SERVICE_UNAVAILABLE, format!("the store is not reachable: {e}")),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "down"),
     }

@@ -59,10 +59,12 @@
 //! |---|---|
 //! | `GET /_emulator/health` | `{"status":"ok"}` |
 //! | `GET /_emulator/batches[?since=SEQ]` | array of [`RecordedBatch`] (`seq`, `api_key`, `endpoint`, `received_at`, `received_unix_ms`, `batch`), arrival order |
-//! | `GET /_emulator/stats` | [`Stats`]: `received`, `accepted`, `duplicates`, `rejected` (batches), `requests` (by `"METHOD /route"`), `faults_injected`, `tokens_issued` |
+//! | `GET /_emulator/stats` | [`Stats`]: `received`, `accepted`, `duplicates`, `rejected` (batches), `requests` (by `"METHOD /route"`), `faults_injected`, `tokens_issued`, `throttled_requests`, `throttled_batches` |
 //! | `GET /_emulator/faults` | `{"faults":[…]}` active rules |
 //! | `POST /_emulator/faults` | add one rule object, an array of them, or `{"faults":[…]}`; answers the active rules (format: [`FaultRule`]) |
 //! | `DELETE /_emulator/faults` | remove every rule |
+//! | `GET /_emulator/throttle` | `{"batches_per_second": N or null, "api_keys": {key: N or null}}`: the provisioned throughput |
+//! | `POST /_emulator/throttle` | `{"batches_per_second": N}` (every key) or `{"api_key": K, "batches_per_second": N}` (one key); `null` or 0: no limit; answers the limits |
 //! | `POST /_emulator/tokens/expire` | every issued token expires now: `{"expired":N}` |
 //! | `POST /_emulator/reset` | back to the seed: Platform data, batches, dedup memory, counters, faults (issued tokens stay valid) |
 //!
@@ -112,6 +114,13 @@
 //! - **De-duplication**: a batch whose `source_request_id` was already accepted for the same
 //!   API key is answered 202 but counted as a duplicate and not recorded again (also within one
 //!   bulk request).
+//! - **Provisioned throughput** (`--batches-per-second N`, [`EmulatorConfig::batches_per_second`],
+//!   `POST /_emulator/throttle`, off by default): per API key, a leaky bucket of one second of the limit,
+//!   counting batches (a bulk request counts each of its batches). A request that finds its key's bucket full is
+//!   answered 429 with `Retry-After` (whole seconds until there is room, at least 1) and
+//!   `X-mp-rate-limit-exceeded: workspace`, and none of its batches is recorded; admitted requests get
+//!   `X-mp-rate-limit-percentage-used` (how full the bucket is, in percent of one second). Throttling is
+//!   checked after validation, so an invalid request is refused with 400 and uses no throughput.
 //! - **Faults** ([`FaultRule`]): `429` (with `Retry-After` and `X-mp-rate-limit-exceeded`),
 //!   `500`, `503` (or any 4xx/5xx), and `stall` (sleep, optionally after processing), for the
 //!   next N matching requests or a random fraction, optionally limited to a path prefix.
@@ -162,7 +171,8 @@
 //! - Pagination of audiences and calculated attributes; the `name` filter semantics; Platform
 //!   API rate limits (no 429 unless injected).
 //! - What the Events API does with over-limit batches or requests (status, truncation,
-//!   partial acceptance), its real throughput limits (≈270 batches/s, then 429), request
+//!   partial acceptance), how exactly it measures its throughput limits (≈270 batches/s, then 429; the
+//!   emulator's one-second bucket and its whole-second `Retry-After` are our reading), request
 //!   timeouts, and whether reserved user attribute names (`$firstname` vs `$FirstName`) are
 //!   case-sensitive (the emulator accepts both spellings).
 //! - Whether the real service validates as strictly as the published schema, and what it does
@@ -174,6 +184,7 @@
 mod faults;
 mod server;
 mod state;
+mod throttle;
 mod time;
 pub mod validate;
 
@@ -221,6 +232,9 @@ pub struct EmulatorConfig {
     pub limits: Limits,
     /// Seed accounts, workspaces, audiences and calculated attributes (default true).
     pub seed_data: bool,
+    /// Provisioned throughput of every API key, in batches per second (mParticle's default is about 270);
+    /// `None` (the default) does not throttle. `POST /_emulator/throttle` changes it, also per key.
+    pub batches_per_second: Option<u32>,
 }
 
 impl Default for EmulatorConfig {
@@ -232,6 +246,7 @@ impl Default for EmulatorConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             limits: Limits::default(),
             seed_data: true,
+            batches_per_second: None,
         }
     }
 }
@@ -305,6 +320,16 @@ impl EmulatorHandle {
     /// The active fault rules (with their remaining counts).
     pub fn faults(&self) -> Vec<FaultRule> {
         state::lock(&self.shared.faults).clone()
+    }
+
+    /// Sets the provisioned throughput in batches per second of one API key, or with `None` of every key
+    /// without a limit of its own (see `POST /_emulator/throttle`); `None` or 0 as the limit: no limit.
+    pub fn set_batches_per_second(&self, api_key: Option<&str>, limit: Option<u32>) {
+        let mut throttle = state::lock(&self.shared.throttle);
+        match api_key {
+            Some(key) => throttle.set_key(key, limit),
+            None => throttle.set_default(limit),
+        }
     }
 
     /// Makes every issued token expire now; returns how many were still valid.

@@ -31,6 +31,10 @@ struct Args {
     /// Start without the seeded accounts, workspaces, audiences and calculated attributes.
     #[arg(long)]
     no_seed: bool,
+    /// Provisioned throughput of every API key, in batches per second (mParticle: about 270); beyond it the
+    /// Events API answers 429. Default: no limit.
+    #[arg(long, value_name = "N")]
+    batches_per_second: Option<u32>,
 }
 
 #[tokio::main]
@@ -48,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         api_keys: vec![(args.api_key.clone(), args.api_secret.clone())],
         token_lifetime: Duration::from_secs(args.token_lifetime_secs),
         seed_data: !args.no_seed,
+        batches_per_second: args.batches_per_second,
         ..Default::default()
     };
     let emu = mparticle_emulator::start(config, args.listen).await?;

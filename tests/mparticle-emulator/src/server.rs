@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::faults::{FaultKind, FaultRule};
 use crate::state::{Account, CalculatedAttribute, RecordedBatch, Shared, lock};
+use crate::throttle::Admission;
 use crate::time::{now_unix_ms, platform_timestamp, rfc3339};
 use crate::validate::{self, BatchError, Historical};
 
@@ -55,6 +56,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/_emulator/batches", get(emu_batches))
         .route("/_emulator/stats", get(emu_stats))
         .route("/_emulator/faults", get(emu_faults).post(emu_add_faults).delete(emu_clear_faults))
+        .route("/_emulator/throttle", get(emu_throttle).post(emu_set_throttle))
         .route("/_emulator/tokens/expire", post(emu_expire_tokens))
         .route("/_emulator/reset", post(emu_reset));
     mparticle.merge(emulator).method_not_allowed_fallback(method_not_allowed).fallback(not_found).with_state(app)
@@ -777,8 +779,32 @@ async fn ingest(app: App, headers: HeaderMap, body: Body, ep: Endpoint) -> Respo
             return reject(1, bad(format!("$: expected a JSON array of batches, found {}.", json_kind(&other))));
         }
     };
-    app.record(&api_key, ep.path(), batches);
-    StatusCode::ACCEPTED.into_response()
+    let admission = lock(&app.throttle).admit(&api_key, batches.len() as u64, Instant::now());
+    match admission {
+        Admission::Throttled { retry_after_secs } => {
+            app.throttled_requests.fetch_add(1, Ordering::Relaxed);
+            app.throttled_batches.fetch_add(batches.len() as u64, Ordering::Relaxed);
+            let mut r = error(
+                Style::Events,
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_REQUESTS",
+                "Rate limit exceeded: the provisioned throughput of this workspace is used up.",
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            r.headers_mut().insert("x-mp-rate-limit-exceeded", HeaderValue::from_static("workspace"));
+            r
+        }
+        Admission::Admitted { percentage_used } => {
+            app.record(&api_key, ep.path(), batches);
+            let mut r = StatusCode::ACCEPTED.into_response();
+            r.headers_mut().insert("x-mp-rate-limit-percentage-used", HeaderValue::from(percentage_used));
+            r
+        }
+        Admission::Unlimited => {
+            app.record(&api_key, ep.path(), batches);
+            StatusCode::ACCEPTED.into_response()
+        }
+    }
 }
 
 fn bulk_message(i: usize, e: &BatchError) -> String {
@@ -904,6 +930,42 @@ async fn emu_add_faults(State(app): State<App>, headers: HeaderMap, body: Body) 
 async fn emu_clear_faults(State(app): State<App>) -> Response {
     app.set_faults(Vec::new());
     json_response(StatusCode::OK, faults_json(&[]))
+}
+
+async fn emu_throttle(State(app): State<App>) -> Response {
+    json_response(StatusCode::OK, lock(&app.throttle).describe())
+}
+
+/// `{"batches_per_second": N}` sets every key's limit; `{"api_key": K, "batches_per_second": N}` one key's.
+/// `null` or 0 turns the limit off.
+async fn emu_set_throttle(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Setting {
+        #[serde(default)]
+        api_key: Option<String>,
+        batches_per_second: Option<u32>,
+    }
+    let bad = |m: String| json_response(StatusCode::BAD_REQUEST, json!({"error": m}));
+    let bytes = match read_body(&headers, body, 64 * 1024).await {
+        Ok(b) => b,
+        Err(_) => return bad("could not read the request body (limit 64 KiB)".into()),
+    };
+    let setting: Setting = match serde_json::from_slice(&bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            return bad(format!(
+                "expected {{\"batches_per_second\": N}} or {{\"api_key\": \"K\", \"batches_per_second\": N}} (N a \
+                 whole number or null): {e}"
+            ));
+        }
+    };
+    let mut throttle = lock(&app.throttle);
+    match &setting.api_key {
+        Some(key) => throttle.set_key(key, setting.batches_per_second),
+        None => throttle.set_default(setting.batches_per_second),
+    }
+    json_response(StatusCode::OK, throttle.describe())
 }
 
 async fn emu_expire_tokens(State(app): State<App>) -> Response {

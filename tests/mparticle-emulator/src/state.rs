@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::EmulatorConfig;
 use crate::faults::FaultRule;
+use crate::throttle::Throttle;
 
 /// One batch the Events API accepted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +49,13 @@ pub struct Stats {
     pub faults_injected: u64,
     /// Number of access tokens issued by `POST /oauth/token`.
     pub tokens_issued: u64,
+    /// Events API requests answered 429 because their API key was over its provisioned throughput (not counting
+    /// injected faults).
+    #[serde(default)]
+    pub throttled_requests: u64,
+    /// The batches in those requests (not counted in `received`).
+    #[serde(default)]
+    pub throttled_batches: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +154,10 @@ pub(crate) struct Shared {
     pub requests: Mutex<BTreeMap<String, u64>>,
     pub faults_injected: AtomicU64,
     pub tokens_issued: AtomicU64,
+    /// Provisioned throughput per API key.
+    pub throttle: Mutex<Throttle>,
+    pub throttled_requests: AtomicU64,
+    pub throttled_batches: AtomicU64,
 }
 
 /// Locks a mutex, ignoring poisoning (a panicking handler must not take the emulator down).
@@ -157,6 +169,9 @@ impl Shared {
     pub fn new(config: EmulatorConfig) -> Shared {
         let platform = if config.seed_data { seed() } else { Platform::default() };
         Shared {
+            throttle: Mutex::new(Throttle::new(config.batches_per_second)),
+            throttled_requests: AtomicU64::new(0),
+            throttled_batches: AtomicU64::new(0),
             config,
             platform: Mutex::new(platform),
             events: Mutex::new(EventStore::default()),
@@ -182,6 +197,8 @@ impl Shared {
             requests: lock(&self.requests).clone(),
             faults_injected: self.faults_injected.load(Ordering::Relaxed),
             tokens_issued: self.tokens_issued.load(Ordering::Relaxed),
+            throttled_requests: self.throttled_requests.load(Ordering::Relaxed),
+            throttled_batches: self.throttled_batches.load(Ordering::Relaxed),
         }
     }
 
@@ -237,6 +254,9 @@ impl Shared {
         self.set_faults(Vec::new());
         self.faults_injected.store(0, Ordering::Relaxed);
         self.tokens_issued.store(0, Ordering::Relaxed);
+        *lock(&self.throttle) = Throttle::new(self.config.batches_per_second);
+        self.throttled_requests.store(0, Ordering::Relaxed);
+        self.throttled_batches.store(0, Ordering::Relaxed);
     }
 }
 

@@ -86,9 +86,20 @@ pub fn map_status(response: &HttpResponse, call: Call<'_>, secrets: &[&str]) -> 
                 .header("x-mp-rate-limit-exceeded")
                 .map(|s| format!(" ({} limit)", redact(s, secrets)))
                 .unwrap_or_default();
+            // A Retry-After that is not a non-negative number of seconds is not used, and the message says so.
+            let unusable = response
+                .header("retry-after")
+                .filter(|_| retry_after_ms(response).is_none())
+                .map(|v| {
+                    format!(
+                        "; its Retry-After {:?} is not a whole number of seconds, so it was ignored",
+                        truncate(&redact(v.trim(), secrets), 64)
+                    )
+                })
+                .unwrap_or_default();
             Error::RateLimited {
                 retry_after_ms: retry_after_ms(response),
-                message: format!("{capability}: mParticle is rate limiting requests{scope} (HTTP 429){said}"),
+                message: format!("{capability}: mParticle is rate limiting requests{scope} (HTTP 429){said}{unusable}"),
             }
         }
         504 if call.idempotency == Idempotency::NotIdempotent => Error::Permanent {
@@ -217,6 +228,15 @@ mod tests {
         else {
             panic!()
         };
+        // A Retry-After that is negative or not a number is ignored, and the message says so.
+        for bad in ["-5", "soon", "1.5"] {
+            let Error::RateLimited { retry_after_ms: None, message } =
+                map_status(&response(429, &[("retry-after", bad)], ""), SAFE, &[])
+            else {
+                panic!("{bad}")
+            };
+            assert!(message.contains(&format!("Retry-After \"{bad}\" is not a whole number of seconds")), "{message}");
+        }
         for status in [408, 500, 502, 503, 504, 599] {
             assert!(matches!(map_status(&response(status, &[], ""), SAFE, &[]), Error::Transient(_)), "{status}");
         }

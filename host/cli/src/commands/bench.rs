@@ -1,6 +1,7 @@
 //! `flowhost bench [--quick] [--events N] [--traces all|failures] [--json] [--service PATH] [--store URL]
 //! [--processes N]`: the end-to-end load test
-//! (see `crate::bench`).
+//! (see `crate::bench`); `flowhost bench --mparticle-limit N [--events N] [--customers N]`: a burst against a
+//! throttling mParticle, with pacing and without (see `crate::bench::limit`).
 
 use crate::bench::{BenchOptions, run as run_bench};
 use flowhost::delivery::TraceRetention;
@@ -43,6 +44,11 @@ pub struct BenchArgs {
     /// `flowhost serve` processes sharing the store in the throughput phase (clients post to them round robin).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     processes: u16,
+    /// Instead of the phases above: give the emulated mParticle a provisioned throughput of N batches per second
+    /// and send it a burst posted at ten times that rate, with pacing and without (`--events` sets the burst's
+    /// size [default: N x 222, e.g. 60,000 at 270]).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    mparticle_limit: Option<u32>,
 }
 
 pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
@@ -66,6 +72,16 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<ExitCo
         Some(path) => path.clone(),
         None => std::env::current_exe()?,
     };
+    if let Some(limit) = args.mparticle_limit {
+        let report = crate::bench::limit::run(&flowhost, limit, args.events, args.customers, !args.json).await?;
+        if args.json {
+            serde_json::to_writer_pretty(&mut *out, &report)?;
+            writeln!(out)?;
+        } else {
+            write!(out, "{}", report.to_text())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = run_bench(&flowhost, &options).await?;
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &report)?;

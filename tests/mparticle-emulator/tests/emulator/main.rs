@@ -8,4 +8,5 @@ mod lifecycle;
 mod oauth;
 mod platform;
 mod schema;
+mod throttle;
 mod validation;
