@@ -215,7 +215,7 @@ async fn an_eval_node_becomes_conditions_over_the_success_of_the_node_before_it(
         import.out
     );
     // Unmapped, the connection is named `mparticle` and the report says how to map it.
-    assert!(import.out.contains("is the connection `mparticle` (not mapped (--map-connection ID=NAME names it))"));
+    assert!(import.out.contains("is the connection `mparticle` (not mapped: --map-connection ID=NAME names it)"));
     let cache = tempfile::tempdir().unwrap();
     let checked = check(cache.path(), dir.path()).await;
     assert_eq!(checked.code, ExitCode::SUCCESS, "{}{}", checked.out, checked.err);
@@ -310,6 +310,20 @@ async fn unsupported_nodes_are_refused_or_with_partial_become_fail_nodes() {
     let (partial, dir) = import("unsupported.json", &["--partial"]).await;
     assert_eq!(partial.code, ExitCode::SUCCESS, "{}{}", partial.out, partial.err);
     assert!(partial.out.contains("in its place: fail node profile"), "{}", partial.out);
+    assert!(
+        partial.out.contains(
+            "node answer (httpConnector/createSuccessResponse) \"Send success JSON response\": NOT IMPORTED: the HTTP \
+             connector's capability \"createSuccessResponse\" answers DaVinci's caller or shows a page (a UI-only \
+             capability); a flowhost flow has no such caller; not reachable from the flow's start once the nodes before \
+             it were not imported\n"
+        ),
+        "{}",
+        partial.out
+    );
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("unsupported-nodes.json")).unwrap()).unwrap();
+    let ids: Vec<&str> = written["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["upload", "profile"]);
     let cache = tempfile::tempdir().unwrap();
     let checked = check(cache.path(), dir.path()).await;
     assert_eq!(checked.code, ExitCode::SUCCESS, "{}{}", checked.out, checked.err);

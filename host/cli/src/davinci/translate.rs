@@ -681,9 +681,16 @@ impl<'a> FlowTranslation<'a> {
                     }
                     _ => true,
                 };
-                if writable && !placed && matches!(outcome, Outcome::Imported { .. }) {
-                    outcome = Outcome::Dropped {
-                        why: "not reachable from the flow's start once the nodes before it were not imported".into(),
+                const UNREACHABLE: &str =
+                    "not reachable from the flow's start once the nodes before it were not imported";
+                if writable && !placed {
+                    outcome = match outcome {
+                        Outcome::Imported { .. } => Outcome::Dropped { why: UNREACHABLE.into() },
+                        // Its fail node is left out with it: nothing leads there.
+                        Outcome::Refused { why, .. } => {
+                            Outcome::Refused { why: format!("{why}; {UNREACHABLE}"), fail_node: None }
+                        }
+                        other => other,
                     };
                 }
                 NodeReport {
@@ -708,7 +715,7 @@ impl<'a> FlowTranslation<'a> {
             let davinci = spec["davinciConnectionId"].as_str().unwrap_or_default();
             let mapped = self.options.connections.contains_key(davinci);
             let how =
-                if mapped { "mapped by --map-connection" } else { "not mapped (--map-connection ID=NAME names it)" };
+                if mapped { "mapped by --map-connection" } else { "not mapped: --map-connection ID=NAME names it" };
             let secrets: Vec<&str> =
                 spec["config"].as_object().into_iter().flatten().filter_map(|(_, v)| v["secret"].as_str()).collect();
             let secrets =
