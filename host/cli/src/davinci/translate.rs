@@ -934,6 +934,93 @@ fn http_call(node: &DvNode, scope: &mut Scope) -> Result<Call, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::davinci::export;
+
+    fn mp(id: &str, capability: &str, properties: Value) -> Value {
+        let properties: Map<String, Value> =
+            properties.as_object().unwrap().iter().map(|(k, v)| (k.clone(), json!({"value": v}))).collect();
+        json!({"data": {"id": id, "nodeType": "CONNECTION", "connectorId": "mparticleConnector",
+                        "connectionId": "c1", "capabilityName": capability, "type": "action",
+                        "properties": properties}})
+    }
+
+    fn eval(id: &str, branches: Value) -> Value {
+        let properties: Map<String, Value> =
+            branches.as_object().unwrap().iter().map(|(k, v)| (k.clone(), json!({"value": v}))).collect();
+        json!({"data": {"id": id, "nodeType": "EVAL", "properties": properties}})
+    }
+
+    fn import(nodes: Value, edges: &[(&str, &str)], variables: Value, partial: bool) -> Imported {
+        let edges: Vec<Value> = edges.iter().map(|(s, t)| json!({"data": {"source": s, "target": t}})).collect();
+        let text = json!({"flowId": "f1", "name": "Test flow", "variables": variables,
+                          "graphData": {"elements": {"nodes": nodes, "edges": edges}}})
+        .to_string();
+        let export = export::parse(&text).unwrap();
+        let options = Options { partial, ..Options::default() };
+        translate(&export, &options).pop().unwrap()
+    }
+
+    fn why(imported: &Imported, id: &str) -> String {
+        match &imported.report.nodes.iter().find(|n| n.id == id).unwrap().outcome {
+            Outcome::Refused { why, .. } => why.clone(),
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+
+    fn get(id: &str) -> Value {
+        mp(id, "getAccount", json!({"accountId": "1"}))
+    }
+
+    #[test]
+    fn parallel_branches_are_refused_with_the_reason() {
+        let fan_out = import(json!([get("a"), get("b"), get("c")]), &[("a", "b"), ("a", "c")], json!([]), false);
+        assert!(fan_out.flow.is_none());
+        assert!(why(&fan_out, "a").contains("leads to 2 nodes at once (b, c)"), "{}", why(&fan_out, "a"));
+
+        let nodes = json!([get("a"), get("b"), eval("e", json!({"c": "allTriggersTrue"})), get("c")]);
+        let join = import(nodes, &[("a", "b"), ("b", "e"), ("a", "e"), ("e", "c")], json!([]), false);
+        assert!(why(&join, "a").contains("leads to 2 nodes at once"));
+        assert!(why(&join, "e").contains("it joins 2 nodes (b, a)"), "{}", why(&join, "e"));
+
+        let nodes =
+            json!([get("a"), eval("e", json!({"b": "allTriggersTrue", "c": "anyTriggersTrue"})), get("b"), get("c")]);
+        let both = import(nodes, &[("a", "e"), ("e", "b"), ("e", "c")], json!([]), false);
+        assert!(why(&both, "e").contains("\"b\" and \"c\" are taken on the same outcome"), "{}", why(&both, "e"));
+
+        let nodes = json!([get("a"), eval("e", json!({})), get("b")]);
+        let missing = import(nodes, &[("a", "e"), ("e", "b")], json!([]), false);
+        assert!(why(&missing, "e").contains("no condition for its edge to \"b\""), "{}", why(&missing, "e"));
+    }
+
+    #[test]
+    fn a_refused_eval_becomes_a_fail_node_after_the_node_before_it_with_partial() {
+        let nodes = json!([get("a"), eval("e", json!({"b": "sometimes"})), get("b")]);
+        let imported = import(nodes, &[("a", "e"), ("e", "b")], json!([]), true);
+        let flow = imported.flow.expect("written with --partial");
+        let ids: Vec<&str> = flow.nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["a", "e"]);
+        assert_eq!(flow.nodes[0].next.as_deref(), Some("e"));
+        assert!(flow.nodes[1].fail.as_ref().unwrap().message.contains("\"sometimes\""));
+    }
+
+    #[test]
+    fn properties_variables_and_connections() {
+        let unknown =
+            import(json!([mp("a", "getAccount", json!({"accountId": "1", "colour": "red"}))]), &[], json!([]), false);
+        assert!(why(&unknown, "a").contains("its property \"colour\" has no counterpart in mparticle.getAccount"));
+        let missing = import(json!([mp("a", "updateAccount", json!({"accountId": "1"}))]), &[], json!([]), false);
+        assert!(why(&missing, "a").contains("needs the property \"updatedName\""), "{}", why(&missing, "a"));
+
+        let variables = json!([{"context": "flow", "name": "acct##SK##flow##SK##f1", "fields": {"type": "string"}}]);
+        let node = mp("a", "getAccount", json!({"accountId": "{{global.flow.variables.acct}}"}));
+        let imported = import(json!([node]), &[], variables, false);
+        let flow = imported.flow.unwrap();
+        assert_eq!(flow.vars.get("acct"), Some(&Value::Null));
+        assert!(imported.report.notes.iter().any(|n| n.contains("`acct` has no value in the export")));
+        let input = &flow.nodes[0].connector.as_ref().unwrap().input;
+        assert_eq!(input["properties"]["accountId"], "{{ string(vars.acct) }}");
+        assert_eq!(flow.connections["mparticle"].config["clientId"], json!({"secret": "MPARTICLE_CLIENT_ID"}));
+    }
 
     #[test]
     fn ids_are_slugs_and_cel_identifiers() {
