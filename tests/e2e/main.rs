@@ -2,6 +2,7 @@
 
 mod antavo;
 mod cli;
+mod davinci;
 mod egress;
 mod examples;
 mod flows;

@@ -6,6 +6,7 @@ pub mod acceptance;
 pub mod bench;
 pub mod builtin;
 mod commands;
+pub mod davinci;
 pub mod demo;
 pub mod template;
 
@@ -143,6 +144,15 @@ enum Command {
     /// The resend queue of a service's store: list, retry, drop.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// Bring flows over from another system.
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// Ping DaVinci flow exports to flowhost flows, with a report of what became of every node.
+    Davinci(davinci::ImportArgs),
 }
 
 #[derive(Subcommand)]
@@ -202,6 +212,7 @@ where
             async { serve::serve(&config, store, &options(before, runtime, secrets)?, out).await }.await
         }
         Command::Queue(command) => queue::run(command, out, err).await,
+        Command::Import(ImportCommand::Davinci(args)) => davinci::run(&args, out, err),
         Command::Bench(args) => commands::bench::run(&args, out).await,
         Command::Demo { runtime } => {
             async {

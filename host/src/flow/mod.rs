@@ -11,6 +11,6 @@ pub mod trace;
 
 pub use executor::{CallRecord, Checkpoint, CheckpointSink, LoadedFlow, Outcome, Stop};
 pub use lint::{Problem, Severity, is_json_schema, lint, parse};
-pub use model::{Flow, Trigger, flow_schema};
+pub use model::{Flow, NodeUi, Trigger, UiPosition, flow_schema};
 pub use retry::{MAX_RETRY_AFTER, RetryPolicy};
 pub use trace::{EmittedEvent, NodeError, NodeStatus, NodeTrace, Run, RunStatus, ThrottledWait};

@@ -138,6 +138,28 @@ pub struct Node {
     /// The node to run when this one fails (after retries). Its error is then `nodes.<id>.error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_error: Option<String>,
+    /// Layout for editors and consoles, e.g. where a drawing of the graph puts the node. The engine ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ui: Option<NodeUi>,
+}
+
+/// Where a console draws a node. Other keys a console keeps are allowed and kept; nothing runs differently.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeUi {
+    /// The node's position on the canvas, in the canvas's units (e.g. as a DaVinci export had it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<UiPosition>,
+    /// Anything else a console keeps about the node.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+/// A point on a console's canvas.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UiPosition {
+    pub x: f64,
+    pub y: f64,
 }
 
 /// A node's one action.
