@@ -1045,7 +1045,7 @@ async fn healthz(State(state): State<ApiState>, request: Request) -> Response {
                 queue: Some(counts.runs),
                 throttled_connections: Some(throttled),
             })
-                .into_response()
+            .into_response()
         }
         Ok(_) => Json(Health {
             status: "ok".into(),
