@@ -2,6 +2,7 @@
 
 mod antavo;
 mod cli;
+mod console;
 mod egress;
 mod examples;
 mod flows;

@@ -291,6 +291,12 @@ pub(super) async fn list(store: &PostgresStore, filter: &RunFilter) -> Result<Ve
     if let Some(before) = filter.before_seq {
         query.push(" AND seq < ").push_bind(before);
     }
+    if let Some(from) = filter.created_from {
+        query.push(" AND created_at >= ").push_bind(from);
+    }
+    if let Some(until) = filter.created_until {
+        query.push(" AND created_at < ").push_bind(until);
+    }
     query.push(" ORDER BY seq DESC LIMIT ").push_bind(clamp_limit(filter.limit));
     let rows: Vec<RunRow> = query.build_query_as().fetch_all(&store.bookkeeping).await.map_err(db("listing runs"))?;
     stored_runs(&store.bookkeeping, rows).await
