@@ -178,10 +178,14 @@ async fn the_console_in_a_real_browser() {
     .await;
     // An inbound message that maps, and one that does not.
     let inbound = |batch: &str, name: &str| {
-        json!({"batch_id": batch, "environment": "production",
-               "user_identities": [{"identity_type": "customer_id", "identity": "cust-a"}],
-               "events": [{"event_type": "custom_event", "data": {"event_name": name,
-                   "custom_attributes": {"coupon_code": "SUMMER24", "store_id": "s-17"}}}]})
+        json!({"batch_id": batch, "mpid": 8_675_309, "timestamp_unixtime_ms": 1_714_592_744_066_i64,
+               "environment": "production",
+               "user_identities": [{"identity_type": "customer_id", "identity": "cust-a",
+                                    "timestamp_unixtime_ms": 1_714_592_744_066_i64}],
+               "events": [{"event_type": "custom_event", "message_id": format!("m-{batch}"),
+                           "data": {"event_name": name, "custom_event_type": "other",
+                                    "custom_attributes": {"coupon_code": "SUMMER24", "store_id": "s-17"},
+                                    "timestamp_unixtime_ms": 1_714_592_744_066_i64}}]})
     };
     for (batch, name) in [("b-1", "coupon_redeemed"), ("b-2", "page_viewed")] {
         let request = client()
@@ -215,7 +219,6 @@ async fn the_console_in_a_real_browser() {
     // The overview shows the queue as the store has it.
     assert_eq!(text(&browser, "[data-count=dead] .n").await, "2");
     assert_eq!(text(&browser, "[data-count=queued] .n").await, "1");
-    assert_eq!(text(&browser, "[data-count=succeeded] .n").await, "0");
     assert!(text(&browser, "tr[data-connection=mparticle]").await.contains("connected"));
     visits.capture(&browser, "overview").await;
 
@@ -226,7 +229,8 @@ async fn the_console_in_a_real_browser() {
     browser.goto(&format!("{base}/ui/flows/point-add-to-mparticle")).await.unwrap();
     browser.find(Locator::Css("#flow-graph g.node[data-trigger]")).await.unwrap();
     let node = "#flow-graph g.node[data-node=trigger_marketing_communication]";
-    assert!(text(&browser, node).await.contains("mparticle.triggerMarketingCommunication"));
+    let drawn = browser.find(Locator::Css(node)).await.unwrap().html(true).await.unwrap();
+    assert!(drawn.contains("mparticle.triggerMarketingCommunication"), "{drawn}");
     visits.capture(&browser, "flow").await;
     browser.goto(&format!("{base}/ui/mappings")).await.unwrap();
     let sync = text(&browser, "#sync-fields").await;
@@ -251,7 +255,8 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(browser.find_all(Locator::Css("tr[data-run]")).await.unwrap().len(), 2);
     visits.capture(&browser, "workflow-logs").await;
     browser.goto(&format!("{base}/ui/customers/cust-a")).await.unwrap();
-    assert_eq!(browser.find_all(Locator::Css("tr[data-run]")).await.unwrap().len(), 2);
+    // Two point_add runs and the run of the coupon they redeemed (inbound).
+    assert_eq!(browser.find_all(Locator::Css("tr[data-run]")).await.unwrap().len(), 3);
     visits.capture(&browser, "customer").await;
     browser.goto(&format!("{base}/ui/inbound")).await.unwrap();
     assert_eq!(browser.find_all(Locator::Css("tr[data-inbound]")).await.unwrap().len(), 2);
@@ -298,9 +303,13 @@ async fn the_console_in_a_real_browser() {
     let forged = client()
         .post(format!("{base}/ui/connections/mparticle/reconnect"))
         .header("Cookie", format!("flowhost_console={}", cookie.value()))
-        .form(&[("csrf", "forged")]);
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("csrf=forged");
     assert_eq!(send(forged).await.0, 403);
-    let anonymous = client().post(format!("{base}/ui/connections/mparticle/reconnect")).form(&[("csrf", "x")]);
+    let anonymous = client()
+        .post(format!("{base}/ui/connections/mparticle/reconnect"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("csrf=x");
     assert_eq!(send(anonymous).await.0, 401);
     let (_, health) = send(client().get(format!("{base}/healthz"))).await;
     assert_eq!(health["stoppedFlows"]["point-add-to-mparticle"], "mparticle", "still disconnected: {health}");
@@ -314,7 +323,8 @@ async fn the_console_in_a_real_browser() {
     browser.goto(&format!("{base}/ui/runs/{first}")).await.unwrap();
     visits.capture(&browser, "run-retried").await;
     browser.goto(&format!("{base}/ui")).await.unwrap();
-    assert_eq!(text(&browser, "[data-count=succeeded] .n").await, "3");
+    // The three point_add runs and the inbound coupon's run.
+    assert_eq!(text(&browser, "[data-count=succeeded] .n").await, "4");
     visits.capture(&browser, "overview-after").await;
 
     // No page shows a secret: the API token, the connection's credentials, the inbound token.

@@ -23,9 +23,11 @@ fn tabs(current: &str) -> Markup {
         ("/ui/mappings#external-events", "External events"),
         ("/ui/mappings#inbound-mapping", "Inbound events data mapping"),
     ];
+    // The first tab of the current page is marked (the mapping's three are sections of one page).
+    let marked = tabs.iter().position(|(href, _)| href.starts_with(current));
     html! {
-        nav.tabs { @for (href, label) in tabs {
-            a href=(href) class=[(href.starts_with(current) && !current.is_empty()).then_some("current")] { (label) }
+        nav.tabs { @for (i, (href, label)) in tabs.iter().enumerate() {
+            a href=(href) class=[(marked == Some(i)).then_some("current")] { (label) }
         } }
     }
 }

@@ -177,9 +177,10 @@ fn badge(class: &str, text: &str) -> Markup {
     html! { span class={ "badge " (class) } { (text) } }
 }
 
-/// The first characters of a run id, enough to tell runs apart in a table.
+/// The last characters of a run id, enough to tell runs apart in a table (its first ones are a time, shared by
+/// the runs of one moment).
 fn short_id(id: &str) -> &str {
-    id.get(..8).unwrap_or(id)
+    id.get(id.len().saturating_sub(8)..).unwrap_or(id)
 }
 
 /// JSON, pretty, in a scrollable block; very large values are cut with a note.
