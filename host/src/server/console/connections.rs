@@ -98,14 +98,15 @@ pub(super) async fn page(State(console): State<Console>, session: Session, Query
     super::page("Connections", "/ui/connections", &session, body).into_response()
 }
 
-fn known(console: &Console, session: &Session, name: &str, action: &str) -> Result<(), Response> {
+/// The error page when no flow uses the connection or the action is not one.
+fn unknown(console: &Console, session: &Session, name: &str, action: &str) -> Option<Response> {
     if !super::overview::connections(console).contains_key(name) {
-        return Err(error_page(StatusCode::NOT_FOUND, session, &format!("No loaded flow uses connection `{name}`.")));
+        return Some(error_page(StatusCode::NOT_FOUND, session, &format!("No loaded flow uses connection `{name}`.")));
     }
     if action != "disconnect" && action != "reconnect" {
-        return Err(error_page(StatusCode::NOT_FOUND, session, &format!("`{action}`: take disconnect or reconnect.")));
+        return Some(error_page(StatusCode::NOT_FOUND, session, &format!("`{action}`: take disconnect or reconnect.")));
     }
-    Ok(())
+    None
 }
 
 pub(super) async fn confirm(
@@ -113,7 +114,7 @@ pub(super) async fn confirm(
     session: Session,
     Path((name, action)): Path<(String, String)>,
 ) -> Response {
-    if let Err(response) = known(&console, &session, &name, &action) {
+    if let Some(response) = unknown(&console, &session, &name, &action) {
         return response;
     }
     let (outbound, inbound) = flows_of(&console, &name);
@@ -177,7 +178,7 @@ pub(super) async fn act(
     if !session.accepts(&form.csrf) {
         return super::auth::csrf_refused(&session);
     }
-    if let Err(response) = known(&console, &session, &name, &action) {
+    if let Some(response) = unknown(&console, &session, &name, &action) {
         return response;
     }
     let result = if action == "disconnect" {
