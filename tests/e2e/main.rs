@@ -3,6 +3,7 @@
 mod antavo;
 mod cli;
 mod davinci;
+mod console;
 mod egress;
 mod examples;
 mod flows;

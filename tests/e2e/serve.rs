@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::RwLock;
 
-const INBOUND_TOKEN: &str = "inbound-token-4f1c";
+pub(crate) const INBOUND_TOKEN: &str = "inbound-token-4f1c";
 
 /// The `flowhost` command line as a binary cargo builds for these tests (`tests/bin/flowhost-e2e.rs`: the
 /// product's `flowhost_cli::main`), so the tests never run a stale or missing build.
@@ -33,6 +33,8 @@ pub(crate) fn repo_flow(name: &str) -> String {
 /// A service directory: its config, its flows, its store.
 pub(crate) struct ServiceDir {
     dir: tempfile::TempDir,
+    /// More environment for the server (e.g. the secret its `api_token` names).
+    env: Vec<(String, String)>,
 }
 
 impl ServiceDir {
@@ -68,7 +70,13 @@ config = {{ eventsApiUrl = "{url}/v2", authUrl = "{url}/oauth/token", platformAp
 "#
         );
         std::fs::write(dir.path().join("flowhost.toml"), config).unwrap();
-        ServiceDir { dir }
+        ServiceDir { dir, env: Vec::new() }
+    }
+
+    /// Sets an environment variable for the server.
+    pub(crate) fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
     }
 
     /// Uses `store` (e.g. a PostgreSQL URL) instead of the directory's SQLite file.
@@ -119,6 +127,7 @@ config = {{ eventsApiUrl = "{url}/v2", authUrl = "{url}/oauth/token", platformAp
             .env("MPARTICLE_INBOUND_TOKEN", INBOUND_TOKEN)
             .env("RUST_LOG", "info")
             .env_remove("FLOWHOST_STORE")
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)

@@ -11,7 +11,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -69,7 +70,22 @@ pub struct Metrics {
     connection_limit: Family<ConnectionLabels, Gauge<f64, AtomicU64>>,
     connection_throttled: Family<ConnectionLabels, Counter>,
     connection_paused: Family<ConnectionLabels, Counter<f64, AtomicU64>>,
+    /// Runs delivered and failed per minute, the last hour of them, for the console's chart.
+    recent: Mutex<VecDeque<MinuteCount>>,
 }
+
+/// Runs that ended in one minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MinuteCount {
+    /// The minute's start, in milliseconds since the Unix epoch.
+    pub minute_ms: i64,
+    pub delivered: u64,
+    /// Failed for good or dead-lettered.
+    pub failed: u64,
+}
+
+/// How many minutes of [`MinuteCount`]s are kept.
+pub const RECENT_MINUTES: usize = 60;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,6 +128,7 @@ impl Metrics {
             connection_limit: Family::default(),
             connection_throttled: Family::default(),
             connection_paused: Family::default(),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_MINUTES + 1)),
             registry: Registry::default(),
         };
         registry.register("events_accepted", "Loyalty events durably accepted", metrics.accepted.clone());
@@ -236,6 +253,7 @@ impl Metrics {
     pub fn dead_lettered(&self, flow: &str, accepted_at_ms: i64) {
         self.dead_lettered.get_or_create(&flow_labels(flow)).inc();
         self.observe_done(flow, accepted_at_ms);
+        self.count_minute(false);
     }
 
     /// What a batch of retention deleted.
@@ -253,6 +271,7 @@ impl Metrics {
         };
         family.get_or_create(&flow_labels(&run.flow_id)).inc();
         self.observe_done(&run.flow_id, accepted_at_ms);
+        self.count_minute(run.status == RunStatus::Succeeded);
         self.observe_nodes(run);
     }
 
@@ -262,6 +281,42 @@ impl Metrics {
             let labels = NodeLabels { flow: run.flow_id.clone(), node: node.node_id.clone(), kind: node.kind.clone() };
             self.node_latency.get_or_create(&labels).observe(node.duration_ms as f64 / 1000.0);
         }
+    }
+
+    fn count_minute(&self, delivered: bool) {
+        let minute_ms = crate::store::now_ms() / 60_000 * 60_000;
+        let mut recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if recent.back().is_none_or(|last| last.minute_ms < minute_ms) {
+            recent.push_back(MinuteCount { minute_ms, ..MinuteCount::default() });
+            while recent.len() > RECENT_MINUTES {
+                recent.pop_front();
+            }
+        }
+        if let Some(last) = recent.back_mut() {
+            if delivered {
+                last.delivered += 1;
+            } else {
+                last.failed += 1;
+            }
+        }
+    }
+
+    /// Runs delivered and failed in each of the last [`RECENT_MINUTES`] minutes up to `now_ms`'s, oldest first
+    /// (minutes without any are zeros). Counted since this process started.
+    pub fn per_minute(&self, now_ms: i64) -> Vec<MinuteCount> {
+        let current = now_ms / 60_000 * 60_000;
+        let recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        (0..RECENT_MINUTES as i64)
+            .rev()
+            .map(|back| {
+                let minute_ms = current - back * 60_000;
+                recent
+                    .iter()
+                    .find(|m| m.minute_ms == minute_ms)
+                    .copied()
+                    .unwrap_or(MinuteCount { minute_ms, ..MinuteCount::default() })
+            })
+            .collect()
     }
 
     fn observe_done(&self, flow: &str, accepted_at_ms: i64) {
@@ -320,5 +375,21 @@ mod tests {
         assert!(text.contains(r#"flowhost_retention_purged_total{kind="inbound"} 3"#), "{text}");
         assert!(text.contains(r#"flowhost_retention_purged_total{kind="outbox"} 7"#), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn counts_runs_delivered_and_failed_per_minute_for_the_last_hour() {
+        let metrics = Metrics::new();
+        metrics.dead_lettered("f", 0);
+        metrics.dead_lettered("f", 0);
+        let now = crate::store::now_ms();
+        let minutes = metrics.per_minute(now);
+        assert_eq!(minutes.len(), RECENT_MINUTES);
+        let last = minutes.last().unwrap();
+        assert_eq!((last.minute_ms, last.delivered, last.failed), (now / 60_000 * 60_000, 0, 2));
+        assert!(minutes[..RECENT_MINUTES - 1].iter().all(|m| m.delivered == 0 && m.failed == 0));
+        assert!(minutes.windows(2).all(|w| w[1].minute_ms - w[0].minute_ms == 60_000));
+        let an_hour_later = metrics.per_minute(now + 3_600_000);
+        assert!(an_hour_later.iter().all(|m| m.failed == 0), "older minutes fall out");
     }
 }

@@ -11,7 +11,7 @@ use super::inbound_endpoint::{InboundConnection, InboundEndpoint, InboundError, 
 use super::metrics::Metrics;
 use super::shared::{ActiveFlows, Shared, ordering_key};
 use super::{inbound_worker, retention, run_worker};
-use crate::flow::{EmittedEvent, Problem, Trigger};
+use crate::flow::{EmittedEvent, LoadedFlow, Problem, Trigger};
 use crate::inbound::InboundRequest;
 use crate::store::{
     ConnectionHold, InboundFilter, InboundState, NewRun, RunState, Store, StoreError, StoredInbound, Wake,
@@ -198,6 +198,11 @@ impl Service {
         let mut running: Vec<String> = active.by_id.keys().cloned().collect();
         running.sort();
         (running, active.stopped.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    /// Every loaded flow, running or stopped, in the order of their files.
+    pub fn loaded_flows(&self) -> &[Arc<LoadedFlow>] {
+        &self.shared.flows
     }
 
     /// Durably accepts loyalty events: one run per flow each event triggers, committed (shared with

@@ -13,12 +13,14 @@
 //! | `GET /v1/inbound?status=` | inbound messages, with what became of them (`failed` naming the runs that failed) |
 //! | `POST /v1/connections/{name}/disconnect`, `.../reconnect` | stop / restart everything that uses a connection |
 //! | `GET /healthz`, `GET /metrics` | liveness (store reachable), Prometheus metrics |
+//! | `GET /ui/…` | the web console ([`console`]): pages, and forms that post to `/ui/…` |
 //!
 //! Errors are JSON, `{"error": "...", "fields": [{"pointer", "message"}]}`, with 400 (malformed), 401 (token),
 //! 404, 409, 413 (body over the limit) or 503 (store unavailable); none of them echoes a token.
 
 pub mod config;
 pub mod limits;
+mod console;
 mod openapi;
 
 pub use limits::{ServerLimits, serve};
@@ -83,6 +85,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(console::router(&state))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "this route takes another method")
@@ -503,6 +506,8 @@ impl RunQuery {
             connection: self.connection,
             statuses,
             before_seq: self.before,
+            created_from: None,
+            created_until: None,
             limit,
         })
     }

@@ -1017,6 +1017,14 @@ pub async fn listing_filters_and_pages_newest_first(store: Arc<dyn Store>) {
     let key = RunFilter { ordering_key: Some("loyalty-to-cdp/bob".into()), ..Default::default() };
     assert_eq!(run_ids(&store.list(&key).await.unwrap()), [ids[5].clone()]);
     assert_eq!(store.list(&RunFilter::default()).await.unwrap().len(), 7, "0: the default limit");
+    // By creation time: all of them were created at `created_at` or later, none before.
+    let created = page[0].created_at;
+    let from = RunFilter { created_from: Some(created - 60_000), ..alice.clone() };
+    assert_eq!(store.list(&from).await.unwrap().len(), 3);
+    let until = RunFilter { created_until: Some(created - 60_000), ..Default::default() };
+    assert!(store.list(&until).await.unwrap().is_empty(), "nothing was created a minute before");
+    let after = RunFilter { created_from: Some(now_ms() + 60_000), ..Default::default() };
+    assert!(store.list(&after).await.unwrap().is_empty(), "nothing is created in the future");
     store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap();
     let statuses = RunFilter { statuses: vec![RunState::Leased, RunState::Dead], ..Default::default() };
     assert_eq!(customers(&store.list(&statuses).await.unwrap()), ["bob", "alice"]);

@@ -565,6 +565,10 @@ pub struct RunFilter {
     pub statuses: Vec<RunState>,
     /// Only runs with a smaller `seq` (paging: pass the last `seq` of the previous page).
     pub before_seq: Option<i64>,
+    /// Only runs created at or after this time (ms since the Unix epoch).
+    pub created_from: Option<i64>,
+    /// Only runs created before this time (ms since the Unix epoch).
+    pub created_until: Option<i64>,
     /// At most this many ([`DEFAULT_LIST_LIMIT`] when 0, at most [`MAX_LIST_LIMIT`]).
     pub limit: usize,
 }

@@ -372,6 +372,12 @@ pub(super) async fn list(store: &SqliteStore, filter: &RunFilter) -> Result<Vec<
     if let Some(before) = filter.before_seq {
         query.push(" AND seq < ").push_bind(before);
     }
+    if let Some(from) = filter.created_from {
+        query.push(" AND created_at >= ").push_bind(from);
+    }
+    if let Some(until) = filter.created_until {
+        query.push(" AND created_at < ").push_bind(until);
+    }
     query.push(" ORDER BY seq DESC LIMIT ").push_bind(clamp_limit(filter.limit));
     const OP: &str = "listing runs";
     let mut tx = store.reader.begin().await.map_err(db(OP))?;
