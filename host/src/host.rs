@@ -20,6 +20,9 @@ pub struct HostConfig {
     pub embedded_connectors: Vec<&'static [u8]>,
     /// Directories whose `*.wasm` components are loaded as connectors too.
     pub connector_dirs: Vec<PathBuf>,
+    /// Ids of embedded connectors that a component of `connector_dirs` (or [`Host::add_connector_file`]) may
+    /// take, replacing the embedded one. Any other embedded id is refused to them.
+    pub override_builtin: Vec<String>,
     /// Let connections reach loopback and private addresses (local services, the emulator).
     pub allow_private: bool,
     /// The retry policy of connector nodes that do not set one.
@@ -36,6 +39,7 @@ impl std::fmt::Debug for HostConfig {
             .field("runtime", &self.runtime)
             .field("embedded_connectors (bytes)", &embedded)
             .field("connector_dirs", &self.connector_dirs)
+            .field("override_builtin", &self.override_builtin)
             .field("allow_private", &self.allow_private)
             .field("default_retry", &self.default_retry)
             .field("connection_overrides", &self.connection_overrides)
@@ -89,16 +93,17 @@ impl Host {
         let runtime = Runtime::new(config.runtime.clone()).map_err(HostError::Runtime)?;
         let mut registry = ConnectorRegistry::default();
         for bytes in &config.embedded_connectors {
-            registry.add(runtime.load_embedded(bytes).await?);
+            registry.add_builtin(runtime.load_embedded(bytes).await?);
         }
+        registry.allow_overrides(&config.override_builtin);
         registry.load_dirs(&runtime, &config.connector_dirs).await?;
         Ok(Host { runtime, registry, secrets, config, on_emit: Arc::new(|_| {}) })
     }
 
     /// Adds one connector component to the ones this host knows.
     pub async fn add_connector_file(&mut self, path: &std::path::Path) -> Result<(), LoadError> {
-        self.registry.add(self.runtime.load_file(path).await?);
-        Ok(())
+        let connector = self.runtime.load_file(path).await?;
+        self.registry.add_component(connector).map_err(|e| LoadError::Manifest(format!("{}: {e}", path.display())))
     }
 
     /// Receives every event an emit node hands to the embedding platform, as it happens.

@@ -7,6 +7,7 @@ mod examples;
 mod flows;
 mod hostile;
 mod inbound;
+mod isolation;
 mod mparticle;
 mod runtime;
 mod scale;

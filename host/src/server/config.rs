@@ -30,6 +30,7 @@
 //! builtin = true
 //! dirs = []
 //! allow_private = false
+//! override_builtin = []                 # built-in ids a component in `dirs` may replace, e.g. ["mparticle"]
 //!
 //! [connections.crm]
 //! inbound_token = { secret = "CRM_INBOUND_TOKEN" }
@@ -205,11 +206,15 @@ pub struct ConnectorsSection {
     pub dirs: Vec<PathBuf>,
     #[serde(default)]
     pub allow_private: bool,
+    /// Built-in connector ids a component in `dirs` may take (its connections then get that component);
+    /// any other built-in id is refused to such a component, so that it cannot take a built-in's secrets.
+    #[serde(default)]
+    pub override_builtin: Vec<String>,
 }
 
 impl Default for ConnectorsSection {
     fn default() -> Self {
-        ConnectorsSection { builtin: true, dirs: Vec::new(), allow_private: false }
+        ConnectorsSection { builtin: true, dirs: Vec::new(), allow_private: false, override_builtin: Vec::new() }
     }
 }
 
@@ -347,6 +352,7 @@ impl ServeConfig {
             runtime,
             embedded_connectors: if self.connectors.builtin { builtin.to_vec() } else { Vec::new() },
             connector_dirs: self.connectors.dirs.iter().map(|d| self.resolve(d)).collect(),
+            override_builtin: self.connectors.override_builtin.clone(),
             allow_private: self.connectors.allow_private,
             default_retry: self.retry.clone().unwrap_or_default(),
             connection_overrides: self
