@@ -66,8 +66,12 @@ async fn four_looping_connectors_leave_the_service_responsive_and_run_once() {
         (0..LOOPS).map(|i| json!({"event": "spin", "id": format!("spin-{i}"), "customer": format!("s-{i}")})).collect();
     let (status, accepted) = send(client().post(format!("{base}/v1/events")).json(&spins)).await;
     assert_eq!(status, 202, "{accepted}");
-    let spin_runs: Vec<String> =
-        accepted["accepted"].as_array().unwrap().iter().map(|a| a["runs"][0]["runId"].as_str().unwrap().to_string()).collect();
+    let spin_runs: Vec<String> = accepted["accepted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["runs"][0]["runId"].as_str().unwrap().to_string())
+        .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // While they loop: /healthz, one at a time, and normal events, one per request.
