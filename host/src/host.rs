@@ -21,6 +21,9 @@ pub struct HostConfig {
     pub embedded_connectors: Vec<&'static [u8]>,
     /// Directories whose `*.wasm` components are loaded as connectors too.
     pub connector_dirs: Vec<PathBuf>,
+    /// Ids of embedded connectors that a component of `connector_dirs` (or [`Host::add_connector_file`]) may
+    /// take, replacing the embedded one. Any other embedded id is refused to them.
+    pub override_builtin: Vec<String>,
     /// Let connections reach loopback and private addresses (local services, the emulator), and take a
     /// plain-`http` origin from a connection property.
     pub allow_private: bool,
@@ -44,6 +47,7 @@ impl std::fmt::Debug for HostConfig {
             .field("runtime", &self.runtime)
             .field("embedded_connectors (bytes)", &embedded)
             .field("connector_dirs", &self.connector_dirs)
+            .field("override_builtin", &self.override_builtin)
             .field("allow_private", &self.allow_private)
             .field("operator_hosts", &self.operator_hosts)
             .field("default_retry", &self.default_retry)
@@ -101,8 +105,9 @@ impl Host {
         let runtime = Runtime::new(config.runtime.clone()).map_err(HostError::Runtime)?;
         let mut registry = ConnectorRegistry::default();
         for bytes in &config.embedded_connectors {
-            registry.add(runtime.load_embedded(bytes).await?);
+            registry.add_builtin(runtime.load_embedded(bytes).await?);
         }
+        registry.allow_overrides(&config.override_builtin);
         registry.load_dirs(&runtime, &config.connector_dirs).await?;
         let pacing = Arc::new(Pacing::new(!config.no_pacing));
         Ok(Host { runtime, registry, secrets, config, on_emit: Arc::new(|_| {}), pacing })
@@ -110,8 +115,8 @@ impl Host {
 
     /// Adds one connector component to the ones this host knows.
     pub async fn add_connector_file(&mut self, path: &std::path::Path) -> Result<(), LoadError> {
-        self.registry.add(self.runtime.load_file(path).await?);
-        Ok(())
+        let connector = self.runtime.load_file(path).await?;
+        self.registry.add_component(connector).map_err(|e| LoadError::Manifest(format!("{}: {e}", path.display())))
     }
 
     /// Receives every event an emit node hands to the embedding platform, as it happens.

@@ -23,6 +23,7 @@ async fn setup(http_timeout: Duration) -> Setup {
         max_instances: 32,
         limits: SandboxLimits { timeout: Duration::from_secs(10), ..SandboxLimits::default() },
         http: HttpLimits { request_timeout: http_timeout, ..HttpLimits::default() },
+        ..RuntimeConfig::default()
     };
     let (config, secrets) = emulator_host_config(&emulator.url(), runtime);
     let host = Host::new(config, secrets).await.unwrap();

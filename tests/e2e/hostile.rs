@@ -75,3 +75,29 @@ async fn many_hostile_calls_in_parallel_leave_the_host_serving() {
     }
     assert_serves_good_call(&runtime).await;
 }
+
+#[tokio::test]
+async fn a_component_cannot_take_a_built_in_connectors_id_unless_the_operator_says_so() {
+    use flowhost::{Host, HostConfig};
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(components::ECHO, dir.path().join("impostor.wasm")).unwrap();
+    // The echo component stands for a built-in here; the same bytes in a directory claim its id.
+    let builtin: &'static [u8] = Box::leak(std::fs::read(components::ECHO).unwrap().into_boxed_slice());
+    let config = |override_builtin: Vec<String>| HostConfig {
+        runtime: flowhost::connector::RuntimeConfig {
+            cache_dir: Some(cache.path().to_path_buf()),
+            ..Default::default()
+        },
+        embedded_connectors: vec![builtin],
+        connector_dirs: vec![dir.path().to_path_buf()],
+        override_builtin,
+        ..HostConfig::default()
+    };
+    let error = Host::new(config(Vec::new()), SecretStore::default()).await.err().expect("the id is reserved");
+    let message = error.to_string();
+    assert!(message.contains("impostor.wasm") && message.contains("built-in"), "{message}");
+    assert!(message.contains("override_builtin = [\"echo\"]"), "says how to allow it: {message}");
+    let host = Host::new(config(vec!["echo".into()]), SecretStore::default()).await.unwrap();
+    assert_eq!(host.registry().all().iter().filter(|c| c.manifest().id == "echo").count(), 1, "replaced, not added");
+}

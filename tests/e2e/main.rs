@@ -9,6 +9,7 @@ mod examples;
 mod flows;
 mod hostile;
 mod inbound;
+mod isolation;
 mod mparticle;
 mod pacing;
 mod runtime;
@@ -37,6 +38,7 @@ pub fn test_runtime_with(timeout: Duration, http: HttpLimits) -> (Runtime, tempf
         max_instances: 64,
         limits: SandboxLimits { memory_bytes: 32 << 20, timeout, ..SandboxLimits::default() },
         http,
+        ..RuntimeConfig::default()
     };
     (Runtime::new(config).unwrap(), cache)
 }

@@ -229,14 +229,19 @@ fn non_public_v4(ip: Ipv4Addr) -> Option<&'static str> {
 }
 
 fn non_public_v6(ip: Ipv6Addr) -> Option<&'static str> {
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return non_public_v4(v4).or(Some("an IPv4-mapped address"));
+    // Addresses that carry an IPv4 address reach that address (or say it is where they come from): they are as
+    // public as the IPv4 address is.
+    if let Some((v4, range)) = embedded_v4(ip) {
+        return non_public_v4(v4).map(|reason| match range {
+            "IPv4-mapped" => reason,
+            _ => range,
+        });
     }
     let segments = ip.segments();
     Some(match segments {
         [0, 0, 0, 0, 0, 0, 0, 0] => "unspecified (::)",
         [0, 0, 0, 0, 0, 0, 0, 1] => "loopback (::1)",
-        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => "NAT64 (64:ff9b::/96)",
+        [0x64, 0xff9b, 1, ..] => "local-use NAT64 (64:ff9b:1::/48)",
         [0x2001, 0xdb8, ..] => "documentation (2001:db8::/32)",
         [s, ..] if s & 0xfe00 == 0xfc00 => "unique local (fc00::/7)",
         [s, ..] if s & 0xffc0 == 0xfe80 => "link-local (fe80::/10)",
@@ -245,6 +250,24 @@ fn non_public_v6(ip: Ipv6Addr) -> Option<&'static str> {
         [0, 0, 0, 0, 0, 0, _, _] => "IPv4-compatible (::/96)",
         _ => return None,
     })
+}
+
+/// The IPv4 address an IPv6 address carries, and the name of its range (the reason given when that IPv4
+/// address is not public): IPv4-mapped (`::ffff:0:0/96`) and IPv4-translated (`::ffff:0:0:0/96`), NAT64
+/// (`64:ff9b::/96`), 6to4 (`2002::/16`) and Teredo (`2001::/32`, whose client address is stored inverted).
+fn embedded_v4(ip: Ipv6Addr) -> Option<(Ipv4Addr, &'static str)> {
+    let s = ip.segments();
+    let v4 = |high: u16, low: u16| Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, high, low] => Some((v4(high, low), "IPv4-mapped")),
+        [0, 0, 0, 0, 0xffff, 0, high, low] => Some((v4(high, low), "an IPv4-translated address of a private one")),
+        [0x64, 0xff9b, 0, 0, 0, 0, high, low] => {
+            Some((v4(high, low), "a NAT64 address (64:ff9b::/96) of a private one"))
+        }
+        [0x2002, high, low, ..] => Some((v4(high, low), "a 6to4 address (2002::/16) of a private one")),
+        [0x2001, 0, _, _, _, _, high, low] => Some((v4(!high, !low), "a Teredo address (2001::/32) of a private one")),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -279,13 +302,38 @@ mod tests {
             "::ffff:10.0.0.1",
             "::ffff:127.0.0.1",
             "64:ff9b::a00:1",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::808:808",
+            "2002:7f00:1::",
+            "2002:c0a8:101::1",
+            "2002:a9fe:a9fe::",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a00:1",
+            // Teredo: client 127.0.0.1 and 10.0.0.1, stored inverted.
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+            "2001:0:4136:e378:8000:63bf:f5ff:fffe",
             "2001:db8::1",
         ] {
             assert!(non_public_reason(ip(private)).is_some(), "{private} should be refused");
         }
-        for public in ["8.8.8.8", "172.15.255.255", "172.32.0.1", "192.169.0.1", "100.63.0.1", "2606:4700::1111"] {
+        for public in [
+            "8.8.8.8",
+            "172.15.255.255",
+            "172.32.0.1",
+            "192.169.0.1",
+            "100.63.0.1",
+            "2606:4700::1111",
+            // Each carries 8.8.8.8: as public as it.
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
+        ] {
             assert_eq!(non_public_reason(ip(public)), None, "{public} is public");
         }
+        assert_eq!(non_public_reason(ip("2002:7f00:1::")), Some("a 6to4 address (2002::/16) of a private one"));
+        assert_eq!(non_public_reason(ip("::ffff:192.168.0.1")), Some("private (192.168.0.0/16)"));
+        assert_eq!(non_public_reason(ip("64:ff9b:1::1")), Some("local-use NAT64 (64:ff9b:1::/48)"));
         assert_eq!(non_public_reason(ip("172.20.1.1")), Some("private (172.16.0.0/12)"));
         assert_eq!(non_public_reason(ip("fc00::1")), Some("unique local (fc00::/7)"));
     }

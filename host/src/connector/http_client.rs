@@ -111,8 +111,13 @@ impl Fetcher {
         if !request.method.bytes().all(|b| b.is_ascii_uppercase()) {
             request.method.make_ascii_uppercase();
         }
-        Method::from_bytes(request.method.as_bytes())
-            .map_err(|_| FetchError::InvalidRequest(format!("{:?} is not an HTTP method", request.method)))?;
+        if !METHODS.contains(&request.method.as_str()) {
+            return Err(FetchError::InvalidRequest(format!(
+                "{:?} is not a method a connector may use ({})",
+                request.method,
+                METHODS.join(", ")
+            )));
+        }
         for (name, value) in &request.headers {
             if !valid_header_name(name) {
                 return Err(FetchError::InvalidRequest(format!("{name:?} is not a valid header name")));
@@ -120,7 +125,16 @@ impl Fetcher {
             if !valid_header_value(value) {
                 return Err(FetchError::InvalidRequest(format!("the value of header {name} is not valid")));
             }
+            // Another `Host` would reach another virtual host behind the allowed address.
+            if name.eq_ignore_ascii_case("host") && !value.trim().eq_ignore_ascii_case(&authority(&url)) {
+                return Err(FetchError::InvalidRequest(format!(
+                    "the Host header must be the URL's authority ({}), if it is given at all",
+                    authority(&url)
+                )));
+            }
         }
+        // The transport sets `Host` from the URL of each hop, redirects included.
+        request.headers.retain(|(name, _)| !name.eq_ignore_ascii_case("host"));
         let timeout = request.timeout.map_or(self.limits.request_timeout, |t| t.min(self.limits.request_timeout));
         let deadline = tokio::time::Instant::now() + timeout;
         let too_large = |url: &Url| {
@@ -163,6 +177,18 @@ impl Fetcher {
             url = next;
         }
         Err(FetchError::Other(format!("more than {} redirects", self.limits.max_redirects)))
+    }
+}
+
+/// The methods of `http.request` in the WIT (`wit/v0.1.0/connector.wit`).
+const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"];
+
+/// `host[:port]` of a URL, the port only when it is not the scheme's default: what `Host` says.
+fn authority(url: &Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_string(),
+        (None, _) => String::new(),
     }
 }
 
@@ -346,5 +372,66 @@ impl Resolve for PolicyResolver {
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::egress::HostPattern;
+    use std::sync::Mutex;
+
+    /// Answers 200 to everything and keeps the headers it was sent; no network.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Vec<(String, String)>>>);
+
+    impl HttpTransport for Recorder {
+        fn send<'a>(&'a self, request: &'a FetchRequest, _: &'a EgressPolicy) -> TransportFuture<'a> {
+            self.0.lock().unwrap().push(request.headers.clone());
+            Box::pin(async { Ok(FetchResponse { status: 200, headers: Vec::new(), body: Vec::new() }) })
+        }
+    }
+
+    async fn fetch(recorder: &Arc<Recorder>, method: &str, headers: &[(&str, &str)]) -> Result<u16, FetchError> {
+        let policy = EgressPolicy {
+            connector_hosts: vec![HostPattern::parse("https://api.crm.example").unwrap()],
+            connection_hosts: None,
+            allow_private: false,
+        };
+        let fetcher = Fetcher::new(recorder.clone(), HttpLimits::default());
+        let url = "https://api.crm.example/v1/x".to_string();
+        let request = FetchRequest {
+            method: method.into(),
+            url: url.clone(),
+            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            body: None,
+            timeout: None,
+        };
+        fetcher.fetch(&policy, request, Url::parse(&url)).await.map(|r| r.status)
+    }
+
+    #[tokio::test]
+    async fn only_the_wit_methods_and_the_urls_own_host_go_out() {
+        let recorder = Arc::new(Recorder::default());
+        for method in ["GET", "post", "Put", "DELETE", "PATCH", "HEAD"] {
+            assert_eq!(fetch(&recorder, method, &[]).await, Ok(200), "{method}");
+        }
+        for method in ["TRACE", "CONNECT", "PROPFIND", "OPTIONS"] {
+            let Err(FetchError::InvalidRequest(message)) = fetch(&recorder, method, &[]).await else {
+                panic!("{method} must be refused");
+            };
+            assert!(message.contains(method) && message.contains("GET, POST, PUT, DELETE, PATCH, HEAD"), "{message}");
+        }
+        // Another virtual host behind the allowed address is refused; the URL's own is let be, and left to the
+        // transport to set.
+        for host in ["internal.crm.example", "api.crm.example:8443", "localhost"] {
+            let Err(FetchError::InvalidRequest(message)) = fetch(&recorder, "GET", &[("Host", host)]).await else {
+                panic!("Host {host} must be refused");
+            };
+            assert!(message.contains("Host header must be the URL's authority (api.crm.example)"), "{message}");
+        }
+        recorder.0.lock().unwrap().clear();
+        assert_eq!(fetch(&recorder, "GET", &[("host", "API.crm.example"), ("x-a", "1")]).await, Ok(200));
+        assert_eq!(*recorder.0.lock().unwrap(), [vec![("x-a".to_string(), "1".to_string())]]);
     }
 }

@@ -9,6 +9,7 @@ mod engine;
 pub mod error;
 pub mod http_client;
 mod invocation;
+mod invocation_pool;
 mod kv_cache;
 pub mod manifest;
 pub mod pacing;

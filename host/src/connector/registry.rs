@@ -2,12 +2,18 @@
 //! found in connector directories.
 
 use super::{Connector, LoadError, Runtime};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Default, Clone)]
 pub struct ConnectorRegistry {
     connectors: Vec<Arc<Connector>>,
+    /// The ids of the built-in connectors: reserved, so that a component found in a directory cannot take
+    /// one (and with it the connections, and secrets, that flows give the built-in).
+    builtin: BTreeSet<String>,
+    /// Built-in ids the operator lets a component take.
+    overridable: BTreeSet<String>,
 }
 
 impl ConnectorRegistry {
@@ -22,9 +28,40 @@ impl ConnectorRegistry {
                 .collect();
             paths.sort();
             for path in paths {
-                self.add(runtime.load_file(&path).await.map_err(|e| with_path(&path, e))?);
+                let connector = runtime.load_file(&path).await.map_err(|e| with_path(&path, e))?;
+                self.add_component(connector).map_err(|e| LoadError::Manifest(format!("{}: {e}", path.display())))?;
             }
         }
+        Ok(())
+    }
+
+    /// Adds a built-in connector and reserves its id.
+    pub fn add_builtin(&mut self, connector: Arc<Connector>) {
+        self.builtin.insert(connector.manifest().id.clone());
+        self.add(connector);
+    }
+
+    /// Lets components take these built-in ids (`[connectors] override_builtin` in flowhost.toml).
+    pub fn allow_overrides(&mut self, ids: &[String]) {
+        self.overridable.extend(ids.iter().cloned());
+    }
+
+    /// Adds a component from outside the binary (a connector directory, a file). One whose id is a built-in
+    /// connector's is refused unless the operator allowed it; then it replaces the built-in.
+    pub fn add_component(&mut self, connector: Arc<Connector>) -> Result<(), String> {
+        let id = connector.manifest().id.clone();
+        if self.builtin.contains(&id) {
+            if !self.overridable.contains(&id) {
+                return Err(format!(
+                    "connector id {id:?} is a built-in connector's, and a component may take it only when the operator \
+                     says so (`[connectors] override_builtin = [\"{id}\"]` in flowhost.toml): give the component \
+                     another id"
+                ));
+            }
+            self.connectors.retain(|c| c.manifest().id != id);
+            self.builtin.remove(&id);
+        }
+        self.add(connector);
         Ok(())
     }
 

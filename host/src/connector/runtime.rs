@@ -6,10 +6,11 @@ use super::batcher::{BatchFuture, BatchSender, Batcher};
 use super::bindings;
 use super::component_cache::{DiskCache, LoadSource, compile_or_load, content_hash, default_cache_dir};
 use super::egress::{EgressPolicy, HostPattern};
-use super::engine::{EPOCH_TICK, build_engine, start_epoch_ticker};
+use super::engine::{build_engine, start_epoch_ticker};
 use super::error::{ConfigError, FieldError, InvokeError, LoadError};
 use super::http_client::{Fetcher, HttpClients, HttpLimits, HttpTransport};
 use super::invocation::{Invocation, InvocationContext};
+use super::invocation_pool::InvocationPool;
 use super::kv_cache::KvCache;
 use super::manifest::{Manifest, Validators};
 use super::sandbox::{ConnectionScope, LogLevel, LogLine, LogSource, SandboxLimits, StoreState};
@@ -27,7 +28,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 /// How a runtime is set up.
 #[derive(Debug, Clone)]
@@ -36,6 +37,9 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// How many instances may run at once; further invocations wait for a slot.
     pub max_instances: u32,
+    /// The threads connector code runs on, apart from the caller's async workers (see [`InvocationPool`]);
+    /// by default one per core.
+    pub invocation_threads: usize,
     pub limits: SandboxLimits,
     pub http: HttpLimits,
 }
@@ -45,6 +49,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             cache_dir: default_cache_dir(),
             max_instances: 1000,
+            invocation_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             limits: SandboxLimits::default(),
             http: HttpLimits::default(),
         }
@@ -97,6 +102,7 @@ pub(super) struct RuntimeInner {
     cache: Arc<KvCache>,
     limits: SandboxLimits,
     slots: Semaphore,
+    pool: InvocationPool,
 }
 
 impl Runtime {
@@ -147,6 +153,7 @@ impl Runtime {
                 cache: Arc::new(KvCache::default()),
                 limits: config.limits,
                 slots: Semaphore::new(config.max_instances as usize),
+                pool: InvocationPool::new(config.invocation_threads)?,
             }),
         })
     }
@@ -872,8 +879,11 @@ impl WorldPre for bindings::batch::BatchConnectorPre<StoreState> {
     }
 }
 
-/// Runs one call in a fresh instance from the pool, under the memory limit, the epoch deadline and the
-/// wall-clock timeout. A trap or a timeout drops the instance; the runtime goes on serving.
+/// Runs one call in a fresh instance from the pool, under the memory limit and the deadline, on the connector
+/// threads ([`InvocationPool`]), never on the caller's. The wasm yields to those threads on every epoch tick,
+/// and is stopped at the first tick past its deadline, read from the monotonic clock (not counted in ticks,
+/// which come late when the ticker thread is not scheduled on time). The deadline also bounds the time spent
+/// in host calls. A trap or a timeout drops the instance; the runtime goes on serving.
 pub(super) async fn run_sandboxed<P, R, F>(
     runtime: &RuntimeInner,
     pre: &P,
@@ -881,38 +891,53 @@ pub(super) async fn run_sandboxed<P, R, F>(
     call: F,
 ) -> Outcome<R>
 where
-    P: WorldPre,
-    R: Send,
-    F: for<'a> FnOnce(&'a P::Instance, &'a mut Store<StoreState>) -> CallFuture<'a, R> + Send,
+    P: WorldPre + Clone + Send + 'static,
+    R: Send + 'static,
+    F: for<'a> FnOnce(&'a P::Instance, &'a mut Store<StoreState>) -> CallFuture<'a, R> + Send + 'static,
 {
     let _slot = runtime.slots.acquire().await.expect("the instance semaphore is never closed");
     let started = Instant::now();
-    let limits = &runtime.limits;
-    let state = StoreState::new(scope, runtime.http.clone(), runtime.cache.clone(), limits);
-    let mut store = Store::new(&runtime.engine, state);
-    store.limiter(|state| &mut state.limiter);
-    store.set_epoch_deadline(limits.timeout.as_millis() as u64 / EPOCH_TICK.as_millis() as u64 + 1);
-    store.epoch_deadline_trap();
-
-    let called = tokio::time::timeout(limits.timeout, async {
-        let instance = pre.instantiate(&mut store).await?;
-        call(&instance, &mut store).await
-    })
-    .await;
-    let timeout_ms = limits.timeout.as_millis() as u64;
-    let mut state = store.into_data();
-    let result = match called {
-        Ok(Ok(value)) => Ok(value),
-        Err(_elapsed) => Err(InvokeError::Timeout { after_ms: timeout_ms }),
-        Ok(Err(error)) => Err(classify_trap(&error, &state, limits, timeout_ms)),
+    let engine = runtime.engine.clone();
+    let limits = runtime.limits.clone();
+    let state = StoreState::new(scope, runtime.http.clone(), runtime.cache.clone(), &limits);
+    let pre = pre.clone();
+    let sandboxed = async move {
+        let mut store = Store::new(&engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let deadline = started + limits.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+        });
+        let called = tokio::time::timeout_at(deadline.into(), async {
+            let instance = pre.instantiate(&mut store).await?;
+            call(&instance, &mut store).await
+        })
+        .await;
+        let timeout_ms = limits.timeout.as_millis() as u64;
+        let mut state = store.into_data();
+        let result = match called {
+            Ok(Ok(value)) => Ok(value),
+            Err(_elapsed) => Err(InvokeError::Timeout { after_ms: timeout_ms }),
+            Ok(Err(error)) => Err(classify_trap(&error, &state, &limits, timeout_ms)),
+        };
+        if let Err(error) = &result
+            && matches!(
+                error,
+                InvokeError::Timeout { .. } | InvokeError::MemoryLimit { .. } | InvokeError::Crashed { .. }
+            )
+        {
+            state.push_log(LogLevel::Error, LogSource::Host, &error.to_string());
+        }
+        let denied_egress = state.denied_egress.take();
+        Outcome { result, log: state.into_log(), duration: started.elapsed(), denied_egress }
     };
-    if let Err(error) = &result
-        && matches!(error, InvokeError::Timeout { .. } | InvokeError::MemoryLimit { .. } | InvokeError::Crashed { .. })
-    {
-        state.push_log(LogLevel::Error, LogSource::Host, &error.to_string());
-    }
-    let denied_egress = state.denied_egress.take();
-    Outcome { result, log: state.into_log(), duration: started.elapsed(), denied_egress }
+    runtime.pool.run(sandboxed).await.unwrap_or_else(|| Outcome {
+        result: Err(InvokeError::Crashed { message: "the connector runtime is shutting down".into() }),
+        log: Vec::new(),
+        duration: started.elapsed(),
+        denied_egress: None,
+    })
 }
 
 fn classify_trap(error: &wasmtime::Error, state: &StoreState, limits: &SandboxLimits, timeout_ms: u64) -> InvokeError {

@@ -451,7 +451,7 @@ impl LoadedFlow {
             CompiledAction::Connector { connection, capability, input } => {
                 trace.call = Some(format!("{connection}.{capability}"));
                 let scope = state.scope(&self.vars, frame);
-                let input = input.render(&scope).map_err(|e| expression_error(format!("input: {e}")))?;
+                let input = input.render_blocking(&scope).map_err(|e| expression_error(format!("input: {e}")))?;
                 trace.input = Some(self.redactor.redact_json(&input));
                 let (connector, connection) = &self.connections[connection];
                 let output = self.call(node, connector, connection, capability, &input, state, frame, trace).await?;
@@ -459,7 +459,7 @@ impl LoadedFlow {
             }
             CompiledAction::Condition { expression, then, otherwise } => {
                 let scope = state.scope(&self.vars, frame);
-                let value = expression.evaluate(&scope).map_err(expression_error)?;
+                let value = expression.evaluate_blocking(&scope).map_err(expression_error)?;
                 let Value::Bool(taken) = value else {
                     let message = format!("`{}` gave {value}, not true or false", expression.source());
                     return Err(expression_error(message).into());
@@ -469,7 +469,7 @@ impl LoadedFlow {
             }
             CompiledAction::ForEach { items, body_start } => {
                 let scope = state.scope(&self.vars, frame);
-                let list = match items.evaluate(&scope).map_err(expression_error)? {
+                let list = match items.evaluate_blocking(&scope).map_err(expression_error)? {
                     Value::Array(list) => list,
                     Value::Null => Vec::new(),
                     other => {
@@ -504,11 +504,11 @@ impl LoadedFlow {
             }
             CompiledAction::Emit { event, payload, fields } => {
                 let scope = state.scope(&self.vars, frame);
-                let event = match event.render(&scope).map_err(expression_error)? {
+                let event = match event.render_blocking(&scope).map_err(expression_error)? {
                     Value::String(name) if !name.is_empty() => name,
                     other => return Err(expression_error(format!("the event name evaluated to {other}")).into()),
                 };
-                let mut payload = payload.render(&scope).map_err(expression_error)?;
+                let mut payload = payload.render_blocking(&scope).map_err(expression_error)?;
                 if !fields.is_empty() {
                     let mapped = super::emit_mapping::map_fields(fields, &state.trigger)
                         .map_err(|e| expression_error(e.to_string()))?;
@@ -535,7 +535,7 @@ impl LoadedFlow {
             }
             CompiledAction::Fail { message } => {
                 let scope = state.scope(&self.vars, frame);
-                let message = match message.render(&scope).map_err(expression_error)? {
+                let message = match message.render_blocking(&scope).map_err(expression_error)? {
                     Value::String(text) => text,
                     other => other.to_string(),
                 };

@@ -2,17 +2,42 @@
 //! `trigger`, `vars`, `nodes.<id>.output`, `nodes.<id>.error`, `run`, and `item`/`index` inside forEach.
 //! A string that is exactly one expression keeps the expression's type; mixed text interpolates. No other
 //! code runs. Everything is compiled once, when a flow is loaded.
+//!
+//! CEL has no loops, but its macros (`map`, `filter`, `all`, `exists`) iterate, and nest: a quadratic `map`
+//! over 6,000 items once took 9 s and 951 MB of one of the service's async workers. So every expression runs
+//! under a cost limit ([`COST_LIMIT`], see [`guard`]), and one that iterates runs off the async workers
+//! ([`Template::render_blocking`]).
 
-use cel::common::ast::{Expr, IdedExpr};
+use cel::common::ast::{CallExpr, Expr, IdedExpr, operators};
+use cel::common::types::{CelBool, CelBytes, CelString};
+use cel::common::value::CowVal;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::sync::Arc;
+
+/// The most work one expression may do, in cost units: one per item a macro iterates over, and per value an
+/// addition (`+`) or a macro's result builds, counted deep (a list costs one plus its items' costs, a string
+/// one per 16 bytes; each field or index read counts the size of what it reads, which `cel` copies). An
+/// expression that goes past it fails, named, instead of taking seconds and gigabytes. A `map` over some
+/// thousands of items costs a few units per item, far below it.
+pub const COST_LIMIT: u64 = 250_000;
+
+/// The function [`guard`] wraps what costs in. `@` cannot start a name in CEL source, so no flow can call it
+/// or shadow it.
+const CHARGE: &str = "@charge";
+/// The function [`guard`] wraps the loop conditions of macros in ([`within_budget`]).
+const WITHIN_BUDGET: &str = "@within_budget";
 
 /// A compiled CEL expression.
 #[derive(Clone)]
 pub struct Expression {
     source: String,
     program: Arc<cel::Program>,
+    /// The program's expression with its costs charged ([`guard`]): what is evaluated.
+    guarded: Arc<IdedExpr>,
+    /// Whether it has a macro that iterates, and so is evaluated off the async workers.
+    iterates: bool,
     /// Every identifier in the expression (macro-bound ones too): the scope variables it may read.
     identifiers: Arc<[String]>,
     /// For a plain path such as `trigger.customer.id`: the variable, then the fields.
@@ -93,8 +118,155 @@ fn json_to_cel(value: &Value) -> cel::Value {
 }
 
 thread_local! {
-    /// The standard functions and macros, registered once per thread.
-    static ROOT: cel::Context<'static, 'static> = cel::Context::default();
+    /// The standard functions and macros, and [`CHARGE`], registered once per thread.
+    static ROOT: cel::Context<'static, 'static> = {
+        let mut env = cel::Env::stdlib();
+        env.add_overload(CHARGE, "charge", vec![cel::common::types::DYN_TYPE], charge)
+            .expect("`@charge` cannot clash with a standard function");
+        env.add_overload(WITHIN_BUDGET, "within_budget", vec![cel::common::types::DYN_TYPE], within_budget)
+            .expect("`@within_budget` cannot clash with a standard function");
+        cel::Context::with_env(Arc::new(env))
+    };
+    /// What the expression being evaluated on this thread may still spend; `None` once it went over.
+    static BUDGET: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Charges the size of a value (items of a list or map, or 16-byte units of a string) to the expression
+/// being evaluated, and passes the value on untouched (not converted: that would cost as much again).
+fn charge<'b, 'v>(mut args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, cel::ExecutionError> {
+    let value = args.swap_remove(0);
+    let size = value.as_sizer().map_or(0, |sizer| (*sizer.size().inner()).max(0) as u64);
+    let per_unit =
+        if value.downcast_ref::<CelString>().is_some() || value.downcast_ref::<CelBytes>().is_some() { 16 } else { 1 };
+    let cost = 1 + size / per_unit;
+    BUDGET.with(|budget| match budget.get() {
+        Some(left) if cost <= left => {
+            budget.set(Some(left - cost));
+            Ok(value)
+        }
+        _ => {
+            budget.set(None);
+            Err(cel::ExecutionError::function_error(CHARGE, "over the cost limit"))
+        }
+    })
+}
+
+/// A macro's loop condition, false once the expression went over its budget: `all` and `exists` would
+/// otherwise go on to their last item, absorbing each charge's error.
+fn within_budget<'b, 'v>(mut args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, cel::ExecutionError> {
+    if BUDGET.with(Cell::get).is_none() {
+        return Ok(CowVal::Borrowed(&CelBool::FALSE));
+    }
+    Ok(args.swap_remove(0))
+}
+
+/// The deep size of a value in cost units, counted no further than just past `cap` (a value built of shared
+/// parts can be far larger than the memory it takes).
+fn cost_of(value: &cel::Value, cap: u64) -> u64 {
+    match value {
+        cel::Value::String(text) => 1 + text.len() as u64 / 16,
+        cel::Value::Bytes(bytes) => 1 + bytes.len() as u64 / 16,
+        cel::Value::List(items) => {
+            let mut cost = 1;
+            for item in items.iter() {
+                cost += cost_of(item, cap - cost.min(cap));
+                if cost > cap {
+                    break;
+                }
+            }
+            cost
+        }
+        cel::Value::Map(map) => {
+            let mut cost = 1;
+            for item in map.map.values() {
+                cost += 1 + cost_of(item, cap - cost.min(cap));
+                if cost > cap {
+                    break;
+                }
+            }
+            cost
+        }
+        _ => 1,
+    }
+}
+
+/// `expr` with what may cost wrapped in [`CHARGE`]: the range of every macro (so each iteration is paid for,
+/// nested ones included), every value a macro appends to its result, every `+` (strings and lists grow with
+/// it), and every field or index read (`cel` copies what it reads). The accumulator's own `@result + [item]`
+/// is left as it is: `cel` recognises that shape to build the result in place. A loop condition that is not a
+/// constant (`all`, `exists`) is wrapped in [`WITHIN_BUDGET`], so that the loop stops once over.
+fn guard(expr: &mut IdedExpr) {
+    let wrap_self = match &mut expr.expr {
+        Expr::Comprehension(c) => {
+            for part in [&mut c.accu_init, &mut c.loop_cond, &mut c.loop_step, &mut c.result] {
+                guard(part);
+            }
+            guard(&mut c.iter_range);
+            wrap(&mut c.iter_range, CHARGE);
+            if !matches!(c.loop_cond.expr, Expr::Literal(_)) {
+                wrap(&mut c.loop_cond, WITHIN_BUDGET);
+            }
+            false
+        }
+        Expr::Call(call) => {
+            let appends = call.func_name == operators::ADD
+                && matches!(call.args.first().map(|a| &a.expr), Some(Expr::Ident(name)) if name.starts_with('@'));
+            if let Some(target) = &mut call.target {
+                guard(target);
+            }
+            for arg in &mut call.args {
+                guard(arg);
+            }
+            if appends {
+                if let Some(Expr::List(list)) = call.args.get_mut(1).map(|a| &mut a.expr) {
+                    list.elements.iter_mut().for_each(|e| wrap(e, CHARGE));
+                }
+                false
+            } else {
+                call.func_name == operators::ADD || call.func_name == operators::INDEX
+            }
+        }
+        Expr::List(list) => {
+            list.elements.iter_mut().for_each(guard);
+            false
+        }
+        Expr::Map(map) => {
+            for entry in &mut map.entries {
+                if let cel::common::ast::EntryExpr::MapEntry(e) = &mut entry.expr {
+                    guard(&mut e.key);
+                    guard(&mut e.value);
+                }
+            }
+            false
+        }
+        // `a.b.c` is read in one go: the chain is charged once, as a whole.
+        Expr::Select(select) if select.test => false,
+        Expr::Select(select) => {
+            if plain_path(&select.operand.expr).is_none() {
+                guard(&mut select.operand);
+            }
+            true
+        }
+        Expr::Struct(s) => {
+            for entry in &mut s.entries {
+                if let cel::common::ast::EntryExpr::StructField(f) = &mut entry.expr {
+                    guard(&mut f.value);
+                }
+            }
+            false
+        }
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => false,
+    };
+    if wrap_self {
+        wrap(expr, CHARGE);
+    }
+}
+
+/// `expr` as the argument of a call of `function`.
+fn wrap(expr: &mut IdedExpr, function: &str) {
+    let id = expr.id;
+    let inner = std::mem::replace(expr, IdedExpr { id, expr: Expr::Unspecified });
+    *expr = IdedExpr { id, expr: Expr::Call(CallExpr { func_name: function.into(), target: None, args: vec![inner] }) };
 }
 
 /// The context the expressions of one render are evaluated in. A scope variable goes into it the first time an
@@ -125,7 +297,22 @@ impl<'r, 's, 'a> Evaluation<'r, 's, 'a> {
             }
         }
         let source = &expression.source;
-        let value = expression.program.execute(&self.context).map_err(|e| format!("{source}: {e}"))?;
+        BUDGET.with(|budget| budget.set(Some(COST_LIMIT)));
+        let over_limit = || {
+            format!(
+                "{source}: over the expression cost limit ({COST_LIMIT} units: one per item iterated, and per value \
+                 built); iterate over fewer items, or nest fewer macros"
+            )
+        };
+        let value = self.context.resolve(&expression.guarded);
+        // Checked whatever the result: `all` and `exists` may have absorbed the charge's error.
+        let Some(left) = BUDGET.with(Cell::get) else { return Err(over_limit()) };
+        let value = value.map_err(|e| format!("{source}: {e}"))?;
+        // Turning a large result into JSON is work too (its parts may be shared many times over): what the
+        // budget has left pays for it.
+        if cost_of(&value, left) > left {
+            return Err(over_limit());
+        }
         value.json().map_err(|e| format!("{source}: the result cannot be expressed as JSON: {e:?}"))
     }
 }
@@ -143,9 +330,15 @@ impl Expression {
             }
         });
         let path = plain_path(&program.expression().expr).map(Arc::from);
+        let mut guarded = program.expression().clone();
+        guard(&mut guarded);
+        let mut iterates = false;
+        walk(&program.expression().expr, &mut |expr| iterates |= matches!(expr, Expr::Comprehension(_)));
         Ok(Expression {
             source: source.trim().to_string(),
             program: Arc::new(program),
+            guarded: Arc::new(guarded),
+            iterates,
             identifiers: identifiers.into(),
             path,
         })
@@ -157,6 +350,11 @@ impl Expression {
 
     pub fn evaluate(&self, scope: &Scope) -> Result<Value, String> {
         ROOT.with(|root| Evaluation::new(root, scope).evaluate(self))
+    }
+
+    /// [`Expression::evaluate`], off the async workers when the expression iterates ([`off_async_workers`]).
+    pub fn evaluate_blocking(&self, scope: &Scope) -> Result<Value, String> {
+        if self.iterates { off_async_workers(|| self.evaluate(scope)) } else { self.evaluate(scope) }
     }
 
     /// The top-level variables the expression reads (`trigger`, `nodes`, `item`, …), not counting the
@@ -379,6 +577,16 @@ impl Template {
         matches!(self, Template::Literal(_))
     }
 
+    /// [`Template::render`], off the async workers when one of its expressions iterates
+    /// ([`off_async_workers`]); other expressions are linear in their input and the cost limit bounds them.
+    pub fn render_blocking(&self, scope: &Scope) -> Result<Value, String> {
+        if self.expressions().iter().any(|(_, e)| e.iterates) {
+            off_async_workers(|| self.render(scope))
+        } else {
+            self.render(scope)
+        }
+    }
+
     pub fn render(&self, scope: &Scope) -> Result<Value, String> {
         match self {
             Template::Literal(value) => Ok(value.clone()),
@@ -446,6 +654,18 @@ impl Template {
                 }
             }
         }
+    }
+}
+
+/// Runs `work` after handing this async worker's other tasks to another thread (`block_in_place`), on a
+/// multi-thread Tokio runtime, so that the HTTP API, the store and lease renewals go on meanwhile; elsewhere
+/// (no runtime, or a current-thread one, where there is no other worker to hand them to) simply runs it.
+pub fn off_async_workers<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
     }
 }
 
@@ -623,6 +843,49 @@ mod tests {
             let error = Expression::compile(source).unwrap().evaluate(&scope).unwrap_err();
             assert_eq!(Err(error), with_cel(source), "{source}");
         }
+    }
+
+    #[test]
+    fn a_quadratic_expression_stops_at_the_cost_limit_and_a_linear_one_runs() {
+        let items: Vec<Value> = (0..6000).map(|i| json!({"sku": format!("s-{i}"), "n": i})).collect();
+        let mut scope = Scope::default();
+        scope.set_owned("trigger", json!({"items": items, "text": "x".repeat(1 << 20)}));
+        let run = |source: &str| Expression::compile(source).unwrap().evaluate(&scope);
+        // What a flow does: one pass over thousands of items.
+        assert_eq!(run("trigger.items.map(i, i.n * 2).filter(n, n % 4 == 0).size()").unwrap(), json!(3000));
+        assert_eq!(run("trigger.items.exists(i, i.sku == 's-5999')").unwrap(), json!(true));
+        let started = std::time::Instant::now();
+        for quadratic in [
+            "trigger.items.map(a, trigger.items.map(b, a.n + b.n))",
+            "trigger.items.map(a, trigger.items)",
+            "trigger.items.all(a, trigger.items.exists(b, b.n < 0) == false)",
+            "trigger.items.map(a, trigger.text + trigger.text)",
+        ] {
+            let error = run(quadratic).unwrap_err();
+            assert!(
+                error.contains(&format!("over the expression cost limit ({COST_LIMIT} units")),
+                "{quadratic}: {error}"
+            );
+            assert!(error.starts_with(quadratic), "names the expression: {error}");
+        }
+        // Each stops after the limit's worth of work, not after 36 million items and gigabytes (a generous
+        // bound: this is a debug build on a shared machine).
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+        // The budget is per expression: the next one starts afresh.
+        assert_eq!(run("trigger.items.map(i, i.n).size()").unwrap(), json!(6000));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn work_off_the_async_workers_leaves_them_free() {
+        // The runtime's one worker is handed to another thread while the work runs: a task spawned before
+        // runs meanwhile, though the work never awaits (without the hand-over it would wait 5 s, in vain).
+        let (sender, receiver) = std::sync::mpsc::channel();
+        tokio::spawn(async move { sender.send(()).unwrap() });
+        assert!(off_async_workers(|| receiver.recv_timeout(std::time::Duration::from_secs(5)).is_ok()));
+        let template = Template::compile(&json!("{{ trigger.items.map(i, i * 2) }}")).unwrap();
+        let mut scope = Scope::default();
+        scope.set_owned("trigger", json!({"items": [1, 2, 3]}));
+        assert_eq!(template.render_blocking(&scope).unwrap(), json!([2, 4, 6]));
     }
 
     #[test]

@@ -44,6 +44,7 @@
 //! dirs = []
 //! allow_private = false
 //! allowed_hosts = ["https://*.crm.example"]   # every connection, whatever flows say
+//! override_builtin = []                 # built-in ids a component in `dirs` may replace, e.g. ["mparticle"]
 //!
 //! [connections.crm]
 //! inbound_token = { secret = "CRM_INBOUND_TOKEN" }
@@ -246,11 +247,21 @@ pub struct ConnectorsSection {
     /// `allowedHosts` can narrow them, never widen them. `[connections.X] allowed_hosts` replaces it for X.
     #[serde(default)]
     pub allowed_hosts: Option<Vec<String>>,
+    /// Built-in connector ids a component in `dirs` may take (its connections then get that component);
+    /// any other built-in id is refused to such a component, so that it cannot take a built-in's secrets.
+    #[serde(default)]
+    pub override_builtin: Vec<String>,
 }
 
 impl Default for ConnectorsSection {
     fn default() -> Self {
-        ConnectorsSection { builtin: true, dirs: Vec::new(), allow_private: false, allowed_hosts: None }
+        ConnectorsSection {
+            builtin: true,
+            dirs: Vec::new(),
+            allow_private: false,
+            allowed_hosts: None,
+            override_builtin: Vec::new(),
+        }
     }
 }
 
@@ -479,6 +490,7 @@ impl ServeConfig {
             runtime,
             embedded_connectors: if self.connectors.builtin { builtin.to_vec() } else { Vec::new() },
             connector_dirs: self.connectors.dirs.iter().map(|d| self.resolve(d)).collect(),
+            override_builtin: self.connectors.override_builtin.clone(),
             allow_private: self.connectors.allow_private,
             operator_hosts: self.operator_hosts(),
             default_retry: self.retry.clone().unwrap_or_default(),
