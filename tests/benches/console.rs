@@ -118,7 +118,8 @@ fn main() {
         let flows = vec![("point-add-note.json".to_string(), FLOW.to_string())];
         let service =
             Arc::new(Service::start(host, store, &flows, Vec::new(), ServiceConfig::default()).await.unwrap());
-        let state = ApiState { service: service.clone(), max_body_bytes: 1 << 20, api_token: None };
+        let state =
+            ApiState { service: service.clone(), max_body_bytes: 1 << 20, api_token: None, metrics_token: None };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router(state)).await });

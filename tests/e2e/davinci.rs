@@ -60,6 +60,7 @@ async fn side(cache: &Path) -> Side {
         max_instances: 16,
         limits: SandboxLimits { timeout: Duration::from_secs(20), ..SandboxLimits::default() },
         http: HttpLimits::default(),
+        ..RuntimeConfig::default()
     };
     let (mut config, secrets) = emulator_host_config(&emulator.url(), runtime);
     let http: Map<String, Value> = [("baseUrl".to_string(), Value::String(emulator.url()))].into_iter().collect();

@@ -2,8 +2,8 @@
 
 mod antavo;
 mod cli;
-mod davinci;
 mod console;
+mod davinci;
 mod egress;
 mod examples;
 mod flows;

@@ -397,6 +397,7 @@ mod tests {
             connector_hosts: vec![HostPattern::parse("https://api.crm.example").unwrap()],
             connection_hosts: None,
             allow_private: false,
+            ..Default::default()
         };
         let fetcher = Fetcher::new(recorder.clone(), HttpLimits::default());
         let url = "https://api.crm.example/v1/x".to_string();

@@ -19,8 +19,8 @@
 //! 404, 409, 413 (body over the limit) or 503 (store unavailable); none of them echoes a token.
 
 pub mod config;
-pub mod limits;
 mod console;
+pub mod limits;
 mod openapi;
 
 pub use limits::{ServerLimits, serve};

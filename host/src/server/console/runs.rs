@@ -272,6 +272,8 @@ fn executions(run: &StoredRun) -> (Vec<NodeTrace>, Option<Run>) {
             duration_ms: attempts.iter().map(|a| a.duration_ms).sum(),
             attempts,
             earlier_attempts: Vec::new(),
+            throttled: Vec::new(),
+            paced_ms: 0,
             input: None,
             output: None,
             error,
