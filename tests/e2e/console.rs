@@ -292,7 +292,7 @@ async fn the_console_in_a_real_browser() {
     click(&browser, "#confirm").await;
     let row = browser.find(Locator::Css("tr[data-connection=mparticle]")).await.unwrap();
     assert_eq!(row.attr("data-state").await.unwrap().as_deref(), Some("disconnected"));
-    let (_, health) = send(client().get(format!("{base}/healthz"))).await;
+    let (_, health) = api(client().get(format!("{base}/healthz"))).await;
     assert_eq!(health["stoppedFlows"]["point-add-to-mparticle"], "mparticle", "{health}");
     visits.capture(&browser, "connections").await;
 
@@ -311,14 +311,14 @@ async fn the_console_in_a_real_browser() {
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body("csrf=x");
     assert_eq!(send(anonymous).await.0, 401);
-    let (_, health) = send(client().get(format!("{base}/healthz"))).await;
+    let (_, health) = api(client().get(format!("{base}/healthz"))).await;
     assert_eq!(health["stoppedFlows"]["point-add-to-mparticle"], "mparticle", "still disconnected: {health}");
 
     click(&browser, "tr[data-connection=mparticle] a[data-action=reconnect]").await;
     click(&browser, "#confirm").await;
     let row = browser.find(Locator::Css("tr[data-connection=mparticle]")).await.unwrap();
     assert_eq!(row.attr("data-state").await.unwrap().as_deref(), Some("connected"));
-    let (_, health) = send(client().get(format!("{base}/healthz"))).await;
+    let (_, health) = api(client().get(format!("{base}/healthz"))).await;
     assert!(health["stoppedFlows"].as_object().unwrap().is_empty(), "{health}");
     browser.goto(&format!("{base}/ui/runs/{first}")).await.unwrap();
     visits.capture(&browser, "run-retried").await;

@@ -81,9 +81,12 @@ async fn a_component_cannot_take_a_built_in_connectors_id_unless_the_operator_sa
     use flowhost::{Host, HostConfig};
     let cache = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(components::ECHO, dir.path().join("impostor.wasm")).unwrap();
-    // The echo component stands for a built-in here; the same bytes in a directory claim its id.
+    // The echo component stands for a built-in here; an impostor claims its id with other bytes (the same
+    // component with a custom section appended), while a byte-for-byte copy is the built-in itself.
     let builtin: &'static [u8] = Box::leak(std::fs::read(components::ECHO).unwrap().into_boxed_slice());
+    let mut impostor = builtin.to_vec();
+    impostor.extend_from_slice(b"\x00\x09\x08impostor");
+    std::fs::write(dir.path().join("impostor.wasm"), &impostor).unwrap();
     let config = |override_builtin: Vec<String>| HostConfig {
         runtime: flowhost::connector::RuntimeConfig {
             cache_dir: Some(cache.path().to_path_buf()),
@@ -100,4 +103,8 @@ async fn a_component_cannot_take_a_built_in_connectors_id_unless_the_operator_sa
     assert!(message.contains("override_builtin = [\"echo\"]"), "says how to allow it: {message}");
     let host = Host::new(config(vec!["echo".into()]), SecretStore::default()).await.unwrap();
     assert_eq!(host.registry().all().iter().filter(|c| c.manifest().id == "echo").count(), 1, "replaced, not added");
+    std::fs::write(dir.path().join("impostor.wasm"), builtin).unwrap();
+    let host =
+        Host::new(config(Vec::new()), SecretStore::default()).await.expect("a copy of the built-in is the built-in");
+    assert_eq!(host.registry().all().iter().filter(|c| c.manifest().id == "echo").count(), 1);
 }
