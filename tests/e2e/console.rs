@@ -113,12 +113,35 @@ impl Visits {
     }
 }
 
+/// Waits for an element: a click that submits a form may return before the next page has loaded.
+async fn element(browser: &Client, css: &str) -> fantoccini::elements::Element {
+    browser
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+}
+
 async fn text(browser: &Client, css: &str) -> String {
-    browser.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.unwrap()
+    element(browser, css).await.text().await.unwrap()
 }
 
 async fn click(browser: &Client, css: &str) {
-    browser.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.unwrap();
+    element(browser, css).await.click().await.unwrap();
+}
+
+/// Waits until the browser is at `expected` (path and query), for the same reason.
+async fn arrives_at(browser: &Client, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let path = path_of(browser).await;
+        if path == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the browser is at {path}, not {expected}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn path_of(browser: &Client) -> String {
@@ -195,6 +218,16 @@ async fn the_console_in_a_real_browser() {
         let (status, body) = send(request).await;
         assert_eq!(status, 202, "{body}");
     }
+    // The pages below show what became of both messages and of the run the first one started: wait until the
+    // inbound worker has handled them and no run is leased, so a loaded machine does not change the counts.
+    eventually(Duration::from_secs(60), "the inbound messages to be handled", || async {
+        let (_, processed) = api(client().get(format!("{base}/v1/inbound?status=processed"))).await;
+        let (_, unmatched) = api(client().get(format!("{base}/v1/inbound?status=unmatched"))).await;
+        let (_, leased) = api(client().get(format!("{base}/v1/queue?status=leased"))).await;
+        let count = |page: &serde_json::Value, key: &str| page[key].as_array().map_or(0, Vec::len);
+        count(&processed, "messages") == 1 && count(&unmatched, "messages") == 1 && count(&leased, "runs") == 0
+    })
+    .await;
 
     let output = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     std::fs::create_dir_all(&output).unwrap();
@@ -206,15 +239,15 @@ async fn the_console_in_a_real_browser() {
     // Log in: the console asks for the token; a wrong one is refused and sets no session.
     browser.goto(&format!("{base}/ui/queue")).await.unwrap();
     assert!(path_of(&browser).await.starts_with("/ui/login?next="), "{}", path_of(&browser).await);
-    browser.find(Locator::Css("#token")).await.unwrap().send_keys("not-the-token").await.unwrap();
+    element(&browser, "#token").await.send_keys("not-the-token").await.unwrap();
     click(&browser, "form button[type=submit]").await;
     assert!(text(&browser, ".notice.bad").await.contains("not the API token"));
     visits.capture(&browser, "login-refused").await;
     browser.goto(&format!("{base}/ui")).await.unwrap();
     assert!(path_of(&browser).await.starts_with("/ui/login"), "still not logged in");
-    browser.find(Locator::Css("#token")).await.unwrap().send_keys(API_TOKEN).await.unwrap();
+    element(&browser, "#token").await.send_keys(API_TOKEN).await.unwrap();
     click(&browser, "form button[type=submit]").await;
-    assert_eq!(path_of(&browser).await, "/ui");
+    arrives_at(&browser, "/ui").await;
 
     // The overview shows the queue as the store has it.
     assert_eq!(text(&browser, "[data-count=dead] .n").await, "2");
@@ -227,9 +260,9 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(browser.find_all(Locator::Css("tr[data-flow]")).await.unwrap().len(), 4);
     visits.capture(&browser, "flows").await;
     browser.goto(&format!("{base}/ui/flows/point-add-to-mparticle")).await.unwrap();
-    browser.find(Locator::Css("#flow-graph g.node[data-trigger]")).await.unwrap();
+    element(&browser, "#flow-graph g.node[data-trigger]").await;
     let node = "#flow-graph g.node[data-node=trigger_marketing_communication]";
-    let drawn = browser.find(Locator::Css(node)).await.unwrap().html(true).await.unwrap();
+    let drawn = element(&browser, node).await.html(true).await.unwrap();
     assert!(drawn.contains("mparticle.triggerMarketingCommunication"), "{drawn}");
     visits.capture(&browser, "flow").await;
     browser.goto(&format!("{base}/ui/mappings")).await.unwrap();
@@ -242,13 +275,13 @@ async fn the_console_in_a_real_browser() {
 
     // A failed run: its node is red on the graph, and the page says why.
     browser.goto(&format!("{base}/ui/runs/{first}")).await.unwrap();
-    browser.find(Locator::Css("#run-graph g.node.failed[data-node=trigger_marketing_communication]")).await.unwrap();
+    element(&browser, "#run-graph g.node.failed[data-node=trigger_marketing_communication]").await;
     assert!(text(&browser, "#last-error").await.contains("transient"), "the error is shown");
     assert!(text(&browser, "li[data-timeline-node=trigger_marketing_communication]").await.contains("503"));
     visits.capture(&browser, "run-failed").await;
     // The run behind it says so and links to it.
     browser.goto(&format!("{base}/ui/runs/{second}")).await.unwrap();
-    let behind = browser.find(Locator::Css("#held-behind a")).await.unwrap();
+    let behind = element(&browser, "#held-behind a").await;
     assert_eq!(behind.attr("href").await.unwrap().as_deref(), Some(format!("/ui/runs/{first}").as_str()));
     // The workflow logs, filtered, and a customer's page.
     browser.goto(&format!("{base}/ui/runs?status=dead")).await.unwrap();
@@ -269,7 +302,7 @@ async fn the_console_in_a_real_browser() {
     click(&browser, &format!("tr[data-run=\"{third}\"] a[data-action=retry]")).await;
     visits.capture(&browser, "queue-confirm").await;
     click(&browser, "#confirm").await;
-    assert_eq!(path_of(&browser).await, "/ui/queue?done=retried&n=1");
+    arrives_at(&browser, "/ui/queue?done=retried&n=1").await;
     eventually(Duration::from_secs(30), "cust-b's run to reach mParticle", || async {
         delivered_points(&handle.batches()).contains(&("cust-b".to_string(), 5))
     })
@@ -290,7 +323,7 @@ async fn the_console_in_a_real_browser() {
     assert!(text(&browser, ".confirm").await.contains("What is kept"));
     visits.capture(&browser, "disconnect-confirm").await;
     click(&browser, "#confirm").await;
-    let row = browser.find(Locator::Css("tr[data-connection=mparticle]")).await.unwrap();
+    let row = element(&browser, "tr[data-connection=mparticle]").await;
     assert_eq!(row.attr("data-state").await.unwrap().as_deref(), Some("disconnected"));
     let (_, health) = api(client().get(format!("{base}/healthz"))).await;
     assert_eq!(health["stoppedFlows"]["point-add-to-mparticle"], "mparticle", "{health}");
@@ -316,7 +349,7 @@ async fn the_console_in_a_real_browser() {
 
     click(&browser, "tr[data-connection=mparticle] a[data-action=reconnect]").await;
     click(&browser, "#confirm").await;
-    let row = browser.find(Locator::Css("tr[data-connection=mparticle]")).await.unwrap();
+    let row = element(&browser, "tr[data-connection=mparticle]").await;
     assert_eq!(row.attr("data-state").await.unwrap().as_deref(), Some("connected"));
     let (_, health) = api(client().get(format!("{base}/healthz"))).await;
     assert!(health["stoppedFlows"].as_object().unwrap().is_empty(), "{health}");
