@@ -50,7 +50,7 @@ impl Default for Pacing {
 
 impl Pacing {
     /// `enabled` false: connections are never paced (refusals are still counted), so that each run resends on
-    /// its own schedule — for comparison (`flowhost bench --mparticle-limit N` runs both).
+    /// its own schedule — for comparison (the rate-limit bench runs both).
     pub fn new(enabled: bool) -> Self {
         Pacing { enabled, pacers: Mutex::new(HashMap::new()) }
     }

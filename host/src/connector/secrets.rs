@@ -357,14 +357,14 @@ mod tests {
 
     #[test]
     fn a_restricted_store_resolves_only_what_the_operator_allows() {
-        let store = SecretStore::from_pairs([("MPARTICLE_KEY", "k1"), ("OTHER", "o1")]);
+        let store = SecretStore::from_pairs([("CRM_KEY", "k1"), ("OTHER", "o1")]);
         // The file's names alone, without an allow-list; never the environment unless enabled.
         let flows = store.restricted(None, true);
         assert_eq!(flows.get("OTHER").unwrap().expose_secret(), "o1");
         assert_eq!(flows.lookup("PATH").unwrap_err(), SecretMissing::NotAllowed);
         // With an allow-list: the names and prefixes on it.
-        let flows = store.restricted(Some(vec!["MPARTICLE_*".into(), "MISSING".into()]), false);
-        assert_eq!(flows.get("MPARTICLE_KEY").unwrap().expose_secret(), "k1");
+        let flows = store.restricted(Some(vec!["CRM_*".into(), "MISSING".into()]), false);
+        assert_eq!(flows.get("CRM_KEY").unwrap().expose_secret(), "k1");
         assert_eq!(flows.lookup("OTHER").unwrap_err(), SecretMissing::NotAllowed);
         assert_eq!(flows.lookup("MISSING").unwrap_err(), SecretMissing::NotSet);
         // The environment only when the operator enables it, and only for allowed names.

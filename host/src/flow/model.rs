@@ -146,7 +146,7 @@ pub struct Node {
 /// Where a console draws a node. Other keys a console keeps are allowed and kept; nothing runs differently.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeUi {
-    /// The node's position on the canvas, in the canvas's units (e.g. as a DaVinci export had it).
+    /// The node's position on the canvas, in the canvas's units (e.g. as an imported flow had it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<UiPosition>,
     /// Anything else a console keeps about the node.

@@ -44,7 +44,7 @@
 //! dirs = []
 //! allow_private = false
 //! allowed_hosts = ["https://*.crm.example"]   # every connection, whatever flows say
-//! override_builtin = []                 # built-in ids a component in `dirs` may replace, e.g. ["mparticle"]
+//! override_builtin = []                 # built-in ids a component in `dirs` may replace, e.g. ["crm"]
 //!
 //! [connections.crm]
 //! inbound_token = { secret = "CRM_INBOUND_TOKEN" }
@@ -284,7 +284,7 @@ pub struct ConnectionSection {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsSection {
-    /// The names flows may reference; a name ending in `*` is a prefix (`"MPARTICLE_*"`). Without it, the names
+    /// The names flows may reference; a name ending in `*` is a prefix (`"CRM_*"`). Without it, the names
     /// the secrets file (`--secrets-file`) defines.
     #[serde(default)]
     pub allow: Option<Vec<String>>,

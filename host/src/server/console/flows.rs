@@ -321,7 +321,7 @@ mod tests {
         assert!(source_of(&json!("{{ trigger.a + 1 }}")).into_string().starts_with("expression"));
         assert!(source_of(&json!("gold")).into_string().starts_with("literal"));
         assert!(inbound_source(&json!("{coupon_code}")).into_string().contains("field"));
-        assert!(inbound_source(&json!("mparticle")).into_string().contains("literal"));
+        assert!(inbound_source(&json!("crm")).into_string().contains("literal"));
         assert!(inbound_source(&json!("{}")).into_string().contains("literal"));
     }
 
