@@ -132,11 +132,12 @@ async fn three_processes_on_one_postgresql_lose_nothing_duplicate_nothing_and_ke
     })
     .await;
     // The operator's view of the same queue, from the command line: nothing queued, leased, held or dead.
-    let listed = std::process::Command::new(crate::serve::flowhost_bin())
-        .args(["queue", "list", "--json", "--store", &url])
-        .env_remove("FLOWHOST_STORE")
-        .output()
-        .unwrap();
+    let listed = crate::output_within(
+        std::process::Command::new(crate::serve::flowhost_bin())
+            .args(["queue", "list", "--json", "--store", &url])
+            .env_remove("FLOWHOST_STORE"),
+        Duration::from_secs(120),
+    );
     assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
     assert_eq!(serde_json::from_slice::<Value>(&listed.stdout).unwrap(), json!([]));
     let delivered = delivered_points(&handle.batches());
@@ -195,14 +196,15 @@ async fn an_unreachable_database_stops_serve_at_start_naming_host_and_port_but_n
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let emulator = mparticle_emulator::start(EmulatorConfig::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let service = ServiceDir::new(&emulator, &[("point-add.json", repo_flow("point-add-to-mparticle.json"))], "");
-    let output = std::process::Command::new(crate::serve::flowhost_bin())
-        .args(["serve", "--config"])
-        .arg(service.config())
-        .args(["--store", &format!("postgres://flowhost:hunter2@127.0.0.1:{port}/flowhost")])
-        .env_remove("FLOWHOST_STORE")
-        .env("MPARTICLE_INBOUND_TOKEN", "token")
-        .output()
-        .unwrap();
+    let output = crate::output_within(
+        std::process::Command::new(crate::serve::flowhost_bin())
+            .args(["serve", "--config"])
+            .arg(service.config())
+            .args(["--store", &format!("postgres://flowhost:hunter2@127.0.0.1:{port}/flowhost")])
+            .env_remove("FLOWHOST_STORE")
+            .env("MPARTICLE_INBOUND_TOKEN", "token"),
+        Duration::from_secs(120),
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("cannot connect to the PostgreSQL server at 127.0.0.1:{port}")), "{stderr}");

@@ -102,7 +102,7 @@ fn refused_start(config: &std::path::Path, env: &[(&str, &str)]) -> String {
     for (name, value) in env {
         command.env(name, value);
     }
-    let output = command.output().unwrap();
+    let output = crate::output_within(&mut command, Duration::from_secs(120));
     let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(!output.status.success(), "serve started: {said}");
     assert!(!said.contains("serving on"), "{said}");
