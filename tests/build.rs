@@ -13,6 +13,7 @@ const COMPONENTS: &[&str] = &[
     "panic",
     "signed_webhook",
     "hostile_inbound",
+    "flood",
     "mparticle_connector",
 ];
 

@@ -2,7 +2,10 @@
 //! a good call.
 
 use crate::{connect, context, load, test_runtime};
-use flowhost::connector::{ConnectionOptions, ErrorKind, Runtime, SecretStore};
+use flowhost::connector::{
+    CacheLimits, ConnectionOptions, ErrorKind, Invocation, LogLevel, LogSource, Runtime, RuntimeConfig, SandboxLimits,
+    SecretStore,
+};
 use flowhost_tests::components;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -55,6 +58,136 @@ async fn stack_overflow_crashes_cleanly() {
 #[tokio::test]
 async fn panic_reports_its_message() {
     assert_hostile(components::PANIC, ErrorKind::Crashed, "the connector exploded on purpose").await;
+}
+
+/// A runtime like [`test_runtime`]'s with the size limits `limits` sets.
+fn runtime_with(limits: impl FnOnce(&mut SandboxLimits)) -> (Runtime, tempfile::TempDir) {
+    let cache = tempfile::tempdir().unwrap();
+    let mut config = RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        max_instances: 16,
+        limits: SandboxLimits { memory_bytes: 32 << 20, timeout: DEADLINE, ..SandboxLimits::default() },
+        ..RuntimeConfig::default()
+    };
+    limits(&mut config.limits);
+    (Runtime::new(config).unwrap(), cache)
+}
+
+/// Calls a capability of the `flood` component on a connection of its own.
+async fn flood(runtime: &Runtime, connection: &str, capability: &str, input: serde_json::Value) -> Invocation {
+    let connector = load(runtime, components::FLOOD).await;
+    let connection =
+        connector.connection(connection, &json!({}), &SecretStore::default(), &Default::default()).unwrap();
+    connector.invoke(&connection, capability, &input, &context(capability)).await
+}
+
+fn host_lines(invocation: &Invocation, level: LogLevel) -> Vec<&str> {
+    invocation
+        .log
+        .iter()
+        .filter(|line| line.source == LogSource::Host && line.level == level)
+        .map(|line| line.message.as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_output_over_the_limit_fails_with_output_too_large_and_is_not_kept() {
+    let (runtime, _cache) = runtime_with(|_| {});
+    // 5 MiB, over the default of 4 MiB.
+    let invocation = flood(&runtime, "big", "hugeOutput", json!({"bytes": 5 << 20})).await;
+    let error = invocation.result.as_ref().expect_err("refused");
+    assert_eq!(error.kind(), ErrorKind::OutputTooLarge, "{error}");
+    assert!(!error.kind().is_retryable());
+    let message = error.to_string();
+    assert!(message.contains("output is 5.0 MiB, over the limit of 4 MiB (max_output_bytes)"), "{message}");
+    assert!(host_lines(&invocation, LogLevel::Error).contains(&message.as_str()), "{:?}", invocation.log);
+    assert!(invocation.log.iter().all(|line| line.message.len() < 1024), "nothing of the output is kept");
+    // Under the limit, the same capability works.
+    let fits = flood(&runtime, "big", "hugeOutput", json!({"bytes": 1 << 20})).await;
+    assert_eq!(fits.result.unwrap()["data"].as_str().unwrap().len(), 1 << 20);
+    assert_serves_good_call(&runtime).await;
+}
+
+#[tokio::test]
+async fn an_error_over_the_limit_fails_with_output_too_large_not_as_the_kind_it_claims() {
+    let (runtime, _cache) = runtime_with(|_| {});
+    for (kind, claimed) in [("transient", "transient error"), ("permanent", "permanent error")] {
+        let invocation = flood(&runtime, "errors", "hugeError", json!({"bytes": 1 << 20, "kind": kind})).await;
+        let error = invocation.result.expect_err("refused");
+        assert_eq!(error.kind(), ErrorKind::OutputTooLarge, "not retried as {kind}: {error}");
+        let message = error.to_string();
+        assert!(message.contains(&format!("{claimed} is 1 MiB")), "{message}");
+        assert!(
+            message.contains("over the limit of 64 KiB (max_error_bytes)") && !message.contains("eee"),
+            "{message}"
+        );
+    }
+    let small = flood(&runtime, "errors", "hugeError", json!({"bytes": 1000, "kind": "transient"})).await;
+    assert_eq!(small.result.unwrap_err().kind(), ErrorKind::Transient, "an error within the limit keeps its kind");
+    assert_serves_good_call(&runtime).await;
+}
+
+#[tokio::test]
+async fn output_and_error_limits_are_the_embedders_to_set() {
+    let (runtime, _cache) = runtime_with(|limits| {
+        limits.max_output_bytes = 1024;
+        limits.max_error_bytes = 100;
+    });
+    let output = flood(&runtime, "small", "hugeOutput", json!({"bytes": 2000})).await.result.unwrap_err();
+    assert!(output.to_string().contains("over the limit of 1 KiB (max_output_bytes)"), "{output}");
+    let error = flood(&runtime, "small", "hugeError", json!({"bytes": 101, "kind": "invalid-input"})).await;
+    let error = error.result.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::OutputTooLarge);
+    assert!(error.to_string().contains("invalid-input error is 114 bytes, over the limit of 100 bytes"), "{error}");
+    assert!(flood(&runtime, "small", "hugeOutput", json!({"bytes": 1000})).await.result.is_ok());
+}
+
+#[tokio::test]
+async fn a_flooded_cache_keeps_its_bounds_drops_the_writes_past_them_and_says_so() {
+    // The case: 4 MiB keys, then 4 MiB values; none is stored under the default limits.
+    let (runtime, _cache) = runtime_with(|_| {});
+    let keys = flood(&runtime, "keys", "floodCache", json!({"keys": 32, "keyBytes": 4 << 20, "valueBytes": 1})).await;
+    assert_eq!(keys.result.as_ref().unwrap()["kept"], 0);
+    let refused = host_lines(&keys, LogLevel::Warn);
+    assert!(
+        refused[0].contains("a key of 4 MiB is longer than the limit of 1 KiB (cache_max_key_bytes)"),
+        "{refused:?}"
+    );
+    assert!(refused[0].ends_with("the write was dropped"), "{refused:?}");
+    let values = flood(&runtime, "values", "floodCache", json!({"keys": 32, "valueBytes": 4 << 20})).await;
+    assert_eq!(values.result.as_ref().unwrap()["kept"], 0);
+    assert!(host_lines(&values, LogLevel::Warn)[0].contains("(cache_max_value_bytes)"));
+
+    // Under a total of 1 MiB per connection, 60 KiB values: the first 17 fit, the rest are dropped.
+    let (runtime, _cache) = runtime_with(|limits| {
+        limits.cache = CacheLimits { max_bytes: 1 << 20, ..CacheLimits::default() };
+    });
+    let flooded = flood(&runtime, "flooded", "floodCache", json!({"keys": 100, "valueBytes": 60 * 1024})).await;
+    let kept = flooded.result.as_ref().unwrap();
+    assert_eq!(kept["kept"], 17, "{kept}");
+    assert!(kept["keptBytes"].as_u64().unwrap() <= 1 << 20);
+    let refused = host_lines(&flooded, LogLevel::Warn);
+    assert_eq!(refused.len(), 83, "one line per dropped write");
+    assert!(refused[0].contains("holds 1020.1 KiB of its limit of 1 MiB (cache_max_bytes)"), "{refused:?}");
+    // Another connection has its own room.
+    let other = flood(&runtime, "other", "floodCache", json!({"keys": 10, "valueBytes": 60 * 1024})).await;
+    assert_eq!(other.result.unwrap()["kept"], 10);
+    assert_serves_good_call(&runtime).await;
+}
+
+#[tokio::test]
+async fn stdout_and_stderr_past_the_log_limit_are_cut_not_fatal() {
+    let (runtime, _cache) = runtime_with(|_| {});
+    // 1 MiB to each stream: 16 times the 64 KiB that used to end the call.
+    let invocation = flood(&runtime, "chatty", "floodStdout", json!({"bytes": 1 << 20})).await;
+    assert_eq!(invocation.result.as_ref().expect("the call succeeds")["lines"], 10485);
+    let cut = host_lines(&invocation, LogLevel::Warn);
+    assert_eq!(cut.len(), 2, "{cut:?}");
+    assert!(cut[0].starts_with("stdout cut at 64 KiB (max_log_bytes): the next 960"), "{cut:?}");
+    assert!(cut[1].starts_with("stderr cut at 64 KiB"), "{cut:?}");
+    let kept: usize = invocation.log.iter().filter(|l| l.source == LogSource::Stdout).map(|l| l.message.len()).sum();
+    assert!(kept > 0 && kept <= 64 * 1024, "the first bytes are kept: {kept}");
+    assert_serves_good_call(&runtime).await;
 }
 
 #[tokio::test]

@@ -195,7 +195,13 @@ fn context(node: &str, n: u32) -> InvocationContext {
 
 /// Whether an error means the connector broke down rather than answered.
 fn broke(error: &InvokeError) -> bool {
-    matches!(error, InvokeError::Crashed { .. } | InvokeError::Timeout { .. } | InvokeError::MemoryLimit { .. })
+    matches!(
+        error,
+        InvokeError::Crashed { .. }
+            | InvokeError::Timeout { .. }
+            | InvokeError::MemoryLimit { .. }
+            | InvokeError::OutputTooLarge { .. }
+    )
 }
 
 impl Suite {

@@ -46,6 +46,8 @@ pub enum ErrorKind {
     EgressDenied,
     /// The capability does not exist in this connector.
     UnknownCapability,
+    /// The connector returned an output or an error larger than the host accepts; it was not kept.
+    OutputTooLarge,
 }
 
 impl ErrorKind {
@@ -68,6 +70,7 @@ impl ErrorKind {
             ErrorKind::Crashed => "crashed",
             ErrorKind::EgressDenied => "egress-denied",
             ErrorKind::UnknownCapability => "unknown-capability",
+            ErrorKind::OutputTooLarge => "output-too-large",
         }
     }
 }
@@ -107,6 +110,12 @@ pub enum InvokeError {
     EgressDenied { message: String },
     #[error("unknown capability {capability:?}; the connector offers: {offered}")]
     UnknownCapability { capability: String, offered: String },
+    /// `what` is `output`, or the kind of the connector's error (`transient error`); `limit` names the setting.
+    #[error(
+        "the connector's {what} is {}, over the limit of {} ({limit}); it was refused, not kept",
+        crate::ByteSize(*size_bytes), crate::ByteSize(*limit_bytes)
+    )]
+    OutputTooLarge { what: String, size_bytes: u64, limit_bytes: u64, limit: String },
 }
 
 fn join(errors: &[FieldError]) -> String {
@@ -128,6 +137,7 @@ impl InvokeError {
             InvokeError::Crashed { .. } => ErrorKind::Crashed,
             InvokeError::EgressDenied { .. } => ErrorKind::EgressDenied,
             InvokeError::UnknownCapability { .. } => ErrorKind::UnknownCapability,
+            InvokeError::OutputTooLarge { .. } => ErrorKind::OutputTooLarge,
         }
     }
 

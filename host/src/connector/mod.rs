@@ -25,6 +25,7 @@ pub use component_cache::LoadSource;
 pub use error::{ConfigError, ErrorKind, FieldError, InvokeError, LoadError};
 pub use http_client::{FetchError, FetchRequest, FetchResponse, HttpLimits, HttpTransport, TransportFuture};
 pub use invocation::{Invocation, InvocationContext};
+pub use kv_cache::CacheLimits;
 pub use manifest::{CapabilityInfo, ConnectionProperty, Manifest, unwrap_davinci};
 pub use registry::ConnectorRegistry;
 pub use runtime::{

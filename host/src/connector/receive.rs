@@ -51,7 +51,7 @@ impl Connector {
             Box::pin(async move { instance.flowhost_connector_inbound().call_receive(store, &config, &request).await })
         })
         .await;
-        flatten(outcome, connection.redactor(), received)
+        flatten(outcome, connection.redactor(), &self.runtime.limits, received)
     }
 }
 

@@ -100,7 +100,7 @@ pub(super) struct RuntimeInner {
     loaded: Mutex<HashMap<String, Weak<Connector>>>,
     http: Arc<Fetcher>,
     cache: Arc<KvCache>,
-    limits: SandboxLimits,
+    pub(super) limits: SandboxLimits,
     slots: Semaphore,
     pool: InvocationPool,
 }
@@ -150,7 +150,7 @@ impl Runtime {
                 disk,
                 loaded: Mutex::new(HashMap::new()),
                 http,
-                cache: Arc::new(KvCache::default()),
+                cache: Arc::new(KvCache::new(config.limits.cache.clone())),
                 limits: config.limits,
                 slots: Semaphore::new(config.max_instances as usize),
                 pool: InvocationPool::new(config.invocation_threads)?,
@@ -545,7 +545,7 @@ impl Connector {
             Box::pin(async move { instance.call_check(store, &config).await })
         })
         .await;
-        flatten(outcome, connection.redactor(), |()| Ok(()))
+        flatten(outcome, connection.redactor(), &self.runtime.limits, |()| Ok(()))
     }
 
     /// Validates the input, then invokes a capability in a fresh instance.
@@ -580,7 +580,8 @@ impl Connector {
             Box::pin(async move { instance.call_invoke(store, &capability, &config, &input, &context).await })
         })
         .await;
-        flatten(outcome, connection.redactor(), parse_output)
+        let limits = &self.runtime.limits;
+        flatten(outcome, connection.redactor(), limits, |output| parse_output(output, limits))
     }
 
     /// Whether concurrent calls of `capability` share invocations (`invoke-batch`): the component exports the
@@ -699,7 +700,7 @@ impl Connector {
             }
             return results.into_iter().flatten().collect();
         }
-        let mut outputs = split_batch(outcome, sent, connection.redactor()).into_iter();
+        let mut outputs = split_batch(outcome, sent, connection.redactor(), &self.runtime.limits).into_iter();
         results
             .into_iter()
             .map(|result| result.unwrap_or_else(|| outputs.next().expect("one result per item sent")))
@@ -715,6 +716,7 @@ impl Connector {
 
     pub(super) fn scope(&self, connection: &Connection) -> ConnectionScope {
         ConnectionScope {
+            connection: connection.name.clone(),
             egress: connection.egress.clone(),
             cache_scope: Some(connection.cache_scope.clone()),
             redactor: connection.redactor.clone(),
@@ -762,7 +764,16 @@ fn wit_context(context: &InvocationContext) -> bindings::types::InvocationContex
     }
 }
 
-fn parse_output(output: String) -> Result<Value, InvokeError> {
+/// The output of one call as JSON, unless it is larger than the host accepts (checked before it is parsed).
+fn parse_output(output: String, limits: &SandboxLimits) -> Result<Value, InvokeError> {
+    if output.len() > limits.max_output_bytes {
+        return Err(InvokeError::OutputTooLarge {
+            what: "output".into(),
+            size_bytes: output.len() as u64,
+            limit_bytes: limits.max_output_bytes as u64,
+            limit: "max_output_bytes".into(),
+        });
+    }
     serde_json::from_str(&output).map_err(|e| InvokeError::Crashed {
         message: format!("the connector broke the contract: its output is not valid JSON ({e})"),
     })
@@ -774,6 +785,7 @@ fn split_batch(
     outcome: Outcome<Vec<Result<String, bindings::types::ConnectorError>>>,
     items: usize,
     redactor: &Redactor,
+    limits: &SandboxLimits,
 ) -> Vec<Invocation> {
     let Outcome { result, log, duration, denied_egress } = outcome;
     let results: Vec<Result<Value, InvokeError>> = match result {
@@ -783,7 +795,8 @@ fn split_batch(
                 flatten(
                     Outcome { result: Ok(result), log: Vec::new(), duration, denied_egress: denied_egress.clone() },
                     redactor,
-                    parse_output,
+                    limits,
+                    |output| parse_output(output, limits),
                 )
                 .result
             })
@@ -801,7 +814,12 @@ fn split_batch(
 }
 
 fn deny_all_scope() -> ConnectionScope {
-    ConnectionScope { egress: Arc::new(EgressPolicy::deny_all()), cache_scope: None, redactor: Arc::default() }
+    ConnectionScope {
+        connection: String::new(),
+        egress: Arc::new(EgressPolicy::deny_all()),
+        cache_scope: None,
+        redactor: Arc::default(),
+    }
 }
 
 /// What `run_sandboxed` reports besides the call's own result.
@@ -813,10 +831,12 @@ pub(super) struct Outcome<R> {
     denied_egress: Option<String>,
 }
 
-/// Maps a connector's own error, and the host's knowledge of refused egress, onto the invocation result.
+/// Maps a connector's own error, and the host's knowledge of refused egress, onto the invocation result. An
+/// output or error over its limit is refused here, before anything keeps it (the log says so).
 pub(super) fn flatten<R, T>(
     outcome: Outcome<Result<R, bindings::types::ConnectorError>>,
     redactor: &Redactor,
+    limits: &SandboxLimits,
     convert: impl FnOnce(R) -> Result<T, InvokeError>,
 ) -> Invocation<T> {
     let result = match (outcome.result, outcome.denied_egress) {
@@ -824,10 +844,41 @@ pub(super) fn flatten<R, T>(
         // A refused request explains the failure better than whatever the connector made of it, and must
         // not be retried as if it were transient.
         (Ok(Err(_)), Some(reason)) => Err(InvokeError::EgressDenied { message: reason }),
-        (Ok(Err(error)), None) => Err(connector_error(error, redactor)),
+        (Ok(Err(error)), None) => match error_too_large(&error, limits) {
+            Some(too_large) => Err(too_large),
+            None => Err(connector_error(error, redactor)),
+        },
         (Err(error), _) => Err(error),
     };
-    Invocation { result, log: outcome.log, duration: outcome.duration }
+    let mut log = outcome.log;
+    if let Err(error @ InvokeError::OutputTooLarge { .. }) = &result {
+        let at_ms = outcome.duration.as_millis() as u64;
+        log.push(LogLine { at_ms, level: LogLevel::Error, source: LogSource::Host, message: error.to_string() });
+    }
+    Invocation { result, log, duration: outcome.duration }
+}
+
+/// A connector error larger than the host accepts becomes `output-too-large`, its text dropped unread: it must
+/// not be kept, nor retried as the kind it claimed.
+fn error_too_large(error: &bindings::types::ConnectorError, limits: &SandboxLimits) -> Option<InvokeError> {
+    use bindings::types::ConnectorError as E;
+    let (kind, size) = match error {
+        E::InvalidInput(errors) => {
+            ("invalid-input", errors.iter().map(|e| e.pointer.len() + e.message.len()).sum::<usize>())
+        }
+        E::InvalidConfig(message) => ("invalid-config", message.len()),
+        E::Unauthorized(message) => ("unauthorized", message.len()),
+        E::NotFound(message) => ("not-found", message.len()),
+        E::RateLimited(limit) => ("rate-limited", limit.message.len()),
+        E::Transient(message) => ("transient", message.len()),
+        E::Permanent(failure) => ("permanent", failure.message.len() + failure.body.len()),
+    };
+    (size > limits.max_error_bytes).then(|| InvokeError::OutputTooLarge {
+        what: format!("{kind} error"),
+        size_bytes: size as u64,
+        limit_bytes: limits.max_error_bytes as u64,
+        limit: "max_error_bytes".into(),
+    })
 }
 
 fn connector_error(error: bindings::types::ConnectorError, redactor: &Redactor) -> InvokeError {
@@ -984,7 +1035,7 @@ mod tests {
     #[test]
     fn a_batch_gives_each_item_its_own_result_and_the_shared_log() {
         let results = vec![Ok("{\"n\":1}".to_string()), Err(ConnectorError::Transient("busy".into()))];
-        let split = split_batch(outcome(Ok(results)), 2, &Redactor::default());
+        let split = split_batch(outcome(Ok(results)), 2, &Redactor::default(), &SandboxLimits::default());
         assert_eq!(split[0].result.as_ref().unwrap(), &serde_json::json!({"n": 1}));
         assert_eq!(split[1].result.as_ref().unwrap_err().kind(), super::super::ErrorKind::Transient);
         assert!(split.iter().all(|i| i.log.len() == 1 && i.duration == Duration::from_millis(3)));
@@ -992,7 +1043,8 @@ mod tests {
 
     #[test]
     fn a_batch_with_the_wrong_number_of_results_breaks_the_contract_for_every_item() {
-        let split = split_batch(outcome(Ok(vec![Ok("{}".to_string())])), 3, &Redactor::default());
+        let split =
+            split_batch(outcome(Ok(vec![Ok("{}".to_string())])), 3, &Redactor::default(), &SandboxLimits::default());
         assert_eq!(split.len(), 3);
         for invocation in split {
             let error = invocation.result.unwrap_err();
@@ -1002,13 +1054,55 @@ mod tests {
 
     #[test]
     fn a_batch_that_trapped_fails_every_item_with_the_trap() {
-        let split = split_batch(outcome(Err(InvokeError::Timeout { after_ms: 10 })), 2, &Redactor::default());
+        let split = split_batch(
+            outcome(Err(InvokeError::Timeout { after_ms: 10 })),
+            2,
+            &Redactor::default(),
+            &SandboxLimits::default(),
+        );
         assert!(split.iter().all(|i| matches!(i.result, Err(InvokeError::Timeout { after_ms: 10 }))));
     }
 
     #[test]
+    fn an_output_or_error_over_its_limit_is_refused_with_its_size_and_the_limits_name() {
+        let limits = SandboxLimits { max_output_bytes: 16, max_error_bytes: 8, ..SandboxLimits::default() };
+        let results = vec![
+            Ok(format!("{{\"a\":\"{}\"}}", "x".repeat(20))),
+            Ok("{\"a\":1}".to_string()),
+            Err(ConnectorError::Transient("busy, busy, busy".into())),
+            Err(ConnectorError::Permanent(bindings::types::Failure {
+                status: Some(400),
+                message: "no".into(),
+                body: "x".repeat(7),
+            })),
+        ];
+        let split = split_batch(outcome(Ok(results)), 4, &Redactor::default(), &limits);
+        let error = split[0].result.as_ref().unwrap_err();
+        assert_eq!(error.kind(), super::super::ErrorKind::OutputTooLarge);
+        assert!(!error.kind().is_retryable());
+        assert_eq!(
+            error.to_string(),
+            "the connector's output is 28 bytes, over the limit of 16 bytes (max_output_bytes); it was refused, not kept"
+        );
+        assert_eq!(split[1].result.as_ref().unwrap(), &serde_json::json!({"a": 1}), "items within the limit pass");
+        let error = split[2].result.as_ref().unwrap_err();
+        assert_eq!(error.kind(), super::super::ErrorKind::OutputTooLarge, "not retried as transient");
+        assert!(
+            error.to_string().contains("transient error is 16 bytes") && error.to_string().contains("max_error_bytes")
+        );
+        assert!(!error.to_string().contains("busy"), "the refused text is not kept");
+        let error = split[3].result.as_ref().unwrap_err();
+        assert!(error.to_string().contains("permanent error is 9 bytes"), "message and body count: {error}");
+    }
+
+    #[test]
     fn output_that_is_not_json_breaks_the_contract() {
-        let split = split_batch(outcome(Ok(vec![Ok("not json".to_string())])), 1, &Redactor::default());
+        let split = split_batch(
+            outcome(Ok(vec![Ok("not json".to_string())])),
+            1,
+            &Redactor::default(),
+            &SandboxLimits::default(),
+        );
         assert!(split[0].result.as_ref().unwrap_err().to_string().contains("not valid JSON"));
     }
 }

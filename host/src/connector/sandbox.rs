@@ -5,14 +5,18 @@
 use super::bindings::{cache, http, log, types};
 use super::egress::EgressPolicy;
 use super::http_client::{FetchError, FetchRequest, Fetcher};
-use super::kv_cache::KvCache;
+use super::kv_cache::{CacheLimits, KvCache};
 use super::secrets::Redactor;
+use crate::ByteSize;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use url::Url;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// How bad a log line is.
@@ -59,18 +63,36 @@ pub struct SandboxLimits {
     pub memory_bytes: usize,
     /// Wall-clock budget of one invocation, host calls included.
     pub timeout: Duration,
-    /// Bytes of log (stdout, stderr and `log`) kept per invocation.
+    /// Bytes of log (stdout, stderr and `log`) kept per invocation; stdout and stderr are each cut there too
+    /// (what follows is dropped, not an error).
     pub max_log_bytes: usize,
+    /// The largest output (JSON text) of an `invoke`, or of one item of an `invoke-batch`, the host accepts:
+    /// a larger one fails the call with `output-too-large` and is not kept.
+    pub max_output_bytes: usize,
+    /// The largest `connector-error` (its messages, field errors and body together) the host accepts: a
+    /// larger one fails the call with `output-too-large` instead and is not kept.
+    pub max_error_bytes: usize,
+    /// The bounds of each connection's `cache`.
+    pub cache: CacheLimits,
 }
 
 impl Default for SandboxLimits {
     fn default() -> Self {
-        SandboxLimits { memory_bytes: 64 << 20, timeout: Duration::from_secs(30), max_log_bytes: 64 * 1024 }
+        SandboxLimits {
+            memory_bytes: 64 << 20,
+            timeout: Duration::from_secs(30),
+            max_log_bytes: 64 * 1024,
+            max_output_bytes: 4 << 20,
+            max_error_bytes: 64 * 1024,
+            cache: CacheLimits::default(),
+        }
     }
 }
 
 /// What the connection contributes to an instance.
 pub(crate) struct ConnectionScope {
+    /// The connection's name, for the service's log.
+    pub connection: String,
     pub egress: Arc<EgressPolicy>,
     pub cache_scope: Option<String>,
     pub redactor: Arc<Redactor>,
@@ -83,20 +105,22 @@ pub(crate) struct StoreState {
     scope: ConnectionScope,
     http: Arc<Fetcher>,
     cache: Arc<KvCache>,
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
+    stdout: CappedPipe,
+    stderr: CappedPipe,
     log: Vec<LogLine>,
     log_bytes: usize,
     max_log_bytes: usize,
     started: Instant,
     /// The first request the egress policy refused, if any.
     pub denied_egress: Option<String>,
+    /// Whether a `cache.set` was refused during this invocation.
+    cache_refused: bool,
 }
 
 impl StoreState {
     pub fn new(scope: ConnectionScope, http: Arc<Fetcher>, cache: Arc<KvCache>, limits: &SandboxLimits) -> Self {
-        let stdout = MemoryOutputPipe::new(limits.max_log_bytes);
-        let stderr = MemoryOutputPipe::new(limits.max_log_bytes);
+        let stdout = CappedPipe::new(limits.max_log_bytes);
+        let stderr = CappedPipe::new(limits.max_log_bytes);
         // No preopened directories, no environment, no arguments, no sockets, no name lookups.
         let wasi = WasiCtxBuilder::new()
             .stdout(stdout.clone())
@@ -120,6 +144,7 @@ impl StoreState {
             max_log_bytes: limits.max_log_bytes,
             started: Instant::now(),
             denied_egress: None,
+            cache_refused: false,
         }
     }
 
@@ -146,15 +171,27 @@ impl StoreState {
         self.log.push(LogLine { at_ms, level, source, message });
     }
 
-    /// The invocation log with stdout and stderr appended, consuming the state.
+    /// The invocation log with stdout and stderr appended, consuming the state. A stream that was cut gets a
+    /// note saying so, even when the log is full.
     pub fn into_log(mut self) -> Vec<LogLine> {
-        for (source, level, pipe) in [
-            (LogSource::Stdout, LogLevel::Info, self.stdout.clone()),
-            (LogSource::Stderr, LogLevel::Warn, self.stderr.clone()),
+        for (name, source, level, pipe) in [
+            ("stdout", LogSource::Stdout, LogLevel::Info, self.stdout.clone()),
+            ("stderr", LogSource::Stderr, LogLevel::Warn, self.stderr.clone()),
         ] {
             let text = String::from_utf8_lossy(&pipe.contents()).into_owned();
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 self.push_log(level, source, line);
+            }
+            let dropped = pipe.dropped();
+            if dropped > 0 {
+                let message = format!(
+                    "{name} cut at {} (max_log_bytes): the next {} the connector wrote were dropped",
+                    ByteSize::from(self.max_log_bytes),
+                    ByteSize(dropped)
+                );
+                tracing::warn!(connection = %self.scope.connection, "{message}");
+                let at_ms = self.started.elapsed().as_millis() as u64;
+                self.log.push(LogLine { at_ms, level: LogLevel::Warn, source: LogSource::Host, message });
             }
         }
         self.log
@@ -174,6 +211,98 @@ impl StoreState {
     /// What the connector wrote to stderr, e.g. a panic message.
     pub fn stderr_text(&self) -> String {
         self.scope.redactor.redact(&String::from_utf8_lossy(&self.stderr.contents()))
+    }
+}
+
+/// A connector's stdout or stderr: keeps the first `capacity` bytes and counts the rest, which it drops. A write
+/// never fails: wasmtime-wasi's `MemoryOutputPipe` fails writes past its capacity, and a guest's `println!`
+/// then panics, so a chatty connector would crash instead of having its output cut.
+#[derive(Clone)]
+pub(crate) struct CappedPipe {
+    captured: Arc<Mutex<Captured>>,
+}
+
+struct Captured {
+    bytes: Vec<u8>,
+    capacity: usize,
+    dropped: u64,
+}
+
+impl CappedPipe {
+    /// How much a guest may write at once: any amount is taken, so this only sizes the guest's chunks.
+    const PERMIT: usize = 64 * 1024;
+
+    pub fn new(capacity: usize) -> Self {
+        CappedPipe { captured: Arc::new(Mutex::new(Captured { bytes: Vec::new(), capacity, dropped: 0 })) }
+    }
+
+    fn take(&self, data: &[u8]) {
+        let mut captured = self.captured.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = data.len().min(captured.capacity - captured.bytes.len());
+        captured.bytes.extend_from_slice(&data[..kept]);
+        captured.dropped += (data.len() - kept) as u64;
+    }
+
+    /// The bytes kept.
+    pub fn contents(&self) -> Vec<u8> {
+        self.captured.lock().unwrap_or_else(|e| e.into_inner()).bytes.clone()
+    }
+
+    /// How many bytes were written past the capacity.
+    pub fn dropped(&self) -> u64 {
+        self.captured.lock().unwrap_or_else(|e| e.into_inner()).dropped
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for CappedPipe {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.take(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(Self::PERMIT)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for CappedPipe {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for CappedPipe {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.take(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl IsTerminal for CappedPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CappedPipe {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
     }
 }
 
@@ -282,9 +411,17 @@ impl cache::Host for StoreState {
 
     fn set(&mut self, key: String, value: String, ttl_seconds: u32) -> wasmtime::Result<()> {
         if let Some(scope) = &self.scope.cache_scope
-            && let Err(reason) = self.cache.set(scope, &key, &value, Duration::from_secs(ttl_seconds.into()))
+            && let Err(refused) = self.cache.set(scope, &key, &value, Duration::from_secs(ttl_seconds.into()))
         {
-            self.push_log(LogLevel::Warn, LogSource::Host, &format!("cache: {reason}"));
+            // `set` has no error in the WIT: the write is dropped, and the connection's log and the service's
+            // say why.
+            let message = self.scope.redactor.redact(&format!("cache: {refused}"));
+            // Once per invocation in the service's log: a connector flooding its cache must not flood that too.
+            if !self.cache_refused {
+                self.cache_refused = true;
+                tracing::warn!(connection = %self.scope.connection, "{message}");
+            }
+            self.push_log(LogLevel::Warn, LogSource::Host, &message);
         }
         Ok(())
     }
@@ -294,5 +431,21 @@ impl cache::Host for StoreState {
             self.cache.delete(scope, &key);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capped_pipe_keeps_the_first_bytes_counts_the_rest_and_never_fails() {
+        let mut pipe = CappedPipe::new(8);
+        OutputStream::write(&mut pipe, bytes::Bytes::from_static(b"hello ")).unwrap();
+        OutputStream::write(&mut pipe, bytes::Bytes::from_static(b"world!")).unwrap();
+        OutputStream::write(&mut pipe, bytes::Bytes::from_static(b"more")).unwrap();
+        assert_eq!(pipe.contents(), b"hello wo");
+        assert_eq!(pipe.dropped(), 8);
+        assert!(pipe.check_write().unwrap() > 0, "a full pipe still takes writes");
     }
 }

@@ -45,6 +45,11 @@
 //! allow_private = false
 //! allowed_hosts = ["https://*.crm.example"]   # every connection, whatever flows say
 //! override_builtin = []                 # built-in ids a component in `dirs` may replace, e.g. ["crm"]
+//! max_output_bytes = 4194304            # a call's output (JSON) beyond this fails it: output-too-large
+//! max_error_bytes = 65536               # a connector error's text beyond this fails it: output-too-large
+//! cache_max_key_bytes = 1024            # per connection's cache: a key,
+//! cache_max_value_bytes = 65536         # a value,
+//! cache_max_bytes = 16777216            # keys and values together; a write past one is dropped
 //!
 //! [connections.crm]
 //! inbound_token = { secret = "CRM_INBOUND_TOKEN" }
@@ -54,7 +59,7 @@
 
 use crate::HostConfig;
 use crate::connector::secrets::secret_reference;
-use crate::connector::{RuntimeConfig, SecretStore};
+use crate::connector::{RuntimeConfig, SandboxLimits, SecretStore};
 use crate::delivery::{InboundConnection, RetentionConfig, ServiceConfig, TraceRetention};
 use crate::flow::RetryPolicy;
 use crate::store::{StoreError, StoreLocation, redact_store_setting};
@@ -251,6 +256,22 @@ pub struct ConnectorsSection {
     /// any other built-in id is refused to such a component, so that it cannot take a built-in's secrets.
     #[serde(default)]
     pub override_builtin: Vec<String>,
+    /// The largest output (JSON text) of a connector call, in bytes; a larger one fails the call
+    /// (`output-too-large`). The runtime's default ([`SandboxLimits`]) when absent, and so below.
+    #[serde(default)]
+    pub max_output_bytes: Option<usize>,
+    /// The largest error a connector may return (its messages and body), in bytes.
+    #[serde(default)]
+    pub max_error_bytes: Option<usize>,
+    /// The longest key of a connection's cache, in bytes.
+    #[serde(default)]
+    pub cache_max_key_bytes: Option<usize>,
+    /// The largest value of a connection's cache, in bytes.
+    #[serde(default)]
+    pub cache_max_value_bytes: Option<usize>,
+    /// The keys and values one connection's cache holds together, in bytes.
+    #[serde(default)]
+    pub cache_max_bytes: Option<usize>,
 }
 
 impl Default for ConnectorsSection {
@@ -261,7 +282,32 @@ impl Default for ConnectorsSection {
             allow_private: false,
             allowed_hosts: None,
             override_builtin: Vec::new(),
+            max_output_bytes: None,
+            max_error_bytes: None,
+            cache_max_key_bytes: None,
+            cache_max_value_bytes: None,
+            cache_max_bytes: None,
         }
+    }
+}
+
+impl ConnectorsSection {
+    /// `limits` with the sizes this section sets, or what is wrong with one, naming it.
+    pub fn sandbox_limits(&self, mut limits: SandboxLimits) -> Result<SandboxLimits, String> {
+        for (field, value, target) in [
+            ("max_output_bytes", self.max_output_bytes, &mut limits.max_output_bytes),
+            ("max_error_bytes", self.max_error_bytes, &mut limits.max_error_bytes),
+            ("cache_max_key_bytes", self.cache_max_key_bytes, &mut limits.cache.max_key_bytes),
+            ("cache_max_value_bytes", self.cache_max_value_bytes, &mut limits.cache.max_value_bytes),
+            ("cache_max_bytes", self.cache_max_bytes, &mut limits.cache.max_bytes),
+        ] {
+            match value {
+                Some(0) => return Err(format!("connectors.{field} must be at least 1")),
+                Some(value) => *target = value,
+                None => {}
+            }
+        }
+        Ok(limits)
     }
 }
 
@@ -426,6 +472,7 @@ impl ServeConfig {
         }
         config.retention.config()?;
         config.server.limits()?;
+        config.connectors.sandbox_limits(SandboxLimits::default())?;
         for (field, hosts) in std::iter::once(("connectors".to_string(), &config.connectors.allowed_hosts))
             .chain(config.connections.iter().map(|(name, c)| (format!("connections.{name}"), &c.allowed_hosts)))
         {
@@ -483,9 +530,13 @@ impl ServeConfig {
             .collect()
     }
 
-    /// The host's configuration. `builtin` are the components the program embeds, loaded when
-    /// `connectors.builtin` is true.
-    pub fn host_config(&self, runtime: RuntimeConfig, builtin: &[&'static [u8]]) -> HostConfig {
+    /// The host's configuration: `runtime` with the sizes `[connectors]` sets (checked by
+    /// [`ServeConfig::parse`]). `builtin` are the components the program embeds, loaded when `connectors.builtin`
+    /// is true.
+    pub fn host_config(&self, mut runtime: RuntimeConfig, builtin: &[&'static [u8]]) -> HostConfig {
+        if let Ok(limits) = self.connectors.sandbox_limits(runtime.limits.clone()) {
+            runtime.limits = limits;
+        }
         HostConfig {
             runtime,
             embedded_connectors: if self.connectors.builtin { builtin.to_vec() } else { Vec::new() },
@@ -705,6 +756,26 @@ mod tests {
             let error = ServeConfig::parse(&format!("flows = [\"f\"]\n[server]\n{section}\n")).unwrap_err();
             assert!(error.contains(expected), "{section}: {error}");
         }
+    }
+
+    #[test]
+    fn connector_size_limits_default_to_the_runtimes_and_refuse_zero() {
+        let defaults = ServeConfig::parse("flows = [\"f\"]\n").unwrap();
+        assert_eq!(defaults.host_config(RuntimeConfig::default(), &[]).runtime.limits.max_output_bytes, 4 << 20);
+        let config = ServeConfig::parse(
+            "flows = [\"f\"]\n[connectors]\nmax_output_bytes = 1000\nmax_error_bytes = 100\n\
+             cache_max_key_bytes = 10\ncache_max_value_bytes = 20\ncache_max_bytes = 30\n",
+        )
+        .unwrap();
+        let limits = config.host_config(RuntimeConfig::default(), &[]).runtime.limits;
+        assert_eq!((limits.max_output_bytes, limits.max_error_bytes), (1000, 100));
+        assert_eq!(
+            limits.cache,
+            crate::connector::CacheLimits { max_key_bytes: 10, max_value_bytes: 20, max_bytes: 30 }
+        );
+        assert_eq!(limits.memory_bytes, SandboxLimits::default().memory_bytes, "the rest is the runtime's");
+        let error = ServeConfig::parse("flows = [\"f\"]\n[connectors]\ncache_max_bytes = 0\n").unwrap_err();
+        assert!(error.contains("connectors.cache_max_bytes must be at least 1"), "{error}");
     }
 
     #[test]
