@@ -53,7 +53,7 @@ impl Guest for Flood {
             "floodCache" => {
                 let (keys, key_bytes) = (number("keys"), number("keyBytes").max(8));
                 let value = "v".repeat(number("valueBytes"));
-                let key = |i: usize| format!("{i:0key_bytes$}");
+                let key = |i: usize| format!("{}{i:08}", "k".repeat(key_bytes - 8));
                 for i in 0..keys {
                     cache::set(&key(i), &value, 3600);
                 }
