@@ -788,17 +788,15 @@ fn split_batch(
     limits: &SandboxLimits,
 ) -> Vec<Invocation> {
     let Outcome { result, log, duration, denied_egress } = outcome;
-    let results: Vec<Result<Value, InvokeError>> = match result {
+    let failed = |error: InvokeError| Invocation { result: Err(error), log: log.clone(), duration };
+    match result {
+        // Each item gets the shared log, and its own line if its output or error was refused.
         Ok(results) if results.len() == items => results
             .into_iter()
             .map(|result| {
-                flatten(
-                    Outcome { result: Ok(result), log: Vec::new(), duration, denied_egress: denied_egress.clone() },
-                    redactor,
-                    limits,
-                    |output| parse_output(output, limits),
-                )
-                .result
+                let outcome =
+                    Outcome { result: Ok(result), log: log.clone(), duration, denied_egress: denied_egress.clone() };
+                flatten(outcome, redactor, limits, |output| parse_output(output, limits))
             })
             .collect(),
         Ok(results) => {
@@ -806,11 +804,10 @@ fn split_batch(
                 "the connector broke the contract: invoke-batch returned {} results for {items} items",
                 results.len()
             );
-            (0..items).map(|_| Err(InvokeError::Crashed { message: message.clone() })).collect()
+            (0..items).map(|_| failed(InvokeError::Crashed { message: message.clone() })).collect()
         }
-        Err(error) => (0..items).map(|_| Err(error.clone())).collect(),
-    };
-    results.into_iter().map(|result| Invocation { result, log: log.clone(), duration }).collect()
+        Err(error) => (0..items).map(|_| failed(error.clone())).collect(),
+    }
 }
 
 fn deny_all_scope() -> ConnectionScope {
@@ -1084,7 +1081,10 @@ mod tests {
             error.to_string(),
             "the connector's output is 28 bytes, over the limit of 16 bytes (max_output_bytes); it was refused, not kept"
         );
+        assert_eq!(split[0].log.last().unwrap().message, error.to_string(), "the item's log says why");
+        assert_eq!(split[0].log.last().unwrap().source, LogSource::Host);
         assert_eq!(split[1].result.as_ref().unwrap(), &serde_json::json!({"a": 1}), "items within the limit pass");
+        assert_eq!(split[1].log.len(), 1, "the shared log alone");
         let error = split[2].result.as_ref().unwrap_err();
         assert_eq!(error.kind(), super::super::ErrorKind::OutputTooLarge, "not retried as transient");
         assert!(
