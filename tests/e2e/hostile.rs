@@ -243,3 +243,42 @@ async fn a_component_cannot_take_a_built_in_connectors_id_unless_the_operator_sa
         Host::new(config(Vec::new()), SecretStore::default()).await.expect("a copy of the built-in is the built-in");
     assert_eq!(host.registry().all().iter().filter(|c| c.manifest().id == "echo").count(), 1);
 }
+
+#[tokio::test]
+async fn a_flow_whose_connector_returns_too_much_fails_once_and_its_run_stays_small() {
+    use flowhost::flow::RunStatus;
+    use flowhost::{Host, HostConfig};
+    let cache = tempfile::tempdir().unwrap();
+    let config = HostConfig {
+        runtime: RuntimeConfig {
+            cache_dir: Some(cache.path().to_path_buf()),
+            max_instances: 16,
+            // The default memory limit (64 MiB): room for a 40 MiB output.
+            limits: SandboxLimits { timeout: Duration::from_secs(20), ..Default::default() },
+            ..RuntimeConfig::default()
+        },
+        ..HostConfig::default()
+    };
+    let mut host = Host::new(config, SecretStore::default()).await.unwrap();
+    host.add_connector_file(components::FLOOD.as_ref()).await.unwrap();
+    // The case: a 40 MiB output (and then a 40 MiB error) under a policy that retries three times.
+    for (capability, input) in
+        [("hugeOutput", json!({"bytes": 40 << 20})), ("hugeError", json!({"bytes": 40 << 20, "kind": "transient"}))]
+    {
+        let flow = json!({
+            "id": "flood", "version": "1.0.0",
+            "trigger": {"type": "event", "event": "test"},
+            "connections": {"flood": {"connector": "flood", "config": {}}},
+            "nodes": [{"id": "call", "connector": {"connection": "flood", "capability": capability, "input": input},
+                       "retry": {"maxAttempts": 3, "initialDelayMs": 10, "jitter": 0}}]
+        });
+        let flow = host.load(&flow.to_string()).unwrap();
+        let run = host.run(&flow, json!({})).await.unwrap();
+        assert_eq!(run.status, RunStatus::Failed, "{capability}");
+        assert_eq!(run.nodes[0].attempts.len(), 1, "{capability}: not retried");
+        let error = run.error.as_ref().unwrap();
+        assert_eq!(error.kind.to_string(), "output-too-large", "{capability}: {error:?}");
+        let stored = serde_json::to_string(&run).unwrap().len();
+        assert!(stored < 64 * 1024, "{capability}: the run's trace is {stored} bytes");
+    }
+}

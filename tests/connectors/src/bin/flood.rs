@@ -39,7 +39,14 @@ impl Guest for Flood {
         let input: Value = parse_input(&input)?;
         let number = |name: &str| input[name].as_u64().unwrap_or(0) as usize;
         let output = match capability.as_str() {
-            "hugeOutput" => json!({ "data": "x".repeat(number("bytes")) }),
+            "hugeOutput" => {
+                // Written in place: the output is the only copy, so it may take most of the memory limit.
+                let mut output = String::with_capacity(number("bytes") + 16);
+                output.push_str("{\"data\":\"");
+                output.extend(std::iter::repeat_n('x', number("bytes")));
+                output.push_str("\"}");
+                return Ok(output);
+            }
             "hugeError" => {
                 let text = "e".repeat(number("bytes"));
                 return Err(match input["kind"].as_str().unwrap_or_default() {
