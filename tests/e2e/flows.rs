@@ -236,9 +236,21 @@ async fn retries_follow_the_policy_and_show_in_the_trace() {
     assert_eq!(attempts.len(), 3, "{attempts:#?}");
     assert_eq!(attempts.iter().map(|a| a.retry_after_ms).collect::<Vec<_>>(), [Some(10), Some(20), None]);
 
-    let limited = host.load(&echo_flow(json!([fail("rate-limited", policy.clone())]))).unwrap();
+    // A throttled call spends no attempt: it waits (Retry-After winning over a shorter backoff) until the node's
+    // throttling budget is spent, then fails saying so.
+    let mut throttled_policy = policy.clone();
+    throttled_policy["throttleBudgetMs"] = json!(400);
+    let limited = host.load(&echo_flow(json!([fail("rate-limited", throttled_policy)]))).unwrap();
     let run = host.run(&limited, json!({"n": 1})).await.unwrap();
-    assert_eq!(run.nodes[0].attempts[0].retry_after_ms, Some(30), "Retry-After wins over a shorter backoff");
+    assert_eq!(run.status, RunStatus::Failed);
+    let waits = &run.nodes[0].throttled;
+    assert!(waits.len() > 3, "more tries than maxAttempts, none spent: {waits:#?}");
+    // The connection's pause, read back a moment after it was set: just under the 30 ms asked, far over the 10 ms
+    // backoff.
+    assert_eq!(waits[0].retry_after_ms, Some(30), "{waits:#?}");
+    assert!((20..=30).contains(&waits[0].waited_ms), "{waits:#?}");
+    let message = &run.error.as_ref().unwrap().message;
+    assert!(message.contains("throttling budget"), "{message}");
 
     let permanent = host.load(&echo_flow(json!([fail("permanent", policy)]))).unwrap();
     let run = host.run(&permanent, json!({"n": 1})).await.unwrap();
