@@ -4,13 +4,15 @@ use flowhost_tests::components;
 use std::path::Path;
 use std::process::ExitCode;
 
-struct Output {
-    code: ExitCode,
-    out: String,
-    err: String,
+/// What an in-process `flowhost` command printed, and its exit status.
+pub(crate) struct Output {
+    pub(crate) code: ExitCode,
+    pub(crate) out: String,
+    pub(crate) err: String,
 }
 
-async fn flowhost(args: &[&str]) -> Output {
+/// Runs the CLI in process, as `flowhost <args>`.
+pub(crate) async fn flowhost(args: &[&str]) -> Output {
     let mut out = Vec::new();
     let mut err = Vec::new();
     let argv = std::iter::once("flowhost").chain(args.iter().copied());

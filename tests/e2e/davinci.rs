@@ -3,6 +3,7 @@
 //! mParticle emulator beside the hand-written flow it should equal (`tests/davinci/handwritten/`), comparing what
 //! the emulator received and what the nodes returned.
 
+use crate::cli::{Output, flowhost};
 use flowhost::Host;
 use flowhost::connector::{HttpLimits, RuntimeConfig, SandboxLimits};
 use flowhost::flow::{NodeStatus, Run, RunStatus};
@@ -12,20 +13,6 @@ use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
-
-struct Output {
-    code: ExitCode,
-    out: String,
-    err: String,
-}
-
-async fn flowhost(args: &[&str]) -> Output {
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    let argv = std::iter::once("flowhost").chain(args.iter().copied());
-    let code = flowhost_cli::run(argv, &mut out, &mut err).await;
-    Output { code, out: String::from_utf8(out).unwrap(), err: String::from_utf8(err).unwrap() }
-}
 
 fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("davinci").join(name).display().to_string()
