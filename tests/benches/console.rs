@@ -136,11 +136,17 @@ fn main() {
         ("customer", format!("/ui/customers/{customer}")),
         ("run", format!("/ui/runs/{dead_run}")),
         ("resend queue", "/ui/queue".to_string()),
+        ("resend queue, dead runs", "/ui/queue?status=dead".to_string()),
+        ("bulk retry of a flow's dead runs, confirmation", "/ui/queue-bulk/retry?flow=point-add-note".to_string()),
         ("inbound", "/ui/inbound".to_string()),
         ("connections", "/ui/connections".to_string()),
         ("flows", "/ui/flows".to_string()),
         ("flow graph", "/ui/flows/point-add-note".to_string()),
         ("mappings", "/ui/mappings".to_string()),
+        // The API's listings, which answer from the same summaries.
+        ("API runs", "/v1/runs".to_string()),
+        ("API a customer's runs", format!("/v1/runs?customer={customer}")),
+        ("API queue", "/v1/queue".to_string()),
     ];
     let mut criterion = Criterion::default().configure_from_args();
     let mut group = criterion.benchmark_group(format!("console with {runs} runs"));
