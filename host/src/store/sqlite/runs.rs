@@ -6,7 +6,9 @@ use super::flow_connections::store_flow_connections;
 use super::traces::{TraceBlocks, read_trace_blocks};
 use super::{SqliteStore, clamp_claim, clamp_limit, db, non_empty};
 use crate::store::Enqueued;
-use crate::store::{Lease, NewRun, RunFilter, RunSummary, StoreError, StoredRun, add_ms, now_ms, validate_runs};
+use crate::store::{
+    Lease, NewRun, RunFilter, RunState, RunSummary, StoreError, StoredRun, add_ms, now_ms, validate_runs,
+};
 use serde_json::{Value, json};
 use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection};
 use std::collections::{HashMap, HashSet};
@@ -379,20 +381,30 @@ pub(super) fn push_filter(query: &mut QueryBuilder<Sqlite>, filter: &RunFilter) 
 
 /// A query for the runs `filter` selects, newest first: `SELECT <columns> FROM runs WHERE ...`.
 ///
-/// Without statistics, SQLite reads a flow's runs by `runs_by_flow`, newest first, until it has a page: quick for
-/// a flow's history, but a scan of all of it for its few open runs. Runs in open states only (the queue, which
-/// holds the backlog, not the history) are read by their states instead, unless a customer's or a key's runs
-/// (which are few) are asked for.
-fn listing(columns: &str, filter: &RunFilter) -> QueryBuilder<Sqlite> {
-    let queue = !filter.statuses.is_empty() && filter.statuses.iter().all(|state| state.holds_key());
-    let by_state = queue && filter.flow_id.is_some() && filter.customer.is_none() && filter.ordering_key.is_none();
-    let runs = if by_state { "runs INDEXED BY runs_due" } else { "runs" };
-    let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {columns} FROM {runs} WHERE 1 = 1"));
+/// Runs asked for by state (the queue, failures) but not by customer or ordering key (whose own indexes find few
+/// runs) are found by their states in `runs_due`, and only their `seq`s are sorted before the page's rows are read.
+/// Without statistics, SQLite would otherwise read every run in those states whole to sort them (the resend queue
+/// behind a few dead runs may hold thousands), or read a flow's whole history by `runs_by_flow` to find its few open
+/// runs. Not for `succeeded`, most of the history, where reading newest first and stopping after a page is best.
+pub(super) fn listing(columns: &str, filter: &RunFilter) -> QueryBuilder<Sqlite> {
+    let by_state = !filter.statuses.is_empty()
+        && !filter.statuses.contains(&RunState::Succeeded)
+        && filter.customer.is_none()
+        && filter.ordering_key.is_none();
+    let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {columns} FROM runs WHERE "));
+    if by_state {
+        query.push("seq IN (SELECT seq FROM runs INDEXED BY runs_due WHERE 1 = 1");
+    } else {
+        query.push("1 = 1");
+    }
     push_filter(&mut query, filter);
     if let Some(before) = filter.before_seq {
         query.push(" AND seq < ").push_bind(before);
     }
     query.push(" ORDER BY seq DESC LIMIT ").push_bind(clamp_limit(filter.limit));
+    if by_state {
+        query.push(") ORDER BY seq DESC");
+    }
     query
 }
 
@@ -407,7 +419,7 @@ pub(super) async fn list(store: &SqliteStore, filter: &RunFilter) -> Result<Vec<
 }
 
 /// The columns of a run's summary, as [`SummaryRow`] reads them.
-const SUMMARY_COLUMNS: &str = "id, seq, flow_id, flow_version, connections, ordering_key, customer, status, attempts, \
+pub(super) const SUMMARY_COLUMNS: &str = "id, seq, flow_id, flow_version, connections, ordering_key, customer, status, attempts, \
      next_attempt_at, last_error, created_at, updated_at";
 
 #[derive(FromRow)]
