@@ -35,7 +35,7 @@ use crate::delivery::{
 use crate::inbound::InboundRequest;
 use crate::store::{
     BulkAction, HeldBy, InboundFilter, InboundState, MAX_LIST_LIMIT, OutboxEvent, RunCounts, RunFilter, RunState,
-    StoreError, StoredRun, now_ms, parse_states,
+    StoreError, now_ms, parse_states,
 };
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -539,7 +539,7 @@ struct RunSummary {
 }
 
 impl RunSummary {
-    fn new(run: &StoredRun, held_by: Option<HeldBy>) -> Self {
+    fn new(run: &crate::store::RunSummary, held_by: Option<HeldBy>) -> Self {
         RunSummary {
             id: run.id.clone(),
             seq: run.seq,
@@ -566,7 +566,7 @@ struct RunPage {
 }
 
 /// The runs with what each waits behind.
-async fn summaries(state: &ApiState, runs: &[StoredRun]) -> Result<Vec<RunSummary>, StoreError> {
+async fn summaries(state: &ApiState, runs: &[crate::store::RunSummary]) -> Result<Vec<RunSummary>, StoreError> {
     let ids: Vec<String> = runs.iter().map(|run| run.id.clone()).collect();
     let mut held_by = state.service.store().held_by(&ids).await?;
     Ok(runs.iter().map(|run| RunSummary::new(run, held_by.remove(&run.id))).collect())
@@ -574,7 +574,7 @@ async fn summaries(state: &ApiState, runs: &[StoredRun]) -> Result<Vec<RunSummar
 
 async fn run_page(state: &ApiState, filter: &RunFilter) -> Response {
     let page = async {
-        let runs = state.service.store().list(filter).await?;
+        let runs = state.service.store().list_summaries(filter).await?;
         Ok(RunPage { runs: summaries(state, &runs).await?, next: runs.last().map(|r| r.seq) })
     };
     match page.await {
@@ -626,7 +626,7 @@ async fn get_run(State(state): State<ApiState>, Path(id): Path<String>) -> Respo
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("run {id} not found")),
         Err(e) => return store_error(e),
     };
-    let mut summary = match summaries(&state, std::slice::from_ref(&run)).await {
+    let mut summary = match summaries(&state, &[run.summary()]).await {
         Ok(summary) => summary,
         Err(e) => return store_error(e),
     };

@@ -34,7 +34,7 @@
 use super::{
     BulkAction, Completion, ConnectionHold, Enqueued, HeldBehind, HeldBy, InboundFilter, InboundMessage,
     InboundOutcome, InboundState, Lease, NewOutboxEvent, NewRun, Purged, RunCompletion, RunCounts, RunFilter, RunState,
-    Store, StoreError, StoredInbound, StoredRun, now_ms,
+    RunSummary, Store, StoreError, StoredInbound, StoredRun, now_ms,
 };
 use serde_json::value::to_raw_value;
 use serde_json::{Value, json};
@@ -87,6 +87,9 @@ macro_rules! store_conformance_tests {
                 purge_deletes_in_batches_until_nothing_is_left,
                 purge_deletes_processed_inbound_messages_and_keeps_the_others,
                 purge_deletes_the_outbox_from_its_front_and_a_purged_runs_events_with_it,
+                summaries_are_the_listed_runs_without_their_event_checkpoint_and_trace,
+                runs_are_counted_per_state_by_customer_flow_connection_and_time,
+                dead_runs_are_counted_by_customer_and_by_flow_largest_first,
             );
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1320,6 +1323,150 @@ pub async fn concurrent_claimers_never_get_the_same_run_and_keep_key_order(store
         assert!(*seq > previous, "key {key}: seq {seq} ran after {previous}");
     }
     assert_eq!(store.counts().await.unwrap().runs.succeeded, 400);
+}
+
+/// Runs in every state over three customers (one run without a customer), two flows and two connections, some with
+/// an error, a checkpoint or a trace: ids in enqueue order, and the time just before they were enqueued.
+async fn runs_in_every_state(store: &dyn Store) -> (Vec<String>, i64) {
+    let before = now_ms();
+    let mut runs: Vec<NewRun> = (0..4).map(|i| NewRun { ordering_key: format!("alice-{i}"), ..run("alice") }).collect();
+    runs.push(run_for("bob", &["cdp", "crm"]));
+    runs.push(NewRun {
+        flow_id: "profile-sync".into(),
+        ordering_key: "profile-sync/bob".into(),
+        ..run_for("bob", &["crm"])
+    });
+    runs.push(NewRun { customer: None, ordering_key: "anonymous".into(), ..run_for("x", &[]) });
+    runs.push(NewRun { flow_id: "profile-sync".into(), ordering_key: "carol-1".into(), ..run_for("carol", &["crm"]) });
+    runs.push(run("carol"));
+    let ids = store.enqueue(&runs).await.unwrap();
+    let now = now_ms();
+    let claimed = store.claim("w", 8, 1, now, LEASE).await.unwrap();
+    let lease = |id: &String| claimed.iter().find(|run| run.id == *id).unwrap().lease().unwrap();
+    let failed = Completion::Failed { error: json!({"kind": "permanent", "message": "400"}) };
+    store.complete(&lease(&ids[0]), &Completion::Succeeded, &json!({"nodes": ["a"]}), &[]).await.unwrap();
+    store.complete(&lease(&ids[1]), &failed, &json!({"nodes": ["b"]}), &[]).await.unwrap();
+    store.dead_letter(&lease(&ids[2]), &json!({"kind": "transient", "message": "503"}), &json!({})).await.unwrap();
+    let checkpoint = json!({"calls": {}});
+    store.reschedule(&lease(&ids[4]), now + 60_000, &json!("429"), Some(&checkpoint)).await.unwrap();
+    store.dead_letter(&lease(&ids[5]), &json!("503"), &json!({"dead": true})).await.unwrap();
+    store.dead_letter(&lease(&ids[6]), &json!("503"), &json!({})).await.unwrap();
+    store.dead_letter(&lease(&ids[7]), &json!("503"), &json!({})).await.unwrap();
+    // ids[3] stays leased; ids[8] (carol) is queued.
+    (ids, before)
+}
+
+pub async fn summaries_are_the_listed_runs_without_their_event_checkpoint_and_trace(store: Arc<dyn Store>) {
+    let (ids, before) = runs_in_every_state(&*store).await;
+    let created = store.get(&ids[8]).await.unwrap().unwrap().created_at;
+    let filters = [
+        RunFilter::default(),
+        RunFilter { customer: Some("alice".into()), ..Default::default() },
+        RunFilter { customer: Some("bob".into()), limit: 1, ..Default::default() },
+        RunFilter { flow_id: Some("profile-sync".into()), ..Default::default() },
+        RunFilter { ordering_key: Some("loyalty-to-cdp/bob".into()), ..Default::default() },
+        RunFilter { connection: Some("crm".into()), ..Default::default() },
+        RunFilter { connection: Some("cdp".into()), statuses: vec![RunState::Dead], ..Default::default() },
+        RunFilter { statuses: vec![RunState::Failed, RunState::Dead, RunState::Queued], ..Default::default() },
+        RunFilter { before_seq: Some(store.get(&ids[5]).await.unwrap().unwrap().seq), limit: 2, ..Default::default() },
+        RunFilter { created_from: Some(before), created_until: Some(created + 1), ..Default::default() },
+        RunFilter { created_until: Some(before - 60_000), ..Default::default() },
+        RunFilter { customer: Some("nobody".into()), ..Default::default() },
+    ];
+    for filter in filters {
+        let listed: Vec<RunSummary> = store.list(&filter).await.unwrap().iter().map(StoredRun::summary).collect();
+        assert_eq!(store.list_summaries(&filter).await.unwrap(), listed, "{filter:?}");
+    }
+    let all = store.list_summaries(&RunFilter::default()).await.unwrap();
+    assert_eq!(all.iter().map(|run| run.id.clone()).rev().collect::<Vec<_>>(), ids, "newest first");
+    let resend = all.iter().find(|run| run.id == ids[4]).unwrap();
+    assert_eq!((resend.status, resend.attempts_made()), (RunState::Queued, 1));
+    assert_eq!(
+        (resend.error_to_show(), &resend.connections),
+        (Some(&json!("429")), &vec!["cdp".to_string(), "crm".to_string()])
+    );
+    assert!(resend.next_attempt().is_some_and(|at| at > now_ms()), "due after its resend delay");
+    let anonymous = all.iter().find(|run| run.id == ids[6]).unwrap();
+    assert_eq!((anonymous.customer.as_deref(), anonymous.status), (None, RunState::Dead));
+    assert!(store.list_summaries(&RunFilter { limit: 3, ..Default::default() }).await.unwrap().len() == 3);
+}
+
+pub async fn runs_are_counted_per_state_by_customer_flow_connection_and_time(store: Arc<dyn Store>) {
+    let (ids, before) = runs_in_every_state(&*store).await;
+    let count = |filter: RunFilter| {
+        let store = store.clone();
+        async move { store.count_runs(&filter).await.unwrap() }
+    };
+    let none = RunCounts::default();
+    let all = RunCounts { queued: 2, leased: 1, succeeded: 1, failed: 1, dead: 4, held: 0, dropped: 0 };
+    assert_eq!(count(RunFilter::default()).await, all);
+    assert_eq!(count(RunFilter::default()).await, store.counts().await.unwrap().runs, "as the queue's counts");
+    // `before_seq` and `limit` do not apply: every run the filter selects counts.
+    let paged =
+        RunFilter { before_seq: Some(store.get(&ids[1]).await.unwrap().unwrap().seq), limit: 1, ..Default::default() };
+    assert_eq!(count(paged).await, all);
+    let alice = RunFilter { customer: Some("alice".into()), ..Default::default() };
+    assert_eq!(count(alice.clone()).await, RunCounts { leased: 1, succeeded: 1, failed: 1, dead: 1, ..none });
+    let alice_dead = RunFilter { statuses: vec![RunState::Dead, RunState::Held], ..alice };
+    assert_eq!(count(alice_dead).await, RunCounts { dead: 1, ..none }, "only the states asked for");
+    let flow = RunFilter { flow_id: Some("profile-sync".into()), ..Default::default() };
+    assert_eq!(count(flow).await, RunCounts { dead: 2, ..none });
+    let key = RunFilter { ordering_key: Some("loyalty-to-cdp/bob".into()), ..Default::default() };
+    assert_eq!(count(key).await, RunCounts { queued: 1, ..none });
+    let crm = RunFilter { connection: Some("crm".into()), ..Default::default() };
+    assert_eq!(count(crm).await, RunCounts { queued: 1, dead: 2, ..none }, "bob's resend waits as queued");
+    let cdp_waiting = RunFilter {
+        connection: Some("cdp".into()),
+        statuses: vec![RunState::Queued, RunState::Leased, RunState::Held],
+        ..Default::default()
+    };
+    assert_eq!(count(cdp_waiting).await, RunCounts { queued: 2, leased: 1, ..none });
+    assert_eq!(count(RunFilter { connection: Some("unused".into()), ..Default::default() }).await, none);
+    assert_eq!(count(RunFilter { created_from: Some(before), ..Default::default() }).await, all);
+    assert_eq!(count(RunFilter { created_until: Some(before - 60_000), ..Default::default() }).await, none);
+    assert_eq!(count(RunFilter { customer: Some("nobody".into()), ..Default::default() }).await, none);
+    // Held runs count as held: once crm is disconnected, bob's resend, and a run enqueued for it.
+    store.hold_connection("crm").await.unwrap();
+    store.enqueue(&[run_for("dave", &["crm"])]).await.unwrap();
+    let crm = RunFilter { connection: Some("crm".into()), ..Default::default() };
+    assert_eq!(count(crm).await, RunCounts { held: 2, dead: 2, ..none });
+    let dave = RunFilter { customer: Some("dave".into()), ..Default::default() };
+    assert_eq!(count(dave).await, RunCounts { held: 1, ..none });
+}
+
+pub async fn dead_runs_are_counted_by_customer_and_by_flow_largest_first(store: Arc<dyn Store>) {
+    assert_eq!(store.dead_runs_by_group(0).await.unwrap(), super::DeadRunGroups::default());
+    runs_in_every_state(&*store).await;
+    // Two more dead runs of carol, one in a third flow: carol 3, alice 1, bob 1, none 1; by flow 3, 2, 1.
+    let more = [
+        NewRun { ordering_key: "carol-2".into(), ..run("carol") },
+        NewRun { flow_id: "points".into(), ordering_key: "carol-3".into(), ..run("carol") },
+    ];
+    store.enqueue(&more).await.unwrap();
+    for claimed in store.claim("w", 10, 1, now_ms(), LEASE).await.unwrap() {
+        if claimed.ordering_key.starts_with("carol-") {
+            store.dead_letter(&claimed.lease().unwrap(), &json!("503"), &json!({})).await.unwrap();
+        }
+    }
+    let groups = store.dead_runs_by_group(0).await.unwrap();
+    let customer = |name: Option<&str>, n: u64| (name.map(String::from), n);
+    assert_eq!(
+        groups.by_customer,
+        [customer(Some("carol"), 3), customer(Some("alice"), 1), customer(Some("bob"), 1), customer(None, 1)],
+        "the largest first, then by name, runs without a customer last"
+    );
+    let flow = |name: &str, n: u64| (name.to_string(), n);
+    assert_eq!(groups.by_flow, [flow("loyalty-to-cdp", 3), flow("profile-sync", 2), flow("points", 1)]);
+    let dead = store.count_runs(&RunFilter { statuses: vec![RunState::Dead], ..Default::default() }).await.unwrap();
+    assert_eq!(groups.by_customer.iter().map(|(_, n)| n).sum::<u64>(), dead.dead);
+    let top = store.dead_runs_by_group(1).await.unwrap();
+    assert_eq!((top.by_customer, top.by_flow), (vec![customer(Some("carol"), 3)], vec![flow("loyalty-to-cdp", 3)]));
+    // A retried run is dead no more.
+    let carol = RunFilter { customer: Some("carol".into()), ..Default::default() };
+    store.bulk_dead(&carol, BulkAction::Retry).await.unwrap();
+    let groups = store.dead_runs_by_group(0).await.unwrap();
+    assert_eq!(groups.by_customer, [customer(Some("alice"), 1), customer(Some("bob"), 1), customer(None, 1)]);
+    assert_eq!(groups.by_flow, [flow("loyalty-to-cdp", 2), flow("profile-sync", 1)]);
 }
 
 #[cfg(test)]

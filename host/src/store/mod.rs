@@ -472,21 +472,102 @@ impl StoredRun {
     /// The attempts made since the run was enqueued or an operator retried it: the failed ones the store
     /// counts, and the one that ended the run or is in progress.
     pub fn attempts_made(&self) -> u32 {
-        match self.status {
-            RunState::Leased | RunState::Succeeded | RunState::Failed => self.attempts + 1,
-            _ => self.attempts,
-        }
+        attempts_made(self.status, self.attempts)
     }
 
     /// When the run will next be tried, for a run that will be: not for one that ended, is dead or dropped.
     pub fn next_attempt(&self) -> Option<i64> {
-        matches!(self.status, RunState::Queued | RunState::Leased | RunState::Held).then_some(self.next_attempt_at)
+        next_attempt(self.status, self.next_attempt_at)
     }
 
     /// The error of the last failed attempt, unless the run succeeded since.
     pub fn error_to_show(&self) -> Option<&Value> {
-        self.last_error.as_ref().filter(|_| self.status != RunState::Succeeded)
+        error_to_show(self.status, self.last_error.as_ref())
     }
+
+    /// The run as a listing shows it.
+    pub fn summary(&self) -> RunSummary {
+        RunSummary {
+            id: self.id.clone(),
+            seq: self.seq,
+            flow_id: self.flow_id.clone(),
+            flow_version: self.flow_version.clone(),
+            connections: self.connections.clone(),
+            ordering_key: self.ordering_key.clone(),
+            customer: self.customer.clone(),
+            status: self.status,
+            attempts: self.attempts,
+            next_attempt_at: self.next_attempt_at,
+            last_error: self.last_error.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+fn attempts_made(status: RunState, attempts: u32) -> u32 {
+    match status {
+        RunState::Leased | RunState::Succeeded | RunState::Failed => attempts + 1,
+        _ => attempts,
+    }
+}
+
+fn next_attempt(status: RunState, next_attempt_at: i64) -> Option<i64> {
+    matches!(status, RunState::Queued | RunState::Leased | RunState::Held).then_some(next_attempt_at)
+}
+
+fn error_to_show(status: RunState, last_error: Option<&Value>) -> Option<&Value> {
+    last_error.filter(|_| status != RunState::Succeeded)
+}
+
+/// A run as a listing shows it ([`Store::list_summaries`]): a [`StoredRun`] without its event, checkpoint, trace
+/// and lease. Those are what a run's own page reads, and what made a page of runs slow: a trace is read from a
+/// compressed block that it shares with the other traces of its batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    pub id: String,
+    pub seq: i64,
+    pub flow_id: String,
+    pub flow_version: String,
+    pub connections: Vec<String>,
+    pub ordering_key: String,
+    pub customer: Option<String>,
+    pub status: RunState,
+    /// As [`StoredRun::attempts`].
+    pub attempts: u32,
+    /// As [`StoredRun::next_attempt_at`].
+    pub next_attempt_at: i64,
+    pub last_error: Option<Value>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl RunSummary {
+    /// As [`StoredRun::attempts_made`].
+    pub fn attempts_made(&self) -> u32 {
+        attempts_made(self.status, self.attempts)
+    }
+
+    /// As [`StoredRun::next_attempt`].
+    pub fn next_attempt(&self) -> Option<i64> {
+        next_attempt(self.status, self.next_attempt_at)
+    }
+
+    /// As [`StoredRun::error_to_show`].
+    pub fn error_to_show(&self) -> Option<&Value> {
+        error_to_show(self.status, self.last_error.as_ref())
+    }
+}
+
+/// Dead runs counted by customer and by flow ([`Store::dead_runs_by_group`]), for the operators' bulk retry and
+/// drop: the largest groups first, then by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadRunGroups {
+    /// Per customer (`None`: runs without one), how many dead runs.
+    pub by_customer: Vec<(Option<String>, u64)>,
+    /// Per flow id, how many dead runs.
+    pub by_flow: Vec<(String, u64)>,
 }
 
 fn lease_of(leased: bool, id: &str, owner: Option<&str>, token: u32) -> Option<Lease> {
@@ -894,6 +975,19 @@ pub trait Store: Send + Sync {
 
     /// Runs matching the filter, newest (highest `seq`) first.
     async fn list(&self, filter: &RunFilter) -> Result<Vec<StoredRun>, StoreError>;
+
+    /// The runs [`list`](Store::list) returns for `filter`, as summaries: without their event, checkpoint and
+    /// trace, so a page of runs costs what it shows, not the runs' traces.
+    async fn list_summaries(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError>;
+
+    /// How many runs `filter` selects, per state, counted by the database: those of its customer, flow, ordering
+    /// key, connection and creation time, in its `statuses` (all when empty; other states count 0). Its
+    /// `before_seq` and `limit` do not apply: every such run counts.
+    async fn count_runs(&self, filter: &RunFilter) -> Result<RunCounts, StoreError>;
+
+    /// Dead runs counted by customer and by flow: the `limit` largest groups of each ([`DEFAULT_LIST_LIMIT`] when
+    /// 0, at most [`MAX_LIST_LIMIT`]), the largest first, then by name.
+    async fn dead_runs_by_group(&self, limit: usize) -> Result<DeadRunGroups, StoreError>;
 
     /// Operator retry: a `dead`, `queued`, `held` or `failed` run becomes due now (`held` again if its
     /// connection is still held); a dead or failed run gets a fresh count of attempts. False when there is

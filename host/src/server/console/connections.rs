@@ -4,7 +4,7 @@
 use super::{Console, Session, badge, csrf_field, error_page, notice, see_other};
 use crate::delivery::ConnectionError;
 use crate::flow::Trigger;
-use crate::store::{MAX_LIST_LIMIT, RunFilter, RunState, StoreError};
+use crate::store::{RunCounts, RunFilter, RunState, StoreError};
 use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -18,16 +18,14 @@ pub(super) struct DoneQuery {
     done: Option<String>,
 }
 
-/// Runs of a connection in some states, counted up to the store's largest page.
-async fn count_runs(console: &Console, connection: &str, states: &[RunState]) -> Result<String, StoreError> {
+/// The open runs of a connection per state (queued, leased, held), counted by the store.
+async fn count_runs(console: &Console, connection: &str) -> Result<RunCounts, StoreError> {
     let filter = RunFilter {
         connection: Some(connection.to_string()),
-        statuses: states.to_vec(),
-        limit: MAX_LIST_LIMIT,
+        statuses: vec![RunState::Queued, RunState::Leased, RunState::Held],
         ..RunFilter::default()
     };
-    let n = console.service().store().list(&filter).await?.len();
-    Ok(if n >= MAX_LIST_LIMIT { format!("{n}+") } else { n.to_string() })
+    console.service().store().count_runs(&filter).await
 }
 
 /// The flows that use a connection, outbound (events to it) and inbound (its events to the platform).
@@ -50,14 +48,13 @@ pub(super) async fn page(State(console): State<Console>, session: Session, Query
         Ok(held) => held.into_iter().collect(),
         Err(e) => return super::store_error_page(&session, e),
     };
+    // Paced connections whose service refused calls for their rate lately (in this process).
+    let mut throttled = console.service().host().pacing().status();
+    throttled.retain(|_, status| status.throttled_now);
     let mut rows = Vec::new();
     for (name, _) in super::overview::connections(&console) {
-        let waiting = match count_runs(&console, &name, &[RunState::Queued, RunState::Leased]).await {
-            Ok(n) => n,
-            Err(e) => return super::store_error_page(&session, e),
-        };
-        let kept = match count_runs(&console, &name, &[RunState::Held]).await {
-            Ok(n) => n,
+        let (waiting, kept) = match count_runs(&console, &name).await {
+            Ok(counts) => (counts.queued + counts.leased, counts.held),
             Err(e) => return super::store_error_page(&session, e),
         };
         let connectors: BTreeSet<String> = console
@@ -66,7 +63,11 @@ pub(super) async fn page(State(console): State<Console>, session: Session, Query
             .iter()
             .filter_map(|f| f.flow().connections.get(&name).map(|c| c.connector.clone()))
             .collect();
-        rows.push((name.clone(), held.contains(&name), flows_of(&console, &name), waiting, kept, connectors));
+        let paced = throttled.get(&name).map(|status| {
+            let limit = status.limit.map(|limit| format!(", held to {limit:.1}/s")).unwrap_or_default();
+            format!("{} call(s) refused for their rate{limit}", status.throttled)
+        });
+        rows.push((name.clone(), held.contains(&name), paced, flows_of(&console, &name), waiting, kept, connectors));
     }
     let body = html! {
         h1 { "Connections" }
@@ -75,11 +76,14 @@ pub(super) async fn page(State(console): State<Console>, session: Session, Query
         div.table-wrap { table {
             thead { tr { th { "Connection" } th { "Connector" } th { "State" } th { "Outbound flows" } th { "Inbound flows" }
                          th.num { "Queued" } th.num { "Held" } th { } } }
-            tbody { @for (name, is_held, (outbound, inbound), waiting, kept, connectors) in &rows {
+            tbody { @for (name, is_held, paced, (outbound, inbound), waiting, kept, connectors) in &rows {
                 tr data-connection=(name) data-state=(if *is_held { "disconnected" } else { "connected" }) {
                     td { strong { (name) } }
                     td { (connectors.iter().cloned().collect::<Vec<_>>().join(", ")) }
-                    td { @if *is_held { (badge("disconnected", "disconnected")) } @else { (badge("connected", "connected")) } }
+                    td {
+                        @if *is_held { (badge("disconnected", "disconnected")) } @else { (badge("connected", "connected")) }
+                        @if let Some(paced) = paced { " " span title=(paced) { (badge("throttled", "throttled")) } }
+                    }
                     td { (outbound.join(", ")) }
                     td { (inbound.join(", ")) }
                     td.num { (waiting) }
@@ -118,14 +122,8 @@ pub(super) async fn confirm(
         return response;
     }
     let (outbound, inbound) = flows_of(&console, &name);
-    let counts = async {
-        Ok::<_, StoreError>((
-            count_runs(&console, &name, &[RunState::Queued, RunState::Leased]).await?,
-            count_runs(&console, &name, &[RunState::Held]).await?,
-        ))
-    };
-    let (waiting, kept) = match counts.await {
-        Ok(counts) => counts,
+    let (waiting, kept) = match count_runs(&console, &name).await {
+        Ok(counts) => (counts.queued + counts.leased, counts.held),
         Err(e) => return super::store_error_page(&session, e),
     };
     let all: Vec<String> = outbound.iter().chain(&inbound).cloned().collect();

@@ -44,15 +44,21 @@ pub(super) fn connections(console: &Console) -> BTreeMap<String, Vec<String>> {
 /// The overview's body, also sent over SSE.
 pub(super) async fn body(console: &Console) -> Result<Markup, StoreError> {
     let store = console.service().store();
-    let counts = store.counts().await?;
-    let held_behind = store.held_behind().await?;
-    let held: BTreeSet<String> = store.held_connections().await?.into_iter().collect();
-    let failures = store
-        .list(&RunFilter { statuses: vec![RunState::Failed, RunState::Dead], limit: 8, ..RunFilter::default() })
-        .await?;
+    let newest_failures =
+        RunFilter { statuses: vec![RunState::Failed, RunState::Dead], limit: 8, ..RunFilter::default() };
+    // Side by side: each is a read of its own (the counts scan an index), and the store has several readers.
+    let (counts, held_behind, held, failures) = tokio::try_join!(
+        store.counts(),
+        store.held_behind(),
+        store.held_connections(),
+        store.list_summaries(&newest_failures),
+    )?;
+    let held: BTreeSet<String> = held.into_iter().collect();
     let (running, stopped) = console.service().flows();
     let minutes = console.service().metrics().per_minute(now_ms());
     let connections = connections(console);
+    let mut throttled = console.service().host().pacing().status();
+    throttled.retain(|_, status| status.throttled_now);
     let open = [RunState::Queued, RunState::Leased, RunState::Held, RunState::Dead];
     let closed = [RunState::Succeeded, RunState::Failed, RunState::Dropped];
     Ok(html! {
@@ -93,7 +99,8 @@ pub(super) async fn body(console: &Console) -> Result<Markup, StoreError> {
                             tr data-connection=(name) {
                                 td { strong { (name) } }
                                 td { @if held.contains(name) { (badge("disconnected", "disconnected")) }
-                                     @else { (badge("connected", "connected")) } }
+                                     @else { (badge("connected", "connected")) }
+                                     @if throttled.contains_key(name) { " " (badge("throttled", "throttled")) } }
                                 td { (flows.join(", ")) }
                             }
                         }

@@ -3,14 +3,13 @@
 
 use super::runs::{RunsQuery, run_table};
 use super::{Console, Session, csrf_field, encode, error_page, notice, see_other, short_id, status_badge};
-use crate::store::{BulkAction, MAX_LIST_LIMIT, RunFilter, RunState, StoreError, StoredRun};
+use crate::store::{BulkAction, RunFilter, RunState, StoreError};
 use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
-use std::collections::BTreeMap;
 
 const OPEN: [RunState; 4] = [RunState::Queued, RunState::Leased, RunState::Held, RunState::Dead];
 
@@ -23,16 +22,19 @@ fn can_drop(state: RunState) -> bool {
 }
 
 /// The retry and drop links of a run, each to its confirmation page.
-pub(super) fn row_actions(run: &StoredRun) -> Markup {
+pub(super) fn row_actions(id: &str, status: RunState) -> Markup {
     html! {
-        @if can_retry(run.status) {
-            a.button.small href={ "/ui/queue/" (run.id) "/retry" } data-action="retry" { "Retry…" } " "
+        @if can_retry(status) {
+            a.button.small href={ "/ui/queue/" (id) "/retry" } data-action="retry" { "Retry…" } " "
         }
-        @if can_drop(run.status) {
-            a.button.small.danger href={ "/ui/queue/" (run.id) "/drop" } data-action="drop" { "Drop…" }
+        @if can_drop(status) {
+            a.button.small.danger href={ "/ui/queue/" (id) "/drop" } data-action="drop" { "Drop…" }
         }
     }
 }
+
+/// How many groups of dead runs (customers, flows) the queue page shows: the largest.
+const DEAD_GROUPS: usize = 50;
 
 /// The queue's tables, also sent over SSE.
 pub(super) async fn body(console: &Console, query: &RunsQuery) -> Result<Result<Markup, String>, StoreError> {
@@ -41,19 +43,13 @@ pub(super) async fn body(console: &Console, query: &RunsQuery) -> Result<Result<
         Err(message) => return Ok(Err(message)),
     };
     let store = console.service().store();
-    let runs = store.list(&filter).await?;
+    let runs = store.list_summaries(&filter).await?;
     let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
     let held_by = store.held_by(&ids).await?;
-    // Dead runs by customer and by flow, for the bulk actions (the newest thousand).
-    let dead = store
-        .list(&RunFilter { statuses: vec![RunState::Dead], limit: MAX_LIST_LIMIT, ..RunFilter::default() })
-        .await?;
-    let mut by_customer: BTreeMap<String, usize> = BTreeMap::new();
-    let mut by_flow: BTreeMap<String, usize> = BTreeMap::new();
-    for run in &dead {
-        *by_customer.entry(run.customer.clone().unwrap_or_default()).or_default() += 1;
-        *by_flow.entry(run.flow_id.clone()).or_default() += 1;
-    }
+    // Dead runs by customer and by flow, for the bulk actions, counted by the store.
+    let dead = store.dead_runs_by_group(DEAD_GROUPS).await?;
+    let by_customer: Vec<(String, u64)> =
+        dead.by_customer.into_iter().map(|(customer, n)| (customer.unwrap_or_default(), n)).collect();
     let base = "/ui/queue";
     Ok(Ok(html! {
         (run_table(&runs, &held_by, true))
@@ -63,19 +59,20 @@ pub(super) async fn body(console: &Console, query: &RunsQuery) -> Result<Result<
                 a.button href={ (base) "?" (query.with_before(Some(last.seq))) } { "Older →" }
             }
         }
-        @if !dead.is_empty() {
+        @if !dead.by_flow.is_empty() {
             div.grid2 style="margin-top: 16px" {
                 (bulk_table("Dead runs by customer", "customer", &by_customer))
-                (bulk_table("Dead runs by flow", "flow", &by_flow))
+                (bulk_table("Dead runs by flow", "flow", &dead.by_flow))
             }
         }
     }))
 }
 
-fn bulk_table(title: &str, key: &str, counts: &BTreeMap<String, usize>) -> Markup {
+/// Dead runs per customer or flow, the largest groups first (at most [`DEAD_GROUPS`]), each with its bulk actions.
+fn bulk_table(title: &str, key: &str, counts: &[(String, u64)]) -> Markup {
     html! {
         section.panel data-bulk=(key) {
-            h2 { (title) }
+            h2 { (title) @if counts.len() >= DEAD_GROUPS { span.muted { "the " (DEAD_GROUPS) " largest" } } }
             div.table-wrap { table {
                 thead { tr { th { (key) } th.num { "Dead" } th { } } }
                 tbody { @for (value, count) in counts {
@@ -83,10 +80,11 @@ fn bulk_table(title: &str, key: &str, counts: &BTreeMap<String, usize>) -> Marku
                     tr {
                         td { @if value.is_empty() { span.muted { "(none)" } } @else { code { (value) } } }
                         td.num { (count) }
-                        td.actions {
+                        // Runs without a customer cannot be selected by one: an empty one selects every customer.
+                        td.actions { @if !value.is_empty() {
                             a.button.small href={ "/ui/queue-bulk/retry?" (query) } { "Retry all…" } " "
                             a.button.small.danger href={ "/ui/queue-bulk/drop?" (query) } { "Drop all…" }
-                        }
+                        } }
                     }
                 } }
             } }
@@ -264,9 +262,9 @@ pub(super) async fn confirm_bulk(
 ) -> Response {
     let Some(kind) = parse_action(&action) else { return unknown_action(&session, &action) };
     let filter = bulk_filter(query.customer.as_deref(), query.flow.as_deref());
-    let dead = RunFilter { statuses: vec![RunState::Dead], limit: MAX_LIST_LIMIT, ..filter.clone() };
-    let count = match console.service().store().list(&dead).await {
-        Ok(runs) => runs.len(),
+    let dead = RunFilter { statuses: vec![RunState::Dead], ..filter.clone() };
+    let count = match console.service().store().count_runs(&dead).await {
+        Ok(counts) => counts.dead,
         Err(e) => return super::store_error_page(&session, e),
     };
     let whose = match (&filter.customer, &filter.flow_id) {
@@ -275,17 +273,16 @@ pub(super) async fn confirm_bulk(
         (None, Some(f)) => html! { "of flow " strong { (f) } },
         (None, None) => html! { strong { "of every customer and flow" } },
     };
-    let more = if count >= MAX_LIST_LIMIT { "at least " } else { "" };
     let body = html! {
         div.panel.confirm {
             @match kind {
                 BulkAction::Retry => {
-                    h1 { "Retry " (more) (count) " dead run(s)?" }
+                    h1 { "Retry " (count) " dead run(s)?" }
                     ul { li { "Every dead run " (whose) " becomes due now, with a fresh count of attempts." }
                          li { "Runs waiting behind them follow, in each customer's order." } }
                 },
                 BulkAction::Drop => {
-                    h1 { "Drop " (more) (count) " dead run(s)?" }
+                    h1 { "Drop " (count) " dead run(s)?" }
                     ul { li { "Every dead run " (whose) " is never sent; each is kept for the record as " code { "dropped" } "." }
                          li { "Runs waiting behind them go on." } }
                 },

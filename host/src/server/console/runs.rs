@@ -9,7 +9,7 @@ use super::{
 };
 use crate::flow::executor::Checkpoint;
 use crate::flow::trace::{Attempt, NodeStatus, NodeTrace, Run};
-use crate::store::{HeldBy, MAX_LIST_LIMIT, RunFilter, RunState, StoreError, StoredRun, parse_states};
+use crate::store::{HeldBy, RunFilter, RunState, RunSummary, StoreError, StoredRun, parse_states};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -127,7 +127,7 @@ fn filter_form(console: &Console, action: &str, query: &RunsQuery, customer_fixe
 }
 
 /// A table of runs; `actions` adds retry and drop links (the resend queue).
-pub(super) fn run_table(runs: &[StoredRun], held_by: &HashMap<String, HeldBy>, actions: bool) -> Markup {
+pub(super) fn run_table(runs: &[RunSummary], held_by: &HashMap<String, HeldBy>, actions: bool) -> Markup {
     html! {
         div.table-wrap { table.runs {
             thead { tr {
@@ -152,7 +152,7 @@ pub(super) fn run_table(runs: &[StoredRun], held_by: &HashMap<String, HeldBy>, a
                                 (run.error_to_show().map(|e| cut(&error_summary(e), 90)).unwrap_or_default())
                             }
                         }
-                        @if actions { td.actions { (super::queue::row_actions(run)) } }
+                        @if actions { td.actions { (super::queue::row_actions(&run.id, run.status)) } }
                     }
                 }
             }
@@ -160,7 +160,7 @@ pub(super) fn run_table(runs: &[StoredRun], held_by: &HashMap<String, HeldBy>, a
     }
 }
 
-fn pager(base: &str, query: &RunsQuery, runs: &[StoredRun], limit: usize) -> Markup {
+fn pager(base: &str, query: &RunsQuery, runs: &[RunSummary], limit: usize) -> Markup {
     html! {
         div.pager {
             @if query.before.is_some() { a.button href={ (base) "?" (query.with_before(None)) } { "← Newest" } }
@@ -183,7 +183,7 @@ async fn listing(
     }
     let store = console.service().store();
     let fetch = async {
-        let runs = store.list(&filter).await?;
+        let runs = store.list_summaries(&filter).await?;
         let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
         Ok::<_, StoreError>((store.held_by(&ids).await?, runs))
     };
@@ -218,14 +218,9 @@ pub(super) async fn customer(
     Path(customer): Path<String>,
     Query(query): Query<RunsQuery>,
 ) -> Response {
-    let dead = RunFilter {
-        customer: Some(customer.clone()),
-        statuses: vec![RunState::Dead],
-        limit: MAX_LIST_LIMIT,
-        ..RunFilter::default()
-    };
-    let dead = match console.service().store().list(&dead).await {
-        Ok(dead) => dead.len(),
+    let dead = RunFilter { customer: Some(customer.clone()), statuses: vec![RunState::Dead], ..RunFilter::default() };
+    let dead = match console.service().store().count_runs(&dead).await {
+        Ok(counts) => counts.dead,
         Err(e) => return super::store_error_page(&session, e),
     };
     match listing(&console, &session, query, Some(customer.clone())).await {
@@ -414,7 +409,7 @@ pub(super) async fn detail_body(console: &Console, id: &str) -> Result<Option<Ma
                         @if let Some(trace) = &trace { dt { "Took" } dd { (trace.duration_ms) " ms" } }
                         @if let Some(error) = run.error_to_show() { dt { "Last error" } dd.error-text style="color: var(--bad)" #last-error { (error_summary(error)) } }
                     }
-                    div.legend style="margin-top: 12px" { (super::queue::row_actions(&run)) }
+                    div.legend style="margin-top: 12px" { (super::queue::row_actions(&run.id, run.status)) }
                 }
                 section.panel {
                     h2 { "Graph" }

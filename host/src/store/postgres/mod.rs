@@ -332,6 +332,18 @@ impl Store for PostgresStore {
         runs::list(self, filter).await
     }
 
+    async fn list_summaries(&self, filter: &RunFilter) -> Result<Vec<crate::store::RunSummary>, StoreError> {
+        runs::list_summaries(self, filter).await
+    }
+
+    async fn count_runs(&self, filter: &RunFilter) -> Result<crate::store::RunCounts, StoreError> {
+        runs::count_runs(self, filter).await
+    }
+
+    async fn dead_runs_by_group(&self, limit: usize) -> Result<crate::store::DeadRunGroups, StoreError> {
+        runs::dead_runs_by_group(self, limit).await
+    }
+
     async fn retry_now(&self, id: &str) -> Result<bool, StoreError> {
         runs::retry_now(self, id).await
     }

@@ -3,9 +3,12 @@
 use super::notify::RUNS_CHANNEL;
 use super::{HOLDS_SHARED, PostgresStore, clamp_claim, clamp_limit, db, non_empty, token};
 use crate::store::Enqueued;
-use crate::store::sqlite::decode::Decoder;
+use crate::store::sqlite::decode::{Decoder, convert, corrupt};
 use crate::store::sqlite::traces::TraceBlocks;
-use crate::store::{Lease, NewRun, RunFilter, StoreError, StoredRun, add_ms, now_ms, validate_runs};
+use crate::store::{
+    DeadRunGroups, Lease, NewRun, RunCounts, RunFilter, RunState, RunSummary, StoreError, StoredRun, add_ms, now_ms,
+    validate_runs,
+};
 use sqlx::postgres::PgPool;
 use sqlx::{FromRow, PgExecutor, Postgres, QueryBuilder};
 use std::collections::{HashMap, HashSet};
@@ -283,8 +286,8 @@ pub(super) async fn get(store: &PostgresStore, id: &str) -> Result<Option<Stored
     Ok(run)
 }
 
-pub(super) async fn list(store: &PostgresStore, filter: &RunFilter) -> Result<Vec<StoredRun>, StoreError> {
-    let mut query = QueryBuilder::<Postgres>::new(concat!("SELECT ", run_columns!(), " FROM runs WHERE true"));
+/// Appends the conditions of `filter` but its `before_seq` and `limit` (` AND ...` each) to a query on `runs`.
+pub(super) fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &RunFilter) {
     if let Some(customer) = &filter.customer {
         query.push(" AND customer = ").push_bind(customer.clone());
     }
@@ -303,22 +306,124 @@ pub(super) async fn list(store: &PostgresStore, filter: &RunFilter) -> Result<Ve
         let states: Vec<&str> = filter.statuses.iter().map(|state| state.as_str()).collect();
         query.push(" AND status = ANY (").push_bind(states).push(")");
     }
-    if let Some(before) = filter.before_seq {
-        query.push(" AND seq < ").push_bind(before);
-    }
     if let Some(from) = filter.created_from {
         query.push(" AND created_at >= ").push_bind(from);
     }
     if let Some(until) = filter.created_until {
         query.push(" AND created_at < ").push_bind(until);
     }
+}
+
+/// A query for the runs `filter` selects, newest first: `SELECT <columns> FROM runs WHERE ...`.
+fn listing(columns: &str, filter: &RunFilter) -> QueryBuilder<Postgres> {
+    let mut query = QueryBuilder::<Postgres>::new(format!("SELECT {columns} FROM runs WHERE true"));
+    push_filter(&mut query, filter);
+    if let Some(before) = filter.before_seq {
+        query.push(" AND seq < ").push_bind(before);
+    }
     query.push(" ORDER BY seq DESC LIMIT ").push_bind(clamp_limit(filter.limit));
+    query
+}
+
+pub(super) async fn list(store: &PostgresStore, filter: &RunFilter) -> Result<Vec<StoredRun>, StoreError> {
+    let mut query = listing(run_columns!(), filter);
     const OP: &str = "listing runs";
     let mut tx = snapshot(store, OP).await?;
     let rows: Vec<RunRow> = query.build_query_as().fetch_all(&mut *tx).await.map_err(db(OP))?;
     let runs = stored_runs(&mut *tx, rows).await?;
     tx.commit().await.map_err(db(OP))?;
     Ok(runs)
+}
+
+/// The columns of a run's summary, as [`SummaryRow`] reads them.
+const SUMMARY_COLUMNS: &str = "id, seq, flow_id, flow_version, connections, ordering_key, customer, status, attempts, \
+     next_attempt_at, last_error, created_at, updated_at";
+
+#[derive(FromRow)]
+struct SummaryRow {
+    id: String,
+    seq: i64,
+    flow_id: String,
+    flow_version: String,
+    connections: Vec<String>,
+    ordering_key: String,
+    customer: Option<String>,
+    status: String,
+    attempts: i32,
+    next_attempt_at: i64,
+    last_error: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<SummaryRow> for RunSummary {
+    type Error = StoreError;
+
+    fn try_from(row: SummaryRow) -> Result<Self, StoreError> {
+        let d = Decoder { what: "run", id: &row.id };
+        Ok(RunSummary {
+            status: d.state(&row.status)?,
+            attempts: d.count("attempts", i64::from(row.attempts))?,
+            last_error: d.opt_json("last_error", row.last_error.as_deref())?,
+            connections: row.connections,
+            seq: row.seq,
+            flow_id: row.flow_id,
+            flow_version: row.flow_version,
+            ordering_key: row.ordering_key,
+            customer: row.customer,
+            next_attempt_at: row.next_attempt_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            id: row.id,
+        })
+    }
+}
+
+pub(super) async fn list_summaries(store: &PostgresStore, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
+    const OP: &str = "listing runs";
+    let rows: Vec<SummaryRow> =
+        listing(SUMMARY_COLUMNS, filter).build_query_as().fetch_all(&store.bookkeeping).await.map_err(db(OP))?;
+    convert(rows)
+}
+
+pub(super) async fn count_runs(store: &PostgresStore, filter: &RunFilter) -> Result<RunCounts, StoreError> {
+    const OP: &str = "counting runs";
+    let mut query = QueryBuilder::<Postgres>::new("SELECT status, count(*) FROM runs WHERE true");
+    push_filter(&mut query, filter);
+    query.push(" GROUP BY status");
+    let rows: Vec<(String, i64)> = query.build_query_as().fetch_all(&store.bookkeeping).await.map_err(db(OP))?;
+    let mut counts = RunCounts::default();
+    for (status, n) in rows {
+        *counts.slot(Decoder { what: "runs", id: "count" }.state::<RunState>(&status)?) = n.max(0) as u64;
+    }
+    Ok(counts)
+}
+
+/// Dead runs per customer and per flow, in one statement (so of one moment), found by the index on states
+/// (`runs_by_status`). Names sort bytewise (`COLLATE "C"`), as SQLite sorts them.
+pub(super) async fn dead_runs_by_group(store: &PostgresStore, limit: usize) -> Result<DeadRunGroups, StoreError> {
+    const OP: &str = "counting dead runs";
+    let rows: Vec<(bool, Option<String>, i64)> = sqlx::query_as(
+        "WITH dead AS (SELECT customer, flow_id FROM runs WHERE status = 'dead') \
+         (SELECT true, customer, count(*) AS n FROM dead GROUP BY customer \
+          ORDER BY n DESC, customer IS NULL, customer COLLATE \"C\" LIMIT $1) \
+         UNION ALL \
+         (SELECT false, flow_id, count(*) AS n FROM dead GROUP BY flow_id ORDER BY n DESC, flow_id COLLATE \"C\" LIMIT $1)",
+    )
+    .bind(clamp_limit(limit))
+    .fetch_all(&store.bookkeeping)
+    .await
+    .map_err(db(OP))?;
+    let mut groups = DeadRunGroups::default();
+    for (by_customer, name, n) in rows {
+        let n = n.max(0) as u64;
+        match (by_customer, name) {
+            (true, customer) => groups.by_customer.push((customer, n)),
+            (false, Some(flow)) => groups.by_flow.push((flow, n)),
+            (false, None) => return Err(corrupt("runs", "count", "flow_id", "a dead run without a flow")),
+        }
+    }
+    Ok(groups)
 }
 
 pub(super) async fn retry_now(store: &PostgresStore, id: &str) -> Result<bool, StoreError> {

@@ -1,12 +1,14 @@
 //! The run queue: enqueue, claim and release, reading runs, the operators' retry and drop, and the mark on each
 //! ordering key's *head* (its first open run) that claims read.
 
-use super::decode::Decoder;
+use super::decode::{Decoder, convert};
 use super::flow_connections::store_flow_connections;
 use super::traces::{TraceBlocks, read_trace_blocks};
 use super::{SqliteStore, clamp_claim, clamp_limit, db, non_empty};
 use crate::store::Enqueued;
-use crate::store::{Lease, NewRun, RunFilter, StoreError, StoredRun, add_ms, now_ms, validate_runs};
+use crate::store::{
+    Lease, NewRun, RunFilter, RunState, RunSummary, StoreError, StoredRun, add_ms, now_ms, validate_runs,
+};
 use serde_json::{Value, json};
 use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection};
 use std::collections::{HashMap, HashSet};
@@ -343,8 +345,8 @@ pub(super) async fn get(store: &SqliteStore, id: &str) -> Result<Option<StoredRu
     Ok(run)
 }
 
-pub(super) async fn list(store: &SqliteStore, filter: &RunFilter) -> Result<Vec<StoredRun>, StoreError> {
-    let mut query = QueryBuilder::<Sqlite>::new(concat!("SELECT ", run_columns!(), " FROM runs WHERE 1 = 1"));
+/// Appends the conditions of `filter` but its `before_seq` and `limit` (` AND ...` each) to a query on `runs`.
+pub(super) fn push_filter(query: &mut QueryBuilder<Sqlite>, filter: &RunFilter) {
     if let Some(customer) = &filter.customer {
         query.push(" AND customer = ").push_bind(customer.clone());
     }
@@ -369,22 +371,102 @@ pub(super) async fn list(store: &SqliteStore, filter: &RunFilter) -> Result<Vec<
         }
         query.push(")");
     }
-    if let Some(before) = filter.before_seq {
-        query.push(" AND seq < ").push_bind(before);
-    }
     if let Some(from) = filter.created_from {
         query.push(" AND created_at >= ").push_bind(from);
     }
     if let Some(until) = filter.created_until {
         query.push(" AND created_at < ").push_bind(until);
     }
+}
+
+/// A query for the runs `filter` selects, newest first: `SELECT <columns> FROM runs WHERE ...`.
+///
+/// Runs asked for by state (the queue, failures) but not by customer or ordering key (whose own indexes find few
+/// runs) are found by their states in `runs_due`, and only their `seq`s are sorted before the page's rows are read.
+/// Without statistics, SQLite would otherwise read every run in those states whole to sort them (the resend queue
+/// behind a few dead runs may hold thousands), or read a flow's whole history by `runs_by_flow` to find its few open
+/// runs. Not for `succeeded`, most of the history, where reading newest first and stopping after a page is best.
+pub(super) fn listing(columns: &str, filter: &RunFilter) -> QueryBuilder<Sqlite> {
+    let by_state = !filter.statuses.is_empty()
+        && !filter.statuses.contains(&RunState::Succeeded)
+        && filter.customer.is_none()
+        && filter.ordering_key.is_none();
+    let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {columns} FROM runs WHERE "));
+    if by_state {
+        query.push("seq IN (SELECT seq FROM runs INDEXED BY runs_due WHERE 1 = 1");
+    } else {
+        query.push("1 = 1");
+    }
+    push_filter(&mut query, filter);
+    if let Some(before) = filter.before_seq {
+        query.push(" AND seq < ").push_bind(before);
+    }
     query.push(" ORDER BY seq DESC LIMIT ").push_bind(clamp_limit(filter.limit));
+    if by_state {
+        query.push(") ORDER BY seq DESC");
+    }
+    query
+}
+
+pub(super) async fn list(store: &SqliteStore, filter: &RunFilter) -> Result<Vec<StoredRun>, StoreError> {
+    let mut query = listing(run_columns!(), filter);
     const OP: &str = "listing runs";
     let mut tx = store.reader.begin().await.map_err(db(OP))?;
     let rows: Vec<RunRow> = query.build_query_as().fetch_all(&mut *tx).await.map_err(db(OP))?;
     let runs = stored_runs_in(&mut tx, rows).await?;
     tx.commit().await.map_err(db(OP))?;
     Ok(runs)
+}
+
+/// The columns of a run's summary, as [`SummaryRow`] reads them.
+pub(super) const SUMMARY_COLUMNS: &str = "id, seq, flow_id, flow_version, connections, ordering_key, customer, status, attempts, \
+     next_attempt_at, last_error, created_at, updated_at";
+
+#[derive(FromRow)]
+struct SummaryRow {
+    id: String,
+    seq: i64,
+    flow_id: String,
+    flow_version: String,
+    connections: String,
+    ordering_key: String,
+    customer: Option<String>,
+    status: String,
+    attempts: i64,
+    next_attempt_at: i64,
+    last_error: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<SummaryRow> for RunSummary {
+    type Error = StoreError;
+
+    fn try_from(row: SummaryRow) -> Result<Self, StoreError> {
+        let d = Decoder { what: "run", id: &row.id };
+        Ok(RunSummary {
+            connections: d.strings("connections", &row.connections)?,
+            status: d.state(&row.status)?,
+            attempts: d.count("attempts", row.attempts)?,
+            last_error: d.opt_json("last_error", row.last_error.as_deref())?,
+            seq: row.seq,
+            flow_id: row.flow_id,
+            flow_version: row.flow_version,
+            ordering_key: row.ordering_key,
+            customer: row.customer,
+            next_attempt_at: row.next_attempt_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            id: row.id,
+        })
+    }
+}
+
+pub(super) async fn list_summaries(store: &SqliteStore, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
+    const OP: &str = "listing runs";
+    let rows: Vec<SummaryRow> =
+        listing(SUMMARY_COLUMNS, filter).build_query_as().fetch_all(&store.reader).await.map_err(db(OP))?;
+    convert(rows)
 }
 
 pub(super) async fn retry_now(store: &SqliteStore, id: &str) -> Result<bool, StoreError> {

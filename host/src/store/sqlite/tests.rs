@@ -783,3 +783,54 @@ async fn a_purge_deletes_a_trace_block_with_the_last_run_that_points_at_it_and_k
     assert_eq!(store.purge(cutoff, 100).await.unwrap().runs, 1);
     assert_eq!(trace_blocks(&store).await, 0, "no trace is left behind");
 }
+
+#[tokio::test]
+async fn listings_and_counts_read_a_flows_open_runs_by_their_states_and_a_customers_by_customer() {
+    use super::counts::{DEAD_BY_CUSTOMER, DEAD_BY_FLOW, count_query};
+    use super::runs::{SUMMARY_COLUMNS, listing};
+    let (_dir, store) = open().await;
+    let sql = |query: sqlx::QueryBuilder<Sqlite>| query.sql().as_str().to_string();
+    let list = |filter: RunFilter| sql(listing(SUMMARY_COLUMNS, &filter));
+    let count = |filter: RunFilter| sql(count_query(&filter));
+    let flow = Some("f".to_string());
+    let customer = Some("c".to_string());
+    let dead = vec![RunState::Dead];
+    let failures = vec![RunState::Failed, RunState::Dead];
+    let queue = vec![RunState::Queued, RunState::Leased, RunState::Held, RunState::Dead];
+    let filter = RunFilter::default;
+    // (statement, its binds, the index it must search `runs` by)
+    let expected = [
+        // The queue, or failures: by state, whatever their number, sorting only their `seq`s.
+        (list(RunFilter { statuses: failures, ..filter() }), 3, "COVERING INDEX runs_due (status=?)"),
+        // A flow's dead runs, or its queue, are few among its history: by state too.
+        (count(RunFilter { flow_id: flow.clone(), statuses: dead.clone(), ..filter() }), 2, "runs_due (status=?)"),
+        (list(RunFilter { flow_id: flow.clone(), statuses: queue.clone(), ..filter() }), 6, "runs_due (status=?)"),
+        (
+            count(RunFilter { connection: Some("x".into()), statuses: queue.clone(), ..filter() }),
+            6,
+            "runs_due (status=?)",
+        ),
+        // A flow's history newest first: by flow, stopping after a page.
+        (list(RunFilter { flow_id: flow, ..filter() }), 2, "runs_by_flow (flow_id=?)"),
+        // A customer's runs, in any state, are few: by customer.
+        (
+            list(RunFilter { customer: customer.clone(), statuses: queue, ..filter() }),
+            6,
+            "runs_by_customer (customer=?)",
+        ),
+        (count(RunFilter { customer, statuses: dead, ..filter() }), 2, "runs_by_customer (customer=?)"),
+        (DEAD_BY_CUSTOMER.to_string(), 1, "runs_due (status=?)"),
+        (DEAD_BY_FLOW.to_string(), 1, "runs_due (status=?)"),
+    ];
+    for (sql, binds, index) in expected {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(AssertSqlSafe(explain));
+        for _ in 0..binds {
+            query = query.bind("x");
+        }
+        let plan = query.fetch_all(&mut *store.test_writer().await).await.unwrap();
+        let details: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+        assert!(!details.iter().any(|d| d.starts_with("SCAN runs")), "{sql}: {details:#?}");
+        assert!(details.iter().any(|d| d.starts_with("SEARCH runs") && d.contains(index)), "{sql}: {details:#?}");
+    }
+}
