@@ -91,6 +91,8 @@ pub(crate) struct StoreState {
     started: Instant,
     /// The first request the egress policy refused, if any.
     pub denied_egress: Option<String>,
+    /// The percentage of its rate limit the service said was used, as the connector last reported it.
+    pub usage_percent: Option<u8>,
 }
 
 impl StoreState {
@@ -120,6 +122,7 @@ impl StoreState {
             max_log_bytes: limits.max_log_bytes,
             started: Instant::now(),
             denied_egress: None,
+            usage_percent: None,
         }
     }
 
