@@ -286,6 +286,13 @@ pub struct Connector {
     load_time: Duration,
 }
 
+impl Connector {
+    /// The version of the `flowhost:connector` WIT package the component was built for, e.g. `0.2.0`.
+    pub fn wit_version(&self) -> &'static str {
+        self.pre.version().as_str()
+    }
+}
+
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector").field("id", &self.manifest.id).field("hash", &self.hash).finish()
