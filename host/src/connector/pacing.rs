@@ -15,8 +15,8 @@
 //! rate before any refusal:
 //!
 //! - at [`NEAR_LIMIT`] % or more, the connection starts being paced (if it was not) and its rate is lowered to
-//!   [`SLOW_DOWN`] of what the service accepted over the last second, at most once a second: it slows before a
-//!   429 instead of after it;
+//!   [`SLOW_DOWN`] of what the service accepted over the last second, at most once per [`SLOW_EVERY`] while the
+//!   figure stays that high: it slows before a 429 instead of after it;
 //! - below [`HEADROOM`] %, a busy connection's rate grows by [`USAGE_INCREASE`] of itself per second, faster than
 //!   the blind probe, since the service confirms there is room; in between, the rate holds.
 //!
@@ -37,12 +37,15 @@ pub const INCREASE: f64 = 0.03;
 /// A usage (percent of the service's limit) from which the connection slows down before a refusal.
 pub const NEAR_LIMIT: u8 = 95;
 /// The rate after a usage of [`NEAR_LIMIT`] or more, as a fraction of what the service accepted over the last
-/// second: gentler than a refusal's [`DECREASE`], as nothing was refused yet.
-pub const SLOW_DOWN: f64 = 0.95;
+/// second (or of the rate, if lower): as a refusal's [`DECREASE`], so that one step takes a connection that
+/// overshot back under the limit before the service refuses.
+pub const SLOW_DOWN: f64 = 0.9;
+/// How often a usage that stays at [`NEAR_LIMIT`] or more lowers the rate again (many answers say it together).
+const SLOW_EVERY: Duration = Duration::from_millis(500);
 /// A usage below which a busy connection's rate grows by [`USAGE_INCREASE`] instead of [`INCREASE`].
 pub const HEADROOM: u8 = 90;
 /// How much the rate grows per second of busy sending while the service reports a usage below [`HEADROOM`].
-pub const USAGE_INCREASE: f64 = 0.2;
+pub const USAGE_INCREASE: f64 = 0.1;
 /// The slowest a paced connection sends, in calls per second.
 const MIN_RATE: f64 = 1.0;
 /// Tokens a paced connection may gather, in seconds of its rate: the burst it sends after a pause (the service's
@@ -333,10 +336,10 @@ impl Pacer {
 }
 
 impl State {
-    /// The service says its limit is nearly used: pace the connection (from now, if it was not) a little below
-    /// what the service accepted over the last second; once per [`WINDOW`], as many answers say it together.
+    /// The service says its limit is nearly used: pace the connection (from now, if it was not) below what the
+    /// service accepted over the last second; once per [`SLOW_EVERY`], as many answers say it together.
     fn slow_down(&mut self, now: Instant) {
-        if self.decreased.is_some_and(|at| now.saturating_duration_since(at) < WINDOW) {
+        if self.decreased.is_some_and(|at| now.saturating_duration_since(at) < SLOW_EVERY) {
             return;
         }
         let accepted = (self.accepted.len() as f64 / WINDOW.as_secs_f64()).max(MIN_RATE);
@@ -503,30 +506,33 @@ mod tests {
         assert_eq!(pacer.status().limit, None, "room left: not paced");
         pacer.accepted(Some(NEAR_LIMIT));
         let status = pacer.status();
-        assert_eq!(status.limit, Some(190.0), "95 % of the 200 accepted over the last second");
+        assert_eq!(status.limit, Some(180.0), "90 % of the 200 accepted over the last second");
         assert_eq!((status.throttled, status.paused_for_ms, status.throttled_now), (0, 0, false), "{status:?}");
         assert_eq!(status.usage_percent, Some(NEAR_LIMIT));
-        // Many answers say it together: the rate is lowered once a second, not once per answer.
+        // Many answers say it together: the rate is lowered once per half second, not once per answer.
         for _ in 0..50 {
             pacer.accepted(Some(99));
         }
-        assert_eq!(pacer.status().limit, Some(190.0));
+        assert_eq!(pacer.status().limit, Some(180.0));
         // Paced from now: the tokens of the time before do not make a burst.
         assert!(matches!(pacer.admit(LONG), Admission::Wait(_)));
     }
 
     #[test]
-    fn a_usage_still_near_the_limit_a_second_later_lowers_the_rate_again() {
+    fn a_usage_still_near_the_limit_half_a_second_later_lowers_the_rate_again() {
         let pacer = Pacer::new("crm", true);
         for _ in 0..100 {
             pacer.accepted(None);
         }
         pacer.refused(Some(Duration::ZERO), None);
         assert_eq!(pacer.status().limit, Some(90.0));
-        busy_for(&pacer, 2);
+        {
+            let mut s = lock(&pacer.state);
+            s.decreased = Some(Instant::now() - SLOW_EVERY);
+        }
         pacer.accepted(Some(100));
-        // 95 % of the rate (below what was accepted over the last second, 101).
-        assert_eq!(pacer.status().limit, Some(85.5));
+        // 90 % of the rate (below what was accepted over the last second, 101).
+        assert_eq!(pacer.status().limit, Some(81.0));
         assert_eq!(pacer.status().throttled, 1, "slowing down is not a refusal");
     }
 
@@ -546,7 +552,7 @@ mod tests {
         let with_room = grown(Some(50));
         let close = grown(Some(HEADROOM + 2));
         assert!(blind > 92.0 && blind < 93.5, "3 % a second: {blind}");
-        assert!(with_room > 107.0 && with_room < 109.0, "20 % a second: {with_room}");
+        assert!(with_room > 98.5 && with_room < 99.5, "10 % a second: {with_room}");
         assert_eq!(close, 90.0, "between {HEADROOM} and {NEAR_LIMIT} % the rate holds");
     }
 
