@@ -81,6 +81,8 @@ impl Host for NativeHost {
 
     fn cache_delete(&mut self, _key: &str) {}
 
+    fn report_usage(&mut self, _percentage_used: u64) {}
+
     fn log(&mut self, _level: Level, message: &str) {
         self.log.push(message.to_string());
     }

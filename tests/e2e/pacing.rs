@@ -182,6 +182,10 @@ async fn a_throttled_burst_is_paced_and_delivered_in_order_without_spending_atte
     let pacing = s.service.host().pacing().status();
     assert!(pacing["slow"].throttled >= 1 && pacing["slow"].limit.is_some(), "{pacing:?}");
     assert_eq!((pacing["fast"].throttled, pacing["fast"].limit), (0, None), "{pacing:?}");
+    // mParticle's `X-mp-rate-limit-percentage-used` (on its 2xx answers) reached the pacer through the connector
+    // (WIT 0.2.0's `pacing.report-usage`); the unlimited key's answers carry none.
+    assert!(pacing["slow"].usage_percent.is_some(), "{pacing:?}");
+    assert_eq!(pacing["fast"].usage_percent, None, "{pacing:?}");
     let metrics = s.service.render_metrics().await.unwrap();
     for line in [
         "flowhost_connection_throttled_total{connection=\"slow\"}",
@@ -189,6 +193,7 @@ async fn a_throttled_burst_is_paced_and_delivered_in_order_without_spending_atte
         "flowhost_connection_paused_seconds_total{connection=\"slow\"}",
         "flowhost_connection_send_rate{connection=\"fast\"}",
         "flowhost_connection_rate_limit{connection=\"slow\"}",
+        "flowhost_connection_rate_limit_used_percent{connection=\"slow\"}",
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }

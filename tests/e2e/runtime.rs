@@ -256,3 +256,32 @@ async fn dropped_runtimes_free_their_instance_pools() {
         drop((runtime, connector));
     }
 }
+
+#[tokio::test]
+async fn a_0_2_0_connector_reports_the_share_of_its_rate_limit_used_and_a_0_1_0_one_still_loads() {
+    let (runtime, _cache, connector) = echo().await;
+    assert_eq!(connector.wit_version(), "0.2.0");
+    let connection = connector.connection("c", &config(), &secrets(), &ConnectionOptions::default()).unwrap();
+    // On a call that succeeds (`pacing.report-usage`), clamped to what the WIT carries.
+    for (reported, expected) in [(Some(97), Some(97)), (Some(1000), Some(255)), (None, None)] {
+        let input = match reported {
+            Some(used) => json!({"reportUsage": used}),
+            None => json!({}),
+        };
+        let invocation = connector.invoke(&connection, "cacheCounter", &input, &context("c")).await;
+        assert!(invocation.result.is_ok(), "{:?}", invocation.result);
+        assert_eq!(invocation.usage_percent, expected, "{reported:?}");
+    }
+    // On a refusal, in the `rate-limited` error.
+    let input = json!({"kind": "rate-limited", "message": "slow down", "retryAfterMs": 1000, "percentageUsed": 130});
+    let refused = connector.invoke(&connection, "fail", &input, &context("f")).await;
+    assert_eq!(refused.result.unwrap_err().kind(), ErrorKind::RateLimited);
+    assert_eq!(refused.usage_percent, Some(130));
+
+    // A connector built for 0.1.0 (the TypeScript SDK's) loads and runs beside it; it reports no usage.
+    let old = load(&runtime, components::THROWS).await;
+    assert_eq!(old.wit_version(), "0.1.0");
+    let connection = crate::connect(&old, json!({}), ConnectionOptions::default());
+    let ok = old.invoke(&connection, "ok", &json!({}), &context("ok")).await;
+    assert_eq!((ok.result.unwrap(), ok.usage_percent), (json!({"ok": true}), None));
+}

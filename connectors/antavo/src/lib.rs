@@ -13,13 +13,14 @@ use flowhost_connector_sdk::*;
 #[allow(clippy::too_many_arguments)] // generated code
 mod batch {
     flowhost_connector_sdk::wit_bindgen::generate!({
-        path: "../../wit/v0.1.0",
+        path: "../../wit/v0.2.0",
         world: "batch-connector",
         with: {
-            "flowhost:connector/types@0.1.0": flowhost_connector_sdk::bindings::flowhost::connector::types,
-            "flowhost:connector/http@0.1.0": flowhost_connector_sdk::bindings::flowhost::connector::http,
-            "flowhost:connector/log@0.1.0": flowhost_connector_sdk::bindings::flowhost::connector::log,
-            "flowhost:connector/cache@0.1.0": flowhost_connector_sdk::bindings::flowhost::connector::cache,
+            "flowhost:connector/types@0.2.0": flowhost_connector_sdk::bindings::flowhost::connector::types,
+            "flowhost:connector/http@0.2.0": flowhost_connector_sdk::bindings::flowhost::connector::http,
+            "flowhost:connector/log@0.2.0": flowhost_connector_sdk::bindings::flowhost::connector::log,
+            "flowhost:connector/cache@0.2.0": flowhost_connector_sdk::bindings::flowhost::connector::cache,
+            "flowhost:connector/pacing@0.2.0": flowhost_connector_sdk::bindings::flowhost::connector::pacing,
         },
         runtime_path: "flowhost_connector_sdk::wit_bindgen::rt",
     });
@@ -247,7 +248,7 @@ fn to_wit(error: core::Error) -> ConnectorError {
         core::Error::Unauthorized(m) => ConnectorError::Unauthorized(m),
         core::Error::NotFound(m) => ConnectorError::NotFound(m),
         core::Error::RateLimited { retry_after_ms, message } => {
-            ConnectorError::RateLimited(RateLimit { retry_after_ms, message })
+            ConnectorError::RateLimited(RateLimit { retry_after_ms, message, percentage_used: None })
         }
         core::Error::Transient(m) => ConnectorError::Transient(m),
         core::Error::Permanent { status, message, body } => {

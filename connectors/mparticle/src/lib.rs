@@ -13,13 +13,14 @@ use mparticle_core as core;
 #[allow(clippy::too_many_arguments)] // generated code
 mod batch {
     flowhost_connector_sdk::wit_bindgen::generate!({
-        path: "../../wit/v0.1.0",
+        path: "../../wit/v0.2.0",
         world: "batch-connector",
         with: {
-            "flowhost:connector/types@0.1.0": flowhost_connector_sdk::bindings::flowhost::connector::types,
-            "flowhost:connector/http@0.1.0": flowhost_connector_sdk::bindings::flowhost::connector::http,
-            "flowhost:connector/log@0.1.0": flowhost_connector_sdk::bindings::flowhost::connector::log,
-            "flowhost:connector/cache@0.1.0": flowhost_connector_sdk::bindings::flowhost::connector::cache,
+            "flowhost:connector/types@0.2.0": flowhost_connector_sdk::bindings::flowhost::connector::types,
+            "flowhost:connector/http@0.2.0": flowhost_connector_sdk::bindings::flowhost::connector::http,
+            "flowhost:connector/log@0.2.0": flowhost_connector_sdk::bindings::flowhost::connector::log,
+            "flowhost:connector/cache@0.2.0": flowhost_connector_sdk::bindings::flowhost::connector::cache,
+            "flowhost:connector/pacing@0.2.0": flowhost_connector_sdk::bindings::flowhost::connector::pacing,
         },
         runtime_path: "flowhost_connector_sdk::wit_bindgen::rt",
     });
@@ -206,6 +207,10 @@ impl core::Host for WitHost {
         }
     }
 
+    fn report_usage(&mut self, percentage_used: u64) {
+        flowhost_connector_sdk::report_usage(percentage_used);
+    }
+
     fn cache_get(&mut self, key: &str) -> Option<String> {
         cache::get(key)
     }
@@ -238,8 +243,12 @@ fn to_wit(error: core::Error) -> ConnectorError {
         core::Error::InvalidConfig(m) => ConnectorError::InvalidConfig(m),
         core::Error::Unauthorized(m) => ConnectorError::Unauthorized(m),
         core::Error::NotFound(m) => ConnectorError::NotFound(m),
-        core::Error::RateLimited { retry_after_ms, message } => {
-            ConnectorError::RateLimited(RateLimit { retry_after_ms, message })
+        core::Error::RateLimited { retry_after_ms, message, percentage_used } => {
+            ConnectorError::RateLimited(RateLimit {
+                retry_after_ms,
+                message,
+                percentage_used: percentage_used.map(clamp_usage),
+            })
         }
         core::Error::Transient(m) => ConnectorError::Transient(m),
         core::Error::Permanent { status, message, body } => {

@@ -27,11 +27,11 @@ pub use wit_bindgen;
 mod arena;
 pub use arena::InvocationArena;
 
-/// The bindings generated from `wit/v0.1.0` (package `flowhost:connector@0.1.0`).
+/// The bindings generated from `wit/v0.2.0` (package `flowhost:connector@0.2.0`).
 #[allow(clippy::too_many_arguments)] // generated code
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/v0.1.0",
+        path: "../../wit/v0.2.0",
         world: "connector",
         pub_export_macro: true,
         export_macro_name: "export_connector",
@@ -47,17 +47,18 @@ pub mod bindings {
 #[allow(clippy::too_many_arguments)] // generated code
 pub mod inbound_bindings {
     wit_bindgen::generate!({
-        path: "../../wit/v0.1.0",
+        path: "../../wit/v0.2.0",
         world: "inbound-connector",
         pub_export_macro: true,
         export_macro_name: "export_inbound",
         default_bindings_module: "flowhost_connector_sdk::inbound_bindings",
         runtime_path: "flowhost_connector_sdk::wit_bindgen::rt",
         with: {
-            "flowhost:connector/types@0.1.0": crate::bindings::flowhost::connector::types,
-            "flowhost:connector/http@0.1.0": crate::bindings::flowhost::connector::http,
-            "flowhost:connector/log@0.1.0": crate::bindings::flowhost::connector::log,
-            "flowhost:connector/cache@0.1.0": crate::bindings::flowhost::connector::cache,
+            "flowhost:connector/types@0.2.0": crate::bindings::flowhost::connector::types,
+            "flowhost:connector/http@0.2.0": crate::bindings::flowhost::connector::http,
+            "flowhost:connector/log@0.2.0": crate::bindings::flowhost::connector::log,
+            "flowhost:connector/cache@0.2.0": crate::bindings::flowhost::connector::cache,
+            "flowhost:connector/pacing@0.2.0": crate::bindings::flowhost::connector::pacing,
         },
     });
 }
@@ -87,6 +88,7 @@ pub use inbound_bindings::export_inbound;
 pub use bindings::flowhost::connector::cache;
 pub use bindings::flowhost::connector::http::{self, HttpError, Request, Response};
 pub use bindings::flowhost::connector::log::{self, Level};
+pub use bindings::flowhost::connector::pacing;
 pub use bindings::flowhost::connector::types::{
     BatchItem, Capability, ConnectionProperty, ConnectorError, ConnectorInfo, Failure, FieldError, InvocationContext,
     RateLimit,
@@ -128,6 +130,17 @@ impl From<HttpError> for ConnectorError {
             HttpError::Other(m) => ConnectorError::Transient(format!("request failed: {m}")),
         }
     }
+}
+
+/// Tells the host how much of its rate limit the service says is used, in percent (e.g. from a response header),
+/// so that the host paces the connection before the service refuses calls. Figures above 255 are reported as 255.
+pub fn report_usage(percentage_used: u64) {
+    pacing::report_usage(clamp_usage(percentage_used));
+}
+
+/// A service's percentage used as the WIT carries it (`u8`): larger figures become 255.
+pub fn clamp_usage(percentage_used: u64) -> u8 {
+    u8::try_from(percentage_used).unwrap_or(u8::MAX)
 }
 
 /// Writes one line to the invocation log.

@@ -12,14 +12,17 @@ pub enum Language {
     Typescript,
 }
 
-const WIT: &str = include_str!("../../../wit/v0.1.0/connector.wit");
+/// The WIT each SDK is built against: the Rust SDK is on 0.2.0, the TypeScript SDK still on 0.1.0 (the host loads
+/// both).
+const WIT_V0_1: &str = include_str!("../../../wit/v0.1.0/connector.wit");
+const WIT_V0_2: &str = include_str!("../../../wit/v0.2.0/connector.wit");
 
 const TS_SDK: &[(&str, &str)] = &[
     ("sdk/src/index.ts", include_str!("../../../connectors/sdk-typescript/src/index.ts")),
     ("sdk/src/encoding.ts", include_str!("../../../connectors/sdk-typescript/src/encoding.ts")),
     ("sdk/tools/build.mjs", include_str!("../../../connectors/sdk-typescript/tools/build.mjs")),
     ("sdk/wit/worlds.wit", include_str!("../../../connectors/sdk-typescript/wit/worlds.wit")),
-    ("sdk/wit/deps/flowhost-connector/connector.wit", WIT),
+    ("sdk/wit/deps/flowhost-connector/connector.wit", WIT_V0_1),
 ];
 const TS_PACKAGE: &str = include_str!("../../../connectors/sdk-typescript/package.json");
 const TS_LOCK: &str = include_str!("../../../connectors/sdk-typescript/package-lock.json");
@@ -28,7 +31,7 @@ const TS_INDEX: &str = include_str!("../templates/typescript/index.ts");
 const RUST_SDK: &[(&str, &str)] = &[
     ("sdk/src/lib.rs", include_str!("../../../connectors/sdk/src/lib.rs")),
     ("sdk/src/arena.rs", include_str!("../../../connectors/sdk/src/arena.rs")),
-    ("sdk/wit/connector.wit", WIT),
+    ("sdk/wit/connector.wit", WIT_V0_2),
 ];
 const RUST_LIB: &str = include_str!("../templates/rust/lib.rs");
 const CARGO_LOCK: &str = include_str!("../../../Cargo.lock");
@@ -95,7 +98,7 @@ pub fn generate(name: &str, language: Language, dir: &Path) -> anyhow::Result<Ve
         Language::Rust => {
             for (path, text) in RUST_SDK {
                 // The copied SDK reads the WIT beside it.
-                files.push((path.to_string(), text.replace("\"../../wit/v0.1.0\"", "\"wit\"")));
+                files.push((path.to_string(), text.replace("\"../../wit/v0.2.0\"", "\"wit\"")));
             }
             files.push(("sdk/Cargo.toml".into(), RUST_SDK_MANIFEST.into()));
             files.push(("src/lib.rs".into(), fill(RUST_LIB)));

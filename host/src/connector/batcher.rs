@@ -120,6 +120,7 @@ fn cancelled() -> Invocation {
         }),
         log: Vec::new(),
         duration: Duration::ZERO,
+        usage_percent: None,
     }
 }
 

@@ -157,7 +157,7 @@ pub enum LoadError {
     Read { path: String, source: std::io::Error },
     #[error("not a valid connector component: {0}")]
     Compile(String),
-    #[error("the component does not implement flowhost:connector@0.1.0: {0}")]
+    #[error("the component does not implement the flowhost:connector contract: {0}")]
     Contract(String),
     /// The component was built for a version of the WIT contract this host does not know.
     #[error(

@@ -22,4 +22,7 @@ pub struct Invocation<T = Value> {
     pub result: Result<T, InvokeError>,
     pub log: Vec<LogLine>,
     pub duration: Duration,
+    /// The percentage of its rate limit the service said was used, as the connector reported it (through
+    /// `pacing.report-usage`, or in a `rate-limited` error), for the connection's pacer.
+    pub usage_percent: Option<u8>,
 }

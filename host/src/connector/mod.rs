@@ -1,5 +1,5 @@
 //! Connectors: WebAssembly components that the host loads, describes, validates input for and invokes in
-//! a sandbox. See `wit/v0.1.0/connector.wit` for the contract.
+//! a sandbox. See `wit/v0.2.0/connector.wit` for the contract (and `bindings` for the versions loaded).
 
 mod batcher;
 mod bindings;

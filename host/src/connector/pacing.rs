@@ -10,8 +10,21 @@
 //! - while calls are waiting for tokens (the connection is busy) and none is refused, the rate grows by
 //!   [`INCREASE`] of itself per second, so after a short probe the connection sends at what the service accepts.
 //!
-//! Nothing here knows a vendor: the connector says `rate-limited` and, when its service tells, how long to wait.
-//! Each connection has its own limiter, so one connection's throttling never slows another.
+//! When the service also says how much of its limit is used (a connector reports it with each answer, through
+//! WIT 0.2.0's `pacing.report-usage` or a `rate-limited` error's `percentage-used`), the percentage steers the
+//! rate before any refusal:
+//!
+//! - at [`NEAR_LIMIT`] % or more, the connection starts being paced (if it was not) and its rate is lowered to
+//!   [`SLOW_DOWN`] of what the service accepted over the last second, at most once per [`SLOW_EVERY`] while the
+//!   figure stays that high: it slows before a 429 instead of after it;
+//! - below [`HEADROOM`] %, a busy connection's rate grows by [`USAGE_INCREASE`] of itself per second, faster than
+//!   the blind probe, since the service confirms there is room; in between, the rate holds.
+//!
+//! Without a percentage (a 0.1.0 connector, a service that says nothing) the AIMD above is all there is.
+//!
+//! Nothing here knows a vendor: the connector says `rate-limited` and, when its service tells, how long to wait
+//! and how much of its limit is used. Each connection has its own limiter, so one connection's throttling never
+//! slows another.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -21,6 +34,18 @@ use std::time::{Duration, Instant};
 pub const DECREASE: f64 = 0.9;
 /// How much the rate grows per second of busy sending without a refusal, as a fraction of itself.
 pub const INCREASE: f64 = 0.03;
+/// A usage (percent of the service's limit) from which the connection slows down before a refusal.
+pub const NEAR_LIMIT: u8 = 95;
+/// The rate after a usage of [`NEAR_LIMIT`] or more, as a fraction of what the service accepted over the last
+/// second (or of the rate, if lower): as a refusal's [`DECREASE`], so that one step takes a connection that
+/// overshot back under the limit before the service refuses.
+pub const SLOW_DOWN: f64 = 0.9;
+/// How often a usage that stays at [`NEAR_LIMIT`] or more lowers the rate again (many answers say it together).
+const SLOW_EVERY: Duration = Duration::from_millis(500);
+/// A usage below which a busy connection's rate grows by [`USAGE_INCREASE`] instead of [`INCREASE`].
+pub const HEADROOM: u8 = 90;
+/// How much the rate grows per second of busy sending while the service reports a usage below [`HEADROOM`].
+pub const USAGE_INCREASE: f64 = 0.1;
 /// The slowest a paced connection sends, in calls per second.
 const MIN_RATE: f64 = 1.0;
 /// Tokens a paced connection may gather, in seconds of its rate: the burst it sends after a pause (the service's
@@ -113,6 +138,8 @@ struct State {
     accepted: VecDeque<Instant>,
     refusals: u64,
     paused_total: Duration,
+    /// The percentage of its limit the service last said was used.
+    usage: Option<u8>,
 }
 
 /// A connection's pacing, for `/metrics` and `/healthz`.
@@ -132,6 +159,10 @@ pub struct PacerStatus {
     pub paused_for_ms: u64,
     /// Whether the service refused a call in the last 10 seconds, or the connection is paused.
     pub throttled_now: bool,
+    /// The percentage of its rate limit the service last said was used (as its connector reported it); absent
+    /// when it never said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_percent: Option<u8>,
 }
 
 impl Pacer {
@@ -153,6 +184,7 @@ impl Pacer {
                 accepted: VecDeque::new(),
                 refusals: 0,
                 paused_total: Duration::ZERO,
+                usage: None,
             }),
         }
     }
@@ -197,19 +229,36 @@ impl Pacer {
     }
 
     /// The service accepted a call (anything but a rate limit answered: the call reached it and was not refused
-    /// for its rate).
-    pub fn accepted(&self) {
+    /// for its rate), saying (or not) how much of its limit is used.
+    pub fn accepted(&self, usage: Option<u8>) {
         let now = Instant::now();
         let mut s = lock(&self.state);
         s.accepted.push_back(now);
         s.trim(now);
         s.backoff = FIRST_BACKOFF;
+        if usage.is_some() {
+            s.usage = usage;
+        }
+        if !self.enabled {
+            return;
+        }
+        if usage.is_some_and(|used| used >= NEAR_LIMIT) {
+            s.slow_down(now);
+            return;
+        }
         if let Some(rate) = s.rate {
             let since = now.saturating_duration_since(s.increased);
-            let calm = s.last_refusal.is_none_or(|at| now.saturating_duration_since(at) >= WINDOW);
+            let calm =
+                [s.last_refusal, s.decreased].iter().flatten().all(|at| now.saturating_duration_since(*at) >= WINDOW);
             if since >= Duration::from_millis(100) {
+                let increase = match usage {
+                    None => INCREASE,
+                    Some(used) if used < HEADROOM => USAGE_INCREASE,
+                    // Close to the limit: hold.
+                    Some(_) => 0.0,
+                };
                 if s.busy && calm {
-                    s.rate = Some(rate * (1.0 + INCREASE * since.as_secs_f64()));
+                    s.rate = Some(rate * (1.0 + increase * since.as_secs_f64()));
                 }
                 s.increased = now;
                 s.busy = false;
@@ -217,13 +266,16 @@ impl Pacer {
         }
     }
 
-    /// The service refused a call for its rate, asking (or not) to wait `retry_after`. Pauses the whole
-    /// connection and lowers its rate; returns the pause.
-    pub fn refused(&self, retry_after: Option<Duration>) -> Duration {
+    /// The service refused a call for its rate, asking (or not) to wait `retry_after`, and saying (or not) how
+    /// much of its limit is used. Pauses the whole connection and lowers its rate; returns the pause.
+    pub fn refused(&self, retry_after: Option<Duration>, usage: Option<u8>) -> Duration {
         let now = Instant::now();
         let mut s = lock(&self.state);
         s.refusals += 1;
         s.last_refusal = Some(now);
+        if usage.is_some() {
+            s.usage = usage;
+        }
         if !self.enabled {
             return Duration::ZERO;
         }
@@ -278,11 +330,31 @@ impl Pacer {
             paused_for_ms: paused_for.as_millis() as u64,
             throttled_now: !paused_for.is_zero()
                 || s.last_refusal.is_some_and(|at| now.saturating_duration_since(at) < THROTTLED_FOR),
+            usage_percent: s.usage,
         }
     }
 }
 
 impl State {
+    /// The service says its limit is nearly used: pace the connection (from now, if it was not) below what the
+    /// service accepted over the last second; once per [`SLOW_EVERY`], as many answers say it together.
+    fn slow_down(&mut self, now: Instant) {
+        if self.decreased.is_some_and(|at| now.saturating_duration_since(at) < SLOW_EVERY) {
+            return;
+        }
+        let accepted = (self.accepted.len() as f64 / WINDOW.as_secs_f64()).max(MIN_RATE);
+        let base = self.rate.map_or(accepted, |rate| rate.min(accepted));
+        if self.rate.is_none() {
+            // Tokens start gathering now, not when the connection was first used.
+            self.tokens = 0.0;
+            self.refilled = now;
+        }
+        self.rate = Some((base * SLOW_DOWN).max(MIN_RATE));
+        self.decreased = Some(now);
+        self.increased = now;
+        self.busy = false;
+    }
+
     fn refill(&mut self, now: Instant, rate: f64) {
         if now > self.refilled {
             let gained = now.duration_since(self.refilled).as_secs_f64() * rate;
@@ -326,9 +398,9 @@ mod tests {
     fn a_refusal_pauses_the_whole_connection_and_sets_the_rate_from_what_was_accepted() {
         let pacer = Pacer::new("crm", true);
         for _ in 0..200 {
-            pacer.accepted();
+            pacer.accepted(None);
         }
-        assert_eq!(pacer.refused(Some(Duration::from_secs(2))), Duration::from_secs(2));
+        assert_eq!(pacer.refused(Some(Duration::from_secs(2)), None), Duration::from_secs(2));
         let status = pacer.status();
         assert_eq!(status.limit, Some(180.0), "90 % of the 200 accepted over the last second");
         assert!(status.throttled_now);
@@ -349,7 +421,7 @@ mod tests {
         // A caller that would wait longer than it wants to reserves nothing.
         assert!(matches!(pacer.admit(Duration::from_secs(1)), Admission::TooLong(_)));
         // Refusals of calls that were in flight together lower the rate once.
-        pacer.refused(Some(Duration::from_secs(1)));
+        pacer.refused(Some(Duration::from_secs(1)), None);
         assert_eq!(pacer.status().limit, Some(180.0));
         assert_eq!(pacer.status().throttled, 2);
     }
@@ -357,31 +429,32 @@ mod tests {
     #[test]
     fn without_retry_after_the_pause_backs_off_and_the_service_accepting_resets_it() {
         let pacer = Pacer::new("crm", true);
-        assert_eq!(pacer.refused(None), Duration::from_secs(1));
-        assert_eq!(pacer.refused(None), Duration::from_secs(2));
-        assert_eq!(pacer.refused(None), Duration::from_secs(4));
+        assert_eq!(pacer.refused(None, None), Duration::from_secs(1));
+        assert_eq!(pacer.refused(None, None), Duration::from_secs(2));
+        assert_eq!(pacer.refused(None, None), Duration::from_secs(4));
         assert_eq!(pacer.status().limit, Some(MIN_RATE), "nothing accepted yet: the slowest rate");
-        pacer.accepted();
-        assert_eq!(pacer.refused(None), Duration::from_secs(1));
+        pacer.accepted(None);
+        assert_eq!(pacer.refused(None, None), Duration::from_secs(1));
     }
 
     #[test]
     fn the_rate_grows_while_the_connection_is_busy_and_not_refused() {
         let pacer = Pacer::new("crm", true);
         for _ in 0..100 {
-            pacer.accepted();
+            pacer.accepted(None);
         }
-        pacer.refused(Some(Duration::ZERO));
+        pacer.refused(Some(Duration::ZERO), None);
         let start = pacer.status().limit.unwrap();
         assert_eq!(start, 90.0);
         // Pretend the refusal was long ago and calls wait for tokens.
         {
             let mut s = lock(&pacer.state);
             s.last_refusal = Some(Instant::now() - Duration::from_secs(5));
+            s.decreased = s.last_refusal;
             s.increased = Instant::now() - Duration::from_secs(2);
             s.busy = true;
         }
-        pacer.accepted();
+        pacer.accepted(None);
         let grown = pacer.status().limit.unwrap();
         assert!(grown > start * 1.05 && grown < start * 1.07, "{grown}");
         // An idle connection's rate does not grow.
@@ -390,14 +463,14 @@ mod tests {
             s.increased = Instant::now() - Duration::from_secs(2);
             s.busy = false;
         }
-        pacer.accepted();
+        pacer.accepted(None);
         assert_eq!(pacer.status().limit.unwrap(), grown);
     }
 
     #[test]
     fn pacing_off_never_waits_but_counts_refusals() {
         let pacer = Pacer::new("crm", false);
-        assert_eq!(pacer.refused(Some(Duration::from_secs(30))), Duration::ZERO);
+        assert_eq!(pacer.refused(Some(Duration::from_secs(30)), None), Duration::ZERO);
         assert_eq!(pacer.admit(Duration::ZERO), Admission::Go);
         assert_eq!(pacer.pause_left(), Duration::ZERO);
         assert_eq!(pacer.status().throttled, 1);
@@ -406,11 +479,105 @@ mod tests {
     #[test]
     fn one_connection_s_throttling_does_not_touch_another() {
         let pacing = Pacing::new(true);
-        pacing.pacer("a").refused(Some(Duration::from_secs(60)));
+        pacing.pacer("a").refused(Some(Duration::from_secs(60)), None);
         assert_eq!(pacing.pacer("b").admit(Duration::ZERO), Admission::Go);
         assert!(matches!(pacing.pacer("a").admit(Duration::from_secs(1)), Admission::TooLong(_)));
         assert!(Arc::ptr_eq(&pacing.pacer("a"), &pacing.pacer("a")), "one limiter per connection");
         let status = pacing.status();
         assert!(status["a"].throttled_now && !status["b"].throttled_now);
+    }
+
+    /// Moves the pacer's clocks back as if `secs` had passed since the rate last changed and calls had waited.
+    fn busy_for(pacer: &Pacer, secs: u64) {
+        let mut s = lock(&pacer.state);
+        let then = Instant::now() - Duration::from_secs(secs);
+        s.last_refusal = s.last_refusal.map(|_| then - Duration::from_secs(5));
+        s.decreased = s.decreased.map(|_| then - Duration::from_secs(5));
+        s.increased = then;
+        s.busy = true;
+    }
+
+    #[test]
+    fn a_usage_near_the_limit_paces_the_connection_before_any_refusal() {
+        let pacer = Pacer::new("crm", true);
+        for _ in 0..199 {
+            pacer.accepted(Some(40));
+        }
+        assert_eq!(pacer.status().limit, None, "room left: not paced");
+        pacer.accepted(Some(NEAR_LIMIT));
+        let status = pacer.status();
+        assert_eq!(status.limit, Some(180.0), "90 % of the 200 accepted over the last second");
+        assert_eq!((status.throttled, status.paused_for_ms, status.throttled_now), (0, 0, false), "{status:?}");
+        assert_eq!(status.usage_percent, Some(NEAR_LIMIT));
+        // Many answers say it together: the rate is lowered once per half second, not once per answer.
+        for _ in 0..50 {
+            pacer.accepted(Some(99));
+        }
+        assert_eq!(pacer.status().limit, Some(180.0));
+        // Paced from now: the tokens of the time before do not make a burst.
+        assert!(matches!(pacer.admit(LONG), Admission::Wait(_)));
+    }
+
+    #[test]
+    fn a_usage_still_near_the_limit_half_a_second_later_lowers_the_rate_again() {
+        let pacer = Pacer::new("crm", true);
+        for _ in 0..100 {
+            pacer.accepted(None);
+        }
+        pacer.refused(Some(Duration::ZERO), None);
+        assert_eq!(pacer.status().limit, Some(90.0));
+        {
+            let mut s = lock(&pacer.state);
+            s.decreased = Some(Instant::now() - SLOW_EVERY);
+        }
+        pacer.accepted(Some(100));
+        // 90 % of the rate (below what was accepted over the last second, 101).
+        assert_eq!(pacer.status().limit, Some(81.0));
+        assert_eq!(pacer.status().throttled, 1, "slowing down is not a refusal");
+    }
+
+    #[test]
+    fn a_usage_with_headroom_grows_the_rate_faster_than_the_blind_probe_and_one_close_to_the_limit_holds_it() {
+        let grown = |usage: Option<u8>| {
+            let pacer = Pacer::new("crm", true);
+            for _ in 0..100 {
+                pacer.accepted(None);
+            }
+            pacer.refused(Some(Duration::ZERO), None);
+            busy_for(&pacer, 1);
+            pacer.accepted(usage);
+            pacer.status().limit.unwrap()
+        };
+        let blind = grown(None);
+        let with_room = grown(Some(50));
+        let close = grown(Some(HEADROOM + 2));
+        assert!(blind > 92.0 && blind < 93.5, "3 % a second: {blind}");
+        assert!(with_room > 98.5 && with_room < 99.5, "10 % a second: {with_room}");
+        assert_eq!(close, 90.0, "between {HEADROOM} and {NEAR_LIMIT} % the rate holds");
+    }
+
+    #[test]
+    fn the_usage_of_a_refusal_is_kept_and_the_decrease_is_the_refusal_s() {
+        let pacer = Pacer::new("crm", true);
+        for _ in 0..100 {
+            pacer.accepted(None);
+        }
+        pacer.refused(Some(Duration::from_secs(1)), Some(120));
+        let status = pacer.status();
+        assert_eq!((status.limit, status.usage_percent), (Some(90.0), Some(120)));
+        // A refusal without a figure keeps the last one.
+        pacer.refused(None, None);
+        assert_eq!(pacer.status().usage_percent, Some(120));
+    }
+
+    #[test]
+    fn pacing_off_shows_the_usage_but_never_paces_for_it() {
+        let pacer = Pacer::new("crm", false);
+        for _ in 0..10 {
+            pacer.accepted(Some(100));
+        }
+        assert_eq!(pacer.status().limit, None);
+        assert_eq!(pacer.status().usage_percent, Some(100));
+        assert_eq!(pacer.admit(Duration::ZERO), Admission::Go);
     }
 }

@@ -28,7 +28,12 @@ impl Connector {
                 capability: "receive".into(),
                 offered: format!("{} (it has no inbound side)", self.manifest().capability_ids()),
             };
-            return Invocation { result: Err(error), log: Vec::new(), duration: Default::default() };
+            return Invocation {
+                result: Err(error),
+                log: Vec::new(),
+                duration: Default::default(),
+                usage_percent: None,
+            };
         };
         let config = connection.resolved_config.expose_secret().to_string();
         // Taken by value: the body (up to the body limit) moves into the call instead of being copied.
@@ -48,7 +53,7 @@ impl Connector {
             scope.egress = Arc::new(EgressPolicy::deny_all());
         }
         let outcome = run_sandboxed(&self.runtime, pre, scope, move |instance, store| {
-            Box::pin(async move { instance.flowhost_connector_inbound().call_receive(store, &config, &request).await })
+            Box::pin(async move { instance.call_receive(store, &config, &request).await })
         })
         .await;
         flatten(outcome, connection.redactor(), &self.runtime.limits, received)

@@ -3,7 +3,7 @@
 //! in a fresh sandboxed instance each time.
 
 use super::batcher::{BatchFuture, BatchSender, Batcher};
-use super::bindings;
+use super::bindings::{self, WitVersion};
 use super::component_cache::{DiskCache, LoadSource, compile_or_load, content_hash, default_cache_dir};
 use super::egress::{EgressPolicy, HostPattern};
 use super::engine::{build_engine, start_epoch_ticker};
@@ -27,7 +27,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 /// How a runtime is set up.
@@ -56,33 +56,46 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// The interface a connector's inbound side exports.
-const INBOUND_INTERFACE: &str = "flowhost:connector/inbound@0.1.0";
-
-/// The versions of the `flowhost:connector` WIT package this host loads components of (`wit/`).
-pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["0.1.0"];
+/// The versions of the `flowhost:connector` WIT package this host loads components of (`wit/`); see
+/// [`bindings`] for how they meet.
+pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["0.1.0", "0.2.0"];
 
 /// The prefix of the log line (level error) in which a connector that is about to trap says why: the SDKs of
 /// languages whose exceptions trap without a message the host can read (TypeScript) write it, and the host
 /// reports the line's rest as the crash's message.
 pub const CRASH_LOG_PREFIX: &str = "crashed: ";
 
-/// Refuses a component that imports or exports `flowhost:connector` interfaces of a version this host does
-/// not know, naming both versions (wasmtime's own link error would name only an interface).
-fn check_wit_version(component: &wasmtime::component::Component, engine: &Engine) -> Result<(), LoadError> {
+/// The version of the `flowhost:connector` interfaces a component imports and exports (`None` when it names
+/// none, e.g. it imports nothing of the host). Refuses a version this host does not know, naming both versions
+/// (wasmtime's own link error would name only an interface), and a component that mixes versions.
+fn check_wit_version(
+    component: &wasmtime::component::Component,
+    engine: &Engine,
+) -> Result<Option<WitVersion>, LoadError> {
     let ty = component.component_type();
     let names = ty.imports(engine).map(|(name, _)| name).chain(ty.exports(engine).map(|(name, _)| name));
+    let mut found: Option<WitVersion> = None;
     for name in names {
         let Some(rest) = name.strip_prefix("flowhost:connector/") else { continue };
         let Some((_, version)) = rest.split_once('@') else { continue };
-        if !SUPPORTED_WIT_VERSIONS.contains(&version) {
+        let Some(version) = WitVersion::parse(version) else {
             return Err(LoadError::UnsupportedWitVersion {
                 found: format!("flowhost:connector@{version}"),
                 supported: SUPPORTED_WIT_VERSIONS.iter().map(|v| format!("flowhost:connector@{v}")).collect(),
             });
+        };
+        match found {
+            Some(other) if other != version => {
+                return Err(LoadError::Contract(format!(
+                    "it uses interfaces of both flowhost:connector@{} and @{}; build it against one version",
+                    other.as_str(),
+                    version.as_str()
+                )));
+            }
+            _ => found = Some(version),
         }
     }
-    Ok(())
+    Ok(found)
 }
 
 /// The connector runtime. Cheap to clone; all clones share one engine and one set of caches.
@@ -125,8 +138,7 @@ impl Runtime {
             .map_err(|e| format!("cannot create the WebAssembly engine: {e}"))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("cannot link WASI: {e}"))?;
-        bindings::Connector::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |state| state)
-            .map_err(|e| format!("cannot link the connector imports: {e}"))?;
+        bindings::add_to_linker(&mut linker).map_err(|e| format!("cannot link the connector imports: {e}"))?;
         let disk = match &config.cache_dir {
             Some(dir) => match DiskCache::new(dir, &engine) {
                 Ok(disk) => Some(disk),
@@ -196,11 +208,14 @@ impl Runtime {
         .await
         .map_err(|e| LoadError::Compile(e.to_string()))?
         .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        check_wit_version(&component, &self.inner.engine)?;
+        let version = check_wit_version(&component, &self.inner.engine)?;
         let instance_pre =
             self.inner.linker.instantiate_pre(&component).map_err(|e| LoadError::Contract(format!("{e:#}")))?;
+        let pre = bindings::ConnectorPre::new(instance_pre.clone(), version)
+            .map_err(|e| LoadError::Contract(format!("{e:#}")))?;
+        let version = Some(pre.version());
         // A component that also exports `invoke-batch` (the `batch-connector` world) gets calls in batches.
-        let batch_pre = bindings::batch::BatchConnectorPre::new(instance_pre.clone()).ok();
+        let batch_pre = bindings::batch::BatchConnectorPre::new(instance_pre.clone(), version);
         let batched_capabilities = match &batch_pre {
             None => Vec::new(),
             Some(batch_pre) => run_sandboxed(&self.inner, batch_pre, deny_all_scope(), |instance, store| {
@@ -212,18 +227,18 @@ impl Runtime {
         };
         // A component that also exports the `inbound` interface receives its vendor's requests; one that
         // exports it in another shape breaks the contract.
-        let inbound_pre = match component.get_export_index(None, INBOUND_INTERFACE) {
+        let inbound_interface = pre.version().inbound_interface();
+        let inbound_pre = match component.get_export_index(None, &inbound_interface) {
             None => None,
             Some(_) => Some(
-                bindings::inbound::InboundConnectorPre::new(instance_pre.clone())
-                    .map_err(|e| LoadError::Contract(format!("{INBOUND_INTERFACE}: {e:#}")))?,
+                bindings::inbound::InboundConnectorPre::new(instance_pre, pre.version())
+                    .map_err(|e| LoadError::Contract(format!("{inbound_interface}: {e:#}")))?,
             ),
         };
         let inbound = match &inbound_pre {
             None => None,
             Some(inbound_pre) => Some(describe_inbound(&self.inner, inbound_pre).await?),
         };
-        let pre = bindings::ConnectorPre::new(instance_pre).map_err(|e| LoadError::Contract(format!("{e:#}")))?;
 
         let describe = run_sandboxed(&self.inner, &pre, deny_all_scope(), |instance, store| {
             Box::pin(instance.call_describe(store))
@@ -258,17 +273,24 @@ pub struct Connector {
     hash: String,
     manifest: Manifest,
     validators: Validators,
-    pre: bindings::ConnectorPre<StoreState>,
+    pre: bindings::ConnectorPre,
     /// Present when the component exports `invoke-batch`.
-    batch_pre: Option<bindings::batch::BatchConnectorPre<StoreState>>,
+    batch_pre: Option<bindings::batch::BatchConnectorPre>,
     /// The capabilities whose calls are batched (from `batched-capabilities`).
     batched_capabilities: Vec<String>,
     /// Present when the component exports the `inbound` interface.
-    pub(super) inbound_pre: Option<bindings::inbound::InboundConnectorPre<StoreState>>,
+    pub(super) inbound_pre: Option<bindings::inbound::InboundConnectorPre>,
     /// What its inbound side produces (from `describe-inbound`).
     pub(super) inbound: Option<InboundInfo>,
     load_source: LoadSource,
     load_time: Duration,
+}
+
+impl Connector {
+    /// The version of the `flowhost:connector` WIT package the component was built for, e.g. `0.2.0`.
+    pub fn wit_version(&self) -> &'static str {
+        self.pre.version().as_str()
+    }
 }
 
 impl std::fmt::Debug for Connector {
@@ -557,7 +579,7 @@ impl Connector {
         context: &InvocationContext,
     ) -> Invocation {
         if let Err(error) = self.validate_input_for(connection, capability, input) {
-            return Invocation { result: Err(error), log: Vec::new(), duration: Duration::ZERO };
+            return Invocation { result: Err(error), log: Vec::new(), duration: Duration::ZERO, usage_percent: None };
         }
         self.invoke_unvalidated(connection, capability, input, context).await
     }
@@ -650,7 +672,7 @@ impl Connector {
         connection: &Connection,
         capability: &str,
         items: &[(&Value, &InvocationContext)],
-        batch_pre: &bindings::batch::BatchConnectorPre<StoreState>,
+        batch_pre: &bindings::batch::BatchConnectorPre,
         validate: bool,
     ) -> Vec<Invocation> {
         let mut results: Vec<Option<Invocation>> = Vec::with_capacity(items.len());
@@ -665,9 +687,12 @@ impl Connector {
                     });
                     results.push(None);
                 }
-                Err(error) => {
-                    results.push(Some(Invocation { result: Err(error), log: Vec::new(), duration: Duration::ZERO }))
-                }
+                Err(error) => results.push(Some(Invocation {
+                    result: Err(error),
+                    log: Vec::new(),
+                    duration: Duration::ZERO,
+                    usage_percent: None,
+                })),
             }
         }
         if batch.is_empty() {
@@ -740,10 +765,10 @@ impl BatchSender for BatchOf<'_> {
 /// Runs `describe-inbound` on a freshly loaded component.
 async fn describe_inbound(
     runtime: &RuntimeInner,
-    pre: &bindings::inbound::InboundConnectorPre<StoreState>,
+    pre: &bindings::inbound::InboundConnectorPre,
 ) -> Result<InboundInfo, LoadError> {
     let described = run_sandboxed(runtime, pre, deny_all_scope(), |instance, store| {
-        Box::pin(instance.flowhost_connector_inbound().call_describe_inbound(store))
+        Box::pin(instance.call_describe_inbound(store))
     })
     .await;
     let info = described.result.map_err(|e| LoadError::Describe(format!("describe-inbound: {e}")))?;
@@ -787,15 +812,20 @@ fn split_batch(
     redactor: &Redactor,
     limits: &SandboxLimits,
 ) -> Vec<Invocation> {
-    let Outcome { result, log, duration, denied_egress } = outcome;
-    let failed = |error: InvokeError| Invocation { result: Err(error), log: log.clone(), duration };
+    let Outcome { result, log, duration, denied_egress, usage_percent } = outcome;
+    let failed = |error: InvokeError| Invocation { result: Err(error), log: log.clone(), duration, usage_percent };
     match result {
         // Each item gets the shared log, and its own line if its output or error was refused.
         Ok(results) if results.len() == items => results
             .into_iter()
             .map(|result| {
-                let outcome =
-                    Outcome { result: Ok(result), log: log.clone(), duration, denied_egress: denied_egress.clone() };
+                let outcome = Outcome {
+                    result: Ok(result),
+                    log: log.clone(),
+                    duration,
+                    denied_egress: denied_egress.clone(),
+                    usage_percent,
+                };
                 flatten(outcome, redactor, limits, |output| parse_output(output, limits))
             })
             .collect(),
@@ -826,6 +856,8 @@ pub(super) struct Outcome<R> {
     duration: Duration,
     /// Why the egress policy refused a request during the call, if it did.
     denied_egress: Option<String>,
+    /// The percentage of its rate limit the service said was used (`pacing.report-usage`), if reported.
+    usage_percent: Option<u8>,
 }
 
 /// Maps a connector's own error, and the host's knowledge of refused egress, onto the invocation result. An
@@ -836,6 +868,11 @@ pub(super) fn flatten<R, T>(
     limits: &SandboxLimits,
     convert: impl FnOnce(R) -> Result<T, InvokeError>,
 ) -> Invocation<T> {
+    // A refusal's own figure is the freshest.
+    let usage_percent = match &outcome.result {
+        Ok(Err(bindings::types::ConnectorError::RateLimited(limit))) => limit.percentage_used.or(outcome.usage_percent),
+        _ => outcome.usage_percent,
+    };
     let result = match (outcome.result, outcome.denied_egress) {
         (Ok(Ok(value)), _) => convert(value),
         // A refused request explains the failure better than whatever the connector made of it, and must
@@ -852,7 +889,7 @@ pub(super) fn flatten<R, T>(
         let at_ms = outcome.duration.as_millis() as u64;
         log.push(LogLine { at_ms, level: LogLevel::Error, source: LogSource::Host, message: error.to_string() });
     }
-    Invocation { result, log, duration: outcome.duration }
+    Invocation { result, log, duration: outcome.duration, usage_percent }
 }
 
 /// A connector error larger than the host accepts becomes `output-too-large`, its text dropped unread: it must
@@ -906,21 +943,21 @@ pub(super) trait WorldPre: Sync {
     fn instantiate<'a>(&'a self, store: &'a mut Store<StoreState>) -> CallFuture<'a, Self::Instance>;
 }
 
-impl WorldPre for bindings::ConnectorPre<StoreState> {
+impl WorldPre for bindings::ConnectorPre {
     type Instance = bindings::Connector;
     fn instantiate<'a>(&'a self, store: &'a mut Store<StoreState>) -> CallFuture<'a, Self::Instance> {
         Box::pin(self.instantiate_async(store))
     }
 }
 
-impl WorldPre for bindings::inbound::InboundConnectorPre<StoreState> {
+impl WorldPre for bindings::inbound::InboundConnectorPre {
     type Instance = bindings::inbound::InboundConnector;
     fn instantiate<'a>(&'a self, store: &'a mut Store<StoreState>) -> CallFuture<'a, Self::Instance> {
         Box::pin(self.instantiate_async(store))
     }
 }
 
-impl WorldPre for bindings::batch::BatchConnectorPre<StoreState> {
+impl WorldPre for bindings::batch::BatchConnectorPre {
     type Instance = bindings::batch::BatchConnector;
     fn instantiate<'a>(&'a self, store: &'a mut Store<StoreState>) -> CallFuture<'a, Self::Instance> {
         Box::pin(self.instantiate_async(store))
@@ -978,13 +1015,15 @@ where
             state.push_log(LogLevel::Error, LogSource::Host, &error.to_string());
         }
         let denied_egress = state.denied_egress.take();
-        Outcome { result, log: state.into_log(), duration: started.elapsed(), denied_egress }
+        let usage_percent = state.usage_percent;
+        Outcome { result, log: state.into_log(), duration: started.elapsed(), denied_egress, usage_percent }
     };
     runtime.pool.run(sandboxed).await.unwrap_or_else(|| Outcome {
         result: Err(InvokeError::Crashed { message: "the connector runtime is shutting down".into() }),
         log: Vec::new(),
         duration: started.elapsed(),
         denied_egress: None,
+        usage_percent: None,
     })
 }
 
@@ -1026,7 +1065,7 @@ mod tests {
     ) -> Outcome<Vec<Result<String, ConnectorError>>> {
         let log =
             vec![LogLine { at_ms: 1, level: LogLevel::Info, source: LogSource::Connector, message: "sent".into() }];
-        Outcome { result, log, duration: Duration::from_millis(3), denied_egress: None }
+        Outcome { result, log, duration: Duration::from_millis(3), denied_egress: None, usage_percent: None }
     }
 
     #[test]

@@ -115,6 +115,8 @@ pub(crate) struct StoreState {
     pub denied_egress: Option<String>,
     /// Whether a `cache.set` was refused during this invocation.
     cache_refused: bool,
+    /// The percentage of its rate limit the service said was used, as the connector last reported it.
+    pub usage_percent: Option<u8>,
 }
 
 impl StoreState {
@@ -145,6 +147,7 @@ impl StoreState {
             started: Instant::now(),
             denied_egress: None,
             cache_refused: false,
+            usage_percent: None,
         }
     }
 

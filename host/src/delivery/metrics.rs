@@ -70,6 +70,7 @@ pub struct Metrics {
     connection_limit: Family<ConnectionLabels, Gauge<f64, AtomicU64>>,
     connection_throttled: Family<ConnectionLabels, Counter>,
     connection_paused: Family<ConnectionLabels, Counter<f64, AtomicU64>>,
+    connection_usage: Family<ConnectionLabels, Gauge>,
     /// Runs delivered and failed per minute, the last hour of them, for the console's chart.
     recent: Mutex<VecDeque<MinuteCount>>,
 }
@@ -128,6 +129,7 @@ impl Metrics {
             connection_limit: Family::default(),
             connection_throttled: Family::default(),
             connection_paused: Family::default(),
+            connection_usage: Family::default(),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_MINUTES + 1)),
             registry: Registry::default(),
         };
@@ -206,6 +208,12 @@ impl Metrics {
             Unit::Seconds,
             metrics.connection_paused.clone(),
         );
+        registry.register(
+            "connection_rate_limit_used_percent",
+            "The percentage of its rate limit the connection's service last said was used, as its connector \
+             reported it (absent while it never said)",
+            metrics.connection_usage.clone(),
+        );
         Metrics { registry, ..metrics }
     }
 
@@ -222,6 +230,9 @@ impl Metrics {
             self.connection_limit.get_or_create(&labels).set(status.limit.unwrap_or(0.0));
             let throttled = self.connection_throttled.get_or_create(&labels);
             throttled.inc_by(status.throttled.saturating_sub(throttled.get()));
+            if let Some(used) = status.usage_percent {
+                self.connection_usage.get_or_create(&labels).set(i64::from(used));
+            }
             let paused = self.connection_paused.get_or_create(&labels);
             let more = status.paused_seconds - paused.get();
             if more > 0.0 {

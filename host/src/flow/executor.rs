@@ -598,6 +598,7 @@ impl LoadedFlow {
             let started_ms = state.elapsed_ms();
             let invocation = connector.invoke_batched(connection, capability, input, &context).await;
             trace.log.extend(invocation.log);
+            let usage = invocation.usage_percent;
             let mut record = Attempt {
                 attempt,
                 started_ms,
@@ -608,7 +609,7 @@ impl LoadedFlow {
             let error = match invocation.result {
                 Ok(output) => {
                     if let Some(pacer) = pacer {
-                        pacer.accepted();
+                        pacer.accepted(usage);
                     }
                     trace.attempts.push(record);
                     return Ok(output);
@@ -616,7 +617,7 @@ impl LoadedFlow {
                 Err(error) => error,
             };
             if error.kind() == ErrorKind::RateLimited && node.retry.retries(ErrorKind::RateLimited) {
-                match self.throttled(node, &path, state, trace, pacer, attempt, &error) {
+                match self.throttled(node, &path, state, trace, pacer, attempt, &error, usage) {
                     Ok(delay) => {
                         tokio::time::sleep(delay).await;
                         // The same attempt again: a refusal for the rate does not spend one.
@@ -627,7 +628,7 @@ impl LoadedFlow {
             }
             if let Some(pacer) = pacer {
                 // Any other answer reached the service without a refusal for its rate.
-                pacer.accepted();
+                pacer.accepted(usage);
             }
             let mut failure = NodeError::from_invoke(&node.id, &error);
             failure.message = self.redactor.redact(&failure.message);
@@ -672,6 +673,7 @@ impl LoadedFlow {
         pacer: Option<&Arc<Pacer>>,
         attempt: u32,
         error: &InvokeError,
+        usage: Option<u8>,
     ) -> Result<Duration, Halt> {
         let message = self.redactor.redact(&error.to_string());
         let asked = error.retry_after();
@@ -687,7 +689,7 @@ impl LoadedFlow {
             ),
             other => (other, None),
         };
-        let pause = pacer.map_or(Duration::ZERO, |p| p.refused(retry_after));
+        let pause = pacer.map_or(Duration::ZERO, |p| p.refused(retry_after, usage));
         let now = crate::store::now_ms();
         let since = *state.memo.throttled_since_ms.get_or_insert(now);
         let spent = Duration::from_millis(now.saturating_sub(since).max(0) as u64);

@@ -41,7 +41,7 @@ pub enum Error {
     NotFound(String),
     /// mParticle is throttling us (HTTP 429). Retryable.
     #[error("rate limited: {message}")]
-    RateLimited { retry_after_ms: Option<u64>, message: String },
+    RateLimited { retry_after_ms: Option<u64>, message: String, percentage_used: Option<u64> },
     /// A timeout, a lost connection, a 408 or a 5xx. Retryable.
     #[error("transient failure: {0}")]
     Transient(String),

@@ -118,4 +118,7 @@ pub trait Host {
     fn cache_delete(&mut self, key: &str);
     /// Writes one line to the invocation log. Never pass credentials.
     fn log(&mut self, level: Level, message: &str);
+    /// Tells the host how much of its rate limit mParticle says is used, in percent
+    /// (`X-mp-rate-limit-percentage-used`), so that it paces the connection before mParticle answers 429.
+    fn report_usage(&mut self, percentage_used: u64);
 }

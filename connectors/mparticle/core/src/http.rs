@@ -27,16 +27,28 @@ pub struct Call<'a> {
     pub idempotency: Idempotency,
 }
 
-/// Sends a request; logs the method and URL (which never carry credentials) and the status.
+/// Sends a request; logs the method and URL (which never carry credentials) and the status, and reports the
+/// share of the rate limit used when mParticle says it (on 2xx answers of throttled resources, and on 429s).
 pub fn send(host: &mut dyn Host, request: HttpRequest) -> Result<HttpResponse, TransportError> {
     let line = format!("{} {}", request.method, request.url);
     host.log(Level::Debug, &line);
     let outcome = host.fetch(request);
     match &outcome {
-        Ok(response) => host.log(Level::Debug, &format!("{line} -> HTTP {}", response.status)),
+        Ok(response) => {
+            host.log(Level::Debug, &format!("{line} -> HTTP {}", response.status));
+            if let Some(used) = percentage_used(response) {
+                host.report_usage(used);
+            }
+        }
         Err(error) => host.log(Level::Warn, &format!("{line} -> {error}")),
     }
     outcome
+}
+
+/// `X-mp-rate-limit-percentage-used`: a non-negative number (a fraction is rounded); anything else is ignored.
+pub fn percentage_used(response: &HttpResponse) -> Option<u64> {
+    let value: f64 = response.header("x-mp-rate-limit-percentage-used")?.trim().parse().ok()?;
+    (value.is_finite() && value >= 0.0).then(|| value.round().min(u64::MAX as f64) as u64)
 }
 
 /// Maps a transport failure. A timeout or lost connection of a non-idempotent request is permanent: it may
@@ -99,6 +111,7 @@ pub fn map_status(response: &HttpResponse, call: Call<'_>, secrets: &[&str]) -> 
                 .unwrap_or_default();
             Error::RateLimited {
                 retry_after_ms: retry_after_ms(response),
+                percentage_used: percentage_used(response),
                 message: format!("{capability}: mParticle is rate limiting requests{scope} (HTTP 429){said}{unusable}"),
             }
         }
@@ -217,7 +230,7 @@ mod tests {
         let body = r#"{"errors":[{"code":"VALIDATION_ERROR","message":"Account name is not unique."}]}"#;
         let rate =
             map_status(&response(429, &[("Retry-After", "7"), ("X-MP-Rate-Limit-Exceeded", "app")], ""), SAFE, &[]);
-        let Error::RateLimited { retry_after_ms, message } = rate else { panic!("{rate:?}") };
+        let Error::RateLimited { retry_after_ms, message, percentage_used: None } = rate else { panic!("{rate:?}") };
         assert_eq!(retry_after_ms, Some(7000));
         assert!(message.contains("app limit"), "{message}");
         let Error::RateLimited { retry_after_ms: None, .. } = map_status(&response(429, &[], ""), SAFE, &[]) else {
@@ -230,7 +243,7 @@ mod tests {
         };
         // A Retry-After that is negative or not a number is ignored, and the message says so.
         for bad in ["-5", "soon", "1.5"] {
-            let Error::RateLimited { retry_after_ms: None, message } =
+            let Error::RateLimited { retry_after_ms: None, message, .. } =
                 map_status(&response(429, &[("retry-after", bad)], ""), SAFE, &[])
             else {
                 panic!("{bad}")

@@ -72,6 +72,33 @@ fn a_refused_request_fails_every_call_in_it_with_the_same_kind() {
 }
 
 #[test]
+fn the_share_of_the_rate_limit_used_is_reported_from_accepted_and_refused_answers() {
+    let used = |percent: &'static str| [("x-mp-rate-limit-percentage-used", percent)];
+    let mut host =
+        FakeHost::new().answer_with(202, &used("42"), "").answer(202, "").answer_with(202, &used("97.6"), "");
+    for _ in 0..3 {
+        let results = invoke_batch(&mut host, "triggerMarketingCommunication", &connection(), &items(2));
+        assert!(results.iter().all(Result::is_ok));
+    }
+    // An answer without the header reports nothing; a fraction is rounded.
+    assert_eq!(host.usage, [42, 98]);
+    // A 429 that says it carries it in the error too.
+    let mut host =
+        FakeHost::new().answer_with(429, &[("retry-after", "1"), ("x-mp-rate-limit-percentage-used", "130")], "");
+    let results = invoke_batch(&mut host, "triggerMarketingCommunication", &connection(), &items(2));
+    for result in results {
+        assert!(matches!(result, Err(Error::RateLimited { percentage_used: Some(130), .. })), "{result:?}");
+    }
+    assert_eq!(host.usage, [130]);
+    // A figure that is not a non-negative number is ignored.
+    for bad in ["-3", "lots", "NaN", ""] {
+        let mut host = FakeHost::new().answer_with(202, &used(bad), "");
+        invoke_batch(&mut host, "triggerMarketingCommunication", &connection(), &items(1));
+        assert!(host.usage.is_empty(), "{bad}");
+    }
+}
+
+#[test]
 fn requests_are_split_at_100_batches_and_never_split_a_call() {
     let mut host = FakeHost::new().answer(202, "").answer(202, "").answer(202, "");
     let results = invoke_batch(&mut host, "triggerMarketingCommunication", &connection(), &items(250));

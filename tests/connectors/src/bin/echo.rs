@@ -46,6 +46,10 @@ impl Guest for Echo {
         if !input.is_object() {
             return Err(invalid_input("", "the input must be a JSON object"));
         }
+        // As a service that says how much of its rate limit is used would.
+        if let Some(used) = input["reportUsage"].as_u64() {
+            report_usage(used);
+        }
         let output = match capability.as_str() {
             "echo" => json!({
                 "message": input["properties"]["message"].as_str().ok_or_else(|| invalid_input("/properties/message", "message must be a string"))?,
@@ -94,9 +98,11 @@ fn error_named(input: &Value) -> ConnectorError {
         "invalid-config" => ConnectorError::InvalidConfig(message),
         "unauthorized" => ConnectorError::Unauthorized(message),
         "not-found" => ConnectorError::NotFound(message),
-        "rate-limited" => {
-            ConnectorError::RateLimited(RateLimit { retry_after_ms: input["retryAfterMs"].as_u64(), message })
-        }
+        "rate-limited" => ConnectorError::RateLimited(RateLimit {
+            retry_after_ms: input["retryAfterMs"].as_u64(),
+            message,
+            percentage_used: input["percentageUsed"].as_u64().map(clamp_usage),
+        }),
         "transient" => ConnectorError::Transient(message),
         _ => ConnectorError::Permanent(Failure {
             status: input["status"].as_u64().map(|s| s as u16),

@@ -18,6 +18,8 @@ pub struct FakeHost {
     pub cache: HashMap<String, (String, u32)>,
     pub deleted: Vec<String>,
     pub logs: Vec<(Level, String)>,
+    /// The percentages of the rate limit used that the connector reported, in order.
+    pub usage: Vec<u64>,
 }
 
 impl FakeHost {
@@ -93,6 +95,10 @@ impl Host for FakeHost {
 
     fn log(&mut self, level: Level, message: &str) {
         self.logs.push((level, message.into()));
+    }
+
+    fn report_usage(&mut self, percentage_used: u64) {
+        self.usage.push(percentage_used);
     }
 }
 
