@@ -9,6 +9,7 @@ mod examples;
 mod flows;
 mod hostile;
 mod inbound;
+mod integrity;
 mod isolation;
 mod mparticle;
 mod pacing;
