@@ -13,6 +13,7 @@ mod integrity;
 mod isolation;
 mod mparticle;
 mod pacing;
+mod precision;
 mod runtime;
 mod scale;
 mod security;
