@@ -21,6 +21,9 @@ pub struct ServiceConfig {
     pub traces: TraceRetention,
     /// How long finished runs, processed inbound messages and outbox events are kept.
     pub retention: RetentionConfig,
+    /// How often the store's integrity is checked ([`Store::check_integrity`](crate::store::Store::check_integrity)):
+    /// once when the service starts, then at this interval. For SQLite each check reads the whole file.
+    pub integrity_check: Duration,
 }
 
 /// Retention: finished runs (with their traces), processed inbound messages and outbox events are purged once
@@ -123,6 +126,13 @@ impl Default for ServiceConfig {
             group_commit: GroupCommitConfig::default(),
             traces: TraceRetention::All,
             retention: RetentionConfig::default(),
+            integrity_check: ServiceConfig::DEFAULT_INTEGRITY_CHECK,
         }
     }
+}
+
+impl ServiceConfig {
+    /// Every hour: a SQLite file is read whole each time, and damage found within the hour is early enough to
+    /// restore from a backup before much more is written.
+    pub const DEFAULT_INTEGRITY_CHECK: Duration = Duration::from_secs(3600);
 }

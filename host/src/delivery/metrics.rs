@@ -71,6 +71,8 @@ pub struct Metrics {
     connection_throttled: Family<ConnectionLabels, Counter>,
     connection_paused: Family<ConnectionLabels, Counter<f64, AtomicU64>>,
     connection_usage: Family<ConnectionLabels, Gauge>,
+    store_integrity_problems: Gauge,
+    store_integrity_checked: Gauge,
     /// Runs delivered and failed per minute, the last hour of them, for the console's chart.
     recent: Mutex<VecDeque<MinuteCount>>,
 }
@@ -130,6 +132,8 @@ impl Metrics {
             connection_throttled: Family::default(),
             connection_paused: Family::default(),
             connection_usage: Family::default(),
+            store_integrity_problems: Gauge::default(),
+            store_integrity_checked: Gauge::default(),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_MINUTES + 1)),
             registry: Registry::default(),
         };
@@ -214,7 +218,26 @@ impl Metrics {
              reported it (absent while it never said)",
             metrics.connection_usage.clone(),
         );
+        registry.register(
+            "store_integrity_problems",
+            "Problems the store's latest integrity check found (0: none; SQLite's quick_check reports at most 10)",
+            metrics.store_integrity_problems.clone(),
+        );
+        registry.register_with_unit(
+            "store_integrity_checked_timestamp",
+            "When the store's integrity was last checked, in seconds since the Unix epoch (0: not yet)",
+            Unit::Seconds,
+            metrics.store_integrity_checked.clone(),
+        );
         Metrics { registry, ..metrics }
+    }
+
+    /// The store's latest integrity check; one that could not run changes nothing.
+    pub fn integrity_checked(&self, status: &super::IntegrityStatus) {
+        if let Ok(found) = &status.result {
+            self.store_integrity_problems.set(i64::try_from(found.problems.len()).unwrap_or(i64::MAX));
+            self.store_integrity_checked.set(status.checked_at_ms / 1000);
+        }
     }
 
     /// A run put back in the queue because it was throttled.
@@ -402,5 +425,27 @@ mod tests {
         assert!(minutes.windows(2).all(|w| w[1].minute_ms - w[0].minute_ms == 60_000));
         let an_hour_later = metrics.per_minute(now + 3_600_000);
         assert!(an_hour_later.iter().all(|m| m.failed == 0), "older minutes fall out");
+    }
+
+    #[test]
+    fn the_store_integrity_gauges_show_the_latest_check_that_ran() {
+        use crate::store::Integrity;
+        let metrics = Metrics::new();
+        let render = || metrics.render(&QueueCounts::default(), &HeldBehind::default());
+        assert!(render().contains("flowhost_store_integrity_problems 0\n"), "{}", render());
+        let found = |problems: &[&str]| Integrity {
+            check: "PRAGMA quick_check".into(),
+            problems: problems.iter().map(|p| p.to_string()).collect(),
+        };
+        let status = |at: i64, result| super::super::IntegrityStatus { checked_at_ms: at, result };
+        metrics.integrity_checked(&status(1_700_000_000_000, Ok(found(&["Page 7: bad", "Page 9: bad"]))));
+        let text = render();
+        assert!(text.contains("flowhost_store_integrity_problems 2\n"), "{text}");
+        assert!(text.contains("flowhost_store_integrity_checked_timestamp_seconds 1700000000\n"), "{text}");
+        // A check that could not run changes neither.
+        metrics.integrity_checked(&status(1_800_000_000_000, Err("not reachable".into())));
+        assert_eq!(render(), text);
+        metrics.integrity_checked(&status(1_800_000_000_000, Ok(found(&[]))));
+        assert!(render().contains("flowhost_store_integrity_problems 0\n"), "{}", render());
     }
 }

@@ -7,6 +7,7 @@ pub mod group_commit;
 mod inbound_accept;
 mod inbound_endpoint;
 mod inbound_worker;
+mod integrity;
 pub mod metrics;
 mod retention;
 mod run_worker;
@@ -16,6 +17,7 @@ mod shared;
 pub use config::{RetentionConfig, ServiceConfig, TraceRetention};
 pub use inbound_accept::{Admission, PUBLIC_BODY_LIMIT};
 pub use inbound_endpoint::{InboundConnection, InboundError, InboundReceipt};
+pub use integrity::IntegrityStatus;
 pub use service::{
     AcceptError, AcceptedEvent, AcceptedRun, ConnectionError, FailedRun, InboundMessageView, LoyaltyEvent, Service,
     ServiceError,

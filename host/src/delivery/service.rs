@@ -8,6 +8,7 @@ use super::config::ServiceConfig;
 use super::group_commit::{GroupCommit, GroupCommitError};
 use super::inbound_accept::{self, Admission};
 use super::inbound_endpoint::{InboundConnection, InboundEndpoint, InboundError, InboundReceipt};
+use super::integrity::IntegrityStatus;
 use super::metrics::Metrics;
 use super::shared::{ActiveFlows, Shared, ordering_key};
 use super::{inbound_worker, retention, run_worker};
@@ -153,6 +154,7 @@ impl Service {
             stopping: CancellationToken::new(),
             on_emit: RwLock::new(None),
             completions: CompletionBatch::new(store.clone()),
+            integrity: RwLock::new(None),
             config,
         });
         // Another process's enqueue (or retry, or recorded message) wakes this one's workers, where the store can
@@ -171,7 +173,14 @@ impl Service {
         tasks.spawn(run_worker::run(shared.clone(), tasks.clone()));
         tasks.spawn(inbound_worker::run(shared.clone()));
         tasks.spawn(retention::run(shared.clone()));
+        tasks.spawn(super::integrity::run(shared.clone()));
         Ok(Service { shared, commit, tasks })
+    }
+
+    /// The latest integrity check of the store (see [`ServiceConfig::integrity_check`]); `None` until the first
+    /// one, which starts with the service, has ended.
+    pub fn integrity(&self) -> Option<IntegrityStatus> {
+        self.shared.integrity.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

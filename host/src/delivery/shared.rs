@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     pub on_emit: RwLock<Option<EmitCallback>>,
     /// Completions committed together.
     pub completions: CompletionBatch,
+    /// The latest integrity check of the store; `None` until the first one ends.
+    pub integrity: RwLock<Option<super::IntegrityStatus>>,
 }
 
 impl Shared {

@@ -147,11 +147,21 @@ pub struct Node {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeUi {
     /// The node's position on the canvas, in the canvas's units (e.g. as an imported flow had it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "position_through_json")]
     pub position: Option<UiPosition>,
     /// Anything else a console keeps about the node.
     #[serde(flatten)]
     pub other: Map<String, Value>,
+}
+
+/// Reads a position through a JSON value: beside a flattened map, serde hands a field each number as
+/// serde_json's arbitrary-precision text (a map) rather than as a number, which an `f64` does not take; a JSON value
+/// takes it, and gives an `f64` field the number.
+fn position_through_json<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<UiPosition>, D::Error> {
+    match Option::<Value>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(value) => serde_json::from_value(value).map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 /// A point on a console's canvas.
@@ -277,4 +287,22 @@ pub struct Fail {
 /// The JSON Schema of flow files.
 pub fn flow_schema() -> Value {
     serde_json::to_value(schemars::schema_for!(Flow)).expect("the flow schema serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ui_position_takes_any_json_number_beside_the_other_keys() {
+        // `1.50` and `1e2` are numbers whose text is not an f64's shortest form: serde_json keeps them as text.
+        let ui: NodeUi =
+            serde_json::from_str(r#"{"position": {"x": 1.50, "y": 1e2}, "color": "red", "z": 3.250}"#).unwrap();
+        assert_eq!(ui.position, Some(UiPosition { x: 1.5, y: 100.0 }));
+        assert_eq!(ui.other.get("z").map(ToString::to_string).as_deref(), Some("3.250"));
+        let from_value: NodeUi = serde_json::from_value(serde_json::json!({"position": {"x": 7, "y": -2.5}})).unwrap();
+        assert_eq!(from_value.position, Some(UiPosition { x: 7.0, y: -2.5 }));
+        let error = serde_json::from_str::<NodeUi>(r#"{"position": {"x": 1, "y": 2, "w": 3}}"#).unwrap_err();
+        assert!(error.to_string().contains("unknown field `w`"), "{error}");
+    }
 }

@@ -35,6 +35,9 @@
 //! batch = 500                           # rows of each kind per transaction
 //! pause = "100ms"                       # between two batches, so accepts and claims go on
 //!
+//! [integrity]                           # the store's integrity check (at open, then on this schedule)
+//! interval = "1h"                       # SQLite: PRAGMA quick_check, which reads the whole file
+//!
 //! [retry]                               # the default policy of connector nodes, as in flows
 //! maxAttempts = 6
 //! throttleBudgetMs = 86400000           # how long a run may wait on a service that refuses it for its rate
@@ -110,6 +113,8 @@ pub struct ServeConfig {
     pub secrets: SecretsSection,
     #[serde(default)]
     pub server: ServerSection,
+    #[serde(default)]
+    pub integrity: IntegritySection,
     /// Where relative paths are resolved: the config file's directory.
     #[serde(skip)]
     pub base: PathBuf,
@@ -131,6 +136,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("connections", &self.connections)
             .field("secrets", &self.secrets)
             .field("server", &self.server)
+            .field("integrity", &self.integrity)
             .field("base", &self.base)
             .finish()
     }
@@ -234,6 +240,38 @@ impl RetentionSection {
             ));
         }
         Ok(RetentionConfig { max_age, interval, batch: self.batch, pause })
+    }
+}
+
+/// `[integrity]`, as written: how often the service checks the store's integrity
+/// ([`Store::check_integrity`](crate::store::Store::check_integrity); the store checks it when it opens, too).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegritySection {
+    #[serde(default = "default_integrity_interval")]
+    pub interval: String,
+}
+
+impl Default for IntegritySection {
+    fn default() -> Self {
+        IntegritySection { interval: default_integrity_interval() }
+    }
+}
+
+fn default_integrity_interval() -> String {
+    humantime::format_duration(ServiceConfig::DEFAULT_INTEGRITY_CHECK).to_string()
+}
+
+impl IntegritySection {
+    /// The interval, or what is wrong with it.
+    pub fn interval(&self) -> Result<Duration, String> {
+        let interval = humantime::parse_duration(self.interval.trim()).map_err(|e| {
+            format!("integrity.interval: `{}` is not a duration such as \"1h\" or \"30m\": {e}", self.interval)
+        })?;
+        if interval < Duration::from_secs(1) {
+            return Err(format!("integrity.interval must be at least 1s (it is `{}`)", self.interval));
+        }
+        Ok(interval)
     }
 }
 
@@ -471,6 +509,7 @@ impl ServeConfig {
             return Err("delivery.lease_seconds must be at least 3".into());
         }
         config.retention.config()?;
+        config.integrity.interval()?;
         config.server.limits()?;
         config.connectors.sandbox_limits(SandboxLimits::default())?;
         for (field, hosts) in std::iter::once(("connectors".to_string(), &config.connectors.allowed_hosts))
@@ -586,6 +625,7 @@ impl ServeConfig {
             lease: Duration::from_secs(self.delivery.lease_seconds),
             traces: self.delivery.traces,
             retention: self.retention.config()?,
+            integrity_check: self.integrity.interval()?,
             ..ServiceConfig::default()
         })
     }
@@ -641,6 +681,22 @@ mod tests {
         assert!(!shown.contains("hunter2") && shown.contains("postgres://flowhost:redacted@db/q"), "{shown}");
         let defaults = ServeConfig::parse("flows = [\"f\"]\n").unwrap();
         assert_eq!(defaults.store_location().unwrap(), sqlite("flowhost.db"));
+    }
+
+    #[test]
+    fn the_integrity_check_runs_hourly_unless_the_file_says_otherwise() {
+        let defaults = ServeConfig::parse("flows = [\"f\"]\n").unwrap().service_config().unwrap();
+        assert_eq!(defaults.integrity_check, Duration::from_secs(3600));
+        let config = ServeConfig::parse("flows = [\"f\"]\n[integrity]\ninterval = \"10m\"\n").unwrap();
+        assert_eq!(config.service_config().unwrap().integrity_check, Duration::from_secs(600));
+        for (interval, expected) in [
+            ("\"10\"", "integrity.interval: `10` is not a duration"),
+            ("\"100ms\"", "integrity.interval must be at least 1s (it is `100ms`)"),
+        ] {
+            let error =
+                ServeConfig::parse(&format!("flows = [\"f\"]\n[integrity]\ninterval = {interval}\n")).unwrap_err();
+            assert!(error.to_string().contains(expected), "{interval}: {error}");
+        }
     }
 
     #[test]

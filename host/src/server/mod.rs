@@ -12,7 +12,7 @@
 //! | `GET /v1/outbox?after=&limit=` | events emitted for the platform, oldest first |
 //! | `GET /v1/inbound?status=` | inbound messages, with what became of them (`failed` naming the runs that failed) |
 //! | `POST /v1/connections/{name}/disconnect`, `.../reconnect` | stop / restart everything that uses a connection |
-//! | `GET /healthz`, `GET /metrics` | liveness (store reachable), Prometheus metrics |
+//! | `GET /healthz`, `GET /metrics` | liveness (store reachable and intact), Prometheus metrics |
 //! | `GET /ui/…` | the web console ([`console`]): pages, and forms that post to `/ui/…` |
 //!
 //! Errors are JSON, `{"error": "...", "fields": [{"pointer", "message"}]}`, with 400 (malformed), 401 (token),
@@ -1027,17 +1027,83 @@ struct Health {
     /// for it, with their pacing.
     #[serde(skip_serializing_if = "Option::is_none")]
     throttled_connections: Option<BTreeMap<String, crate::connector::pacing::PacerStatus>>,
+    /// The store's latest integrity check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store_integrity: Option<StoreIntegrity>,
 }
 
-/// Liveness: the store is reachable. With the API token (or when the service has none), also the running and
-/// stopped flows and the queue's sizes; an anonymous caller learns only up or down.
+/// The store's latest integrity check, as `/healthz` shows it (a failed one makes `/healthz` answer 503).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct StoreIntegrity {
+    /// `ok`; `pending` until the first check since the service started has ended; `error` when the latest check
+    /// could not run (the store was not reachable).
+    status: String,
+    /// What was checked (SQLite: `PRAGMA quick_check`; PostgreSQL: the schema's migrations and tables).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    check: Option<String>,
+    /// When the latest check ended (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checked_at: Option<String>,
+    /// Why the latest check could not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl StoreIntegrity {
+    fn of(status: Option<&crate::delivery::IntegrityStatus>) -> Self {
+        let Some(status) = status else {
+            return StoreIntegrity { status: "pending".into(), check: None, checked_at: None, error: None };
+        };
+        let checked_at = Some(rfc3339_ms(status.checked_at_ms));
+        match &status.result {
+            Ok(found) => StoreIntegrity {
+                status: if found.ok() { "ok" } else { "failed" }.into(),
+                check: Some(found.check.clone()),
+                checked_at,
+                error: None,
+            },
+            Err(error) => {
+                StoreIntegrity { status: "error".into(), check: None, checked_at, error: Some(error.clone()) }
+            }
+        }
+    }
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// Liveness: the store is reachable, and its latest integrity check did not find it damaged. With the API token (or
+/// when the service has none), also the running and stopped flows, the queue's sizes and the integrity check, or
+/// what the check found; an anonymous caller learns only up or down.
 #[utoipa::path(get, path = "/healthz", tag = "service",
     responses(
         (status = 200, description = "Healthy", body = Health),
-        (status = 503, description = "The store is not reachable", body = ErrorBody),
+        (status = 503, description = "The store is not reachable, or its latest integrity check found it damaged",
+            body = ErrorBody),
     ))]
 async fn healthz(State(state): State<ApiState>, request: Request) -> Response {
     let details = state.api_token.as_ref().is_none_or(|token| bearer_matches(&request, token));
+    let integrity = state.service.integrity();
+    if let Some(status) = &integrity
+        && let Ok(found) = &status.result
+        && !found.ok()
+    {
+        if !details {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "down");
+        }
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the store failed its integrity check ({}, at {}): {}; restore it from a backup",
+                found.check,
+                rfc3339_ms(status.checked_at_ms),
+                found.problems.join("; ")
+            ),
+        );
+    }
     match state.service.store().counts().await {
         Ok(counts) if details => {
             let (flows, stopped_flows) = state.service.flows();
@@ -1049,6 +1115,7 @@ async fn healthz(State(state): State<ApiState>, request: Request) -> Response {
                 stopped_flows: Some(stopped_flows),
                 queue: Some(counts.runs),
                 throttled_connections: Some(throttled),
+                store_integrity: Some(StoreIntegrity::of(integrity.as_ref())),
             })
             .into_response()
         }
@@ -1058,6 +1125,7 @@ async fn healthz(State(state): State<ApiState>, request: Request) -> Response {
             stopped_flows: None,
             queue: None,
             throttled_connections: None,
+            store_integrity: None,
         })
         .into_response(),
         Err(e) if details => error(StatusCode::SERVICE_UNAVAILABLE, format!("the store is not reachable: {e}")),

@@ -1106,6 +1106,29 @@ pub trait Store: Send + Sync {
     fn on_wake(&self, wake: WakeFn) {
         let _ = wake;
     }
+
+    /// Checks that the stored data is intact, as far as the backend can tell on its own ([`Integrity`]): SQLite
+    /// runs `PRAGMA quick_check`, which reads the whole file (call it on a schedule, not per request);
+    /// PostgreSQL checks that its migrations are this build's and that every table answers (the server's own
+    /// checksums and `amcheck` are its operator's). Opening a store runs the same check and refuses a store that
+    /// fails it. `Err` when the check could not run (the store is not reachable); problems it found are `Ok`.
+    async fn check_integrity(&self) -> Result<Integrity, StoreError>;
+}
+
+/// What a store's integrity check found ([`Store::check_integrity`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Integrity {
+    /// What was checked, e.g. `PRAGMA quick_check`.
+    pub check: String,
+    /// What is wrong, in the backend's words; empty when the check passed.
+    pub problems: Vec<String>,
+}
+
+impl Integrity {
+    /// Whether the check found nothing wrong.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
 }
 
 #[cfg(test)]

@@ -81,6 +81,7 @@ macro_rules! fenced {
 
 mod holds;
 mod inbound;
+mod integrity;
 mod leases;
 pub mod location;
 mod notify;
@@ -167,6 +168,18 @@ impl PostgresStore {
             .test_before_acquire(false)
             .after_connect(move |conn, _| Box::pin(asynchronous_commits(conn, asynchronous)))
             .connect_lazy_with(options.clone());
+        // Migrated just now, so this finds only what migrating cannot see (a table that does not answer).
+        match integrity::check(&bookkeeping).await {
+            Ok(found) if found.ok() => {}
+            found => {
+                bookkeeping.close().await;
+                durable.close().await;
+                return Err(match found {
+                    Ok(found) => open_error(format!("{} found: {}", found.check, found.problems.join("; "))),
+                    Err(error) => error,
+                });
+            }
+        }
         let wake = notify::Wakers::default();
         if !location.poll_only {
             notify::listen(options, wake.clone());
@@ -428,5 +441,9 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         PostgresStore::close(self).await
+    }
+
+    async fn check_integrity(&self) -> Result<crate::store::Integrity, StoreError> {
+        integrity::check(&self.bookkeeping).await
     }
 }

@@ -434,3 +434,37 @@ async fn calls_fail_while_the_server_is_away_and_work_again_when_it_returns() {
     assert_eq!(ids, HashSet::from([before[0].clone(), after[0].clone()]), "nothing lost, nothing more");
     store.close().await;
 }
+
+#[tokio::test]
+async fn the_integrity_check_finds_migrations_that_are_not_this_builds_and_tables_that_do_not_answer() {
+    let Some(database) = TestDatabase::create("PostgreSQL integrity check").await else { return };
+    let store = database.store().await;
+    let healthy = store.check_integrity().await.unwrap();
+    assert!(healthy.ok(), "{healthy:?}");
+    for tamper in [
+        "UPDATE _sqlx_migrations SET checksum = '\\x00' WHERE version = 2",
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99, 'from elsewhere', true, '\\x00', 0)",
+        "ALTER TABLE outbox RENAME TO outbox_moved",
+    ] {
+        sqlx::query(tamper).execute(&store.durable).await.unwrap();
+    }
+    let found = store.check_integrity().await.unwrap();
+    assert_eq!(found.check, "the schema's migrations and tables");
+    let problems = found.problems.join("\n");
+    assert_eq!(found.problems.len(), 3, "{problems}");
+    assert!(problems.contains("migration 2 (retention) applied differs from this build's"), "{problems}");
+    assert!(problems.contains("migration 99 is applied but unknown to this build"), "{problems}");
+    assert!(problems.contains("table outbox cannot be read"), "{problems}");
+    store.close().await;
+
+    // A table that does not answer keeps the store from opening, named.
+    let Some(other) = TestDatabase::create("PostgreSQL integrity check at open").await else { return };
+    let store = other.store().await;
+    sqlx::query("ALTER TABLE inbound RENAME TO inbound_moved").execute(&store.durable).await.unwrap();
+    store.close().await;
+    let location = PostgresLocation::parse(&other.url("")).unwrap();
+    let error = PostgresStore::open(&location).await.unwrap_err();
+    assert!(matches!(error, StoreError::Open { .. }), "{error}");
+    assert!(error.to_string().contains("table inbound cannot be read"), "{error}");
+}

@@ -127,6 +127,7 @@ pub(super) mod decode;
 pub(super) mod flow_connections;
 mod holds;
 mod inbound;
+mod integrity;
 mod leases;
 mod outbox;
 mod retention;
@@ -153,6 +154,9 @@ pub struct SqliteStore {
     wal: WalSync,
     flow_connections: KnownFlowConnections,
     path: PathBuf,
+    /// How the integrity check opens its own connection (read-only): a fresh connection reads the file as it is
+    /// now, not pages a pooled connection has cached.
+    check_options: SqliteConnectOptions,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -213,6 +217,17 @@ impl SqliteStore {
         let writer_options =
             options.clone().create_if_missing(true).pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES);
         let mut conn = connect(&writer_options).await.map_err(|e| open_error(e.to_string()))?;
+        // Before the migrations, which would write into a damaged file (or fail on it with a vaguer error).
+        match integrity::quick_check(&mut conn).await {
+            Ok(found) if found.ok() => {}
+            found => {
+                conn.close().await.ok();
+                return Err(open_error(match found {
+                    Ok(found) => integrity::refusal(&found),
+                    Err(e) => format!("the integrity check (PRAGMA quick_check) could not run: {e}"),
+                }));
+            }
+        }
         if let Err(e) = MIGRATOR.run(&mut conn).await {
             conn.close().await.ok();
             return Err(StoreError::Migrate(e.to_string()));
@@ -222,6 +237,7 @@ impl SqliteStore {
             conn.close().await.ok();
             return Err(open_error(message));
         }
+        let check_options = options.clone().read_only(true);
         let reader = match SqlitePoolOptions::new()
             .max_connections(READERS)
             .after_connect(|conn, _| Box::pin(plan_without_bound_values(conn)))
@@ -253,6 +269,7 @@ impl SqliteStore {
             wal,
             flow_connections: KnownFlowConnections::default(),
             path: path.to_path_buf(),
+            check_options,
         })
     }
 
@@ -566,5 +583,13 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         SqliteStore::close(self).await
+    }
+
+    async fn check_integrity(&self) -> Result<crate::store::Integrity, StoreError> {
+        let operation = "checking the store's integrity";
+        let mut conn = self.check_options.connect().await.map_err(db(operation))?;
+        let found = integrity::quick_check(&mut conn).await;
+        conn.close().await.ok();
+        found.map_err(db(operation))
     }
 }

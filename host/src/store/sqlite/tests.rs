@@ -834,3 +834,75 @@ async fn listings_and_counts_read_a_flows_open_runs_by_their_states_and_a_custom
         assert!(details.iter().any(|d| d.starts_with("SEARCH runs") && d.contains(index)), "{sql}: {details:#?}");
     }
 }
+
+/// A store file with a few thousand runs in it, closed (its WAL copied into the file and removed).
+async fn filled_store_file(dir: &tempfile::TempDir) -> PathBuf {
+    let path = dir.path().join("flowhost.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    for batch in 0..20 {
+        store.enqueue(&(0..200).map(|i| run(&format!("customer-{batch}-{i}"))).collect::<Vec<_>>()).await.unwrap();
+    }
+    store.close().await;
+    let wal = std::fs::metadata(dir.path().join("flowhost.db-wal")).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(wal, 0, "the WAL was not copied into the file at close");
+    path
+}
+
+/// Writes garbage over the last quarter of the file's pages (where the runs just enqueued are), leaving the header
+/// page and the schema's pages at the front as they were. Returns how many pages were overwritten.
+fn corrupt_tail_pages(path: &Path) -> usize {
+    let mut bytes = std::fs::read(path).unwrap();
+    let page_size = match u16::from_be_bytes([bytes[16], bytes[17]]) {
+        1 => 65536,
+        size => usize::from(size),
+    };
+    let pages = bytes.len() / page_size;
+    assert!(pages > 40, "the file has only {pages} pages");
+    let first = pages - pages / 4;
+    for (i, byte) in bytes[first * page_size..].iter_mut().enumerate() {
+        *byte = (i as u8).wrapping_mul(31).wrapping_add(0x5a);
+    }
+    std::fs::write(path, &bytes).unwrap();
+    pages - first
+}
+
+#[tokio::test]
+async fn a_store_file_with_corrupted_pages_refuses_to_open_naming_the_file_and_what_quick_check_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = filled_store_file(&dir).await;
+    assert!(corrupt_tail_pages(&path) > 10);
+    let damaged = std::fs::read(&path).unwrap();
+    for _ in 0..2 {
+        let error = SqliteStore::open(&path).await.unwrap_err();
+        let StoreError::Open { path: named, message } = &error else { panic!("not an open error: {error}") };
+        assert_eq!(named, &path.display().to_string());
+        let (_, found) = message.split_once("PRAGMA quick_check found: ").unwrap_or_else(|| panic!("{message}"));
+        // quick_check's own words, e.g. "Page 40: btree page has invalid type" or "database disk image is malformed".
+        assert!(found.len() > 20 && !found.starts_with('.'), "{message}");
+        assert!(error.to_string().contains("flowhost.db"), "{error}");
+        // Refusing wrote nothing over the damage.
+        assert!(std::fs::read(&path).unwrap() == damaged, "opening changed the damaged file");
+    }
+
+    // Garbage over the header: not a database at all; an error naming the file too.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[..100].fill(0x5a);
+    std::fs::write(&path, &bytes).unwrap();
+    let error = SqliteStore::open(&path).await.unwrap_err();
+    assert!(matches!(error, StoreError::Open { .. }) && error.to_string().contains("flowhost.db"), "{error}");
+}
+
+#[tokio::test]
+async fn a_running_store_whose_file_is_damaged_fails_its_next_integrity_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = filled_store_file(&dir).await;
+    let store = SqliteStore::open(&path).await.unwrap();
+    let healthy = store.check_integrity().await.unwrap();
+    assert!(healthy.ok(), "{healthy:?}");
+    corrupt_tail_pages(&path);
+    let damaged = store.check_integrity().await.unwrap();
+    assert_eq!(damaged.check, "PRAGMA quick_check");
+    assert!(!damaged.ok(), "the damage went unseen");
+    assert!(damaged.problems.len() <= 10, "{damaged:?}");
+    store.close().await;
+}
