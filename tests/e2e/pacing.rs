@@ -149,10 +149,13 @@ async fn a_throttled_burst_is_paced_and_delivered_in_order_without_spending_atte
             assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{key} {customer} out of order: {sequences:?}");
         }
     }
-    // The slow key was over its limit (the pacing had to learn it), and nothing was dead-lettered although each
-    // run has two attempts.
+    // The slow connection was paced: it learnt its limit from a 429 or, sooner, from the percentage used that the
+    // service sent on its 2xx answers (then there may be no 429 at all); and nothing was dead-lettered although
+    // each run has two attempts.
     let stats = s.emulator.stats();
-    assert!(stats.throttled_requests >= 1, "{stats:?}");
+    let pacing = s.service.host().pacing().status();
+    assert!(pacing["slow"].limit.is_some(), "{pacing:?} {stats:?}");
+    assert!(stats.throttled_requests >= 1 || pacing["slow"].usage_percent.is_some(), "{pacing:?} {stats:?}");
     wait_until("every run settled", Duration::from_secs(30), async || {
         s.store.counts().await.unwrap().runs.succeeded == 500
     })
@@ -169,7 +172,7 @@ async fn a_throttled_burst_is_paced_and_delivered_in_order_without_spending_atte
         .map(|trace| &trace["nodes"][0])
         .filter(|node| node["throttled"].as_array().is_some_and(|w| !w.is_empty()))
         .collect();
-    assert!(!throttled.is_empty(), "no run recorded a throttled wait");
+    assert!(stats.throttled_requests == 0 || !throttled.is_empty(), "no run recorded a refusal: {stats:?}");
     for node in throttled {
         let wait = &node["throttled"][0];
         assert!(wait["message"].as_str().unwrap().contains("rate"), "{wait}");
@@ -180,7 +183,7 @@ async fn a_throttled_burst_is_paced_and_delivered_in_order_without_spending_atte
 
     // The connections' pacing, as /metrics and /healthz show it.
     let pacing = s.service.host().pacing().status();
-    assert!(pacing["slow"].throttled >= 1 && pacing["slow"].limit.is_some(), "{pacing:?}");
+    assert_eq!(pacing["slow"].throttled >= 1, stats.throttled_requests >= 1, "{pacing:?} {stats:?}");
     assert_eq!((pacing["fast"].throttled, pacing["fast"].limit), (0, None), "{pacing:?}");
     // mParticle's `X-mp-rate-limit-percentage-used` (on its 2xx answers) reached the pacer through the connector
     // (WIT 0.2.0's `pacing.report-usage`); the unlimited key's answers carry none.
