@@ -7,6 +7,7 @@
 //! recorded in BENCHMARKS.md.
 
 use crate::serve::{ServiceDir, client, delivered_points, eventually, get, repo_flow, send};
+use flowhost::store::now_ms;
 use flowhost_tests::components;
 use mparticle_emulator::EmulatorConfig;
 use serde_json::{Value, json};
@@ -55,7 +56,7 @@ async fn four_looping_connectors_leave_the_service_responsive_and_run_once() {
                "data": {"customerId": format!("c-{i}"), "points": i, "balance": i * 10}})
     };
     let delivered = || delivered_points(&emulator.handle().batches()).len();
-    let baseline_sent = unix_ms();
+    let baseline_sent = now_ms();
     let (status, _) = send(client().post(format!("{base}/v1/events")).json(&[event(0)])).await;
     assert_eq!(status, 202);
     eventually(Duration::from_secs(30), "the baseline event", || async { delivered() >= 1 }).await;
@@ -84,7 +85,7 @@ async fn four_looping_connectors_leave_the_service_responsive_and_run_once() {
         assert_eq!(health.status(), 200);
         health_ms.push(asked.elapsed().as_secs_f64() * 1000.0);
         let asked = Instant::now();
-        posted_at.push(unix_ms());
+        posted_at.push(now_ms());
         let (status, body) = send(client().post(format!("{base}/v1/events")).json(&[event(i)])).await;
         assert_eq!(status, 202, "an accept failed while connectors loop: {body}");
         accept_ms.push(asked.elapsed().as_secs_f64() * 1000.0);
@@ -135,8 +136,4 @@ async fn four_looping_connectors_leave_the_service_responsive_and_run_once() {
     assert!(max_health < 2000.0, "healthz took {max_health} ms");
     assert!(p99_accept < 2000.0, "accepts took {p99_accept} ms");
     assert!(max_delay < 10_000.0, "a normal event took {max_delay} ms to be delivered");
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
