@@ -55,6 +55,9 @@ pub struct BenchOptions {
     pub store: Option<String>,
     /// `flowhost serve` processes sharing the store in the throughput phase.
     pub processes: usize,
+    /// How long the emulated mParticle takes to answer each Events API request in the throughput phase, as the
+    /// real one does across a network (0: at once, on loopback).
+    pub mparticle_latency_ms: u64,
 }
 
 impl BenchOptions {
@@ -71,6 +74,7 @@ impl BenchOptions {
             traces: TraceRetention::All,
             store: None,
             processes: 1,
+            mparticle_latency_ms: 0,
         }
     }
 
@@ -92,6 +96,8 @@ pub struct BenchReport {
     pub store: String,
     /// `flowhost serve` processes in the throughput phase.
     pub processes: usize,
+    /// The emulated mParticle's answer time per Events API request in the throughput phase.
+    pub mparticle_latency_ms: u64,
     pub cold_start_empty_cache_ms: f64,
     pub cold_start_warm_cache_ms: f64,
     pub accepted_per_second: f64,
@@ -135,7 +141,8 @@ impl BenchReport {
             None => String::new(),
         };
         let mut text = format!(
-            "flowhost bench: {} events, {} customers, {} connections, traces kept: {}; store {}, {} process{}\n\
+            "flowhost bench: {} events, {} customers, {} connections, traces kept: {}; store {}, {} process{}; \
+             mParticle answers in {} ms\n\
              cold start to first delivery: {:.0} ms with an empty compile cache, {:.0} ms with a warm one\n\
              accepted: {:.0} events/s; accept latency p50 {:.1} ms, p99 {:.1} ms (per POST of a batch of events)\n\
              delivered: {:.0} events/s (counted by the emulator: {} batches in {} Events API requests, {} duplicates)\n\
@@ -149,6 +156,7 @@ impl BenchReport {
             self.store,
             self.processes,
             if self.processes == 1 { "" } else { "es" },
+            self.mparticle_latency_ms,
             self.cold_start_empty_cache_ms,
             self.cold_start_warm_cache_ms,
             self.accepted_per_second,
@@ -244,6 +252,11 @@ async fn phases(
         servers.push(service.start(flowhost, &cache)?);
     }
     let urls: Arc<Vec<String>> = Arc::new(servers.iter().map(|server| server.url.clone()).collect());
+    if options.mparticle_latency_ms > 0 {
+        // Each batch is recorded when it arrives, and answered after the latency.
+        let latency = FaultRule::stall(options.mparticle_latency_ms).fraction(1.0).path_prefix("/v2/");
+        emulator.handle().set_faults(vec![latency.after_processing()]);
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss_mb = rss_mb(servers[0].child.id(), "VmRSS").unwrap_or(0.0);
     let pids: Vec<u32> = servers.iter().map(|server| server.child.id()).collect();
@@ -312,6 +325,7 @@ async fn phases(
         }
     }
     let after = emulator.handle().stats();
+    emulator.handle().set_faults(Vec::new());
     for server in servers {
         server.stop();
     }
@@ -342,6 +356,7 @@ async fn phases(
             None => "SQLite".to_string(),
         },
         processes: options.processes.max(1),
+        mparticle_latency_ms: options.mparticle_latency_ms,
         cold_start_empty_cache_ms: cold[0],
         cold_start_warm_cache_ms: cold[1],
         accepted_per_second: options.events as f64 / accepted_secs,

@@ -1,5 +1,5 @@
 //! `flowhost bench [--quick] [--events N] [--traces all|failures] [--json] [--service PATH] [--store URL]
-//! [--processes N]`: the end-to-end load test
+//! [--processes N] [--mparticle-latency-ms MS]`: the end-to-end load test
 //! (see `crate::bench`); `flowhost bench --mparticle-limit N [--events N] [--customers N]`: a burst against a
 //! throttling mParticle, with pacing and without (see `crate::bench::limit`).
 
@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// `flowhost serve` processes sharing the store in the throughput phase (clients post to them round robin).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     processes: u16,
+    /// Make the emulated mParticle answer each Events API request of the throughput phase after this many
+    /// milliseconds, as the real one does across a network [default: 0, at once].
+    #[arg(long, value_name = "MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    mparticle_latency_ms: u64,
     /// Instead of the phases above: give the emulated mParticle a provisioned throughput of N batches per second
     /// and send it a burst posted at ten times that rate, with pacing and without (`--events` sets the burst's
     /// size [default: N x 222, e.g. 60,000 at 270]).
@@ -68,6 +72,7 @@ pub async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<ExitCo
     }
     options.store = args.store.clone();
     options.processes = usize::from(args.processes);
+    options.mparticle_latency_ms = args.mparticle_latency_ms;
     let flowhost = match &args.service {
         Some(path) => path.clone(),
         None => std::env::current_exe()?,

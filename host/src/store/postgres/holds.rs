@@ -61,21 +61,25 @@ pub(super) async fn release_connection(store: &PostgresStore, connection: &str) 
         .execute(&mut *tx)
         .await
         .map_err(db(OP))?;
-    let runs = sqlx::query(concat!(
-        "UPDATE runs SET status = 'queued', next_attempt_at = greatest(next_attempt_at, $2), updated_at = $2 \
+    let runs: i64 = sqlx::query_scalar(concat!(
+        "WITH done AS (\
+         UPDATE runs SET status = 'queued', next_attempt_at = greatest(next_attempt_at, $2), updated_at = $2 \
          WHERE seq IN (SELECT r.seq FROM runs r WHERE r.status = 'held' AND ",
         uses_connection!(),
         " \
                        ORDER BY r.id FOR UPDATE) \
            AND NOT ",
-        uses_held_connection!()
+        uses_held_connection!(),
+        " RETURNING runs.ordering_key, \
+                    CASE WHEN runs.next_attempt_at > $2 THEN runs.next_attempt_at END AS wake_at), ",
+        wake_keys_of_done!(),
+        " SELECT count(*) FROM done"
     ))
     .bind(connection)
     .bind(now)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await
-    .map_err(db(OP))?
-    .rows_affected();
+    .map_err(db(OP))?;
     let inbound = sqlx::query(
         "UPDATE inbound SET status = 'received', next_attempt_at = greatest(next_attempt_at, $2), updated_at = $2 \
          WHERE seq IN (SELECT m.seq FROM inbound m WHERE m.connection = $1 AND m.status = 'held' \
@@ -94,7 +98,7 @@ pub(super) async fn release_connection(store: &PostgresStore, connection: &str) 
         sqlx::query("SELECT pg_notify($1, '')").bind(INBOUND_CHANNEL).execute(&mut *tx).await.map_err(db(OP))?;
     }
     tx.commit().await.map_err(db(OP))?;
-    Ok(ConnectionHold { runs, inbound })
+    Ok(ConnectionHold { runs: runs.unsigned_abs(), inbound })
 }
 
 pub(super) async fn held_connections(store: &PostgresStore) -> Result<Vec<String>, StoreError> {

@@ -12,9 +12,9 @@ use sqlx::{AssertSqlSafe, PgPool};
 /// What the check is called in its answers.
 const CHECK: &str = "the schema's migrations and tables";
 
-/// The tables of the schema (migrations 0001 and 0002).
-const TABLES: [&str; 7] =
-    ["runs", "run_keys", "held_connections", "flow_connections", "trace_blocks", "outbox", "inbound"];
+/// The tables of the schema (migrations 0001 to 0003).
+const TABLES: [&str; 8] =
+    ["runs", "run_keys", "key_wakeups", "held_connections", "flow_connections", "trace_blocks", "outbox", "inbound"];
 
 pub(super) async fn check(pool: &PgPool) -> Result<Integrity, StoreError> {
     let operation = "checking the store's integrity";

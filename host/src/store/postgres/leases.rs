@@ -43,21 +43,23 @@ pub(super) async fn lease_lost<'c>(executor: impl PgExecutor<'c>, table: Leased,
 /// Completes a batch of runs in one statement: their trace block (when a trace is kept), the fenced update (rows
 /// locked in `id` order first), and the outbox rows of the runs it closed, in the batch's order. $1..$6 are the runs'
 /// ids, workers, tokens, new statuses, trace slots and errors; $7 the trace block or null; $8..$11 the outbox rows'
-/// entries (the position, from 1, of their completion in $1..$6), node ids, events and payloads; $12 now. Returns the
-/// leases it closed.
+/// entries (the position, from 1, of their completion in $1..$6), node ids, events and payloads; $12 now. Wakes the
+/// closed runs' keys (their next runs may be due). Returns the leases it closed. Each run is looked up by its id, in
+/// `id` order, so the plan reads only them whatever the table's statistics say (see migration 0003).
 const COMPLETE_RUNS: &str = "WITH block AS (\
         INSERT INTO trace_blocks (traces) SELECT $7::bytea WHERE $7::bytea IS NOT NULL RETURNING id), \
      c AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::int4[], $6::text[]) \
            WITH ORDINALITY AS c (id, worker, token, status, slot, error, entry)), \
-     locked AS (SELECT r.seq, c.entry, c.status, c.slot, c.error FROM runs r JOIN c \
-                  ON r.id = c.id AND r.status = 'leased' AND r.lease_owner = c.worker AND r.leases = c.token \
-                ORDER BY r.id FOR UPDATE OF r), \
+     locked AS (SELECT r.seq, c.entry, c.status, c.slot, c.error FROM (SELECT * FROM c ORDER BY c.id) c \
+                CROSS JOIN LATERAL (SELECT x.seq FROM runs x WHERE x.id = c.id AND x.status = 'leased' \
+                                      AND x.lease_owner = c.worker AND x.leases = c.token FOR UPDATE) r), \
      done AS (UPDATE runs SET status = l.status, trace = NULL, \
                   trace_block = CASE WHEN l.slot IS NULL THEN NULL ELSE (SELECT id FROM block) END, \
                   trace_slot = l.slot, last_error = COALESCE(l.error, runs.last_error), lease_until = NULL, \
                   updated_at = $12 \
               FROM locked l WHERE runs.seq = l.seq \
-              RETURNING runs.id, runs.flow_id, runs.lease_owner, runs.leases, l.entry), \
+              RETURNING runs.id, runs.flow_id, runs.ordering_key, runs.lease_owner, runs.leases, l.entry), \
+     woken AS (INSERT INTO key_wakeups (ordering_key, due) SELECT DISTINCT d.ordering_key, NULL::int8 FROM done d), \
      emitted AS (INSERT INTO outbox (run_id, flow_id, node_id, event, payload, created_at) \
               SELECT d.id, d.flow_id, o.node_id, o.event, o.payload, $12 \
                 FROM unnest($8::int8[], $9::text[], $10::text[], $11::text[]) WITH ORDINALITY \
@@ -71,9 +73,12 @@ pub(super) async fn checkpoint(
     checkpoint: &Value,
     lease_until_ms: i64,
 ) -> Result<(), StoreError> {
-    let done = sqlx::query(concat!(
-        "UPDATE runs SET checkpoint = $4, lease_until = $5, next_attempt_at = $5, updated_at = $6",
-        fenced!()
+    let saved: i64 = sqlx::query_scalar(concat!(
+        "WITH done AS (UPDATE runs SET checkpoint = $4, lease_until = $5, next_attempt_at = $5, updated_at = $6",
+        fenced!(),
+        " RETURNING ordering_key, next_attempt_at), ",
+        wake_key_if_lease_shortened!(),
+        " SELECT count(*) FROM done"
     ))
     .bind(lease.id.as_str())
     .bind(lease.worker.as_str())
@@ -81,27 +86,32 @@ pub(super) async fn checkpoint(
     .bind(checkpoint.to_string())
     .bind(lease_until_ms)
     .bind(now_ms())
-    .execute(&store.bookkeeping)
+    .fetch_one(&store.bookkeeping)
     .await
     .map_err(db("saving a checkpoint"))?;
-    if done.rows_affected() == 0 {
+    if saved == 0 {
         return Err(lease_lost(&store.bookkeeping, Leased::Run, lease).await);
     }
     Ok(())
 }
 
 pub(super) async fn extend_lease(store: &PostgresStore, lease: &Lease, lease_until_ms: i64) -> Result<(), StoreError> {
-    let done =
-        sqlx::query(concat!("UPDATE runs SET lease_until = $4, next_attempt_at = $4, updated_at = $5", fenced!()))
-            .bind(lease.id.as_str())
-            .bind(lease.worker.as_str())
-            .bind(token(lease))
-            .bind(lease_until_ms)
-            .bind(now_ms())
-            .execute(&store.bookkeeping)
-            .await
-            .map_err(db("extending a lease"))?;
-    if done.rows_affected() == 0 {
+    let extended: i64 = sqlx::query_scalar(concat!(
+        "WITH done AS (UPDATE runs SET lease_until = $4, next_attempt_at = $4, updated_at = $5",
+        fenced!(),
+        " RETURNING ordering_key, next_attempt_at), ",
+        wake_key_if_lease_shortened!(),
+        " SELECT count(*) FROM done"
+    ))
+    .bind(lease.id.as_str())
+    .bind(lease.worker.as_str())
+    .bind(token(lease))
+    .bind(lease_until_ms)
+    .bind(now_ms())
+    .fetch_one(&store.bookkeeping)
+    .await
+    .map_err(db("extending a lease"))?;
+    if extended == 0 {
         return Err(lease_lost(&store.bookkeeping, Leased::Run, lease).await);
     }
     Ok(())
@@ -230,13 +240,15 @@ pub(super) async fn reschedule(
     let mut tx = store.bookkeeping.begin().await.map_err(db(OP))?;
     sqlx::query(HOLDS_SHARED).execute(&mut *tx).await.map_err(db(OP))?;
     let status: Option<String> = sqlx::query_scalar(concat!(
-        "UPDATE runs SET status = CASE WHEN ",
+        "WITH done AS (UPDATE runs SET status = CASE WHEN ",
         uses_held_connection!(),
         " THEN 'held' ELSE 'queued' END, \
          attempts = attempts + 1, next_attempt_at = $4, lease_until = NULL, last_error = $5, \
          checkpoint = COALESCE($6, checkpoint), updated_at = $7",
         fenced!(),
-        " RETURNING status"
+        " RETURNING status, ordering_key, CASE WHEN next_attempt_at > $7 THEN next_attempt_at END AS wake_at), ",
+        wake_keys_of_done!(),
+        " SELECT status FROM done"
     ))
     .bind(lease.id.as_str())
     .bind(lease.worker.as_str())

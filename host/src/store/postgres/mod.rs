@@ -4,12 +4,18 @@
 //! changes is that several processes claim, settle and accept at once, each in its own transactions:
 //!
 //! - **A key's runs go one after another, whatever process takes them.** Each ordering key has a row in
-//!   `run_keys`. A claim ([`runs`], the SQL function `flowhost_claim_runs` of migration 0001) first locks the rows
-//!   of the keys whose first open run is due, with `FOR UPDATE SKIP LOCKED` (a key another process is claiming is
-//!   skipped, not waited for), and only then, in a new snapshot, reads which runs of those keys are claimable and
-//!   leases them. The runs' leases (`leased`, an open state) then hold the key's later runs, as in SQLite. Plain
-//!   `SKIP LOCKED` on the runs alone would let a second claimer skip a key's first run, locked by the first claimer,
-//!   and take the second.
+//!   `run_keys`. A claim ([`runs`], the SQL function `flowhost_claim_runs` of migration 0003) first locks the rows
+//!   of the keys that may be due, with `FOR UPDATE SKIP LOCKED` (a key another process is claiming is skipped, not
+//!   waited for), and only then, in a new snapshot, reads which runs of those keys are claimable and leases them.
+//!   The runs' leases (`leased`, an open state) then hold the key's later runs, as in SQLite. Plain `SKIP LOCKED` on
+//!   the runs alone would let a second claimer skip a key's first run, locked by the first claimer, and take the
+//!   second.
+//! - **A claim reads only the keys that may be due**, so its cost follows the work it finds, not the number of
+//!   keys with open runs, nor the number of processes claiming. `run_keys.due` says when to look at a key next
+//!   (when its first open run is due; never, for a key with nothing open or held by a dead letter), written only by
+//!   the claim that holds the key's row; whatever may make a key claimable sooner (an enqueue, a completion, a
+//!   resend, a release, an operator's retry or drop, a released connection) inserts a row in `key_wakeups`, which
+//!   never waits for a claim. Migration 0003 says why that cannot lose a wake-up.
 //! - **A key's `seq` follows the order its runs commit in.** Enqueues of one key take turns on an advisory lock
 //!   (by the key's hash, taken in hash order), so a run never commits behind a later-numbered run of its key that
 //!   may already be leased.
@@ -69,6 +75,26 @@ macro_rules! uses_connection {
     () => {
         "r.flow_id IN (SELECT fc.flow_id FROM flow_connections fc WHERE fc.connection = $1) \
          AND $1 = ANY (r.connections)"
+    };
+}
+
+/// Wakes the keys of the runs that a data-modifying CTE `done` (in scope, before this one) returned with their
+/// `ordering_key` and `wake_at` (when to look: null for at once, which no clock skew between processes delays): their
+/// first open run may be claimable sooner than their `run_keys.due` says (migration 0003).
+macro_rules! wake_keys_of_done {
+    () => {
+        "woken AS (INSERT INTO key_wakeups (ordering_key, due) SELECT DISTINCT done.ordering_key, done.wake_at FROM done)"
+    };
+}
+
+/// A lease holder's fenced update (`done`, returning `ordering_key` and the new `next_attempt_at`) that may have
+/// moved its lease's end earlier than its key's `run_keys.due`: wakes the key at the new end then. (Leases normally
+/// only move later, which needs nothing.)
+macro_rules! wake_key_if_lease_shortened {
+    () => {
+        "woken AS (INSERT INTO key_wakeups (ordering_key, due) \
+                   SELECT done.ordering_key, done.next_attempt_at FROM done JOIN run_keys k USING (ordering_key) \
+                    WHERE k.due IS NULL OR k.due > done.next_attempt_at)"
     };
 }
 

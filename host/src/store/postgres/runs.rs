@@ -116,7 +116,7 @@ pub(super) async fn store_flow_connections(pool: &PgPool, pairs: &[(String, Stri
     Ok(())
 }
 
-/// Inserts runs (through `flowhost_enqueue`, migration 0001) and returns their ids, in order: for a run whose dedup
+/// Inserts runs (through `flowhost_enqueue`, migration 0003) and returns their ids, in order: for a run whose dedup
 /// key its flow already has (stored, or earlier in `runs`), the stored run's id.
 pub(super) async fn insert_runs<'c>(
     executor: impl PgExecutor<'c>,
@@ -241,22 +241,26 @@ pub(super) async fn release(store: &PostgresStore, leases: &[Lease]) -> Result<(
     const OP: &str = "releasing runs";
     let mut tx = store.bookkeeping.begin().await.map_err(db(OP))?;
     sqlx::query(HOLDS_SHARED).execute(&mut *tx).await.map_err(db(OP))?;
-    let released = sqlx::query(concat!(
-        "UPDATE runs SET status = CASE WHEN ", uses_held_connection!(), " THEN 'held' ELSE 'queued' END, \
+    let released: i64 = sqlx::query_scalar(concat!(
+        "WITH done AS (\
+         UPDATE runs SET status = CASE WHEN ", uses_held_connection!(), " THEN 'held' ELSE 'queued' END, \
          next_attempt_at = $4, lease_until = NULL, updated_at = $4 \
          WHERE runs.seq IN (SELECT r.seq FROM runs r \
                             JOIN unnest($1::text[], $2::text[], $3::int4[]) AS c (id, worker, token) \
                               ON r.id = c.id AND r.status = 'leased' AND r.lease_owner = c.worker AND r.leases = c.token \
-                            ORDER BY r.id FOR UPDATE OF r)"
+                            ORDER BY r.id FOR UPDATE OF r) \
+         RETURNING runs.ordering_key, NULL::int8 AS wake_at), ",
+        wake_keys_of_done!(),
+        " SELECT count(*) FROM done"
     ))
     .bind(leases.iter().map(|lease| lease.id.as_str()).collect::<Vec<_>>())
     .bind(leases.iter().map(|lease| lease.worker.as_str()).collect::<Vec<_>>())
     .bind(leases.iter().map(token).collect::<Vec<_>>())
     .bind(now_ms())
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await
     .map_err(db(OP))?;
-    if released.rows_affected() > 0 {
+    if released > 0 {
         sqlx::query("SELECT pg_notify($1, '')").bind(RUNS_CHANNEL).execute(&mut *tx).await.map_err(db(OP))?;
     }
     tx.commit().await.map_err(db(OP))
@@ -428,6 +432,7 @@ pub(super) async fn dead_runs_by_group(store: &PostgresStore, limit: usize) -> R
 
 pub(super) async fn retry_now(store: &PostgresStore, id: &str) -> Result<bool, StoreError> {
     const OP: &str = "retrying a run";
+    let now = now_ms();
     let mut tx = store.durable.begin().await.map_err(db(OP))?;
     sqlx::query(HOLDS_SHARED).execute(&mut *tx).await.map_err(db(OP))?;
     let key: Option<String> = sqlx::query_scalar("SELECT ordering_key FROM runs WHERE id = $1")
@@ -456,7 +461,7 @@ pub(super) async fn retry_now(store: &PostgresStore, id: &str) -> Result<bool, S
          WHERE id = $1 AND status IN ('dead', 'queued', 'held', 'failed')"
     ))
     .bind(id)
-    .bind(now_ms())
+    .bind(now)
     .execute(&mut *tx)
     .await
     .map_err(db(OP))?;
@@ -466,20 +471,29 @@ pub(super) async fn retry_now(store: &PostgresStore, id: &str) -> Result<bool, S
         tx.rollback().await.map_err(db(OP))?;
         return Ok(false);
     }
+    sqlx::query("INSERT INTO key_wakeups (ordering_key, due) VALUES ($1, NULL)")
+        .bind(&key)
+        .execute(&mut *tx)
+        .await
+        .map_err(db(OP))?;
     sqlx::query("SELECT pg_notify($1, '')").bind(RUNS_CHANNEL).execute(&mut *tx).await.map_err(db(OP))?;
     tx.commit().await.map_err(db(OP))?;
     Ok(true)
 }
 
 pub(super) async fn drop_run(store: &PostgresStore, id: &str) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "UPDATE runs SET status = 'dropped', lease_until = NULL, updated_at = $2 \
-         WHERE id = $1 AND status IN ('queued', 'leased', 'held', 'dead')",
-    )
+    // The key's next run may be due now.
+    let dropped: i64 = sqlx::query_scalar(concat!(
+        "WITH done AS (UPDATE runs SET status = 'dropped', lease_until = NULL, updated_at = $2 \
+         WHERE id = $1 AND status IN ('queued', 'leased', 'held', 'dead') \
+         RETURNING ordering_key, NULL::int8 AS wake_at), ",
+        wake_keys_of_done!(),
+        " SELECT count(*) FROM done"
+    ))
     .bind(id)
     .bind(now_ms())
-    .execute(&store.durable)
+    .fetch_one(&store.durable)
     .await
     .map_err(db("dropping a run"))?;
-    Ok(done.rows_affected() > 0)
+    Ok(dropped > 0)
 }

@@ -143,6 +143,85 @@ async fn a_process_that_lost_its_lease_cannot_settle_and_an_expired_lease_is_tak
     assert_eq!(a.counts().await.unwrap().runs.succeeded, 2);
 }
 
+/// Each key's `run_keys.due` and how many of its wake-ups (null: at once) have come by `now`, by customer
+/// (migration 0003).
+async fn due_by_key(store: &PostgresStore, now: i64) -> HashMap<String, (Option<i64>, i64)> {
+    let rows: Vec<(String, Option<i64>, i64)> = sqlx::query_as(
+        "SELECT k.ordering_key, k.due, \
+                (SELECT count(*) FROM key_wakeups w \
+                  WHERE w.ordering_key = k.ordering_key AND (w.due IS NULL OR w.due <= $1)) \
+           FROM run_keys k",
+    )
+    .bind(now)
+    .fetch_all(&store.durable)
+    .await
+    .unwrap();
+    // By customer: the conformance runs' ordering key is "<flow>/<customer>".
+    rows.into_iter().map(|(key, due, wakeups)| (key.rsplit('/').next().unwrap().to_string(), (due, wakeups))).collect()
+}
+
+#[tokio::test]
+async fn a_claim_looks_only_at_keys_that_may_be_due_and_what_reopens_a_key_wakes_it() {
+    let Some((_db, a, b)) = two_processes("claims read due keys").await else { return };
+    let ids = a.enqueue(&[run("dead"), run("dead"), run("done"), run("busy"), run("busy")]).await.unwrap();
+    let now = now_ms();
+    let claimed = a.claim("a", 10, 1, now, Duration::from_secs(3)).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let lease_end = claimed[0].lease_until.unwrap();
+    let by_key = |key: &str| claimed.iter().find(|r| r.customer.as_deref() == Some(key)).unwrap().lease().unwrap();
+    a.dead_letter(&by_key("dead"), &json!({"message": "refused"}), &json!({})).await.unwrap();
+    a.complete(&by_key("done"), &Completion::Succeeded, &json!({}), &[]).await.unwrap();
+
+    // Nothing is due. The completion woke its key, which the claim found with nothing open (never looked at again
+    // until woken); the other keys are looked at when the leases they had end.
+    assert!(b.claim("b", 10, 1, now + 1, LEASE).await.unwrap().is_empty());
+    let due = due_by_key(&b, now + 1).await;
+    assert_eq!(due["done"], (None, 0));
+    assert_eq!(due["dead"], (Some(lease_end), 0));
+    assert_eq!(due["busy"], (Some(lease_end), 0));
+
+    // The leases end: the leased run is taken over (its key due when the new lease ends), and the dead letter's key
+    // is looked at once, then never again: the dead letter holds it.
+    let taken = b.claim("b", 10, 1, lease_end, LEASE).await.unwrap();
+    assert_eq!(taken.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [ids[3].clone()]);
+    let due = due_by_key(&b, lease_end).await;
+    assert_eq!(due["busy"], (taken[0].lease_until, 0));
+    assert_eq!(due["dead"], (None, 0), "a dead letter holds its key: no claim looks at it");
+
+    // A lease moved earlier wakes its key then.
+    b.extend_lease(&taken[0].lease().unwrap(), lease_end + 10).await.unwrap();
+    assert_eq!(b.claim("a", 10, 1, lease_end + 10, LEASE).await.unwrap()[0].id, ids[3]);
+
+    // An operator's retry wakes the dead letter's key, whichever process claims next.
+    assert!(b.retry_now(&ids[0]).await.unwrap());
+    assert_eq!(due_by_key(&a, now + 1).await["dead"].1, 1);
+    let retried = a.claim("a", 10, 2, lease_end + 11, LEASE).await.unwrap();
+    assert_eq!(retried.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [ids[0].clone(), ids[1].clone()]);
+}
+
+#[tokio::test]
+async fn keys_woken_with_nothing_due_do_not_keep_a_claim_from_the_due_run_behind_them() {
+    let Some((_db, a, _b)) = two_processes("a backlog of keys with nothing due").await else { return };
+    // 300 customers held by a dead letter each, then a run more for each (which wakes its key, held all the same),
+    // then one customer with a due run, whose key sorts after theirs.
+    let held: Vec<NewRun> = (0..300).map(|i| run(&format!("held-{i:03}"))).collect();
+    a.enqueue(&held).await.unwrap();
+    let now = now_ms();
+    let claimed = a.claim("a", 300, 1, now, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 300);
+    for run in &claimed {
+        a.dead_letter(&run.lease().unwrap(), &json!({"message": "refused"}), &json!({})).await.unwrap();
+    }
+    a.enqueue(&held).await.unwrap();
+    let due = a.enqueue(&[run("live")]).await.unwrap();
+
+    // A claim of one run looks at 18 keys at a time: it goes through the 300 woken keys in that one call.
+    let next = a.claim("a", 1, 1, now_ms(), LEASE).await.unwrap();
+    assert_eq!(next.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [due[0].clone()]);
+    let due_now = due_by_key(&a, now_ms()).await;
+    assert!(due_now.iter().all(|(key, due)| key == "live" || *due == (None, 0)), "every held key is settled");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_resent_event_is_one_run_whichever_processes_receive_it() {
     let Some((_db, a, b)) = two_processes("de-duplication across processes").await else { return };
