@@ -73,31 +73,24 @@ pub(super) async fn checkpoint(
     checkpoint: &Value,
     lease_until_ms: i64,
 ) -> Result<(), StoreError> {
-    let saved: i64 = sqlx::query_scalar(concat!(
-        "WITH done AS (UPDATE runs SET checkpoint = $4, lease_until = $5, next_attempt_at = $5, updated_at = $6",
-        fenced!(),
-        " RETURNING ordering_key, next_attempt_at), ",
-        wake_key_if_lease_shortened!(),
-        " SELECT count(*) FROM done"
-    ))
-    .bind(lease.id.as_str())
-    .bind(lease.worker.as_str())
-    .bind(token(lease))
-    .bind(checkpoint.to_string())
-    .bind(lease_until_ms)
-    .bind(now_ms())
-    .fetch_one(&store.bookkeeping)
-    .await
-    .map_err(db("saving a checkpoint"))?;
-    if saved == 0 {
-        return Err(lease_lost(&store.bookkeeping, Leased::Run, lease).await);
-    }
-    Ok(())
+    renew(store, lease, Some(checkpoint), lease_until_ms, "saving a checkpoint").await
 }
 
 pub(super) async fn extend_lease(store: &PostgresStore, lease: &Lease, lease_until_ms: i64) -> Result<(), StoreError> {
-    let extended: i64 = sqlx::query_scalar(concat!(
-        "WITH done AS (UPDATE runs SET lease_until = $4, next_attempt_at = $4, updated_at = $5",
+    renew(store, lease, None, lease_until_ms, "extending a lease").await
+}
+
+/// Moves the lease's end to `lease_until_ms`, saving the checkpoint when there is one.
+async fn renew(
+    store: &PostgresStore,
+    lease: &Lease,
+    checkpoint: Option<&Value>,
+    lease_until_ms: i64,
+    operation: &'static str,
+) -> Result<(), StoreError> {
+    let renewed: i64 = sqlx::query_scalar(concat!(
+        "WITH done AS (UPDATE runs SET checkpoint = COALESCE($4, checkpoint), lease_until = $5, next_attempt_at = $5, \
+         updated_at = $6",
         fenced!(),
         " RETURNING ordering_key, next_attempt_at), ",
         wake_key_if_lease_shortened!(),
@@ -106,12 +99,13 @@ pub(super) async fn extend_lease(store: &PostgresStore, lease: &Lease, lease_unt
     .bind(lease.id.as_str())
     .bind(lease.worker.as_str())
     .bind(token(lease))
+    .bind(checkpoint.map(Value::to_string))
     .bind(lease_until_ms)
     .bind(now_ms())
     .fetch_one(&store.bookkeeping)
     .await
-    .map_err(db("extending a lease"))?;
-    if extended == 0 {
+    .map_err(db(operation))?;
+    if renewed == 0 {
         return Err(lease_lost(&store.bookkeeping, Leased::Run, lease).await);
     }
     Ok(())
