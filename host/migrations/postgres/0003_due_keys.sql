@@ -84,6 +84,7 @@ CREATE OR REPLACE FUNCTION flowhost_claim_runs(p_worker text, p_until bigint, p_
 RETURNS SETOF runs LANGUAGE plpgsql AS $$
 DECLARE
     v_keys text[];
+    v_seen text[] := '{}';
     v_batch integer := least(p_limit, 100000) * 2 + 16;
     v_claimed bigint;
 BEGIN
@@ -97,7 +98,8 @@ BEGIN
     END IF;
     -- Keys that turn out to have nothing due (a dead letter's, a key drained meanwhile) are looked at in batches
     -- until a batch yields runs or none are left, so a backlog of such keys delays due runs by one call, not by a
-    -- poll interval per batch.
+    -- poll interval per batch. A key is looked at once per call (one whose due run another transaction holds stays
+    -- due, for the next call).
     FOR v_round IN 1..64 LOOP
         SELECT array_agg(s.ordering_key) INTO v_keys
           FROM (SELECT k.ordering_key FROM run_keys AS k
@@ -107,6 +109,7 @@ BEGIN
                                 SELECT w.ordering_key, coalesce(w.due, p_now) FROM key_wakeups AS w
                                  WHERE w.due IS NULL OR w.due <= p_now) AS c
                          GROUP BY c.ordering_key) AS c ON c.ordering_key = k.ordering_key
+                 WHERE NOT k.ordering_key = ANY (v_seen)
                  ORDER BY c.due, k.ordering_key
                  LIMIT v_batch
                    FOR UPDATE OF k SKIP LOCKED) AS s;
@@ -161,6 +164,7 @@ BEGIN
                        ORDER BY f.seq LIMIT 1)
          WHERE k.ordering_key = ANY (v_keys);
         EXIT WHEN v_claimed > 0 OR cardinality(v_keys) < v_batch;
+        v_seen := v_seen || v_keys;
     END LOOP;
 END
 $$;

@@ -458,6 +458,31 @@ async fn processes_starting_together_migrate_once_and_a_newer_schema_is_refused(
 }
 
 #[tokio::test]
+async fn a_database_upgraded_to_migration_3_claims_the_runs_it_held() {
+    let Some(database) = TestDatabase::create("upgrade to migration 0003").await else { return };
+    // The schema as migration 0002 left it, with three runs of two customers queued.
+    let pool = sqlx::PgPool::connect(&database.url("")).await.unwrap();
+    super::MIGRATOR.run_to(2, &pool).await.unwrap();
+    let enqueued: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM flowhost_enqueue(ARRAY['r1', 'r2', 'r3'], ARRAY['f', 'f', 'f'], ARRAY['1', '1', '1'], \
+         ARRAY['[\"cdp\"]', '[\"cdp\"]', '[\"cdp\"]'], ARRAY['f/a', 'f/a', 'f/b'], ARRAY['a', 'a', 'b'], \
+         ARRAY[NULL, NULL, NULL]::text[], ARRAY['{}', '{}', '{}'], $1)",
+    )
+    .bind(now_ms())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(enqueued, 0, "no dedup keys");
+    pool.close().await;
+
+    let store = database.store().await;
+    let claimed = store.claim("w", 10, 2, now_ms(), LEASE).await.unwrap();
+    assert_eq!(claimed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["r1", "r2", "r3"]);
+    let due = due_by_key(&store, now_ms()).await;
+    assert!(due.values().all(|(due, wakeups)| due.is_some() && *wakeups == 0), "{due:?}");
+}
+
+#[tokio::test]
 async fn an_unreachable_server_is_an_error_naming_its_host_and_port() {
     // A port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
