@@ -74,6 +74,7 @@ $$;
 --    expired lease); a key keeps its chosen runs up to the first one it could not lock, so a later run never goes
 --    without the earlier runs of its key. Those are leased.
 -- 5. Each locked key's `due` becomes when its first open run is due now (its lease's end if it was just claimed).
+-- 6. If nothing was leased and the batch was full, steps 2 to 5 go again with keys not yet looked at in this call.
 --
 -- Every multi-row write of runs locks its rows in `id` order, or skips what it cannot lock, so writers never wait
 -- for each other in a cycle. The runs chosen are looked up one by one by key and `seq`, not by joining the queue to
