@@ -4,6 +4,7 @@
 //! starting, with an error naming the file and what the check found.
 
 use crate::serve::{ServiceDir, client, repo_flow, send};
+use flowhost::store::sqlite_testing::corrupt_tail_pages;
 use flowhost::store::{SqliteStore, Store, conformance};
 use mparticle_emulator::EmulatorConfig;
 use std::path::Path;
@@ -22,27 +23,6 @@ async fn fill(path: &Path) {
         store.enqueue(&runs).await.unwrap();
     }
     store.close().await;
-}
-
-/// Garbage over the last quarter of the file's pages, the header page left as it was.
-fn corrupt_tail_pages(path: &Path) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let page_size = match u16::from_be_bytes([bytes[16], bytes[17]]) {
-        1 => 65536,
-        size => usize::from(size),
-    };
-    let pages = bytes.len() / page_size;
-    assert!(pages > 40, "the file has only {pages} pages");
-    let first = pages - pages / 4;
-    for (i, byte) in bytes[first * page_size..].iter_mut().enumerate() {
-        *byte = (i as u8).wrapping_mul(31).wrapping_add(0x5a);
-    }
-    // In place, as a failing disk would: the service keeps the file open.
-    use std::io::{Seek, SeekFrom, Write};
-    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    file.seek(SeekFrom::Start((first * page_size) as u64)).unwrap();
-    file.write_all(&bytes[first * page_size..]).unwrap();
-    file.sync_all().unwrap();
 }
 
 /// `/metrics`, with the API token: its status and text.

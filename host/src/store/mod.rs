@@ -106,6 +106,9 @@ pub use postgres::location::{PostgresLocation, redact_store_setting};
 #[cfg(any(test, feature = "store-conformance"))]
 pub use postgres::testing as postgres_testing;
 pub use postgres::{PostgresStore, schema_version as postgres_schema_version};
+/// Damage to a SQLite store file, for integrity tests.
+#[cfg(any(test, feature = "store-conformance"))]
+pub use sqlite::testing as sqlite_testing;
 pub use sqlite::{SqliteStore, use_the_global_allocator_for_sqlite};
 
 use async_trait::async_trait;

@@ -132,6 +132,8 @@ mod leases;
 mod outbox;
 mod retention;
 mod runs;
+#[cfg(any(test, feature = "store-conformance"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 pub(super) mod traces;

@@ -10,6 +10,7 @@ use super::retention::{
     FINISHED_RUNS,
 };
 use super::runs::{CLAIM_RUNS, DEMOTE_STALE_HEADS, INSERT_RUNS, KNOWN_DEDUP_KEYS, PROMOTE_HEADS};
+use super::testing::corrupt_tail_pages;
 use super::traces::pack_trace;
 use super::*;
 use crate::store::conformance::{run, run_for};
@@ -846,24 +847,6 @@ async fn filled_store_file(dir: &tempfile::TempDir) -> PathBuf {
     let wal = std::fs::metadata(dir.path().join("flowhost.db-wal")).map(|m| m.len()).unwrap_or(0);
     assert_eq!(wal, 0, "the WAL was not copied into the file at close");
     path
-}
-
-/// Writes garbage over the last quarter of the file's pages (where the runs just enqueued are), leaving the header
-/// page and the schema's pages at the front as they were. Returns how many pages were overwritten.
-fn corrupt_tail_pages(path: &Path) -> usize {
-    let mut bytes = std::fs::read(path).unwrap();
-    let page_size = match u16::from_be_bytes([bytes[16], bytes[17]]) {
-        1 => 65536,
-        size => usize::from(size),
-    };
-    let pages = bytes.len() / page_size;
-    assert!(pages > 40, "the file has only {pages} pages");
-    let first = pages - pages / 4;
-    for (i, byte) in bytes[first * page_size..].iter_mut().enumerate() {
-        *byte = (i as u8).wrapping_mul(31).wrapping_add(0x5a);
-    }
-    std::fs::write(path, &bytes).unwrap();
-    pages - first
 }
 
 #[tokio::test]
