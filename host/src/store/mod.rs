@@ -546,7 +546,45 @@ pub struct RunSummary {
     pub updated_at: i64,
 }
 
+/// What a [`StoredRun`] has beyond its [`RunSummary`].
+pub(crate) struct RunDetails {
+    pub dedup_key: Option<String>,
+    pub event: Value,
+    pub leases: u32,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub checkpoint: Option<Value>,
+    pub trace: Option<Value>,
+}
+
 impl RunSummary {
+    /// The whole run: this summary and the rest ([`StoredRun::summary`] the other way).
+    pub(crate) fn with_details(self, details: RunDetails) -> StoredRun {
+        let RunDetails { dedup_key, event, leases, lease_owner, lease_until, checkpoint, trace } = details;
+        StoredRun {
+            id: self.id,
+            seq: self.seq,
+            flow_id: self.flow_id,
+            flow_version: self.flow_version,
+            connections: self.connections,
+            ordering_key: self.ordering_key,
+            customer: self.customer,
+            dedup_key,
+            event,
+            status: self.status,
+            attempts: self.attempts,
+            leases,
+            next_attempt_at: self.next_attempt_at,
+            lease_owner,
+            lease_until,
+            checkpoint,
+            last_error: self.last_error,
+            trace,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+
     /// As [`StoredRun::attempts_made`].
     pub fn attempts_made(&self) -> u32 {
         attempts_made(self.status, self.attempts)

@@ -6,70 +6,48 @@ use crate::store::Enqueued;
 use crate::store::sqlite::decode::{Decoder, convert, corrupt};
 use crate::store::sqlite::traces::TraceBlocks;
 use crate::store::{
-    DeadRunGroups, Lease, NewRun, RunCounts, RunFilter, RunState, RunSummary, StoreError, StoredRun, add_ms, now_ms,
-    validate_runs,
+    DeadRunGroups, Lease, NewRun, RunCounts, RunDetails, RunFilter, RunState, RunSummary, StoreError, StoredRun,
+    add_ms, now_ms, validate_runs,
 };
 use sqlx::postgres::PgPool;
 use sqlx::{FromRow, PgExecutor, Postgres, QueryBuilder};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+/// A run as read: its summary's columns and the rest.
 #[derive(FromRow)]
 pub(super) struct RunRow {
-    id: String,
-    seq: i64,
-    flow_id: String,
-    flow_version: String,
-    connections: Vec<String>,
-    ordering_key: String,
-    customer: Option<String>,
+    #[sqlx(flatten)]
+    summary: SummaryRow,
     dedup_key: Option<String>,
     event: String,
-    status: String,
-    attempts: i32,
     leases: i32,
-    next_attempt_at: i64,
     lease_owner: Option<String>,
     lease_until: Option<i64>,
     checkpoint: Option<String>,
-    last_error: Option<String>,
     trace: Option<Vec<u8>>,
     trace_block: Option<i64>,
     trace_slot: Option<i32>,
-    created_at: i64,
-    updated_at: i64,
 }
 
 impl RunRow {
     fn into_run(self, blocks: &TraceBlocks) -> Result<StoredRun, StoreError> {
-        let row = self;
-        let d = Decoder { what: "run", id: &row.id };
-        let trace = match (row.trace_block, row.trace_slot) {
+        let summary = RunSummary::try_from(self.summary)?;
+        let d = Decoder { what: "run", id: &summary.id };
+        let trace = match (self.trace_block, self.trace_slot) {
             (Some(block), Some(slot)) => Some(d.trace_in_block(blocks, block, i64::from(slot))?),
-            _ => row.trace.as_deref().map(|stored| d.trace(stored)).transpose()?,
+            _ => self.trace.as_deref().map(|stored| d.trace(stored)).transpose()?,
         };
-        Ok(StoredRun {
-            event: d.json("event", &row.event)?,
-            status: d.state(&row.status)?,
-            attempts: d.count("attempts", i64::from(row.attempts))?,
-            leases: d.count("leases", i64::from(row.leases))?,
-            checkpoint: d.opt_json("checkpoint", row.checkpoint.as_deref())?,
-            last_error: d.opt_json("last_error", row.last_error.as_deref())?,
+        let details = RunDetails {
+            event: d.json("event", &self.event)?,
+            leases: d.count("leases", i64::from(self.leases))?,
+            checkpoint: d.opt_json("checkpoint", self.checkpoint.as_deref())?,
             trace,
-            connections: row.connections,
-            seq: row.seq,
-            flow_id: row.flow_id,
-            flow_version: row.flow_version,
-            ordering_key: row.ordering_key,
-            customer: row.customer,
-            dedup_key: row.dedup_key,
-            next_attempt_at: row.next_attempt_at,
-            lease_owner: row.lease_owner,
-            lease_until: row.lease_until,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            id: row.id,
-        })
+            dedup_key: self.dedup_key,
+            lease_owner: self.lease_owner,
+            lease_until: self.lease_until,
+        };
+        Ok(summary.with_details(details))
     }
 }
 

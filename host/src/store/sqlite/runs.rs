@@ -7,7 +7,7 @@ use super::traces::{TraceBlocks, read_trace_blocks};
 use super::{SqliteStore, clamp_claim, clamp_limit, db, non_empty};
 use crate::store::Enqueued;
 use crate::store::{
-    Lease, NewRun, RunFilter, RunState, RunSummary, StoreError, StoredRun, add_ms, now_ms, validate_runs,
+    Lease, NewRun, RunDetails, RunFilter, RunState, RunSummary, StoreError, StoredRun, add_ms, now_ms, validate_runs,
 };
 use serde_json::{Value, json};
 use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection};
@@ -124,63 +124,41 @@ async fn rehead(conn: &mut SqliteConnection, keys: &[&str], operation: &'static 
     Ok(())
 }
 
+/// A run as read: its summary's columns and the rest.
 #[derive(FromRow)]
 pub(super) struct RunRow {
-    id: String,
-    seq: i64,
-    flow_id: String,
-    flow_version: String,
-    connections: String,
-    ordering_key: String,
-    customer: Option<String>,
+    #[sqlx(flatten)]
+    summary: SummaryRow,
     dedup_key: Option<String>,
     event: String,
-    status: String,
-    attempts: i64,
     leases: i64,
-    next_attempt_at: i64,
     lease_owner: Option<String>,
     lease_until: Option<i64>,
     checkpoint: Option<String>,
-    last_error: Option<String>,
     trace: Option<Vec<u8>>,
     pub(super) trace_block: Option<i64>,
     trace_slot: Option<i64>,
-    created_at: i64,
-    updated_at: i64,
 }
 
 impl RunRow {
     /// The run as stored, its trace taken from its row or from `blocks` (which [`read_trace_blocks`] loaded).
     fn into_run(self, blocks: &TraceBlocks) -> Result<StoredRun, StoreError> {
-        let row = self; // the fields move out one by one below
-        let d = Decoder { what: "run", id: &row.id };
-        let trace = match (row.trace_block, row.trace_slot) {
+        let summary = RunSummary::try_from(self.summary)?;
+        let d = Decoder { what: "run", id: &summary.id };
+        let trace = match (self.trace_block, self.trace_slot) {
             (Some(block), Some(slot)) => Some(d.trace_in_block(blocks, block, slot)?),
-            _ => row.trace.as_deref().map(|stored| d.trace(stored)).transpose()?,
+            _ => self.trace.as_deref().map(|stored| d.trace(stored)).transpose()?,
         };
-        Ok(StoredRun {
-            connections: d.strings("connections", &row.connections)?,
-            event: d.json("event", &row.event)?,
-            status: d.state(&row.status)?,
-            attempts: d.count("attempts", row.attempts)?,
-            leases: d.count("leases", row.leases)?,
-            checkpoint: d.opt_json("checkpoint", row.checkpoint.as_deref())?,
-            last_error: d.opt_json("last_error", row.last_error.as_deref())?,
+        let details = RunDetails {
+            event: d.json("event", &self.event)?,
+            leases: d.count("leases", self.leases)?,
+            checkpoint: d.opt_json("checkpoint", self.checkpoint.as_deref())?,
             trace,
-            seq: row.seq,
-            flow_id: row.flow_id,
-            flow_version: row.flow_version,
-            ordering_key: row.ordering_key,
-            customer: row.customer,
-            dedup_key: row.dedup_key,
-            next_attempt_at: row.next_attempt_at,
-            lease_owner: row.lease_owner,
-            lease_until: row.lease_until,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            id: row.id,
-        })
+            dedup_key: self.dedup_key,
+            lease_owner: self.lease_owner,
+            lease_until: self.lease_until,
+        };
+        Ok(summary.with_details(details))
     }
 }
 
