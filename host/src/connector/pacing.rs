@@ -8,7 +8,10 @@
 //!   backoff that doubles while the throttling goes on), and lowers the rate to [`DECREASE`] of what the service
 //!   accepted over the last second (at most once per pause, as many calls in flight are refused together);
 //! - while calls are waiting for tokens (the connection is busy) and none is refused, the rate grows by
-//!   [`INCREASE`] of itself per second, so after a short probe the connection sends at what the service accepts.
+//!   [`INCREASE`] of itself per second, and by at least [`MIN_INCREASE`] calls per second, so after a short probe
+//!   the connection sends at what the service accepts. The floor matters at low rates: a refusal that comes while
+//!   little is being sent (or a service that refuses a few calls at random) sets a rate of a few calls per second,
+//!   from which growth in proportion alone would take minutes to climb back.
 //!
 //! When the service also says how much of its limit is used (a connector reports it with each answer, through
 //! WIT 0.2.0's `pacing.report-usage` or a `rate-limited` error's `percentage-used`), the percentage steers the
@@ -34,6 +37,8 @@ use std::time::{Duration, Instant};
 pub const DECREASE: f64 = 0.9;
 /// How much the rate grows per second of busy sending without a refusal, as a fraction of itself.
 pub const INCREASE: f64 = 0.03;
+/// The least the rate grows per second of busy sending while it grows at all, in calls per second.
+pub const MIN_INCREASE: f64 = 1.0;
 /// A usage (percent of the service's limit) from which the connection slows down before a refusal.
 pub const NEAR_LIMIT: u8 = 95;
 /// The rate after a usage of [`NEAR_LIMIT`] or more, as a fraction of what the service accepted over the last
@@ -257,8 +262,9 @@ impl Pacer {
                     // Close to the limit: hold.
                     Some(_) => 0.0,
                 };
-                if s.busy && calm {
-                    s.rate = Some(rate * (1.0 + increase * since.as_secs_f64()));
+                if s.busy && calm && increase > 0.0 {
+                    let per_second = (rate * increase).max(MIN_INCREASE);
+                    s.rate = Some(rate + per_second * since.as_secs_f64());
                 }
                 s.increased = now;
                 s.busy = false;
@@ -465,6 +471,31 @@ mod tests {
         }
         pacer.accepted(None);
         assert_eq!(pacer.status().limit.unwrap(), grown);
+    }
+
+    #[test]
+    fn a_rate_cut_low_climbs_back_in_seconds_not_minutes() {
+        // A refusal while little was sent (one call in the last second) sets the slowest rate.
+        let pacer = Pacer::new("crm", true);
+        pacer.accepted(None);
+        pacer.refused(Some(Duration::ZERO), None);
+        assert_eq!(pacer.status().limit, Some(MIN_RATE));
+        // Ten seconds of busy sending without a refusal: at least one more call per second, each second (3 % a
+        // second alone would give 1.3).
+        for _ in 0..10 {
+            busy_for(&pacer, 1);
+            pacer.accepted(None);
+        }
+        let limit = pacer.status().limit.unwrap();
+        assert!(limit > 10.9, "{limit}");
+        // The same floor under a usage with headroom; none while the usage says to hold.
+        busy_for(&pacer, 1);
+        pacer.accepted(Some(50));
+        assert!(pacer.status().limit.unwrap() > limit + 0.9);
+        let held = pacer.status().limit;
+        busy_for(&pacer, 1);
+        pacer.accepted(Some(HEADROOM + 2));
+        assert_eq!(pacer.status().limit, held);
     }
 
     #[test]
