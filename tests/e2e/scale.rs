@@ -7,7 +7,7 @@
 //! The issue asks for 20,000 events for 200 customers; `FLOWHOST_E2E_SCALE_EVENTS` and
 //! `FLOWHOST_E2E_SCALE_CUSTOMERS` change the counts (see the default below).
 
-use crate::serve::{ServiceDir, client, delivered_points, eventually, get, repo_flow};
+use crate::serve::{ServiceDir, client, delivered_points, eventually, repo_flow, wait_for_the_queue_to_drain};
 use flowhost::store::postgres_testing::TestDatabase;
 use flowhost::store::{RunFilter, RunState, Store};
 use mparticle_emulator::{EmulatorConfig, FaultRule};
@@ -123,12 +123,8 @@ async fn three_processes_on_one_postgresql_lose_nothing_duplicate_nothing_and_ke
 
     // The queue drains: runs of the killed process resume once their leases expire, on any process.
     let base = urls[1].read().await.clone().unwrap();
-    eventually(Duration::from_secs(600), "the queue to drain", || {
-        let base = base.clone();
-        async move {
-            let queue = get(format!("{base}/v1/queue?status=queued,leased,held,dead")).await;
-            queue["runs"].as_array().unwrap().is_empty()
-        }
+    wait_for_the_queue_to_drain(&base, Duration::from_secs(600), || {
+        services.iter().map(|service| service.log()).collect::<Vec<_>>().join("\n")
     })
     .await;
     // The operator's view of the same queue, from the command line: nothing queued, leased, held or dead.

@@ -227,6 +227,28 @@ where
     }
 }
 
+/// Waits until `base`'s queue holds no open run. On a timeout, fails with what is still open, the service's
+/// health (its connections' pacing among it) and the end of its log, so that a queue that never drains says why.
+pub(crate) async fn wait_for_the_queue_to_drain(base: &str, timeout: Duration, log: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let queue = get(format!("{base}/v1/queue?status=queued,leased,held,dead")).await;
+        if queue["runs"].as_array().unwrap().is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let health = get(format!("{base}/healthz")).await;
+            let log = log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect();
+            panic!(
+                "timed out waiting for the queue to drain; still open:\n{queue:#}\nhealth: {health}\nthe log's end:\n{}",
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `(customer, points)` of every point_add event mParticle accepted, in arrival order.
 pub(crate) fn delivered_points(batches: &[RecordedBatch]) -> Vec<(String, i64)> {
     batches
@@ -321,14 +343,7 @@ async fn sigkill_mid_load_loses_nothing_duplicates_nothing_and_keeps_each_custom
 
     // Everything accepted is delivered: the queue drains (crashed runs resume once their leases expire).
     let base = url.read().await.clone();
-    eventually(Duration::from_secs(180), "the queue to drain", || {
-        let base = base.clone();
-        async move {
-            let queue = get(format!("{base}/v1/queue")).await;
-            queue["runs"].as_array().unwrap().is_empty()
-        }
-    })
-    .await;
+    wait_for_the_queue_to_drain(&base, Duration::from_secs(180), || service.log()).await;
     let delivered = delivered_points(&handle.batches());
     let unique: BTreeSet<(String, i64)> = delivered.iter().cloned().collect();
     assert_eq!(unique, accepted, "every accepted event reached mParticle\n{}", service.log());
