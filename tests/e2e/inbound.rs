@@ -338,6 +338,7 @@ async fn bad_inbound_requests_get_clear_answers_and_a_hostile_receive_stores_not
         ("trap", "(crashed)"),
         ("loop", "(timeout)"),
         ("oom", "(memory-limit)"),
+        ("flood", "(output-too-large)"),
         ("bad-attributes", "(crashed)"),
         ("bad-status", "(crashed)"),
     ] {

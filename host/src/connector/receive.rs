@@ -1,13 +1,14 @@
 //! A connector's inbound side: `receive` for each request its vendor sends (`describe-inbound` runs when the
 //! component is loaded, in the runtime), in a fresh sandboxed instance like any other call. What the component returns is
-//! checked here (JSON objects where the contract says so), so that a hostile or broken connector cannot hand
-//! the host something it would store and fail on later.
+//! checked here (its size, and JSON objects where the contract says so), so that a hostile or broken connector
+//! cannot hand the host something it would store and fail on later.
 
 use super::bindings::inbound::wit;
 use super::egress::EgressPolicy;
 use super::error::InvokeError;
 use super::invocation::Invocation;
 use super::runtime::{Connection, Connector, flatten, run_sandboxed};
+use super::sandbox::SandboxLimits;
 use crate::inbound::{InboundEvent, InboundInfo, InboundRequest, InboundResponse, Received};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
@@ -56,12 +57,23 @@ impl Connector {
             Box::pin(async move { instance.call_receive(store, &config, &request).await })
         })
         .await;
-        flatten(outcome, connection.redactor(), &self.runtime.limits, received)
+        let limits = &self.runtime.limits;
+        flatten(outcome, connection.redactor(), limits, |output| received(output, limits))
     }
 }
 
-/// The host's form of what `receive` returned, checked against the contract.
-fn received(received: wit::Received) -> Result<Received, InvokeError> {
+/// The host's form of what `receive` returned, checked against the contract. Larger than `max_output_bytes` in
+/// all, it is refused unread (`output-too-large`), as an `invoke`'s output is: the host would store it.
+fn received(received: wit::Received, limits: &SandboxLimits) -> Result<Received, InvokeError> {
+    let size = received_size(&received);
+    if size > limits.max_output_bytes {
+        return Err(InvokeError::OutputTooLarge {
+            what: "receive output".into(),
+            size_bytes: size as u64,
+            limit_bytes: limits.max_output_bytes as u64,
+            limit: "max_output_bytes".into(),
+        });
+    }
     let events = received
         .events
         .into_iter()
@@ -83,6 +95,30 @@ fn received(received: wit::Received) -> Result<Received, InvokeError> {
             body: received.response.body,
         },
     })
+}
+
+/// The bytes of text and body in what `receive` returned.
+fn received_size(received: &wit::Received) -> usize {
+    let headers =
+        |headers: &[(String, String)]| -> usize { headers.iter().map(|(name, value)| name.len() + value.len()).sum() };
+    let optional = |text: &Option<String>| text.as_ref().map_or(0, String::len);
+    let events: usize = received
+        .events
+        .iter()
+        .map(|e| {
+            e.source.len()
+                + e.event_type.len()
+                + optional(&e.event_name)
+                + headers(&e.identities)
+                + e.attributes.len()
+                + e.user_attributes.len()
+                + optional(&e.environment)
+                + optional(&e.message_id)
+                + e.extra.len()
+                + e.raw.len()
+        })
+        .sum();
+    events + optional(&received.message_id) + headers(&received.response.headers) + received.response.body.len()
 }
 
 fn inbound_event(event: wit::InboundEvent) -> Result<InboundEvent, String> {
@@ -118,4 +154,50 @@ fn object(text: &str, field: &str) -> Result<Map<String, Value>, String> {
 
 fn broke_contract(message: &str) -> InvokeError {
     InvokeError::Crashed { message: format!("the connector broke the contract: receive returned {message}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(raw: &str) -> wit::InboundEvent {
+        wit::InboundEvent {
+            source: "test".into(),
+            event_type: "line".into(),
+            event_name: None,
+            identities: vec![("customer_id".into(), "c-1".into())],
+            attributes: "{}".into(),
+            user_attributes: String::new(),
+            environment: None,
+            message_id: None,
+            timestamp_ms: None,
+            extra: String::new(),
+            raw: raw.into(),
+        }
+    }
+
+    fn output(events: Vec<wit::InboundEvent>, body: &[u8]) -> wit::Received {
+        wit::Received {
+            events,
+            message_id: None,
+            response: wit::Response { status: 202, headers: vec![], body: body.to_vec() },
+        }
+    }
+
+    #[test]
+    fn a_receive_output_over_the_limit_is_refused_with_its_size_and_the_limit() {
+        let limits = SandboxLimits { max_output_bytes: 100, ..SandboxLimits::default() };
+        // Many events that are each small add up.
+        let raw = format!("\"{}\"", "x".repeat(20));
+        let error = received(output(vec![event(&raw); 3], b""), &limits).unwrap_err();
+        assert_eq!(error.kind(), super::super::ErrorKind::OutputTooLarge);
+        let message = error.to_string();
+        assert!(message.contains("max_output_bytes") && message.contains("100 bytes"), "{message}");
+        // So does the answer's body.
+        let error = received(output(vec![], &[b' '; 101]), &limits).unwrap_err();
+        assert_eq!(error.kind(), super::super::ErrorKind::OutputTooLarge);
+        // Within the limit, it is taken.
+        let taken = received(output(vec![event("1")], b"{}"), &limits).unwrap();
+        assert_eq!(taken.events.len(), 1);
+    }
 }

@@ -1,5 +1,5 @@
-//! A hostile inbound side: `receive` misbehaves as the request's body asks (`trap`, `loop`, `oom`,
-//! `bad-attributes`, `bad-status`), and otherwise returns one event per line of the body, so that the host's
+//! A hostile inbound side: `receive` misbehaves as the request's body asks (`trap`, `loop`, `oom`, `flood`
+//! (5 MiB of events), `bad-attributes`, `bad-status`), and otherwise returns one event per line of the body, so that the host's
 //! handling of each failure can be tested beside a request that works.
 
 use flowhost_connector_sdk::inbound::{self, InboundEvent, InboundInfo, Received, Request};
@@ -59,6 +59,11 @@ impl inbound::Guest for Hostile {
                     hoard.push(vec![1u8; 1 << 20]);
                     std::hint::black_box(&hoard);
                 }
+            }
+            "flood" => {
+                let mut flood = event("c-1", "{}");
+                flood.raw = serde_json::Value::String("x".repeat(1 << 20)).to_string();
+                vec![flood; 5]
             }
             "bad-attributes" => vec![event("c-1", "[1, 2]")],
             "bad-status" => {
