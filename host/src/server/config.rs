@@ -50,6 +50,7 @@
 //! override_builtin = []                 # built-in ids a component in `dirs` may replace, e.g. ["crm"]
 //! max_output_bytes = 4194304            # a call's output (JSON) beyond this fails it: output-too-large
 //! max_error_bytes = 65536               # a connector error's text beyond this fails it: output-too-large
+//! max_log_bytes = 65536                 # log kept per call; stdout and stderr are each cut there too
 //! cache_max_key_bytes = 1024            # per connection's cache: a key,
 //! cache_max_value_bytes = 65536         # a value,
 //! cache_max_bytes = 16777216            # keys and values together; a write past one is dropped
@@ -301,6 +302,9 @@ pub struct ConnectorsSection {
     /// The largest error a connector may return (its messages and body), in bytes.
     #[serde(default)]
     pub max_error_bytes: Option<usize>,
+    /// The log (stdout, stderr and `log` lines) kept per connector call, in bytes; what follows is dropped.
+    #[serde(default)]
+    pub max_log_bytes: Option<usize>,
     /// The longest key of a connection's cache, in bytes.
     #[serde(default)]
     pub cache_max_key_bytes: Option<usize>,
@@ -322,6 +326,7 @@ impl Default for ConnectorsSection {
             override_builtin: Vec::new(),
             max_output_bytes: None,
             max_error_bytes: None,
+            max_log_bytes: None,
             cache_max_key_bytes: None,
             cache_max_value_bytes: None,
             cache_max_bytes: None,
@@ -335,6 +340,7 @@ impl ConnectorsSection {
         for (field, value, target) in [
             ("max_output_bytes", self.max_output_bytes, &mut limits.max_output_bytes),
             ("max_error_bytes", self.max_error_bytes, &mut limits.max_error_bytes),
+            ("max_log_bytes", self.max_log_bytes, &mut limits.max_log_bytes),
             ("cache_max_key_bytes", self.cache_max_key_bytes, &mut limits.cache.max_key_bytes),
             ("cache_max_value_bytes", self.cache_max_value_bytes, &mut limits.cache.max_value_bytes),
             ("cache_max_bytes", self.cache_max_bytes, &mut limits.cache.max_bytes),
@@ -819,12 +825,12 @@ mod tests {
         let defaults = ServeConfig::parse("flows = [\"f\"]\n").unwrap();
         assert_eq!(defaults.host_config(RuntimeConfig::default(), &[]).runtime.limits.max_output_bytes, 4 << 20);
         let config = ServeConfig::parse(
-            "flows = [\"f\"]\n[connectors]\nmax_output_bytes = 1000\nmax_error_bytes = 100\n\
+            "flows = [\"f\"]\n[connectors]\nmax_output_bytes = 1000\nmax_error_bytes = 100\nmax_log_bytes = 50\n\
              cache_max_key_bytes = 10\ncache_max_value_bytes = 20\ncache_max_bytes = 30\n",
         )
         .unwrap();
         let limits = config.host_config(RuntimeConfig::default(), &[]).runtime.limits;
-        assert_eq!((limits.max_output_bytes, limits.max_error_bytes), (1000, 100));
+        assert_eq!((limits.max_output_bytes, limits.max_error_bytes, limits.max_log_bytes), (1000, 100, 50));
         assert_eq!(
             limits.cache,
             crate::connector::CacheLimits { max_key_bytes: 10, max_value_bytes: 20, max_bytes: 30 }
