@@ -63,7 +63,8 @@ impl Connector {
 }
 
 /// The host's form of what `receive` returned, checked against the contract. Larger than `max_output_bytes` in
-/// all, it is refused unread (`output-too-large`), as an `invoke`'s output is: the host would store it.
+/// all, it is refused before its JSON is parsed (`output-too-large`), as an `invoke`'s output is: the host would
+/// store it.
 fn received(received: wit::Received, limits: &SandboxLimits) -> Result<Received, InvokeError> {
     let size = received_size(&received);
     if size > limits.max_output_bytes {
