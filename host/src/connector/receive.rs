@@ -7,7 +7,7 @@ use super::bindings::inbound::wit;
 use super::egress::EgressPolicy;
 use super::error::InvokeError;
 use super::invocation::Invocation;
-use super::runtime::{Connection, Connector, flatten, run_sandboxed};
+use super::runtime::{Connection, Connector, check_output_size, flatten, run_sandboxed};
 use super::sandbox::SandboxLimits;
 use crate::inbound::{InboundEvent, InboundInfo, InboundRequest, InboundResponse, Received};
 use secrecy::ExposeSecret;
@@ -66,15 +66,7 @@ impl Connector {
 /// all, it is refused before its JSON is parsed (`output-too-large`), as an `invoke`'s output is: the host would
 /// store it.
 fn received(received: wit::Received, limits: &SandboxLimits) -> Result<Received, InvokeError> {
-    let size = received_size(&received);
-    if size > limits.max_output_bytes {
-        return Err(InvokeError::OutputTooLarge {
-            what: "receive output".into(),
-            size_bytes: size as u64,
-            limit_bytes: limits.max_output_bytes as u64,
-            limit: "max_output_bytes".into(),
-        });
-    }
+    check_output_size("receive output", received_size(&received), limits)?;
     let events = received
         .events
         .into_iter()

@@ -791,17 +791,23 @@ fn wit_context(context: &InvocationContext) -> bindings::types::InvocationContex
 
 /// The output of one call as JSON, unless it is larger than the host accepts (checked before it is parsed).
 fn parse_output(output: String, limits: &SandboxLimits) -> Result<Value, InvokeError> {
-    if output.len() > limits.max_output_bytes {
+    check_output_size("output", output.len(), limits)?;
+    serde_json::from_str(&output).map_err(|e| InvokeError::Crashed {
+        message: format!("the connector broke the contract: its output is not valid JSON ({e})"),
+    })
+}
+
+/// `output-too-large` when a call's `what` (`size` bytes) is larger than `max_output_bytes`: the host would keep it.
+pub(super) fn check_output_size(what: &str, size: usize, limits: &SandboxLimits) -> Result<(), InvokeError> {
+    if size > limits.max_output_bytes {
         return Err(InvokeError::OutputTooLarge {
-            what: "output".into(),
-            size_bytes: output.len() as u64,
+            what: what.into(),
+            size_bytes: size as u64,
             limit_bytes: limits.max_output_bytes as u64,
             limit: "max_output_bytes".into(),
         });
     }
-    serde_json::from_str(&output).map_err(|e| InvokeError::Crashed {
-        message: format!("the connector broke the contract: its output is not valid JSON ({e})"),
-    })
+    Ok(())
 }
 
 /// One invocation per item of a batch: each item's own result, and the batch's log and duration. A batch
