@@ -46,7 +46,8 @@ pub(super) async fn lease_lost<'c>(executor: impl PgExecutor<'c>, table: Leased,
 /// entries (the position, from 1, of their completion in $1..$6), node ids, events and payloads; $12 now. Wakes the
 /// closed runs' keys (their next runs may be due). Returns the leases it closed. Each run is looked up by its id, in
 /// `id` order, so the plan reads only them whatever the table's statistics say (see migration 0003).
-const COMPLETE_RUNS: &str = "WITH block AS (\
+const COMPLETE_RUNS: &str = concat!(
+    "WITH block AS (\
         INSERT INTO trace_blocks (traces) SELECT $7::bytea WHERE $7::bytea IS NOT NULL RETURNING id), \
      c AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::int4[], $6::text[]) \
            WITH ORDINALITY AS c (id, worker, token, status, slot, error, entry)), \
@@ -58,14 +59,16 @@ const COMPLETE_RUNS: &str = "WITH block AS (\
                   trace_slot = l.slot, last_error = COALESCE(l.error, runs.last_error), lease_until = NULL, \
                   updated_at = $12 \
               FROM locked l WHERE runs.seq = l.seq \
-              RETURNING runs.id, runs.flow_id, runs.ordering_key, runs.lease_owner, runs.leases, l.entry), \
-     woken AS (INSERT INTO key_wakeups (ordering_key, due) SELECT DISTINCT d.ordering_key, NULL::int8 FROM done d), \
-     emitted AS (INSERT INTO outbox (run_id, flow_id, node_id, event, payload, created_at) \
+              RETURNING runs.id, runs.flow_id, runs.ordering_key, NULL::int8 AS wake_at, runs.lease_owner, runs.leases, \
+                        l.entry), ",
+    wake_keys_of_done!(),
+    ", emitted AS (INSERT INTO outbox (run_id, flow_id, node_id, event, payload, created_at) \
               SELECT d.id, d.flow_id, o.node_id, o.event, o.payload, $12 \
                 FROM unnest($8::int8[], $9::text[], $10::text[], $11::text[]) WITH ORDINALITY \
                      AS o (entry, node_id, event, payload, ord) \
                 JOIN done d ON d.entry = o.entry ORDER BY o.ord) \
-     SELECT id, lease_owner, leases FROM done";
+     SELECT id, lease_owner, leases FROM done"
+);
 
 pub(super) async fn checkpoint(
     store: &PostgresStore,
