@@ -91,6 +91,22 @@ pub fn output_within(command: &mut std::process::Command, limit: Duration) -> st
     }
 }
 
+/// Runs `flowhost bench` with `args` and `--json` (within ten minutes, on the default store unless `args` say
+/// otherwise), requires it to succeed, and returns its report.
+pub fn bench_report(args: &[&str]) -> serde_json::Value {
+    let output = output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_flowhost-e2e"))
+            .arg("bench")
+            .args(args)
+            .arg("--json")
+            .env_remove("FLOWHOST_STORE"),
+        Duration::from_secs(600),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("the report is not JSON ({e}): {stdout}"))
+}
+
 /// Waits up to `limit` for `child` to end; kills it and returns `None` when it does not.
 pub fn wait_within(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = std::time::Instant::now() + limit;

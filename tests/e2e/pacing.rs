@@ -246,15 +246,7 @@ async fn an_enormous_retry_after_is_capped_and_said_in_the_trace() {
 /// without a dead letter. (Its speed figures go in BENCHMARKS.md, not here.)
 #[test]
 fn the_burst_bench_runs_with_pacing_and_without() {
-    let output = crate::output_within(
-        std::process::Command::new(env!("CARGO_BIN_EXE_flowhost-e2e"))
-            .args(["bench", "--mparticle-limit", "50", "--events", "300", "--customers", "10", "--json"])
-            .env_remove("FLOWHOST_STORE"),
-        Duration::from_secs(600),
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let report = crate::bench_report(&["--mparticle-limit", "50", "--events", "300", "--customers", "10"]);
     assert_eq!((report["limit"].as_u64(), report["events"].as_u64()), (Some(50), Some(300)), "{report}");
     for pass in ["paced", "unpaced"] {
         let figures = &report[pass];

@@ -264,18 +264,19 @@ async fn while_the_database_is_away_accepts_answer_503_and_everything_resumes_wh
 async fn the_bench_runs_many_processes_on_one_database_with_mparticle_a_round_trip_away() {
     let Some(database) = TestDatabase::create("flowhost bench on PostgreSQL").await else { return };
     let store = database.url("pool_size=2");
-    let output = tokio::task::block_in_place(|| {
-        crate::output_within(
-            std::process::Command::new(env!("CARGO_BIN_EXE_flowhost-e2e"))
-                .args(["bench", "--quick", "--events", "400", "--processes", "2", "--mparticle-latency-ms", "20"])
-                .args(["--store", &store, "--json"])
-                .env_remove("FLOWHOST_STORE"),
-            Duration::from_secs(600),
-        )
+    let report = tokio::task::block_in_place(|| {
+        crate::bench_report(&[
+            "--quick",
+            "--events",
+            "400",
+            "--processes",
+            "2",
+            "--mparticle-latency-ms",
+            "20",
+            "--store",
+            &store,
+        ])
     });
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!((report["processes"].as_u64(), report["mparticleLatencyMs"].as_u64()), (Some(2), Some(20)), "{report}");
     assert_eq!(report["duplicates"], 0, "{report}");
     assert!(report["deliveredPerSecond"].as_f64().unwrap() > 0.0, "{report}");
